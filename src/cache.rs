@@ -1,0 +1,278 @@
+//! The [`Cache`] handle: a store, a namespace, defaults and the shared machinery every layer and
+//! the function cache go through (timeouts, the circuit breaker, statistics).
+
+use crate::breaker::{Breaker, Permit, Transition};
+use crate::stats::{Counters, Stats};
+use crate::store::{KeySpace, Lookup, Store, StoreError, StoreErrorKind, StoreFuture, Target, Write, Written};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A cheap-to-clone handle on a cache: a [`Store`], a namespace and defaults.
+///
+/// Build one per namespace and share it between routes, layers and background jobs.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_valkey_cache::{Cache, MemoryStore};
+///
+/// let cache = Cache::builder(MemoryStore::new())
+///     .namespace("shop")
+///     .ttl(Duration::from_secs(30))
+///     .build();
+/// assert_eq!(cache.namespace(), "shop");
+/// ```
+#[derive(Clone, Debug)]
+pub struct Cache {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) space: KeySpace,
+    pub(crate) namespace: String,
+    pub(crate) ttl: Duration,
+    pub(crate) op_timeout: Duration,
+    pub(crate) bulk_timeout: Duration,
+    pub(crate) breaker: Breaker,
+    pub(crate) counters: Counters,
+}
+
+/// Builds a [`Cache`]. See [`Cache::builder`].
+#[derive(Debug)]
+pub struct CacheBuilder {
+    store: Arc<dyn Store>,
+    namespace: String,
+    ttl: Duration,
+    op_timeout: Duration,
+    bulk_timeout: Duration,
+    breaker_threshold: u32,
+    breaker_cool_down: Duration,
+    tombstone_ttl: Duration,
+}
+
+impl CacheBuilder {
+    /// The namespace: every key is stored as `namespace:key`. Default `cache`.
+    ///
+    /// # Panics
+    ///
+    /// If the namespace is empty or contains `:`, `|`, white space or glob metacharacters.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        let ns = namespace.into();
+        assert!(
+            !ns.is_empty()
+                && !ns
+                    .chars()
+                    .any(|c| c.is_whitespace() || ":|*?[]\\{}".contains(c)),
+            "cache namespace `{ns}` must be non-empty, without `:`, `|`, braces, white space or glob characters"
+        );
+        self.namespace = ns;
+        self
+    }
+
+    /// Default time to live of entries (routes may override). Default 60 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Timeout of one store operation; past it the request is served without the cache.
+    /// Default 100 ms.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// Timeout of multi-step operations (pattern invalidation). Default 30 s.
+    pub fn bulk_timeout(mut self, timeout: Duration) -> Self {
+        self.bulk_timeout = timeout;
+        self
+    }
+
+    /// The circuit breaker: after `failures` consecutive store failures, skip the store for
+    /// `cool_down`, then probe it with one operation. Default 5 failures, 1 s.
+    pub fn circuit_breaker(mut self, failures: u32, cool_down: Duration) -> Self {
+        self.breaker_threshold = failures;
+        self.breaker_cool_down = cool_down;
+        self
+    }
+
+    /// How long invalidations are remembered for fills in flight. A fill (a handler run after a
+    /// miss) that takes longer than this is not stored. Default 60 s.
+    pub fn invalidation_window(mut self, window: Duration) -> Self {
+        self.tombstone_ttl = window;
+        self
+    }
+
+    /// Builds the cache.
+    pub fn build(self) -> Cache {
+        Cache {
+            inner: Arc::new(Inner {
+                space: KeySpace::new(&self.namespace, self.tombstone_ttl),
+                store: self.store,
+                namespace: self.namespace,
+                ttl: self.ttl,
+                op_timeout: self.op_timeout,
+                bulk_timeout: self.bulk_timeout,
+                breaker: Breaker::new(self.breaker_threshold, self.breaker_cool_down),
+                counters: Counters::default(),
+            }),
+        }
+    }
+}
+
+impl Cache {
+    /// A cache over `store` with default settings (namespace `cache`, TTL 60 s, 100 ms timeout).
+    pub fn new(store: impl Store) -> Self {
+        Self::builder(store).build()
+    }
+
+    /// A builder over `store`.
+    pub fn builder(store: impl Store) -> CacheBuilder {
+        Self::builder_shared(Arc::new(store))
+    }
+
+    /// A builder over a store shared with other caches (other namespaces).
+    pub fn builder_shared(store: Arc<dyn Store>) -> CacheBuilder {
+        CacheBuilder {
+            store,
+            namespace: "cache".into(),
+            ttl: Duration::from_secs(60),
+            op_timeout: Duration::from_millis(100),
+            bulk_timeout: Duration::from_secs(30),
+            breaker_threshold: 5,
+            breaker_cool_down: Duration::from_secs(1),
+            tombstone_ttl: Duration::from_secs(60),
+        }
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// The default TTL.
+    pub fn default_ttl(&self) -> Duration {
+        self.inner.ttl
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The key space (store key names) of this cache's namespace.
+    pub fn key_space(&self) -> &KeySpace {
+        &self.inner.space
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Whether the circuit breaker currently skips the store.
+    pub fn is_degraded(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Runs one store operation under the circuit breaker and a timeout.
+    pub(crate) async fn guarded<'a, T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        fut: StoreFuture<'a, T>,
+    ) -> Result<T, StoreError> {
+        let inner = &self.inner;
+        if inner.breaker.permit() == Permit::Rejected {
+            return Err(StoreError::new(StoreErrorKind::CircuitOpen, "circuit breaker open"));
+        }
+        let result = match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                format!("{op} took longer than {timeout:?}"),
+            )),
+        };
+        match &result {
+            Ok(_) => {
+                if inner.breaker.success() == Some(Transition::Closed) {
+                    inner.counters.breaker_closed();
+                    tracing::info!(namespace = %inner.namespace, "cache store reachable again; circuit closed");
+                }
+            }
+            Err(e) => {
+                inner.counters.store_error();
+                tracing::warn!(namespace = %inner.namespace, op, error = %e, "cache store operation failed");
+                if inner.breaker.failure() == Some(Transition::Opened) {
+                    inner.counters.breaker_opened();
+                    tracing::warn!(namespace = %inner.namespace, "cache store failing; circuit open, serving without cache");
+                }
+            }
+        }
+        result
+    }
+
+    pub(crate) async fn read(&self, key: &str) -> Result<Lookup, StoreError> {
+        let i = &self.inner;
+        self.guarded("read", i.op_timeout, i.store.read(&i.space, key))
+            .await
+    }
+
+    pub(crate) async fn write(&self, write: Write<'_>) -> Result<Written, StoreError> {
+        let i = &self.inner;
+        let r = self
+            .guarded("write", i.op_timeout, i.store.write(&i.space, write))
+            .await;
+        match r {
+            Ok(Written::Stored) => i.counters.stored(),
+            Ok(Written::Superseded) => i.counters.superseded(),
+            Err(_) => {}
+        }
+        r
+    }
+
+    /// Invalidates one key; returns how many entries were removed.
+    pub async fn invalidate_key(&self, key: &str) -> Result<u64, StoreError> {
+        self.invalidate_keys(&[key.to_owned()]).await
+    }
+
+    /// Invalidates exact keys (relative to the namespace).
+    pub async fn invalidate_keys(&self, keys: &[String]) -> Result<u64, StoreError> {
+        self.invalidate(Target::Keys(keys)).await
+    }
+
+    /// Invalidates every entry carrying `tag`.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, StoreError> {
+        self.invalidate_tags(&[tag.to_owned()]).await
+    }
+
+    /// Invalidates every entry carrying one of `tags`.
+    pub async fn invalidate_tags(&self, tags: &[String]) -> Result<u64, StoreError> {
+        self.invalidate(Target::Tags(tags)).await
+    }
+
+    /// Invalidates every key matching a glob `pattern` (relative to the namespace), by `SCAN` and
+    /// `UNLINK` in batches on Valkey. Escape user input in it with
+    /// [`glob_escape`](crate::key::glob_escape) (templates do this for you).
+    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, StoreError> {
+        self.invalidate(Target::Pattern(pattern)).await
+    }
+
+    pub(crate) async fn invalidate(&self, target: Target<'_>) -> Result<u64, StoreError> {
+        let i = &self.inner;
+        let timeout = match target {
+            Target::Pattern(_) => i.bulk_timeout,
+            _ => i.op_timeout,
+        };
+        let n = self
+            .guarded("invalidate", timeout, i.store.invalidate(&i.space, target))
+            .await?;
+        i.counters.invalidated(n);
+        Ok(n)
+    }
+}

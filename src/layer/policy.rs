@@ -1,0 +1,90 @@
+//! What is cached, and what never is.
+
+use http::{header, HeaderMap, Request, Response, StatusCode};
+
+/// Whether a `Cache-Control` header list carries one of `directives` (case-insensitive).
+pub(crate) fn has_directive(headers: &HeaderMap, directives: &[&str]) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.split('=').next().unwrap_or("").trim())
+        .any(|d| directives.iter().any(|x| d.eq_ignore_ascii_case(x)))
+}
+
+/// Why a request must skip the cache, if it must. `keyed_by_caller`: the route's key identifies
+/// the caller, so requests with credentials may use the cache.
+pub(crate) fn request_bypass<B>(req: &Request<B>, keyed_by_caller: bool) -> Option<&'static str> {
+    let h = req.headers();
+    if has_directive(h, &["no-store"]) {
+        return Some("no-store");
+    }
+    if !keyed_by_caller {
+        if h.contains_key(header::AUTHORIZATION) {
+            return Some("authorization");
+        }
+        if h.contains_key(header::COOKIE) {
+            return Some("cookie");
+        }
+    }
+    None
+}
+
+/// Why a response must not be stored, if it must not.
+pub(crate) fn response_unstorable<B>(
+    res: &Response<B>,
+    statuses: &[StatusCode],
+) -> Option<&'static str> {
+    let h = res.headers();
+    if !statuses.contains(&res.status()) {
+        return Some("status");
+    }
+    if h.contains_key(header::SET_COOKIE) {
+        return Some("set-cookie");
+    }
+    if has_directive(h, &["no-store", "private", "no-cache"]) {
+        return Some("cache-control");
+    }
+    if h.contains_key(header::VARY) {
+        // Variants are not keyed yet: storing one would serve it to clients that asked for another.
+        return Some("vary");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(headers: &[(&str, &str)]) -> Response<()> {
+        let mut b = Response::builder();
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn never_stores_private_or_cookie_responses() {
+        let ok = [StatusCode::OK];
+        assert_eq!(response_unstorable(&res(&[]), &ok), None);
+        assert_eq!(response_unstorable(&res(&[("set-cookie", "a=b")]), &ok), Some("set-cookie"));
+        for cc in ["private", "no-store", "No-Cache", "max-age=5, private=\"x\""] {
+            assert_eq!(response_unstorable(&res(&[("cache-control", cc)]), &ok), Some("cache-control"), "{cc}");
+        }
+        assert_eq!(response_unstorable(&res(&[("cache-control", "public, max-age=60")]), &ok), None);
+        assert_eq!(response_unstorable(&res(&[("vary", "*")]), &ok), Some("vary"));
+    }
+
+    #[test]
+    fn credentials_bypass_unless_keyed_by_caller() {
+        let r = Request::get("/").header("authorization", "Bearer x").body(()).unwrap();
+        assert_eq!(request_bypass(&r, false), Some("authorization"));
+        assert_eq!(request_bypass(&r, true), None);
+        let r = Request::get("/").header("cookie", "s=1").body(()).unwrap();
+        assert_eq!(request_bypass(&r, false), Some("cookie"));
+        let r = Request::get("/").header("cache-control", "no-store").body(()).unwrap();
+        assert_eq!(request_bypass(&r, true), Some("no-store"));
+    }
+}

@@ -1,0 +1,74 @@
+//! The `Cache-Status` response header (RFC 9211).
+
+use http::HeaderValue;
+
+/// What the cache did for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Served from a fresh entry with this many seconds of freshness left.
+    Hit { ttl: i64 },
+    /// Looked up, not found (or unusable); the handler answered.
+    Miss {
+        stored: bool,
+        detail: Option<&'static str>,
+    },
+    /// The request was not eligible for the cache.
+    Bypass(&'static str),
+    /// The method is not cached on this route.
+    Method,
+    /// The store failed or the breaker was open; the handler answered.
+    StoreUnavailable,
+}
+
+impl Outcome {
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Outcome::Hit { .. } => "hit",
+            Outcome::Miss { .. } => "miss",
+            Outcome::Bypass(_) | Outcome::Method => "bypass",
+            Outcome::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    /// The header value for cache `name`.
+    pub(crate) fn header(&self, name: &str) -> HeaderValue {
+        let v = match self {
+            Outcome::Hit { ttl } => format!("{name}; hit; ttl={ttl}"),
+            Outcome::Miss { stored: true, .. } => format!("{name}; fwd=uri-miss; stored"),
+            Outcome::Miss {
+                stored: false,
+                detail: Some(d),
+            } => format!("{name}; fwd=uri-miss; detail={d}"),
+            Outcome::Miss { .. } => format!("{name}; fwd=uri-miss"),
+            Outcome::Bypass(d) => format!("{name}; fwd=bypass; detail={d}"),
+            Outcome::Method => format!("{name}; fwd=method"),
+            Outcome::StoreUnavailable => format!("{name}; fwd=miss; detail=store-unavailable"),
+        };
+        // The name is validated when the layer is built and every other part is ASCII.
+        HeaderValue::try_from(v).unwrap_or_else(|_| HeaderValue::from_static("cache"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc9211_values() {
+        let n = "tower-valkey-cache";
+        assert_eq!(Outcome::Hit { ttl: 42 }.header(n), "tower-valkey-cache; hit; ttl=42");
+        assert_eq!(Outcome::Hit { ttl: -3 }.header(n), "tower-valkey-cache; hit; ttl=-3");
+        assert_eq!(
+            Outcome::Miss { stored: true, detail: None }.header(n),
+            "tower-valkey-cache; fwd=uri-miss; stored"
+        );
+        assert_eq!(
+            Outcome::Bypass("authorization").header(n),
+            "tower-valkey-cache; fwd=bypass; detail=authorization"
+        );
+        assert_eq!(
+            Outcome::StoreUnavailable.header(n),
+            "tower-valkey-cache; fwd=miss; detail=store-unavailable"
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! Cheap counters behind [`Cache::stats`](crate::Cache::stats).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of a cache's counters since it was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Requests answered from a fresh entry.
+    pub hits: u64,
+    /// Requests answered from a stale entry.
+    pub stale_hits: u64,
+    /// Requests that looked in the cache and found nothing usable.
+    pub misses: u64,
+    /// Requests that skipped the cache (method, credentials, `no-store`, key errors).
+    pub bypasses: u64,
+    /// Requests served without the cache because the store failed or the breaker was open.
+    pub store_unavailable: u64,
+    /// Entries written.
+    pub stores: u64,
+    /// Fills not written because an invalidation happened while they ran.
+    pub superseded: u64,
+    /// Stored values that did not decode (treated as misses and overwritten).
+    pub decode_failures: u64,
+    /// Failed store operations (errors and timeouts).
+    pub store_errors: u64,
+    /// Entries removed by invalidation.
+    pub invalidated: u64,
+    /// Times the circuit breaker opened.
+    pub breaker_opened: u64,
+    /// Times the circuit breaker closed again.
+    pub breaker_closed: u64,
+}
+
+impl Stats {
+    /// Hits (fresh and stale) over lookups (hits and misses); 0 when there were none.
+    pub fn hit_ratio(&self) -> f64 {
+        let hits = self.hits + self.stale_hits;
+        let total = hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            hits as f64 / total as f64
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    hits: AtomicU64,
+    stale_hits: AtomicU64,
+    misses: AtomicU64,
+    bypasses: AtomicU64,
+    store_unavailable: AtomicU64,
+    stores: AtomicU64,
+    superseded: AtomicU64,
+    decode_failures: AtomicU64,
+    store_errors: AtomicU64,
+    invalidated: AtomicU64,
+    breaker_opened: AtomicU64,
+    breaker_closed: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn hit(&self) {
+        self.hits.fetch_add(1, Relaxed);
+    }
+    #[allow(dead_code)] // counted by stale serving (stale-while-revalidate)
+    pub(crate) fn stale_hit(&self) {
+        self.stale_hits.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn miss(&self) {
+        self.misses.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn bypass(&self) {
+        self.bypasses.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn unavailable(&self) {
+        self.store_unavailable.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn stored(&self) {
+        self.stores.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn superseded(&self) {
+        self.superseded.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn decode_failure(&self) {
+        self.decode_failures.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn store_error(&self) {
+        self.store_errors.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn invalidated(&self, n: u64) {
+        self.invalidated.fetch_add(n, Relaxed);
+    }
+    pub(crate) fn breaker_opened(&self) {
+        self.breaker_opened.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn breaker_closed(&self) {
+        self.breaker_closed.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            hits: self.hits.load(Relaxed),
+            stale_hits: self.stale_hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            bypasses: self.bypasses.load(Relaxed),
+            store_unavailable: self.store_unavailable.load(Relaxed),
+            stores: self.stores.load(Relaxed),
+            superseded: self.superseded.load(Relaxed),
+            decode_failures: self.decode_failures.load(Relaxed),
+            store_errors: self.store_errors.load(Relaxed),
+            invalidated: self.invalidated.load(Relaxed),
+            breaker_opened: self.breaker_opened.load(Relaxed),
+            breaker_closed: self.breaker_closed.load(Relaxed),
+        }
+    }
+}

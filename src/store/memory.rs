@@ -1,0 +1,284 @@
+//! The embedded in-process store.
+
+use super::{glob_match, KeySpace, Lookup, Store, StoreFuture, Target, Write, Written};
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// An embedded, bounded, TTL-respecting store in this process's memory.
+///
+/// For development, demos, tests of applications and single-process services. It implements the
+/// full [`Store`] contract (guarded fills, tags, patterns) with the same observable behaviour as
+/// [`ValkeyStore`](super::ValkeyStore), but it is not shared between processes.
+///
+/// It holds at most [`max_entries`](Self::max_entries) entries and
+/// [`max_bytes`](Self::max_bytes) bytes of values; past either, the oldest inserted entries go
+/// first. Expired entries are never returned and are purged as new ones arrive.
+///
+/// ```
+/// use tower_valkey_cache::{Cache, MemoryStore};
+/// let cache = Cache::new(MemoryStore::new().max_entries(10_000));
+/// ```
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<String, Slot>,
+    order: VecDeque<(String, u64)>,
+    bytes: usize,
+    generation: u64,
+    clocks: HashMap<String, u64>,
+    tombstones: HashMap<String, (u64, Instant)>,
+    tags: HashMap<String, HashSet<String>>,
+    patterns: HashMap<String, VecDeque<(u64, Instant, String)>>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    value: Bytes,
+    expires: Instant,
+    generation: u64,
+    tag_sets: Vec<String>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// A store bounded to 10,000 entries and 64 MiB of values.
+    pub fn new() -> Self {
+        Self {
+            state: Arc::default(),
+            max_entries: 10_000,
+            max_bytes: 64 << 20,
+        }
+    }
+
+    /// Sets the maximum number of entries.
+    pub fn max_entries(mut self, n: usize) -> Self {
+        self.max_entries = n.max(1);
+        self
+    }
+
+    /// Sets the maximum total size of stored values, in bytes.
+    pub fn max_bytes(mut self, n: usize) -> Self {
+        self.max_bytes = n.max(1);
+        self
+    }
+
+    /// How many entries are stored (expired ones not yet purged included).
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether no entries are stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes raw bytes under a full store key, bypassing the entry format (for tests of corrupt
+    /// values and for tooling).
+    pub fn put_raw(&self, store_key: &str, value: Bytes, ttl: Duration) {
+        let mut s = self.lock();
+        s.insert(
+            store_key.to_owned(),
+            value,
+            Instant::now() + ttl,
+            Vec::new(),
+            self,
+        );
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the maps half-updated in a way that breaks
+        // later operations, so a poisoned lock is recovered rather than propagated.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    fn remove(&mut self, key: &str) -> bool {
+        let Some(slot) = self.entries.remove(key) else {
+            return false;
+        };
+        self.bytes -= slot.value.len();
+        for set in &slot.tag_sets {
+            if let Some(members) = self.tags.get_mut(set) {
+                members.remove(key);
+                if members.is_empty() {
+                    self.tags.remove(set);
+                }
+            }
+        }
+        true
+    }
+
+    fn live(&mut self, key: &str, now: Instant) -> Option<&Slot> {
+        if self.entries.get(key).is_some_and(|s| s.expires <= now) {
+            self.remove(key);
+        }
+        self.entries.get(key)
+    }
+
+    fn insert(
+        &mut self,
+        key: String,
+        value: Bytes,
+        expires: Instant,
+        tag_sets: Vec<String>,
+        limits: &MemoryStore,
+    ) {
+        self.remove(&key);
+        self.generation += 1;
+        let generation = self.generation;
+        self.bytes += value.len();
+        for set in &tag_sets {
+            self.tags.entry(set.clone()).or_default().insert(key.clone());
+        }
+        self.order.push_back((key.clone(), generation));
+        self.entries.insert(
+            key,
+            Slot {
+                value,
+                expires,
+                generation,
+                tag_sets,
+            },
+        );
+        let now = Instant::now();
+        // Purge a few expired entries from the front, then evict the oldest while over a limit.
+        let mut budget = 8;
+        while let Some((k, g)) = self.order.front().cloned() {
+            let over = self.entries.len() > limits.max_entries || self.bytes > limits.max_bytes;
+            let stale_ref = self.entries.get(&k).is_none_or(|s| s.generation != g);
+            let expired = self.entries.get(&k).is_some_and(|s| s.expires <= now);
+            if stale_ref {
+                self.order.pop_front();
+            } else if over || (expired && budget > 0) {
+                budget -= 1;
+                self.order.pop_front();
+                self.remove(&k);
+            } else {
+                break;
+            }
+        }
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            let entries = &self.entries;
+            self.order
+                .retain(|(k, g)| entries.get(k).is_some_and(|s| s.generation == *g));
+        }
+        if self.tombstones.len() > 1024 + self.entries.len() {
+            self.tombstones.retain(|_, (_, exp)| *exp > now);
+        }
+    }
+
+    fn tombstone(&mut self, key: String, clock: u64, ttl: Duration) {
+        self.tombstones.insert(key, (clock, Instant::now() + ttl));
+    }
+
+    fn invalidated_since(&self, key: &str, since: u64, now: Instant) -> bool {
+        self.tombstones
+            .get(key)
+            .is_some_and(|(c, exp)| *c > since && *exp > now)
+    }
+
+    fn tick(&mut self, space: &KeySpace) -> u64 {
+        let c = self.clocks.entry(space.clock()).or_insert(0);
+        *c += 1;
+        *c
+    }
+}
+
+impl Store for MemoryStore {
+    fn read<'a>(&'a self, space: &'a KeySpace, key: &'a str) -> StoreFuture<'a, Lookup> {
+        let full = space.entry(key);
+        let mut s = self.lock();
+        let value = s.live(&full, Instant::now()).map(|slot| slot.value.clone());
+        let clock = s.clocks.get(&space.clock()).copied().unwrap_or(0);
+        drop(s);
+        Box::pin(std::future::ready(Ok(Lookup { value, clock })))
+    }
+
+    fn write<'a>(&'a self, space: &'a KeySpace, w: Write<'a>) -> StoreFuture<'a, Written> {
+        let full = space.entry(w.key);
+        let now = Instant::now();
+        let mut s = self.lock();
+        if let Some(since) = w.since {
+            let superseded = s.invalidated_since(&space.key_tombstone(w.key), since, now)
+                || w.tags
+                    .iter()
+                    .any(|t| s.invalidated_since(&space.tag_tombstone(t), since, now))
+                || s.patterns.get(&space.patterns()).is_some_and(|list| {
+                    list.iter().any(|(c, exp, pat)| {
+                        *c > since && *exp > now && glob_match(pat.as_bytes(), full.as_bytes())
+                    })
+                });
+            if superseded {
+                return Box::pin(std::future::ready(Ok(Written::Superseded)));
+            }
+        }
+        let tag_sets = w.tags.iter().map(|t| space.tag_set(t)).collect();
+        s.insert(full, w.value, now + w.ttl, tag_sets, self);
+        Box::pin(std::future::ready(Ok(Written::Stored)))
+    }
+
+    fn invalidate<'a>(&'a self, space: &'a KeySpace, target: Target<'a>) -> StoreFuture<'a, u64> {
+        let now = Instant::now();
+        let ttl = space.tombstone_ttl();
+        let mut s = self.lock();
+        let clock = s.tick(space);
+        let mut removed = 0u64;
+        match target {
+            Target::Keys(keys) => {
+                for k in keys {
+                    s.tombstone(space.key_tombstone(k), clock, ttl);
+                    removed += s.remove(&space.entry(k)) as u64;
+                }
+            }
+            Target::Tags(tags) => {
+                for t in tags {
+                    s.tombstone(space.tag_tombstone(t), clock, ttl);
+                    let members = s.tags.remove(&space.tag_set(t)).unwrap_or_default();
+                    for m in members {
+                        removed += s.remove(&m) as u64;
+                    }
+                }
+            }
+            Target::Pattern(p) => {
+                let full = space.entry(p);
+                let list = s.patterns.entry(space.patterns()).or_default();
+                while list.front().is_some_and(|(_, exp, _)| *exp <= now) {
+                    list.pop_front();
+                }
+                list.push_back((clock, now + ttl, full.clone()));
+                let doomed: Vec<String> = s
+                    .entries
+                    .keys()
+                    .filter(|k| glob_match(full.as_bytes(), k.as_bytes()))
+                    .cloned()
+                    .collect();
+                for k in doomed {
+                    removed += s.remove(&k) as u64;
+                }
+            }
+        }
+        Box::pin(std::future::ready(Ok(removed)))
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}

@@ -1,0 +1,207 @@
+//! Where entries live: the [`Store`] trait, [`ValkeyStore`] and [`MemoryStore`].
+//!
+//! A store is not a plain get/set map. The cache needs a few multi-step operations to be atomic,
+//! and each is one store operation (one round trip to Valkey, one lock on the memory store):
+//!
+//! - [`Store::read`] returns the value **and** the namespace's invalidation clock, so a miss knows
+//!   when its fill started;
+//! - [`Store::write`] stores a fill only if none of its key, tags or matching patterns was
+//!   invalidated since that clock value (no stale re-fill), and records tag membership with it;
+//! - [`Store::invalidate`] advances the clock, leaves tombstones for in-flight fills and removes
+//!   the entries.
+//!
+//! Both built-in stores implement exactly these semantics, and the crate's tests run the same
+//! scenarios against each.
+//!
+//! # Key layout
+//!
+//! For namespace `app`, an entry for key `user:1` lives at `app:user:1`. Bookkeeping lives beside
+//! it under `app|...` (`app|clock`, `app|inv:k:user:1`, `app|tag:...`), which no pattern that the
+//! crate builds (always `app:` + pattern) can match.
+
+mod glob;
+mod memory;
+mod valkey;
+
+pub use memory::MemoryStore;
+pub use valkey::{ValkeyConfig, ValkeyStore};
+
+pub(crate) use glob::glob_match;
+
+use bytes::Bytes;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// The future a [`Store`] operation returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A store operation that failed (connection, timeout, server error).
+#[derive(Clone, Debug)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: String,
+}
+
+/// What kind of failure a [`StoreError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The store could not be reached (refused, dropped, pool exhausted).
+    Unavailable,
+    /// The operation did not finish within its timeout.
+    Timeout,
+    /// The circuit breaker is open: the store was not asked.
+    CircuitOpen,
+    /// The store answered with an error.
+    Server,
+}
+
+impl StoreError {
+    /// A new error.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cache store {:?}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// The names of a namespace's keys in a store.
+#[derive(Clone, Debug)]
+pub struct KeySpace {
+    entry_prefix: String,
+    meta_prefix: String,
+    tombstone_ttl: Duration,
+}
+
+impl KeySpace {
+    /// A key space for `namespace`; tombstones live for `tombstone_ttl`.
+    pub fn new(namespace: &str, tombstone_ttl: Duration) -> Self {
+        Self {
+            entry_prefix: format!("{namespace}:"),
+            meta_prefix: format!("{namespace}|"),
+            tombstone_ttl,
+        }
+    }
+
+    /// The store key of an entry.
+    pub fn entry(&self, key: &str) -> String {
+        let mut s = String::with_capacity(self.entry_prefix.len() + key.len());
+        s.push_str(&self.entry_prefix);
+        s.push_str(key);
+        s
+    }
+
+    /// The prefix of every entry key (`namespace:`).
+    pub fn entry_prefix(&self) -> &str {
+        &self.entry_prefix
+    }
+
+    /// The invalidation clock.
+    pub fn clock(&self) -> String {
+        format!("{}clock", self.meta_prefix)
+    }
+
+    /// The tombstone left by invalidating `key`.
+    pub fn key_tombstone(&self, key: &str) -> String {
+        format!("{}inv:k:{key}", self.meta_prefix)
+    }
+
+    /// The tombstone left by invalidating `tag`.
+    pub fn tag_tombstone(&self, tag: &str) -> String {
+        format!("{}inv:t:{tag}", self.meta_prefix)
+    }
+
+    /// The set of entry keys carrying `tag`.
+    pub fn tag_set(&self, tag: &str) -> String {
+        format!("{}tag:{tag}", self.meta_prefix)
+    }
+
+    /// The recently invalidated patterns (a sorted set scored by clock).
+    pub fn patterns(&self) -> String {
+        format!("{}inv:patterns", self.meta_prefix)
+    }
+
+    /// How long tombstones live: a fill that takes longer is never stored.
+    pub fn tombstone_ttl(&self) -> Duration {
+        self.tombstone_ttl
+    }
+}
+
+/// The result of [`Store::read`].
+#[derive(Clone, Debug, Default)]
+pub struct Lookup {
+    /// The encoded entry, if present.
+    pub value: Option<Bytes>,
+    /// The namespace's invalidation clock when the read happened; pass it to
+    /// [`Write::since`] to guard the fill that follows a miss.
+    pub clock: u64,
+}
+
+/// A write to a store.
+#[derive(Clone, Debug)]
+pub struct Write<'a> {
+    /// The entry's key, relative to the namespace.
+    pub key: &'a str,
+    /// The encoded entry.
+    pub value: Bytes,
+    /// How long the store keeps it.
+    pub ttl: Duration,
+    /// Tags (surrogate keys) the entry carries.
+    pub tags: &'a [String],
+    /// `Some(clock)`: store only if nothing covering this entry was invalidated after `clock`.
+    pub since: Option<u64>,
+}
+
+/// The result of [`Store::write`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// The entry was stored.
+    Stored,
+    /// Not stored: its key, a tag or a matching pattern was invalidated after the fill began.
+    Superseded,
+}
+
+/// What to invalidate.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    /// Exact keys (relative to the namespace).
+    Keys(&'a [String]),
+    /// Every entry carrying one of these tags.
+    Tags(&'a [String]),
+    /// Every key matching this glob (relative to the namespace; already escaped as needed).
+    Pattern(&'a str),
+}
+
+/// A backend for [`Cache`](crate::Cache). See the [module docs](self) for the contract.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Reads an entry together with the namespace's invalidation clock.
+    fn read<'a>(&'a self, space: &'a KeySpace, key: &'a str) -> StoreFuture<'a, Lookup>;
+
+    /// Writes an entry, guarded by [`Write::since`], recording its tags.
+    fn write<'a>(&'a self, space: &'a KeySpace, write: Write<'a>) -> StoreFuture<'a, Written>;
+
+    /// Invalidates keys, tags or a pattern; returns how many entries were removed.
+    fn invalidate<'a>(&'a self, space: &'a KeySpace, target: Target<'a>) -> StoreFuture<'a, u64>;
+
+    /// Checks that the store answers.
+    fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// A short name for logs and metrics (`valkey`, `memory`).
+    fn name(&self) -> &'static str;
+}
