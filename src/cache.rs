@@ -2,8 +2,11 @@
 //! the function cache go through (timeouts, the circuit breaker, statistics).
 
 use crate::breaker::{Breaker, Permit, Transition};
+use crate::invalidate::retry::{Job, RetryQueue};
 use crate::stats::{Counters, Stats};
-use crate::store::{KeySpace, Lookup, Store, StoreError, StoreErrorKind, StoreFuture, Target, Write, Written};
+use crate::store::{
+    KeySpace, Lookup, Store, StoreError, StoreErrorKind, StoreFuture, Target, Write, Written,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +39,7 @@ pub(crate) struct Inner {
     pub(crate) bulk_timeout: Duration,
     pub(crate) breaker: Breaker,
     pub(crate) counters: Counters,
+    pub(crate) retry: RetryQueue,
 }
 
 /// Builds a [`Cache`]. See [`Cache::builder`].
@@ -49,6 +53,8 @@ pub struct CacheBuilder {
     breaker_threshold: u32,
     breaker_cool_down: Duration,
     tombstone_ttl: Duration,
+    retry_capacity: usize,
+    retry_give_up: Duration,
 }
 
 impl CacheBuilder {
@@ -104,6 +110,15 @@ impl CacheBuilder {
         self
     }
 
+    /// Invalidations that fail (store unreachable) are queued, up to `capacity`, and retried in
+    /// the background until they succeed or `give_up_after` passes. While any is pending, this
+    /// process serves requests from the handler, not from the cache. Default 1024, 10 minutes.
+    pub fn invalidation_retry(mut self, capacity: usize, give_up_after: Duration) -> Self {
+        self.retry_capacity = capacity;
+        self.retry_give_up = give_up_after;
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Cache {
         Cache {
@@ -116,6 +131,7 @@ impl CacheBuilder {
                 bulk_timeout: self.bulk_timeout,
                 breaker: Breaker::new(self.breaker_threshold, self.breaker_cool_down),
                 counters: Counters::default(),
+                retry: RetryQueue::new(self.retry_capacity, self.retry_give_up),
             }),
         }
     }
@@ -143,6 +159,8 @@ impl Cache {
             breaker_threshold: 5,
             breaker_cool_down: Duration::from_secs(1),
             tombstone_ttl: Duration::from_secs(60),
+            retry_capacity: 1024,
+            retry_give_up: Duration::from_secs(600),
         }
     }
 
@@ -189,7 +207,10 @@ impl Cache {
     ) -> Result<T, StoreError> {
         let inner = &self.inner;
         if inner.breaker.permit() == Permit::Rejected {
-            return Err(StoreError::new(StoreErrorKind::CircuitOpen, "circuit breaker open"));
+            return Err(StoreError::new(
+                StoreErrorKind::CircuitOpen,
+                "circuit breaker open",
+            ));
         }
         let result = match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
@@ -217,8 +238,21 @@ impl Cache {
         result
     }
 
+    /// Invalidations waiting in the retry queue (see [`CacheBuilder::invalidation_retry`]).
+    pub fn pending_invalidations(&self) -> usize {
+        self.inner.retry.pending()
+    }
+
     pub(crate) async fn read(&self, key: &str) -> Result<Lookup, StoreError> {
         let i = &self.inner;
+        if i.retry.pending() > 0 {
+            // An invalidation this process owes the store has not landed: the store may hold
+            // entries it is about to remove, so do not serve from it.
+            return Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "invalidation pending; cache reads suspended",
+            ));
+        }
         self.guarded("read", i.op_timeout, i.store.read(&i.space, key))
             .await
     }
@@ -261,6 +295,21 @@ impl Cache {
     /// [`glob_escape`](crate::key::glob_escape) (templates do this for you).
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, StoreError> {
         self.invalidate(Target::Pattern(pattern)).await
+    }
+
+    /// Runs an invalidation; if the store fails, queues it for retry and returns the error.
+    pub(crate) async fn invalidate_or_queue(&self, job: Job) -> Result<u64, StoreError> {
+        match self.invalidate(job.target()).await {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                if self.inner.retry.push(&self.inner, job) {
+                    self.inner.counters.retry_queued();
+                } else {
+                    self.inner.counters.retry_dropped();
+                }
+                Err(e)
+            }
+        }
     }
 
     pub(crate) async fn invalidate(&self, target: Target<'_>) -> Result<u64, StoreError> {

@@ -213,8 +213,8 @@ impl Entry {
         let mut headers = Vec::with_capacity(count.min(64));
         for _ in 0..count {
             let n = r.u16()? as usize;
-            let name =
-                HeaderName::from_bytes(r.take(n)?).map_err(|_| DecodeError("invalid header name"))?;
+            let name = HeaderName::from_bytes(r.take(n)?)
+                .map_err(|_| DecodeError("invalid header name"))?;
             let n = r.u16()? as usize;
             let value = HeaderValue::from_bytes(r.take(n)?)
                 .map_err(|_| DecodeError("invalid header value"))?;
@@ -278,7 +278,10 @@ mod tests {
 
     fn sample() -> Entry {
         let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(header::SET_COOKIE, HeaderValue::from_static("a=b"));
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         h.append("x-many", HeaderValue::from_static("1"));
@@ -307,8 +310,14 @@ mod tests {
     #[test]
     fn freshness_windows() {
         let e = sample();
-        assert_eq!(e.freshness(1_000), Freshness::Fresh(Duration::from_secs(60)));
-        assert_eq!(e.freshness(62_000), Freshness::Stale(Duration::from_secs(1)));
+        assert_eq!(
+            e.freshness(1_000),
+            Freshness::Fresh(Duration::from_secs(60))
+        );
+        assert_eq!(
+            e.freshness(62_000),
+            Freshness::Stale(Duration::from_secs(1))
+        );
         assert_eq!(e.freshness(91_000), Freshness::Expired);
     }
 
@@ -316,7 +325,10 @@ mod tests {
     fn every_truncation_and_foreign_value_is_an_error() {
         let raw = sample().encode().unwrap();
         for n in 0..raw.len() {
-            assert!(Entry::decode(&raw.slice(..n)).is_err(), "prefix {n} decoded");
+            assert!(
+                Entry::decode(&raw.slice(..n)).is_err(),
+                "prefix {n} decoded"
+            );
         }
         let mut longer = raw.to_vec();
         longer.push(0);

@@ -30,12 +30,14 @@
 mod breaker;
 mod cache;
 pub mod entry;
+pub mod invalidate;
 pub mod key;
 pub mod layer;
 mod stats;
 pub mod store;
 
 pub use cache::{Cache, CacheBuilder};
+pub use invalidate::InvalidateLayer;
 pub use layer::CacheLayer;
 pub use stats::Stats;
 pub use store::{MemoryStore, ValkeyConfig, ValkeyStore};

@@ -30,6 +30,12 @@ pub struct Stats {
     pub breaker_opened: u64,
     /// Times the circuit breaker closed again.
     pub breaker_closed: u64,
+    /// Failed invalidations queued for retry.
+    pub invalidations_queued: u64,
+    /// Queued invalidations that later succeeded.
+    pub invalidations_retried: u64,
+    /// Queued invalidations given up (queue full or retried past the limit).
+    pub invalidations_dropped: u64,
 }
 
 impl Stats {
@@ -59,6 +65,9 @@ pub(crate) struct Counters {
     invalidated: AtomicU64,
     breaker_opened: AtomicU64,
     breaker_closed: AtomicU64,
+    invalidations_queued: AtomicU64,
+    invalidations_retried: AtomicU64,
+    invalidations_dropped: AtomicU64,
 }
 
 impl Counters {
@@ -100,6 +109,16 @@ impl Counters {
         self.breaker_closed.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn retry_queued(&self) {
+        self.invalidations_queued.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn retry_succeeded(&self) {
+        self.invalidations_retried.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn retry_dropped(&self) {
+        self.invalidations_dropped.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             hits: self.hits.load(Relaxed),
@@ -114,6 +133,9 @@ impl Counters {
             invalidated: self.invalidated.load(Relaxed),
             breaker_opened: self.breaker_opened.load(Relaxed),
             breaker_closed: self.breaker_closed.load(Relaxed),
+            invalidations_queued: self.invalidations_queued.load(Relaxed),
+            invalidations_retried: self.invalidations_retried.load(Relaxed),
+            invalidations_dropped: self.invalidations_dropped.load(Relaxed),
         }
     }
 }

@@ -26,7 +26,11 @@ pub fn escape(value: &str) -> String {
 
 pub(crate) fn escape_into(out: &mut String, value: &str, keep_slash: bool) {
     for &b in value.as_bytes() {
-        if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-' || (keep_slash && b == b'/')
+        if b.is_ascii_alphanumeric()
+            || b == b'_'
+            || b == b'.'
+            || b == b'-'
+            || (keep_slash && b == b'/')
         {
             out.push(b as char);
         } else {

@@ -45,8 +45,8 @@
 mod escape;
 mod template;
 
-pub use escape::{escape, glob_escape, MAX_KEY_LEN};
 pub(crate) use escape::{bound_length, short_hash};
+pub use escape::{escape, glob_escape, MAX_KEY_LEN};
 pub use template::{KeyTemplate, TemplateError};
 
 use http::request::Parts;
@@ -183,6 +183,27 @@ impl KeyStrategy for DefaultKey {
     }
 }
 
+/// The path parameters axum matched for this request (empty outside axum or without the
+/// `axum` feature).
+#[cfg(feature = "axum")]
+pub(crate) fn path_params(parts: &mut Parts) -> Vec<(String, String)> {
+    use axum::extract::{FromRequestParts, RawPathParams};
+    use futures_util::FutureExt;
+    // RawPathParams only reads request extensions: its future is ready at once.
+    match RawPathParams::from_request_parts(parts, &()).now_or_never() {
+        Some(Ok(params)) => params
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(not(feature = "axum"))]
+pub(crate) fn path_params(_parts: &mut Parts) -> Vec<(String, String)> {
+    Vec::new()
+}
+
 /// The method as it appears in keys: HEAD shares GET's entry.
 pub(crate) fn method_name(m: &http::Method) -> &str {
     if m == http::Method::HEAD {
@@ -218,7 +239,10 @@ mod tests {
     #[test]
     fn default_key_escapes_globs_in_path() {
         let p = parts("/a*b/%5B");
-        assert_eq!(DefaultKey.key(&KeyContext::new(&p)).unwrap(), "GET:/a%2Ab/%255B");
+        assert_eq!(
+            DefaultKey.key(&KeyContext::new(&p)).unwrap(),
+            "GET:/a%2Ab/%255B"
+        );
     }
 
     #[test]

@@ -32,7 +32,11 @@ pub struct TemplateError {
 
 impl fmt::Display for TemplateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid key template `{}`: {}", self.template, self.reason)
+        write!(
+            f,
+            "invalid key template `{}`: {}",
+            self.template, self.reason
+        )
     }
 }
 
@@ -129,10 +133,7 @@ impl KeyTemplate {
     /// let t = KeyTemplate::parse("user:{id}").unwrap();
     /// assert_eq!(t.render_with(|name| (name == "id").then(|| "a:b".to_string())).unwrap(), "user:a%3Ab");
     /// ```
-    pub fn render_with(
-        &self,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<String, KeyError> {
+    pub fn render_with(&self, lookup: impl Fn(&str) -> Option<String>) -> Result<String, KeyError> {
         let mut out = String::with_capacity(self.source.len() + 16);
         for part in self.parts.iter() {
             match part {
@@ -220,21 +221,36 @@ impl KeyStrategy for KeyTemplate {
 mod tests {
     use super::*;
 
-    fn render(t: &str, uri: &str, headers: &[(&str, &str)], params: &[(&str, &str)]) -> Result<String, KeyError> {
+    fn render(
+        t: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        params: &[(&str, &str)],
+    ) -> Result<String, KeyError> {
         let mut b = http::Request::get(uri);
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
         let (parts, _) = b.body(()).unwrap().into_parts();
-        let ctx = KeyContext::new(&parts)
-            .with_path_params(params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        let ctx = KeyContext::new(&parts).with_path_params(
+            params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
         KeyTemplate::parse(t).unwrap().key(&ctx)
     }
 
     #[test]
     fn renders_every_variable_kind() {
         assert_eq!(
-            render("t:{header.x-tenant}:{method}:{path}:{id}:{query.p}", "/u/1?p=3", &[("x-tenant", "acme")], &[("id", "1")]).unwrap(),
+            render(
+                "t:{header.x-tenant}:{method}:{path}:{id}:{query.p}",
+                "/u/1?p=3",
+                &[("x-tenant", "acme")],
+                &[("id", "1")]
+            )
+            .unwrap(),
             "t:acme:GET:/u/1:1:3"
         );
         assert_eq!(render("q:{query.p}", "/", &[], &[]).unwrap(), "q:~");
@@ -244,18 +260,38 @@ mod tests {
 
     #[test]
     fn substituted_values_are_escaped() {
-        assert_eq!(render("user:{id}", "/", &[], &[("id", "*")]).unwrap(), "user:%2A");
-        assert_eq!(render("user:{id}", "/", &[], &[("id", "1:posts")]).unwrap(), "user:1%3Aposts");
+        assert_eq!(
+            render("user:{id}", "/", &[], &[("id", "*")]).unwrap(),
+            "user:%2A"
+        );
+        assert_eq!(
+            render("user:{id}", "/", &[], &[("id", "1:posts")]).unwrap(),
+            "user:1%3Aposts"
+        );
     }
 
     #[test]
     fn credentials_render_hashed() {
-        let k = render("me:{header.authorization}", "/", &[("authorization", "Bearer secret")], &[]).unwrap();
+        let k = render(
+            "me:{header.authorization}",
+            "/",
+            &[("authorization", "Bearer secret")],
+            &[],
+        )
+        .unwrap();
         assert!(!k.contains("secret"));
         assert!(k.starts_with("me:h") && k.len() == 4 + 32);
-        let other = render("me:{header.authorization}", "/", &[("authorization", "Bearer other")], &[]).unwrap();
+        let other = render(
+            "me:{header.authorization}",
+            "/",
+            &[("authorization", "Bearer other")],
+            &[],
+        )
+        .unwrap();
         assert_ne!(k, other);
-        assert!(KeyTemplate::parse("me:{header.Authorization}").unwrap().includes_credentials());
+        assert!(KeyTemplate::parse("me:{header.Authorization}")
+            .unwrap()
+            .includes_credentials());
     }
 
     #[test]

@@ -119,9 +119,7 @@ where
                 match &frame {
                     Some(Ok(f)) => {
                         if let Some(data) = f.data_ref() {
-                            let keep = tee
-                                .as_mut()
-                                .is_some_and(|t| t.len + data.len() <= t.max);
+                            let keep = tee.as_mut().is_some_and(|t| t.len + data.len() <= t.max);
                             if keep {
                                 if let Some(t) = tee.as_mut() {
                                     t.len += data.len();
@@ -160,7 +158,9 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             Kind::Stream { inner } | Kind::Tee { inner, .. } => inner.size_hint(),
             Kind::Failed { .. } => SizeHint::default(),
         }

@@ -22,6 +22,8 @@ pub struct CacheLayer {
     name: Arc<str>,
     status_header: bool,
     allow_credentials: bool,
+    tags: Vec<KeyTemplate>,
+    tag_headers: bool,
 }
 
 impl std::fmt::Debug for CacheLayer {
@@ -51,7 +53,36 @@ impl CacheLayer {
             name: Arc::from("tower-valkey-cache"),
             status_header: true,
             allow_credentials: false,
+            tags: Vec::new(),
+            tag_headers: true,
         }
+    }
+
+    /// Tags (surrogate keys) recorded with each stored entry, as templates (`"user:{id}"`), so
+    /// that [`InvalidateLayer::tags`](crate::InvalidateLayer::tags) or
+    /// [`Cache::invalidate_tag`] can remove every entry carrying one.
+    ///
+    /// # Panics
+    ///
+    /// If a template does not parse.
+    pub fn tags<I, T>(mut self, templates: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        for t in templates {
+            self.tags
+                .push(KeyTemplate::parse(t.as_ref()).unwrap_or_else(|e| panic!("{e}")));
+        }
+        self
+    }
+
+    /// Whether tags are also read from the handler's `Surrogate-Key` (space-separated) and
+    /// `Cache-Tag` (comma-separated) response headers, which are then removed from the response.
+    /// Default on.
+    pub fn tags_from_headers(mut self, enable: bool) -> Self {
+        self.tag_headers = enable;
+        self
     }
 
     /// How long responses stay fresh. Defaults to the cache's TTL.
@@ -148,6 +179,8 @@ impl<S> Layer<S> for CacheLayer {
                 name: self.name.clone(),
                 status_header: self.status_header,
                 keyed_by_caller,
+                tags: self.tags.clone(),
+                tag_headers: self.tag_headers,
                 key_error_reported: AtomicBool::new(false),
             }),
         )

@@ -49,4 +49,3 @@ mod status;
 pub use body::CacheBody;
 pub use layer::CacheLayer;
 pub use service::{CacheService, ResponseFuture};
-

@@ -69,22 +69,46 @@ mod tests {
     fn never_stores_private_or_cookie_responses() {
         let ok = [StatusCode::OK];
         assert_eq!(response_unstorable(&res(&[]), &ok), None);
-        assert_eq!(response_unstorable(&res(&[("set-cookie", "a=b")]), &ok), Some("set-cookie"));
-        for cc in ["private", "no-store", "No-Cache", "max-age=5, private=\"x\""] {
-            assert_eq!(response_unstorable(&res(&[("cache-control", cc)]), &ok), Some("cache-control"), "{cc}");
+        assert_eq!(
+            response_unstorable(&res(&[("set-cookie", "a=b")]), &ok),
+            Some("set-cookie")
+        );
+        for cc in [
+            "private",
+            "no-store",
+            "No-Cache",
+            "max-age=5, private=\"x\"",
+        ] {
+            assert_eq!(
+                response_unstorable(&res(&[("cache-control", cc)]), &ok),
+                Some("cache-control"),
+                "{cc}"
+            );
         }
-        assert_eq!(response_unstorable(&res(&[("cache-control", "public, max-age=60")]), &ok), None);
-        assert_eq!(response_unstorable(&res(&[("vary", "*")]), &ok), Some("vary"));
+        assert_eq!(
+            response_unstorable(&res(&[("cache-control", "public, max-age=60")]), &ok),
+            None
+        );
+        assert_eq!(
+            response_unstorable(&res(&[("vary", "*")]), &ok),
+            Some("vary")
+        );
     }
 
     #[test]
     fn credentials_bypass_unless_keyed_by_caller() {
-        let r = Request::get("/").header("authorization", "Bearer x").body(()).unwrap();
+        let r = Request::get("/")
+            .header("authorization", "Bearer x")
+            .body(())
+            .unwrap();
         assert_eq!(request_bypass(&r, false), Some("authorization"));
         assert_eq!(request_bypass(&r, true), None);
         let r = Request::get("/").header("cookie", "s=1").body(()).unwrap();
         assert_eq!(request_bypass(&r, false), Some("cookie"));
-        let r = Request::get("/").header("cache-control", "no-store").body(()).unwrap();
+        let r = Request::get("/")
+            .header("cache-control", "no-store")
+            .body(())
+            .unwrap();
         assert_eq!(request_bypass(&r, true), Some("no-store"));
     }
 }

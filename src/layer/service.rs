@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) status_header: bool,
     pub(crate) keyed_by_caller: bool,
     pub(crate) key_error_reported: AtomicBool,
+    pub(crate) tags: Vec<crate::key::KeyTemplate>,
+    pub(crate) tag_headers: bool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -123,31 +125,17 @@ where
     }
 }
 
-fn forward_outcome<B: Body>(sh: &Shared, mut res: Response<CacheBody<B>>, outcome: Outcome) -> Response<CacheBody<B>> {
+fn forward_outcome<B: Body>(
+    sh: &Shared,
+    mut res: Response<CacheBody<B>>,
+    outcome: Outcome,
+) -> Response<CacheBody<B>> {
     tracing::Span::current().record("outcome", outcome.label());
     if sh.status_header {
         res.headers_mut()
             .insert("cache-status", outcome.header(&sh.name));
     }
     res
-}
-
-#[cfg(feature = "axum")]
-fn path_params(parts: &mut http::request::Parts) -> Vec<(String, String)> {
-    use axum::extract::{FromRequestParts, RawPathParams};
-    use futures_util::FutureExt;
-    match RawPathParams::from_request_parts(parts, &()).now_or_never() {
-        Some(Ok(params)) => params
-            .iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-#[cfg(not(feature = "axum"))]
-fn path_params(_parts: &mut http::request::Parts) -> Vec<(String, String)> {
-    Vec::new()
 }
 
 async fn handle<S, ReqB, ResB>(
@@ -162,23 +150,41 @@ where
     let counters = sh.cache.counters();
     if !sh.methods.contains(req.method()) {
         let res = inner.call(req).await?;
-        return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::Method));
+        return Ok(forward_outcome(
+            &sh,
+            res.map(CacheBody::stream),
+            Outcome::Method,
+        ));
     }
     if let Some(reason) = policy::request_bypass(&req, sh.keyed_by_caller) {
         counters.bypass();
         let res = inner.call(req).await?;
-        return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::Bypass(reason)));
+        return Ok(forward_outcome(
+            &sh,
+            res.map(CacheBody::stream),
+            Outcome::Bypass(reason),
+        ));
     }
     let is_head = req.method() == Method::HEAD;
 
     let (mut parts, body) = req.into_parts();
     let params = if sh.key.needs_path_params() {
-        path_params(&mut parts)
+        crate::key::path_params(&mut parts)
     } else {
         Vec::new()
     };
-    let key = match sh.key.key(&KeyContext::new(&parts).with_path_params(params)) {
-        Ok(k) => k,
+    let ctx = KeyContext::new(&parts).with_path_params(params);
+    let key_and_tags = sh.key.key(&ctx).and_then(|k| {
+        let tags = sh
+            .tags
+            .iter()
+            .map(|t| t.key(&ctx))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((k, tags))
+    });
+    drop(ctx);
+    let (key, mut tags) = match key_and_tags {
+        Ok(kt) => kt,
         Err(e) => {
             if matches!(e, crate::key::KeyError::MissingPathParam(_))
                 && !sh.key_error_reported.swap(true, Ordering::Relaxed)
@@ -191,7 +197,11 @@ where
                 crate::key::KeyError::MissingPathParam(_) => "key-error",
                 crate::key::KeyError::Declined => "key-declined",
             };
-            return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::Bypass(detail)));
+            return Ok(forward_outcome(
+                &sh,
+                res.map(CacheBody::stream),
+                Outcome::Bypass(detail),
+            ));
         }
     };
     let span = tracing::Span::current();
@@ -205,7 +215,11 @@ where
         Err(_) => {
             counters.unavailable();
             let res = inner.call(req).await?;
-            return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::StoreUnavailable));
+            return Ok(forward_outcome(
+                &sh,
+                res.map(CacheBody::stream),
+                Outcome::StoreUnavailable,
+            ));
         }
     };
     let mut detail = None;
@@ -228,20 +242,29 @@ where
     counters.miss();
 
     let started = Instant::now();
-    let res = inner.call(req).await?;
+    let mut res = inner.call(req).await?;
+    if sh.tag_headers {
+        take_header_tags(res.headers_mut(), &mut tags);
+    }
     if is_head {
         // A HEAD response has no body to store; the GET that follows will fill the entry.
         return Ok(forward_outcome(
             &sh,
             res.map(CacheBody::stream),
-            Outcome::Miss { stored: false, detail: Some("head") },
+            Outcome::Miss {
+                stored: false,
+                detail: Some("head"),
+            },
         ));
     }
     if let Some(reason) = policy::response_unstorable(&res, &sh.statuses) {
         return Ok(forward_outcome(
             &sh,
             res.map(CacheBody::stream),
-            Outcome::Miss { stored: false, detail: Some(reason) },
+            Outcome::Miss {
+                stored: false,
+                detail: Some(reason),
+            },
         ));
     }
     let (parts, body) = res.into_parts();
@@ -251,12 +274,16 @@ where
         return Ok(forward_outcome(
             &sh,
             Response::from_parts(parts, CacheBody::stream(body)),
-            Outcome::Miss { stored: false, detail: Some("too-large") },
+            Outcome::Miss {
+                stored: false,
+                detail: Some("too-large"),
+            },
         ));
     }
     let fill = Fill {
         cache: sh.cache.clone(),
         key,
+        tags,
         ttl: sh.ttl,
         since: lookup.clock,
         started,
@@ -268,10 +295,19 @@ where
             Ok(c) => c.to_bytes(),
             Err(e) => {
                 let res = Response::from_parts(parts, CacheBody::failed(e));
-                return Ok(forward_outcome(&sh, res, Outcome::Miss { stored: false, detail: detail.or(Some("body-error")) }));
+                return Ok(forward_outcome(
+                    &sh,
+                    res,
+                    Outcome::Miss {
+                        stored: false,
+                        detail: detail.or(Some("body-error")),
+                    },
+                ));
             }
         };
-        let stored = fill.store(parts.status, &parts.headers, bytes.clone()).await;
+        let stored = fill
+            .store(parts.status, &parts.headers, bytes.clone())
+            .await;
         let outcome = Outcome::Miss {
             stored: stored == Some(Written::Stored),
             detail: match stored {
@@ -280,7 +316,11 @@ where
                 Some(Written::Stored) => None,
             },
         };
-        return Ok(forward_outcome(&sh, Response::from_parts(parts, CacheBody::full(bytes)), outcome));
+        return Ok(forward_outcome(
+            &sh,
+            Response::from_parts(parts, CacheBody::full(bytes)),
+            outcome,
+        ));
     }
     // Unknown length: stream it through and store a copy once it completes within the limit.
     let status = parts.status;
@@ -294,13 +334,21 @@ where
         }),
     );
     let res = Response::from_parts(parts, CacheBody::tee(body, tee));
-    Ok(forward_outcome(&sh, res, Outcome::Miss { stored: false, detail }))
+    Ok(forward_outcome(
+        &sh,
+        res,
+        Outcome::Miss {
+            stored: false,
+            detail,
+        },
+    ))
 }
 
 /// A fill in progress: what is needed to store the handler's response once it is complete.
 struct Fill {
     cache: Cache,
     key: String,
+    tags: Vec<String>,
     ttl: Duration,
     since: u64,
     started: Instant,
@@ -309,7 +357,12 @@ struct Fill {
 impl Fill {
     /// Stores the response; None when the store failed or the fill outlived the invalidation
     /// window (its guard can no longer be checked, so it is dropped).
-    async fn store(self, status: StatusCode, headers: &http::HeaderMap, body: Bytes) -> Option<Written> {
+    async fn store(
+        self,
+        status: StatusCode,
+        headers: &http::HeaderMap,
+        body: Bytes,
+    ) -> Option<Written> {
         if self.started.elapsed() >= self.cache.key_space().tombstone_ttl() {
             tracing::debug!("fill took longer than the invalidation window; not stored");
             return None;
@@ -328,7 +381,7 @@ impl Fill {
                 key: &self.key,
                 value,
                 ttl: entry.store_ttl(now),
-                tags: &[],
+                tags: &self.tags,
                 since: Some(self.since),
             })
             .await
@@ -336,7 +389,34 @@ impl Fill {
     }
 }
 
-fn hit_response<B: Body>(sh: &Shared, entry: Entry, is_head: bool, left: Duration, now: u64) -> Response<CacheBody<B>> {
+/// Moves tags from `Surrogate-Key` (space-separated) and `Cache-Tag` (comma-separated) into
+/// `tags`, removing the headers so they never reach the client.
+fn take_header_tags(headers: &mut http::HeaderMap, tags: &mut Vec<String>) {
+    for (name, sep) in [("surrogate-key", ' '), ("cache-tag", ',')] {
+        if let http::header::Entry::Occupied(e) = headers.entry(name) {
+            for v in e.remove_entry_mult().1 {
+                if let Ok(v) = v.to_str() {
+                    tags.extend(
+                        v.split(sep)
+                            .map(str::trim)
+                            .filter(|t| !t.is_empty())
+                            .map(str::to_owned),
+                    );
+                }
+            }
+        }
+    }
+    tags.sort_unstable();
+    tags.dedup();
+}
+
+fn hit_response<B: Body>(
+    sh: &Shared,
+    entry: Entry,
+    is_head: bool,
+    left: Duration,
+    now: u64,
+) -> Response<CacheBody<B>> {
     let age = entry.age(now).as_secs();
     let len = entry.body.len();
     let mut res = Response::new(if is_head {

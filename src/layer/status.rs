@@ -56,10 +56,20 @@ mod tests {
     #[test]
     fn formats_rfc9211_values() {
         let n = "tower-valkey-cache";
-        assert_eq!(Outcome::Hit { ttl: 42 }.header(n), "tower-valkey-cache; hit; ttl=42");
-        assert_eq!(Outcome::Hit { ttl: -3 }.header(n), "tower-valkey-cache; hit; ttl=-3");
         assert_eq!(
-            Outcome::Miss { stored: true, detail: None }.header(n),
+            Outcome::Hit { ttl: 42 }.header(n),
+            "tower-valkey-cache; hit; ttl=42"
+        );
+        assert_eq!(
+            Outcome::Hit { ttl: -3 }.header(n),
+            "tower-valkey-cache; hit; ttl=-3"
+        );
+        assert_eq!(
+            Outcome::Miss {
+                stored: true,
+                detail: None
+            }
+            .header(n),
             "tower-valkey-cache; fwd=uri-miss; stored"
         );
         assert_eq!(

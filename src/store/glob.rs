@@ -75,7 +75,10 @@ fn class(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
             }
             i += 2;
         } else if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']' {
-            let (lo, hi) = (pattern[i].min(pattern[i + 2]), pattern[i].max(pattern[i + 2]));
+            let (lo, hi) = (
+                pattern[i].min(pattern[i + 2]),
+                pattern[i].max(pattern[i + 2]),
+            );
             if (lo..=hi).contains(&c) {
                 matched = true;
             }

@@ -142,7 +142,10 @@ impl State {
         let generation = self.generation;
         self.bytes += value.len();
         for set in &tag_sets {
-            self.tags.entry(set.clone()).or_default().insert(key.clone());
+            self.tags
+                .entry(set.clone())
+                .or_default()
+                .insert(key.clone());
         }
         self.order.push_back((key.clone(), generation));
         self.entries.insert(

@@ -14,7 +14,9 @@
 //! connect timeout and size limit. Long multi-round-trip work (pattern `SCAN`s) checks out its own
 //! pooled connection so it never sits in front of hot-path commands.
 
-use super::{KeySpace, Lookup, Store, StoreError, StoreErrorKind, StoreFuture, Target, Write, Written};
+use super::{
+    KeySpace, Lookup, Store, StoreError, StoreErrorKind, StoreFuture, Target, Write, Written,
+};
 use bytes::Bytes;
 use deadpool_redis::redis::{self, aio::MultiplexedConnection, AsyncConnectionConfig, RedisError};
 use deadpool_redis::{Manager, Pool, Runtime};
@@ -143,6 +145,11 @@ impl ValkeyStore {
 
     /// A store from settings.
     pub fn with_config(cfg: ValkeyConfig) -> Result<Self, StoreError> {
+        #[cfg(feature = "tls")]
+        {
+            // rustls needs a process-wide crypto provider; keep the application's if it set one.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let conn_cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))
             .set_response_timeout(Some(cfg.response_timeout));
@@ -505,7 +512,10 @@ impl Store for ValkeyStore {
                 Target::Pattern(p) => {
                     let full = space.entry(p);
                     let mut inv = scripts().pattern.prepare_invoke();
-                    inv.key(space.clock()).key(space.patterns()).arg(ttl).arg(&full);
+                    inv.key(space.clock())
+                        .key(space.patterns())
+                        .arg(ttl)
+                        .arg(&full);
                     let _clock: u64 = self.run(async |c| inv.invoke_async(c).await).await?;
                     self.scan_unlink(&full).await
                 }

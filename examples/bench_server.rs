@@ -1,0 +1,151 @@
+//! The server behind `scripts/bench`: one route, `GET /item/{id}`, in one of several modes, so
+//! that `wrk` can compare the cache against what it replaces.
+//!
+//! ```text
+//! VALKEY_URL=redis://127.0.0.1:6379 cargo run --release --example bench_server -- MODE PORT
+//! ```
+//!
+//! | mode | the route |
+//! |---|---|
+//! | `bare` | returns a fixed 1 KiB body (the ceiling: axum + hyper alone) |
+//! | `raw-get` | one `GET item:{id}` on one shared `MultiplexedConnection`, body = the value |
+//! | `valkey-hit` | `CacheLayer` on a `ValkeyStore` in front of the `bare` handler (hits after warm-up) |
+//! | `memory-hit` | `CacheLayer` on a `MemoryStore` in front of the `bare` handler |
+//! | `miss` | `CacheLayer` on a `ValkeyStore` in front of a handler that sleeps 50 ms |
+//!
+//! In `miss` mode every request gets a key of its own (`item:{id}:{n}`, `n` a process-wide
+//! counter), so each one is a genuine miss: a store read that finds nothing, the handler, then
+//! a store write (entries live 1 s so the run does not fill Valkey). This is a miss, not a
+//! bypass: the key strategy returns a key, it is just never seen twice.
+//!
+//! `VALKEY_URL` (default `redis://127.0.0.1:6379`) picks the server; `item:1` (1 KiB) is seeded
+//! at start. The server prints `ready` on stdout once it is listening.
+
+use axum::{extract::Path, extract::State, routing::get, Router};
+use bytes::Bytes;
+use deadpool_redis::redis::{self, aio::MultiplexedConnection};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tower_valkey_cache::{Cache, CacheLayer, MemoryStore, ValkeyStore};
+
+const BODY_LEN: usize = 1024;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn body() -> Bytes {
+    Bytes::from(vec![b'x'; BODY_LEN])
+}
+
+async fn bare(State(body): State<Bytes>) -> Bytes {
+    body
+}
+
+async fn slow(State(body): State<Bytes>) -> Bytes {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    body
+}
+
+async fn raw_get(
+    State(conn): State<MultiplexedConnection>,
+    Path(id): Path<String>,
+) -> Result<Bytes, (http::StatusCode, String)> {
+    let mut conn = conn;
+    let value: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(format!("item:{id}"))
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| (http::StatusCode::BAD_GATEWAY, e.to_string()))?;
+    value
+        .map(Bytes::from)
+        .ok_or_else(|| (http::StatusCode::NOT_FOUND, "no such item".to_owned()))
+}
+
+fn usage() -> ! {
+    eprintln!("usage: bench_server bare|raw-get|valkey-hit|memory-hit|miss PORT");
+    std::process::exit(2);
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| usage());
+    let port: u16 = match args.next().map(|p| p.parse()) {
+        Some(Ok(p)) => p,
+        _ => usage(),
+    };
+    let url = std::env::var("VALKEY_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let hour = Duration::from_secs(3600);
+
+    let app = match mode.as_str() {
+        "bare" => Router::new()
+            .route("/item/{id}", get(bare))
+            .with_state(body()),
+        "raw-get" => {
+            let store = ValkeyStore::new(&url)?;
+            let mut conn = store.connection().await?;
+            let () = redis::cmd("SET")
+                .arg("item:1")
+                .arg(body().as_ref())
+                .query_async(&mut conn)
+                .await?;
+            Router::new()
+                .route("/item/{id}", get(raw_get))
+                .with_state(conn)
+        }
+        "valkey-hit" => {
+            let cache = Cache::builder(ValkeyStore::new(&url)?)
+                .namespace("bench")
+                .build();
+            Router::new()
+                .route(
+                    "/item/{id}",
+                    get(bare).route_layer(CacheLayer::new(cache).key("item:{id}").ttl(hour)),
+                )
+                .with_state(body())
+        }
+        "memory-hit" => {
+            let cache = Cache::builder(MemoryStore::new())
+                .namespace("bench")
+                .build();
+            Router::new()
+                .route(
+                    "/item/{id}",
+                    get(bare).route_layer(CacheLayer::new(cache).key("item:{id}").ttl(hour)),
+                )
+                .with_state(body())
+        }
+        "miss" => {
+            let cache = Cache::builder(ValkeyStore::new(&url)?)
+                .namespace("benchmiss")
+                .build();
+            let counter = Arc::new(AtomicU64::new(0));
+            let key = move |parts: &http::request::Parts| {
+                let id = parts.uri.path().rsplit('/').next().unwrap_or("");
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                Some(format!("item:{}:{n}", tower_valkey_cache::key::escape(id)))
+            };
+            Router::new()
+                .route(
+                    "/item/{id}",
+                    get(slow).route_layer(
+                        CacheLayer::new(cache)
+                            .key_with(key)
+                            .ttl(Duration::from_secs(1)),
+                    ),
+                )
+                .with_state(body())
+        }
+        _ => usage(),
+    };
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+    axum::serve(listener, app).await?;
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! A small user service with cached reads and invalidating writes.
+//!
+//! Run it:
+//!
+//! ```text
+//! cargo run --example quickstart                                  # embedded MemoryStore
+//! VALKEY_URL=redis://127.0.0.1:6379 cargo run --example quickstart # Valkey
+//! PORT=8080 cargo run --example quickstart                        # another port
+//! ```
+//!
+//! Then try (watch the `cache-status` header):
+//!
+//! ```text
+//! curl -i localhost:3000/users/1                 # fwd=uri-miss; stored (about 50 ms)
+//! curl -i localhost:3000/users/1                 # hit (fast)
+//! curl -i -X PUT localhost:3000/users/1 -H 'content-type: application/json' -d '{"name":"Ada L."}'
+//! curl -i localhost:3000/users/1                 # miss with version 2, then hits
+//! curl -i 'localhost:3000/users/1/posts?page=2'  # cached per user and page
+//! curl -i localhost:3000/me -H 'authorization: Bearer alice'   # cached per caller only
+//! ```
+//!
+//! Ctrl-C stops it gracefully.
+
+use axum::{
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    routing::{get, put},
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower_valkey_cache::{Cache, CacheLayer, InvalidateLayer, MemoryStore, ValkeyStore};
+
+#[derive(Clone, Default)]
+struct Db {
+    users: Arc<Mutex<HashMap<u64, (String, u64)>>>,
+}
+
+impl Db {
+    fn seeded() -> Self {
+        let db = Db::default();
+        {
+            let mut users = db.users.lock().expect("fresh lock");
+            for (id, name) in [(1, "Ada"), (2, "Grace"), (3, "Linus")] {
+                users.insert(id, (name.to_string(), 1));
+            }
+        }
+        db
+    }
+}
+
+async fn get_user(State(db): State<Db>, Path(id): Path<u64>) -> Result<Json<Value>, StatusCode> {
+    // A simulated database round trip.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let users = db
+        .users
+        .lock()
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let (name, version) = users.get(&id).ok_or(StatusCode::NOT_FOUND)?;
+    Ok(Json(json!({ "id": id, "name": name, "version": version })))
+}
+
+#[derive(Deserialize)]
+struct UserUpdate {
+    name: String,
+}
+
+async fn put_user(
+    State(db): State<Db>,
+    Path(id): Path<u64>,
+    Json(update): Json<UserUpdate>,
+) -> Result<Json<Value>, StatusCode> {
+    let mut users = db
+        .users
+        .lock()
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let entry = users.entry(id).or_insert_with(|| (String::new(), 0));
+    entry.0 = update.name;
+    entry.1 += 1;
+    Ok(Json(
+        json!({ "id": id, "name": entry.0, "version": entry.1 }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    page: Option<u32>,
+}
+
+async fn user_posts(Path(id): Path<u64>, Query(p): Query<Page>) -> Json<Value> {
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let page = p.page.unwrap_or(1);
+    let posts: Vec<Value> = (0..5)
+        .map(|i| json!({ "id": (page - 1) * 5 + i + 1, "title": format!("Post {} by user {id}", (page - 1) * 5 + i + 1) }))
+        .collect();
+    Json(json!({ "user": id, "page": page, "posts": posts }))
+}
+
+async fn me(headers: HeaderMap) -> Result<Json<Value>, StatusCode> {
+    let caller = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(StatusCode::UNAUTHORIZED)?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(Json(json!({ "caller": caller })))
+}
+
+fn app(cache: Cache, db: Db) -> Router {
+    Router::new()
+        .route(
+            "/users/{id}",
+            get(get_user)
+                .route_layer(
+                    CacheLayer::new(cache.clone())
+                        .key("user:{id}")
+                        .tags(["user:{id}"])
+                        .ttl(Duration::from_secs(60)),
+                )
+                // `merge` keeps each method's layers to itself: the PUT invalidates, the GET caches.
+                .merge(
+                    put(put_user).route_layer(
+                        InvalidateLayer::new(cache.clone())
+                            .keys(["user:{id}"])
+                            .patterns(["user_{id}_posts:*"])
+                            .tags(["user:{id}"]),
+                    ),
+                ),
+        )
+        .route(
+            "/users/{id}/posts",
+            get(user_posts).route_layer(
+                CacheLayer::new(cache.clone())
+                    .key("user_{id}_posts:page_{query.page}")
+                    .tags(["user:{id}"])
+                    .ttl(Duration::from_secs(60)),
+            ),
+        )
+        .route(
+            "/me",
+            // The key includes the caller's (hashed) credentials: never shared between callers.
+            get(me).route_layer(
+                CacheLayer::new(cache)
+                    .key("me:{header.authorization}")
+                    .ttl(Duration::from_secs(30)),
+            ),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(db)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_valkey_cache=info".into()),
+        )
+        .init();
+
+    let (cache, store_name) = match std::env::var("VALKEY_URL") {
+        Ok(url) => {
+            let store = ValkeyStore::new(&url)?;
+            (
+                Cache::builder(store).namespace("quickstart").build(),
+                format!("Valkey at {url}"),
+            )
+        }
+        Err(_) => (
+            Cache::builder(MemoryStore::new())
+                .namespace("quickstart")
+                .build(),
+            "the embedded MemoryStore (set VALKEY_URL=redis://127.0.0.1:6379 to use Valkey)"
+                .to_string(),
+        ),
+    };
+
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("quickstart listening on http://127.0.0.1:{port}, caching in {store_name}");
+    println!("try:");
+    println!("  curl -i localhost:{port}/users/1          # twice: fwd=uri-miss; stored, then hit");
+    println!("  curl -i -X PUT localhost:{port}/users/1 -H 'content-type: application/json' -d '{{\"name\":\"Ada L.\"}}'");
+    println!("  curl -i 'localhost:{port}/users/1/posts?page=2'");
+    println!("  curl -i localhost:{port}/me -H 'authorization: Bearer alice'");
+
+    axum::serve(listener, app(cache, Db::seeded()))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+            println!("shutting down");
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! Invalidation middleware: [`InvalidateLayer`] for routes that change data.
+//!
+//! When the wrapped handler answers with a success status (2xx by default), the layer removes the
+//! entries the write made wrong **before the response goes out**, so the caller's next read sees
+//! the write. Three ways to name them, each a template over the same request data as
+//! [`CacheLayer`](crate::CacheLayer) keys:
+//!
+//! ```
+//! use axum::{routing::{get, put}, Router};
+//! use tower_valkey_cache::{Cache, CacheLayer, InvalidateLayer, MemoryStore};
+//!
+//! let cache = Cache::new(MemoryStore::new());
+//! let app: Router = Router::new().route(
+//!     "/users/{id}",
+//!     get(|| async { "user" })
+//!         .route_layer(CacheLayer::new(cache.clone()).key("user:{id}").tags(["user:{id}"]))
+//!         .merge(put(|| async { "updated" }).route_layer(
+//!             InvalidateLayer::new(cache)
+//!                 .keys(["user:{id}"])
+//!                 .patterns(["user_{id}_posts:*"])
+//!                 .tags(["user:{id}"]),
+//!         )),
+//! );
+//! ```
+//!
+//! (`route_layer` wraps every method registered before it, so build each method's router with its
+//! own layer and `merge` them: the GET caches, the PUT invalidates.)
+//!
+//! # Keys, patterns or tags
+//!
+//! | | keys | patterns | tags |
+//! |---|---|---|---|
+//! | names | exact entries | every key matching a glob | every entry stored with the tag |
+//! | Valkey round trips | 1 (one script for all keys) | 1 + one per `SCAN` step (`COUNT` 1000) + one `UNLINK` per batch | 1 (one script) |
+//! | blocks Valkey | no (O(keys)) | no: `SCAN` steps, never `KEYS` | O(entries with the tag) in one script |
+//! | cost grows with | keys named | the **whole namespace** (every key is scanned) | entries carrying the tag |
+//! | Valkey Cluster | keys spread over slots | must scan every primary | tag set and entries must share a slot |
+//! | use when | you know the keys | keys follow a naming scheme you cannot enumerate, rarely | one write touches many entries (a user's pages, lists) |
+//!
+//! Prefer keys and tags on hot paths; keep patterns for rare, administrative invalidation.
+//! `CacheLayer` records tags from its [`tags`](crate::CacheLayer::tags) templates and from the
+//! response's `Surrogate-Key` (space-separated) or `Cache-Tag` (comma-separated) header, which it
+//! removes before the response leaves. Tag sets expire with their longest-lived entry, and dead
+//! members are pruned as new ones are added, so they do not grow without bound.
+//!
+//! # Consistency guarantee
+//!
+//! After an invalidation is acknowledged (the write's response has been sent), no read that starts
+//! afterwards is served an entry stored before it, in any process sharing the store; and a fill
+//! whose handler started before the invalidation is never stored (it was read before the write).
+//! Each miss reads the namespace's invalidation clock with the entry; each invalidation advances
+//! the clock and leaves a tombstone on its keys, tags or pattern for the
+//! [invalidation window](crate::CacheBuilder::invalidation_window); the fill is written by a script
+//! that refuses it if a tombstone newer than its clock covers it. Fills that outlive the window
+//! are not stored. **When the store is unreachable** the write's response is still the handler's;
+//! the invalidation is queued and retried in the background, and until it lands this process serves
+//! every request from the handler. Other processes keep serving what they cached until the store is
+//! back (they cannot read it meanwhile either, so in practice they serve from their handlers too)
+//! and at worst until the entry's TTL.
+
+mod layer;
+pub(crate) mod retry;
+mod service;
+
+pub use layer::InvalidateLayer;
+pub use service::{InvalidateFuture, InvalidateService};

@@ -1,0 +1,104 @@
+//! Background retries of invalidations that failed because the store was unreachable.
+//!
+//! A write has already happened when its invalidation runs, so a failed invalidation must not
+//! fail the response, and must not be forgotten. Failed invalidations wait in a bounded queue and
+//! are retried in order, with backoff, until they succeed or `give_up_after` passes. While any is
+//! pending, this process serves every request from the handler instead of from the cache, so it
+//! cannot serve an entry that a pending invalidation is about to remove.
+
+use crate::cache::Inner;
+use crate::store::Target;
+use crate::Cache;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// An invalidation to run again.
+#[derive(Clone, Debug)]
+pub(crate) enum Job {
+    Keys(Vec<String>),
+    Tags(Vec<String>),
+    Pattern(String),
+}
+
+impl Job {
+    pub(crate) fn target(&self) -> Target<'_> {
+        match self {
+            Job::Keys(k) => Target::Keys(k),
+            Job::Tags(t) => Target::Tags(t),
+            Job::Pattern(p) => Target::Pattern(p),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct RetryQueue {
+    tx: OnceLock<mpsc::Sender<(Job, Instant)>>,
+    pending: AtomicUsize,
+    capacity: usize,
+    give_up_after: Duration,
+}
+
+impl RetryQueue {
+    pub(crate) fn new(capacity: usize, give_up_after: Duration) -> Self {
+        Self {
+            tx: OnceLock::new(),
+            pending: AtomicUsize::new(0),
+            capacity: capacity.max(1),
+            give_up_after,
+        }
+    }
+
+    /// Invalidations waiting to be retried.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Queues a job; false when the queue is full (the job is dropped and logged).
+    pub(crate) fn push(&self, cache: &Arc<Inner>, job: Job) -> bool {
+        let tx = self.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(self.capacity);
+            tokio::spawn(worker(Arc::downgrade(cache), rx));
+            tx
+        });
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        match tx.try_send((job, Instant::now())) {
+            Ok(()) => true,
+            Err(e) => {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+                tracing::error!(job = ?e.into_inner().0, "invalidation retry queue full; invalidation dropped (entries expire at their TTL)");
+                false
+            }
+        }
+    }
+}
+
+async fn worker(cache: Weak<Inner>, mut rx: mpsc::Receiver<(Job, Instant)>) {
+    while let Some((job, queued)) = rx.recv().await {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let Some(inner) = cache.upgrade() else { return };
+            let c = Cache { inner };
+            let q = &c.inner.retry;
+            match c.invalidate(job.target()).await {
+                Ok(n) => {
+                    q.pending.fetch_sub(1, Ordering::AcqRel);
+                    c.counters().retry_succeeded();
+                    tracing::info!(?job, removed = n, "queued invalidation succeeded");
+                    break;
+                }
+                Err(e) if queued.elapsed() >= q.give_up_after => {
+                    q.pending.fetch_sub(1, Ordering::AcqRel);
+                    c.counters().retry_dropped();
+                    tracing::error!(?job, error = %e, "gave up retrying invalidation");
+                    break;
+                }
+                Err(_) => {}
+            }
+            drop(c);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+}
