@@ -2,6 +2,7 @@
 //! the function cache go through (timeouts, the circuit breaker, statistics).
 
 use crate::breaker::{Breaker, Permit, Transition};
+use crate::flight::Flights;
 use crate::invalidate::retry::{Job, RetryQueue};
 use crate::stats::{Counters, Stats};
 use crate::store::{
@@ -40,6 +41,7 @@ pub(crate) struct Inner {
     pub(crate) breaker: Breaker,
     pub(crate) counters: Counters,
     pub(crate) retry: RetryQueue,
+    pub(crate) flights: Flights,
 }
 
 /// Builds a [`Cache`]. See [`Cache::builder`].
@@ -132,6 +134,7 @@ impl CacheBuilder {
                 breaker: Breaker::new(self.breaker_threshold, self.breaker_cool_down),
                 counters: Counters::default(),
                 retry: RetryQueue::new(self.retry_capacity, self.retry_give_up),
+                flights: Flights::default(),
             }),
         }
     }
@@ -254,6 +257,22 @@ impl Cache {
             ));
         }
         self.guarded("read", i.op_timeout, i.store.read(&i.space, key))
+            .await
+    }
+
+    pub(crate) fn flights(&self) -> &Flights {
+        &self.inner.flights
+    }
+
+    pub(crate) async fn try_lock(&self, key: &str, token: &str, lease: Duration) -> Result<bool, StoreError> {
+        let i = &self.inner;
+        self.guarded("lock", i.op_timeout, i.store.try_lock(&i.space, key, token, lease))
+            .await
+    }
+
+    pub(crate) async fn unlock(&self, key: &str, token: &str) -> Result<(), StoreError> {
+        let i = &self.inner;
+        self.guarded("unlock", i.op_timeout, i.store.unlock(&i.space, key, token))
             .await
     }
 

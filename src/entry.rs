@@ -13,6 +13,7 @@
 //! u64 stored_at_ms           Unix milliseconds, big endian
 //! u64 fresh_until_ms
 //! u64 stale_until_ms
+//! u32 compute_ms             how long the fill took (for early refresh)
 //! u16 status                 0 for function-cache values
 //! u16 header count, then per header: u16 name length, name, u16 value length, value
 //! u32 body length, body
@@ -27,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAGIC: &[u8; 3] = b"TVC";
 const VERSION: u8 = 1;
-const FIXED_LEN: usize = 3 + 1 + 1 + 8 * 3 + 2 + 2;
+const FIXED_LEN: usize = 3 + 1 + 1 + 8 * 3 + 4 + 2 + 2;
 
 /// A decoded cache entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub struct Entry {
     pub fresh_until_ms: u64,
     /// Until when the entry may be served stale, in Unix milliseconds (`>= fresh_until_ms`).
     pub stale_until_ms: u64,
+    /// How long producing the value took, in milliseconds (probabilistic early refresh uses it).
+    pub compute_ms: u32,
 }
 
 /// How fresh an entry is at a given instant.
@@ -128,7 +131,14 @@ impl Entry {
             stored_at_ms: now_ms,
             fresh_until_ms,
             stale_until_ms: fresh_until_ms.saturating_add(stale_for.as_millis() as u64),
+            compute_ms: 0,
         }
+    }
+
+    /// Records how long producing the value took.
+    pub fn with_compute_time(mut self, took: Duration) -> Self {
+        self.compute_ms = took.as_millis().min(u32::MAX as u128) as u32;
+        self
     }
 
     /// Freshness at `now_ms`.
@@ -172,6 +182,7 @@ impl Entry {
         out.put_u64(self.stored_at_ms);
         out.put_u64(self.fresh_until_ms);
         out.put_u64(self.stale_until_ms);
+        out.put_u32(self.compute_ms);
         out.put_u16(self.status);
         out.put_u16(self.headers.len() as u16);
         for (name, value) in &self.headers {
@@ -202,6 +213,7 @@ impl Entry {
         let stored_at_ms = r.u64()?;
         let fresh_until_ms = r.u64()?;
         let stale_until_ms = r.u64()?;
+        let compute_ms = r.u32()?;
         if fresh_until_ms < stored_at_ms || stale_until_ms < fresh_until_ms {
             return Err(DecodeError("inconsistent times"));
         }
@@ -233,6 +245,7 @@ impl Entry {
             stored_at_ms,
             fresh_until_ms,
             stale_until_ms,
+            compute_ms,
         })
     }
 }

@@ -30,6 +30,7 @@
 mod breaker;
 mod cache;
 pub mod entry;
+mod flight;
 pub mod invalidate;
 pub mod key;
 pub mod layer;

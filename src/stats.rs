@@ -36,6 +36,18 @@ pub struct Stats {
     pub invalidations_retried: u64,
     /// Queued invalidations given up (queue full or retried past the limit).
     pub invalidations_dropped: u64,
+    /// Requests that waited for another request's fill instead of running the handler.
+    pub coalesced: u64,
+    /// Requests that waited on another instance's fill lock.
+    pub lock_waits: u64,
+    /// Fill-lock waits that timed out (the waiter then ran the handler).
+    pub lock_timeouts: u64,
+    /// Background refreshes (stale-while-revalidate, early refresh) that stored a new entry.
+    pub refreshes: u64,
+    /// Background refreshes that failed (the stale entry stays).
+    pub refresh_failures: u64,
+    /// Handler failures answered with a stale entry (stale-if-error).
+    pub stale_if_error: u64,
 }
 
 impl Stats {
@@ -68,13 +80,18 @@ pub(crate) struct Counters {
     invalidations_queued: AtomicU64,
     invalidations_retried: AtomicU64,
     invalidations_dropped: AtomicU64,
+    coalesced: AtomicU64,
+    lock_waits: AtomicU64,
+    lock_timeouts: AtomicU64,
+    refreshes: AtomicU64,
+    refresh_failures: AtomicU64,
+    stale_if_error: AtomicU64,
 }
 
 impl Counters {
     pub(crate) fn hit(&self) {
         self.hits.fetch_add(1, Relaxed);
     }
-    #[allow(dead_code)] // counted by stale serving (stale-while-revalidate)
     pub(crate) fn stale_hit(&self) {
         self.stale_hits.fetch_add(1, Relaxed);
     }
@@ -119,6 +136,25 @@ impl Counters {
         self.invalidations_dropped.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn coalesced(&self) {
+        self.coalesced.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn lock_waits(&self) {
+        self.lock_waits.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn lock_timeouts(&self) {
+        self.lock_timeouts.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn refreshes(&self) {
+        self.refreshes.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn refresh_failures(&self) {
+        self.refresh_failures.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn stale_if_error(&self) {
+        self.stale_if_error.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             hits: self.hits.load(Relaxed),
@@ -136,6 +172,12 @@ impl Counters {
             invalidations_queued: self.invalidations_queued.load(Relaxed),
             invalidations_retried: self.invalidations_retried.load(Relaxed),
             invalidations_dropped: self.invalidations_dropped.load(Relaxed),
+            coalesced: self.coalesced.load(Relaxed),
+            lock_waits: self.lock_waits.load(Relaxed),
+            lock_timeouts: self.lock_timeouts.load(Relaxed),
+            refreshes: self.refreshes.load(Relaxed),
+            refresh_failures: self.refresh_failures.load(Relaxed),
+            stale_if_error: self.stale_if_error.load(Relaxed),
         }
     }
 }

@@ -24,6 +24,15 @@ pub struct CacheLayer {
     allow_credentials: bool,
     tags: Vec<KeyTemplate>,
     tag_headers: bool,
+    swr: Duration,
+    sie: Duration,
+    handler_timeout: Option<Duration>,
+    refresh_timeout: Duration,
+    coalesce: bool,
+    coalesce_wait: Duration,
+    lock_lease: Option<Duration>,
+    ttl_jitter: f64,
+    early_refresh_beta: f64,
 }
 
 impl std::fmt::Debug for CacheLayer {
@@ -55,7 +64,79 @@ impl CacheLayer {
             allow_credentials: false,
             tags: Vec::new(),
             tag_headers: true,
+            swr: Duration::ZERO,
+            sie: Duration::ZERO,
+            handler_timeout: None,
+            refresh_timeout: Duration::from_secs(30),
+            coalesce: true,
+            coalesce_wait: Duration::from_secs(10),
+            lock_lease: None,
+            ttl_jitter: 0.0,
+            early_refresh_beta: 0.0,
         }
+    }
+
+    /// Stale-while-revalidate: for `window` after an entry stops being fresh, requests get it at
+    /// once (`Cache-Status: ...; hit; ttl=-N`) while one background request per key refreshes it.
+    /// A refresh that fails leaves the stale entry in place. Default off.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.swr = window;
+        self
+    }
+
+    /// Stale-if-error: for `window` after an entry stops being fresh, a handler that answers
+    /// 5xx, fails, or exceeds [`handler_timeout`](Self::handler_timeout) is replaced by the stale
+    /// entry (`...; hit; ttl=-N; detail=stale-if-error`). Past the window the failure passes
+    /// through unchanged. Default off.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.sie = window;
+        self
+    }
+
+    /// How long the handler may take when a stale entry could stand in for it
+    /// ([`stale_if_error`](Self::stale_if_error)). Default: no limit.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = Some(timeout);
+        self
+    }
+
+    /// Time limit of one background refresh. Default 30 s.
+    pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
+        self.refresh_timeout = timeout;
+        self
+    }
+
+    /// Single-flight in this process: concurrent misses on one key run the handler once and the
+    /// others answer with its entry (`fwd=uri-miss; collapsed`), waiting at most `max_wait`
+    /// before running the handler themselves. Default on, 10 s.
+    pub fn coalesce(mut self, enable: bool, max_wait: Duration) -> Self {
+        self.coalesce = enable;
+        self.coalesce_wait = max_wait;
+        self
+    }
+
+    /// Fill lock across instances sharing the store: on a miss, take a lock on the key
+    /// (`SET NX PX lease` with a random token); others wait for the entry with backoff, at most
+    /// `lease`, then run the handler themselves. The lease expires if the holder dies.
+    /// Default off.
+    pub fn lock(mut self, lease: Duration) -> Self {
+        self.lock_lease = Some(lease);
+        self
+    }
+
+    /// Shortens each entry's TTL by a random fraction up to `fraction` (0.0 to 1.0), so entries
+    /// written together do not expire together. Default 0.
+    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
+        self.ttl_jitter = fraction.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Probabilistic early refresh (XFetch) with parameter `beta` (1.0 is the usual choice,
+    /// larger refreshes earlier): a hit may trigger one background refresh before expiry, more
+    /// likely as expiry nears and the slower the handler. Default 0 (off).
+    pub fn early_refresh(mut self, beta: f64) -> Self {
+        self.early_refresh_beta = beta.max(0.0);
+        self
     }
 
     /// Tags (surrogate keys) recorded with each stored entry, as templates (`"user:{id}"`), so
@@ -181,6 +262,15 @@ impl<S> Layer<S> for CacheLayer {
                 keyed_by_caller,
                 tags: self.tags.clone(),
                 tag_headers: self.tag_headers,
+                swr: self.swr,
+                sie: self.sie,
+                handler_timeout: self.handler_timeout,
+                refresh_timeout: self.refresh_timeout,
+                coalesce: self.coalesce,
+                coalesce_wait: self.coalesce_wait,
+                lock_lease: self.lock_lease,
+                ttl_jitter: self.ttl_jitter,
+                early_refresh_beta: self.early_refresh_beta,
                 key_error_reported: AtomicBool::new(false),
             }),
         )

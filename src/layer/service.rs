@@ -2,6 +2,7 @@ use super::body::{CacheBody, Tee};
 use super::policy;
 use super::status::Outcome;
 use crate::entry::{now_ms, Entry, Freshness};
+use crate::flight::{follow, Join, Landing, Lead};
 use crate::key::{KeyContext, KeyStrategy};
 use crate::store::{Write, Written};
 use crate::Cache;
@@ -38,7 +39,31 @@ pub(crate) struct Shared {
     pub(crate) key_error_reported: AtomicBool,
     pub(crate) tags: Vec<crate::key::KeyTemplate>,
     pub(crate) tag_headers: bool,
+    pub(crate) swr: Duration,
+    pub(crate) sie: Duration,
+    pub(crate) handler_timeout: Option<Duration>,
+    pub(crate) refresh_timeout: Duration,
+    pub(crate) coalesce: bool,
+    pub(crate) coalesce_wait: Duration,
+    pub(crate) lock_lease: Option<Duration>,
+    pub(crate) ttl_jitter: f64,
+    pub(crate) early_refresh_beta: f64,
 }
+
+impl Shared {
+    /// XFetch (Vattani et al.): refresh a fresh entry early with a probability that grows as
+    /// expiry nears and with how long the value took to compute, so a hot key is refreshed once
+    /// before it expires instead of stampeding after.
+    fn early_refresh_due(&self, entry: &Entry, now: u64) -> bool {
+        if self.early_refresh_beta <= 0.0 {
+            return false;
+        }
+        let r = fastrand::f64().max(f64::MIN_POSITIVE);
+        let head_start = entry.compute_ms as f64 * self.early_refresh_beta * -r.ln();
+        now as f64 + head_start >= entry.fresh_until_ms as f64
+    }
+}
+
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -144,26 +169,21 @@ async fn handle<S, ReqB, ResB>(
     req: Request<ReqB>,
 ) -> Result<Response<CacheBody<ResB>>, S::Error>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    ReqB: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Send + 'static,
 {
     let counters = sh.cache.counters();
     if !sh.methods.contains(req.method()) {
         let res = inner.call(req).await?;
-        return Ok(forward_outcome(
-            &sh,
-            res.map(CacheBody::stream),
-            Outcome::Method,
-        ));
+        return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::Method));
     }
     if let Some(reason) = policy::request_bypass(&req, sh.keyed_by_caller) {
         counters.bypass();
         let res = inner.call(req).await?;
-        return Ok(forward_outcome(
-            &sh,
-            res.map(CacheBody::stream),
-            Outcome::Bypass(reason),
-        ));
+        return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::Bypass(reason)));
     }
     let is_head = req.method() == Method::HEAD;
 
@@ -197,11 +217,7 @@ where
                 crate::key::KeyError::MissingPathParam(_) => "key-error",
                 crate::key::KeyError::Declined => "key-declined",
             };
-            return Ok(forward_outcome(
-                &sh,
-                res.map(CacheBody::stream),
-                Outcome::Bypass(detail),
-            ));
+            return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::Bypass(detail)));
         }
     };
     let span = tracing::Span::current();
@@ -215,21 +231,36 @@ where
         Err(_) => {
             counters.unavailable();
             let res = inner.call(req).await?;
-            return Ok(forward_outcome(
-                &sh,
-                res.map(CacheBody::stream),
-                Outcome::StoreUnavailable,
-            ));
+            return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::StoreUnavailable));
         }
     };
     let mut detail = None;
+    let mut stale: Option<(Entry, Duration)> = None;
     if let Some(raw) = &lookup.value {
         match Entry::decode(raw) {
             Ok(entry) => {
                 let now = now_ms();
-                if let Freshness::Fresh(left) = entry.freshness(now) {
-                    counters.hit();
-                    return Ok(hit_response(&sh, entry, is_head, left, now));
+                match entry.freshness(now) {
+                    Freshness::Fresh(left) => {
+                        counters.hit();
+                        let res = entry_response(&sh, &entry, is_head, Outcome::Hit { ttl: secs_ceil(left), detail: None }, now);
+                        if !is_head && sh.early_refresh_due(&entry, now) {
+                            let fill = Fill::new(&sh, key, tags, lookup.clock);
+                            spawn_refresh(sh.clone(), fill, inner, req);
+                        }
+                        return Ok(res);
+                    }
+                    Freshness::Stale(past) if past < sh.swr => {
+                        counters.stale_hit();
+                        let res = entry_response(&sh, &entry, is_head, Outcome::Hit { ttl: -secs_ceil(past), detail: None }, now);
+                        if !is_head {
+                            let fill = Fill::new(&sh, key, tags, lookup.clock);
+                            spawn_refresh(sh.clone(), fill, inner, req);
+                        }
+                        return Ok(res);
+                    }
+                    Freshness::Stale(past) if past < sh.sie => stale = Some((entry, past)),
+                    _ => {}
                 }
             }
             Err(e) => {
@@ -241,73 +272,125 @@ where
     }
     counters.miss();
 
-    let started = Instant::now();
-    let mut res = inner.call(req).await?;
+    // Single-flight: one handler run per key in this process; the others wait for its entry.
+    let mut lead = None;
+    if sh.coalesce && !is_head {
+        let mut attempts = 0;
+        loop {
+            match sh.cache.flights().join(&key) {
+                Join::Lead(l) => {
+                    lead = Some(l);
+                    break;
+                }
+                Join::Follow(rx) => match follow(rx, sh.coalesce_wait).await {
+                    Landing::Entry(e) => {
+                        counters.coalesced();
+                        return Ok(entry_response(&sh, &e, is_head, Outcome::Collapsed, now_ms()));
+                    }
+                    Landing::Cancelled if attempts < 3 => attempts += 1,
+                    _ => break,
+                },
+            }
+        }
+    }
+
+    // Fill lock: one handler run per key across every instance sharing the store.
+    let mut lock = LockGuard::none(&sh.cache, &key);
+    if let (Some(lease), false) = (sh.lock_lease, is_head) {
+        let token = random_token();
+        match sh.cache.try_lock(&key, &token, lease).await {
+            Ok(true) => lock.token = Some(token),
+            Ok(false) => {
+                counters.lock_waits();
+                if let Some(entry) = wait_for_entry(&sh.cache, &key, lease).await {
+                    counters.coalesced();
+                    let entry = Arc::new(entry);
+                    let res = entry_response(&sh, &entry, is_head, Outcome::Collapsed, now_ms());
+                    if let Some(l) = lead {
+                        l.land(Landing::Entry(entry));
+                    }
+                    return Ok(res);
+                }
+                counters.lock_timeouts();
+            }
+            Err(_) => {}
+        }
+    }
+
+    let fill = Fill::new(&sh, key, Vec::new(), lookup.clock);
+    let res = match stale {
+        // Stale-if-error: a stale entry may stand in for a failing or slow handler.
+        Some((entry, past)) => {
+            let call = inner.call(req);
+            let ran = match sh.handler_timeout {
+                Some(t) => tokio::time::timeout(t, call).await.ok(),
+                None => Some(call.await),
+            };
+            match ran {
+                Some(Ok(res)) if !res.status().is_server_error() => res,
+                _ => {
+                    counters.stale_if_error();
+                    let entry = Arc::new(entry);
+                    let res = entry_response(&sh, &entry, is_head, Outcome::Hit { ttl: -secs_ceil(past), detail: Some("stale-if-error") }, now_ms());
+                    if let Some(l) = lead {
+                        l.land(Landing::Entry(entry));
+                    }
+                    lock.release().await;
+                    return Ok(res);
+                }
+            }
+        }
+        None => inner.call(req).await?,
+    };
+    let mut res = res;
     if sh.tag_headers {
         take_header_tags(res.headers_mut(), &mut tags);
     }
+    let fill = Fill { tags, ..fill };
+    let unshareable = |lead: Option<Lead>| {
+        if let Some(l) = lead {
+            l.land(Landing::Unshareable);
+        }
+    };
     if is_head {
         // A HEAD response has no body to store; the GET that follows will fill the entry.
-        return Ok(forward_outcome(
-            &sh,
-            res.map(CacheBody::stream),
-            Outcome::Miss {
-                stored: false,
-                detail: Some("head"),
-            },
-        ));
+        return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::Miss { stored: false, detail: Some("head") }));
     }
     if let Some(reason) = policy::response_unstorable(&res, &sh.statuses) {
-        return Ok(forward_outcome(
-            &sh,
-            res.map(CacheBody::stream),
-            Outcome::Miss {
-                stored: false,
-                detail: Some(reason),
-            },
-        ));
+        unshareable(lead);
+        lock.release().await;
+        return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::Miss { stored: false, detail: Some(reason) }));
     }
     let (parts, body) = res.into_parts();
     let hint = body.size_hint();
     let max = sh.max_body_bytes as u64;
     if hint.lower() > max {
+        unshareable(lead);
+        lock.release().await;
         return Ok(forward_outcome(
             &sh,
             Response::from_parts(parts, CacheBody::stream(body)),
-            Outcome::Miss {
-                stored: false,
-                detail: Some("too-large"),
-            },
+            Outcome::Miss { stored: false, detail: Some("too-large") },
         ));
     }
-    let fill = Fill {
-        cache: sh.cache.clone(),
-        key,
-        tags,
-        ttl: sh.ttl,
-        since: lookup.clock,
-        started,
-    };
     if hint.exact().is_some() {
         // Known length within the limit (axum's usual bodies): collect, store, then answer, so
         // `Cache-Status` can say whether it was stored and the next request hits.
         let bytes = match body.collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) => {
+                unshareable(lead);
+                lock.release().await;
                 let res = Response::from_parts(parts, CacheBody::failed(e));
-                return Ok(forward_outcome(
-                    &sh,
-                    res,
-                    Outcome::Miss {
-                        stored: false,
-                        detail: detail.or(Some("body-error")),
-                    },
-                ));
+                return Ok(forward_outcome(&sh, res, Outcome::Miss { stored: false, detail: detail.or(Some("body-error")) }));
             }
         };
-        let stored = fill
-            .store(parts.status, &parts.headers, bytes.clone())
-            .await;
+        let entry = fill.entry(parts.status, &parts.headers, bytes.clone());
+        let stored = fill.store(&entry).await;
+        lock.release().await;
+        if let Some(l) = lead {
+            l.land(Landing::Entry(Arc::new(entry)));
+        }
         let outcome = Outcome::Miss {
             stored: stored == Some(Written::Stored),
             detail: match stored {
@@ -316,32 +399,161 @@ where
                 Some(Written::Stored) => None,
             },
         };
-        return Ok(forward_outcome(
-            &sh,
-            Response::from_parts(parts, CacheBody::full(bytes)),
-            outcome,
-        ));
+        return Ok(forward_outcome(&sh, Response::from_parts(parts, CacheBody::full(bytes)), outcome));
     }
     // Unknown length: stream it through and store a copy once it completes within the limit.
+    // Followers wait for the landing at the end; if the body is dropped or too large, dropping
+    // the lead releases them.
     let status = parts.status;
     let headers = parts.headers.clone();
     let tee = Tee::new(
         sh.max_body_bytes,
         Box::new(move |bytes| {
             tokio::spawn(async move {
-                fill.store(status, &headers, bytes).await;
+                let entry = fill.entry(status, &headers, bytes);
+                fill.store(&entry).await;
+                lock.release().await;
+                if let Some(l) = lead {
+                    l.land(Landing::Entry(Arc::new(entry)));
+                }
             });
         }),
     );
     let res = Response::from_parts(parts, CacheBody::tee(body, tee));
-    Ok(forward_outcome(
-        &sh,
-        res,
-        Outcome::Miss {
-            stored: false,
-            detail,
-        },
-    ))
+    Ok(forward_outcome(&sh, res, Outcome::Miss { stored: false, detail }))
+}
+
+/// The whole body if it completes without error, trailers, or growing past `max`.
+async fn collect_limited<B: Body<Data = Bytes>>(mut body: Pin<Box<B>>, max: usize) -> Option<Bytes> {
+    let mut chunks = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let data = frame.ok()?.into_data().ok()?;
+        len += data.len();
+        if len > max {
+            return None;
+        }
+        chunks.push(data);
+    }
+    Some(if chunks.len() == 1 {
+        chunks.pop().unwrap_or_default()
+    } else {
+        chunks.concat().into()
+    })
+}
+
+fn secs_ceil(d: Duration) -> i64 {
+    d.as_millis().div_ceil(1000).max(1) as i64
+}
+
+fn random_token() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+/// Polls the store until `key` holds a fresh entry or `lease` passes (another instance holds the
+/// fill lock and is running the handler).
+async fn wait_for_entry(cache: &Cache, key: &str, lease: Duration) -> Option<Entry> {
+    let deadline = Instant::now() + lease;
+    let mut pause = Duration::from_millis(5);
+    while Instant::now() + pause < deadline {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(Duration::from_millis(100));
+        if let Ok(Some(raw)) = cache.read(key).await.map(|l| l.value) {
+            if let Ok(e) = Entry::decode(&raw) {
+                if matches!(e.freshness(now_ms()), Freshness::Fresh(_)) {
+                    return Some(e);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The fill lock held by this request, released when the fill is stored (or on drop).
+struct LockGuard {
+    cache: Cache,
+    key: String,
+    token: Option<String>,
+}
+
+impl LockGuard {
+    fn none(cache: &Cache, key: &str) -> Self {
+        Self {
+            cache: cache.clone(),
+            key: key.to_owned(),
+            token: None,
+        }
+    }
+
+    async fn release(mut self) {
+        if let Some(t) = self.token.take() {
+            let _ = self.cache.unlock(&self.key, &t).await;
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(t) = self.token.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let (cache, key) = (self.cache.clone(), std::mem::take(&mut self.key));
+                rt.spawn(async move {
+                    let _ = cache.unlock(&key, &t).await;
+                });
+            }
+        }
+    }
+}
+
+/// Refreshes an entry in the background (stale-while-revalidate, early refresh): at most one
+/// refresh per key in this process (and, with a fill lock, across instances), bounded by the
+/// refresh timeout. A refresh that fails leaves the old entry in place.
+fn spawn_refresh<S, ReqB, ResB>(sh: Arc<Shared>, fill: Fill, mut inner: S, req: Request<ReqB>)
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+{
+    let Some(lead) = sh.cache.flights().try_lead(&fill.key) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut lock = LockGuard::none(&sh.cache, &fill.key);
+        if let Some(lease) = sh.lock_lease {
+            let token = random_token();
+            if !matches!(sh.cache.try_lock(&fill.key, &token, lease).await, Ok(true)) {
+                return; // another instance is refreshing it
+            }
+            lock.token = Some(token);
+        }
+        let mut fill = fill;
+        let work = async {
+            let mut res = inner.call(req).await.ok()?;
+            if sh.tag_headers {
+                take_header_tags(res.headers_mut(), &mut fill.tags);
+            }
+            if policy::response_unstorable(&res, &sh.statuses).is_some() {
+                return None;
+            }
+            let (parts, body) = res.into_parts();
+            let bytes = collect_limited(Box::pin(body), sh.max_body_bytes).await?;
+            let entry = fill.entry(parts.status, &parts.headers, bytes);
+            (fill.store(&entry).await == Some(Written::Stored)).then_some(entry)
+        };
+        match tokio::time::timeout(sh.refresh_timeout, work).await {
+            Ok(Some(entry)) => {
+                sh.cache.counters().refreshes();
+                lead.land(Landing::Entry(Arc::new(entry)));
+            }
+            _ => {
+                sh.cache.counters().refresh_failures();
+                tracing::debug!(namespace = %sh.cache.namespace(), "background refresh failed; the stale entry stays");
+                lead.land(Landing::Unshareable);
+            }
+        }
+        lock.release().await;
+    });
 }
 
 /// A fill in progress: what is needed to store the handler's response once it is complete.
@@ -350,25 +562,42 @@ struct Fill {
     key: String,
     tags: Vec<String>,
     ttl: Duration,
+    stale_for: Duration,
     since: u64,
     started: Instant,
 }
 
 impl Fill {
-    /// Stores the response; None when the store failed or the fill outlived the invalidation
+    fn new(sh: &Shared, key: String, tags: Vec<String>, since: u64) -> Self {
+        let ttl = if sh.ttl_jitter > 0.0 {
+            // Only ever shorten: an entry must not outlive the freshness the route promises.
+            sh.ttl.mul_f64(1.0 - sh.ttl_jitter * fastrand::f64())
+        } else {
+            sh.ttl
+        };
+        Self {
+            cache: sh.cache.clone(),
+            key,
+            tags,
+            ttl,
+            stale_for: sh.swr.max(sh.sie),
+            since,
+            started: Instant::now(),
+        }
+    }
+
+    fn entry(&self, status: StatusCode, headers: &http::HeaderMap, body: Bytes) -> Entry {
+        Entry::from_response(status, headers, body, now_ms(), self.ttl, self.stale_for)
+            .with_compute_time(self.started.elapsed())
+    }
+
+    /// Stores the entry; None when the store failed or the fill outlived the invalidation
     /// window (its guard can no longer be checked, so it is dropped).
-    async fn store(
-        self,
-        status: StatusCode,
-        headers: &http::HeaderMap,
-        body: Bytes,
-    ) -> Option<Written> {
+    async fn store(&self, entry: &Entry) -> Option<Written> {
         if self.started.elapsed() >= self.cache.key_space().tombstone_ttl() {
             tracing::debug!("fill took longer than the invalidation window; not stored");
             return None;
         }
-        let now = now_ms();
-        let entry = Entry::from_response(status, headers, body, now, self.ttl, Duration::ZERO);
         let value = match entry.encode() {
             Ok(v) => v,
             Err(e) => {
@@ -380,7 +609,7 @@ impl Fill {
             .write(Write {
                 key: &self.key,
                 value,
-                ttl: entry.store_ttl(now),
+                ttl: entry.store_ttl(now_ms()),
                 tags: &self.tags,
                 since: Some(self.since),
             })
@@ -410,11 +639,11 @@ fn take_header_tags(headers: &mut http::HeaderMap, tags: &mut Vec<String>) {
     tags.dedup();
 }
 
-fn hit_response<B: Body>(
+fn entry_response<B: Body>(
     sh: &Shared,
-    entry: Entry,
+    entry: &Entry,
     is_head: bool,
-    left: Duration,
+    outcome: Outcome,
     now: u64,
 ) -> Response<CacheBody<B>> {
     let age = entry.age(now).as_secs();
@@ -422,19 +651,17 @@ fn hit_response<B: Body>(
     let mut res = Response::new(if is_head {
         CacheBody::empty()
     } else {
-        CacheBody::full(entry.body)
+        CacheBody::full(entry.body.clone())
     });
     *res.status_mut() = StatusCode::from_u16(entry.status).unwrap_or(StatusCode::OK);
     let headers = res.headers_mut();
     headers.reserve(entry.headers.len() + 3);
-    for (name, value) in entry.headers {
-        headers.append(name, value);
+    for (name, value) in &entry.headers {
+        headers.append(name.clone(), value.clone());
     }
     headers.insert(header::AGE, HeaderValue::from(age));
     if is_head {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
-    // Round up so that a hit with 0.4 s left does not say ttl=0.
-    let ttl = left.as_millis().div_ceil(1000) as i64;
-    forward_outcome(sh, res, Outcome::Hit { ttl })
+    forward_outcome(sh, res, outcome)
 }

@@ -5,8 +5,13 @@ use http::HeaderValue;
 /// What the cache did for one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// Served from a fresh entry with this many seconds of freshness left.
-    Hit { ttl: i64 },
+    /// Served from an entry with this many seconds of freshness left (negative: stale).
+    Hit {
+        ttl: i64,
+        detail: Option<&'static str>,
+    },
+    /// Answered with the entry another request's fill produced (single-flight or fill lock).
+    Collapsed,
     /// Looked up, not found (or unusable); the handler answered.
     Miss {
         stored: bool,
@@ -23,7 +28,9 @@ pub(crate) enum Outcome {
 impl Outcome {
     pub(crate) fn label(&self) -> &'static str {
         match self {
+            Outcome::Hit { ttl, .. } if *ttl <= 0 => "stale",
             Outcome::Hit { .. } => "hit",
+            Outcome::Collapsed => "collapsed",
             Outcome::Miss { .. } => "miss",
             Outcome::Bypass(_) | Outcome::Method => "bypass",
             Outcome::StoreUnavailable => "store_unavailable",
@@ -33,7 +40,12 @@ impl Outcome {
     /// The header value for cache `name`.
     pub(crate) fn header(&self, name: &str) -> HeaderValue {
         let v = match self {
-            Outcome::Hit { ttl } => format!("{name}; hit; ttl={ttl}"),
+            Outcome::Hit { ttl, detail: None } => format!("{name}; hit; ttl={ttl}"),
+            Outcome::Hit {
+                ttl,
+                detail: Some(d),
+            } => format!("{name}; hit; ttl={ttl}; detail={d}"),
+            Outcome::Collapsed => format!("{name}; fwd=uri-miss; collapsed"),
             Outcome::Miss { stored: true, .. } => format!("{name}; fwd=uri-miss; stored"),
             Outcome::Miss {
                 stored: false,
@@ -57,11 +69,11 @@ mod tests {
     fn formats_rfc9211_values() {
         let n = "tower-valkey-cache";
         assert_eq!(
-            Outcome::Hit { ttl: 42 }.header(n),
+            Outcome::Hit { ttl: 42, detail: None }.header(n),
             "tower-valkey-cache; hit; ttl=42"
         );
         assert_eq!(
-            Outcome::Hit { ttl: -3 }.header(n),
+            Outcome::Hit { ttl: -3, detail: None }.header(n),
             "tower-valkey-cache; hit; ttl=-3"
         );
         assert_eq!(

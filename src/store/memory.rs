@@ -37,6 +37,7 @@ struct State {
     tombstones: HashMap<String, (u64, Instant)>,
     tags: HashMap<String, HashSet<String>>,
     patterns: HashMap<String, VecDeque<(u64, Instant, String)>>,
+    locks: HashMap<String, (String, Instant)>,
 }
 
 #[derive(Debug)]
@@ -275,6 +276,38 @@ impl Store for MemoryStore {
             }
         }
         Box::pin(std::future::ready(Ok(removed)))
+    }
+
+    fn try_lock<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        key: &'a str,
+        token: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, bool> {
+        let now = Instant::now();
+        let mut s = self.lock();
+        let lock = space.lock(key);
+        let taken = match s.locks.get(&lock) {
+            Some((_, until)) if *until > now => false,
+            _ => {
+                s.locks.insert(lock, (token.to_owned(), now + lease));
+                true
+            }
+        };
+        if s.locks.len() > 1024 {
+            s.locks.retain(|_, (_, until)| *until > now);
+        }
+        Box::pin(std::future::ready(Ok(taken)))
+    }
+
+    fn unlock<'a>(&'a self, space: &'a KeySpace, key: &'a str, token: &'a str) -> StoreFuture<'a, ()> {
+        let mut s = self.lock();
+        let lock = space.lock(key);
+        if s.locks.get(&lock).is_some_and(|(t, _)| t == token) {
+            s.locks.remove(&lock);
+        }
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {

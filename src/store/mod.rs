@@ -132,6 +132,11 @@ impl KeySpace {
         format!("{}tag:{tag}", self.meta_prefix)
     }
 
+    /// The fill lock of `key`.
+    pub fn lock(&self, key: &str) -> String {
+        format!("{}lock:{key}", self.meta_prefix)
+    }
+
     /// The recently invalidated patterns (a sorted set scored by clock).
     pub fn patterns(&self) -> String {
         format!("{}inv:patterns", self.meta_prefix)
@@ -198,6 +203,19 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Invalidates keys, tags or a pattern; returns how many entries were removed.
     fn invalidate<'a>(&'a self, space: &'a KeySpace, target: Target<'a>) -> StoreFuture<'a, u64>;
+
+    /// Takes the fill lock of `key` for `lease` if nobody holds it (`SET NX PX`); true if taken.
+    fn try_lock<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        key: &'a str,
+        token: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Releases the fill lock of `key` if `token` still holds it (a lease that expired and was
+    /// taken by another filler is left alone).
+    fn unlock<'a>(&'a self, space: &'a KeySpace, key: &'a str, token: &'a str) -> StoreFuture<'a, ()>;
 
     /// Checks that the store answers.
     fn ping(&self) -> StoreFuture<'_, ()>;

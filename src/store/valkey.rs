@@ -404,7 +404,14 @@ redis.call('PEXPIRE', KEYS[2], ttl)
 return c
 "#;
 
+/// KEYS: lock. ARGV: token. Deletes the lock only if the token still holds it.
+const UNLOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
 struct Scripts {
+    unlock: redis::Script,
     fill: redis::Script,
     keys: redis::Script,
     tags: redis::Script,
@@ -414,6 +421,7 @@ struct Scripts {
 fn scripts() -> &'static Scripts {
     static S: OnceLock<Scripts> = OnceLock::new();
     S.get_or_init(|| Scripts {
+        unlock: redis::Script::new(UNLOCK),
         fill: redis::Script::new(&format!("{GLOB_TO_LUA}{FILL}")),
         keys: redis::Script::new(INVALIDATE_KEYS),
         tags: redis::Script::new(INVALIDATE_TAGS),
@@ -520,6 +528,40 @@ impl Store for ValkeyStore {
                     self.scan_unlink(&full).await
                 }
             }
+        })
+    }
+
+    fn try_lock<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        key: &'a str,
+        token: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let lock = space.lock(key);
+            let r: Option<String> = self
+                .run(async |c| {
+                    redis::cmd("SET")
+                        .arg(&lock)
+                        .arg(token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ms(lease))
+                        .query_async(c)
+                        .await
+                })
+                .await?;
+            Ok(r.is_some())
+        })
+    }
+
+    fn unlock<'a>(&'a self, space: &'a KeySpace, key: &'a str, token: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut inv = scripts().unlock.prepare_invoke();
+            inv.key(space.lock(key)).arg(token);
+            let _: i64 = self.run(async |c| inv.invoke_async(c).await).await?;
+            Ok(())
         })
     }
 
