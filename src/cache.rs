@@ -264,10 +264,19 @@ impl Cache {
         &self.inner.flights
     }
 
-    pub(crate) async fn try_lock(&self, key: &str, token: &str, lease: Duration) -> Result<bool, StoreError> {
+    pub(crate) async fn try_lock(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
         let i = &self.inner;
-        self.guarded("lock", i.op_timeout, i.store.try_lock(&i.space, key, token, lease))
-            .await
+        self.guarded(
+            "lock",
+            i.op_timeout,
+            i.store.try_lock(&i.space, key, token, lease),
+        )
+        .await
     }
 
     pub(crate) async fn unlock(&self, key: &str, token: &str) -> Result<(), StoreError> {

@@ -125,28 +125,45 @@ mod tests {
     #[tokio::test]
     async fn followers_get_the_leaders_landing() {
         let f = Flights::default();
-        let Join::Lead(lead) = f.join("k") else { panic!("first caller leads") };
-        let Join::Follow(rx) = f.join("k") else { panic!("second caller follows") };
+        let Join::Lead(lead) = f.join("k") else {
+            panic!("first caller leads")
+        };
+        let Join::Follow(rx) = f.join("k") else {
+            panic!("second caller follows")
+        };
         let waiter = tokio::spawn(follow(rx, Duration::from_secs(5)));
         lead.land(Landing::Unshareable);
         assert!(matches!(waiter.await.unwrap(), Landing::Unshareable));
-        assert!(matches!(f.join("k"), Join::Lead(_)), "a landed flight is over");
+        assert!(
+            matches!(f.join("k"), Join::Lead(_)),
+            "a landed flight is over"
+        );
     }
 
     #[tokio::test]
     async fn a_dropped_leader_releases_followers() {
         let f = Flights::default();
         let lead = f.join("k");
-        let Join::Follow(rx) = f.join("k") else { panic!() };
+        let Join::Follow(rx) = f.join("k") else {
+            panic!()
+        };
         drop(lead);
-        assert!(matches!(follow(rx, Duration::from_secs(5)).await, Landing::Cancelled));
+        assert!(matches!(
+            follow(rx, Duration::from_secs(5)).await,
+            Landing::Cancelled
+        ));
     }
 
     #[tokio::test]
     async fn follow_is_bounded() {
         let f = Flights::default();
         let _lead = f.join("k");
-        let Join::Follow(rx) = f.join("k") else { panic!() };
-        assert!(matches!(follow(rx, Duration::from_millis(10)).await, Landing::Unshareable));
+        let Join::Follow(rx) = f.join("k") else {
+            panic!()
+        };
+        assert!(matches!(
+            follow(rx, Duration::from_millis(10)).await,
+            Landing::Unshareable
+        ));
     }
 }

@@ -31,6 +31,7 @@ mod breaker;
 mod cache;
 pub mod entry;
 mod flight;
+pub mod function;
 pub mod invalidate;
 pub mod key;
 pub mod layer;

@@ -31,6 +31,20 @@ pub(crate) fn request_bypass<B>(req: &Request<B>, keyed_by_caller: bool) -> Opti
     None
 }
 
+/// Whether the request asks for a fresh response (`Cache-Control: no-cache` or `max-age=0`, or
+/// `Pragma: no-cache`): the lookup is skipped, the response is still stored.
+pub(crate) fn request_revalidate<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
+    has_directive(h, &["no-cache"])
+        || h.get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| d.trim().eq_ignore_ascii_case("max-age=0"))
+        || h.get(header::PRAGMA)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"))
+}
+
 /// Why a response must not be stored, if it must not.
 pub(crate) fn response_unstorable<B>(
     res: &Response<B>,

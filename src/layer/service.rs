@@ -64,7 +64,6 @@ impl Shared {
     }
 }
 
-
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
@@ -178,14 +177,23 @@ where
     let counters = sh.cache.counters();
     if !sh.methods.contains(req.method()) {
         let res = inner.call(req).await?;
-        return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::Method));
+        return Ok(forward_outcome(
+            &sh,
+            res.map(CacheBody::stream),
+            Outcome::Method,
+        ));
     }
     if let Some(reason) = policy::request_bypass(&req, sh.keyed_by_caller) {
         counters.bypass();
         let res = inner.call(req).await?;
-        return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::Bypass(reason)));
+        return Ok(forward_outcome(
+            &sh,
+            res.map(CacheBody::stream),
+            Outcome::Bypass(reason),
+        ));
     }
     let is_head = req.method() == Method::HEAD;
+    let revalidate = policy::request_revalidate(&req);
 
     let (mut parts, body) = req.into_parts();
     let params = if sh.key.needs_path_params() {
@@ -217,7 +225,11 @@ where
                 crate::key::KeyError::MissingPathParam(_) => "key-error",
                 crate::key::KeyError::Declined => "key-declined",
             };
-            return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::Bypass(detail)));
+            return Ok(forward_outcome(
+                &sh,
+                res.map(CacheBody::stream),
+                Outcome::Bypass(detail),
+            ));
         }
     };
     let span = tracing::Span::current();
@@ -227,11 +239,17 @@ where
     let req = Request::from_parts(parts, body);
 
     let lookup = match sh.cache.read(&key).await {
+        // A request for a fresh response skips what was found, but its fill is still guarded.
+        Ok(l) if revalidate => crate::store::Lookup { value: None, ..l },
         Ok(l) => l,
         Err(_) => {
             counters.unavailable();
             let res = inner.call(req).await?;
-            return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::StoreUnavailable));
+            return Ok(forward_outcome(
+                &sh,
+                res.map(CacheBody::stream),
+                Outcome::StoreUnavailable,
+            ));
         }
     };
     let mut detail = None;
@@ -243,7 +261,16 @@ where
                 match entry.freshness(now) {
                     Freshness::Fresh(left) => {
                         counters.hit();
-                        let res = entry_response(&sh, &entry, is_head, Outcome::Hit { ttl: secs_ceil(left), detail: None }, now);
+                        let res = entry_response(
+                            &sh,
+                            &entry,
+                            is_head,
+                            Outcome::Hit {
+                                ttl: secs_ceil(left),
+                                detail: None,
+                            },
+                            now,
+                        );
                         if !is_head && sh.early_refresh_due(&entry, now) {
                             let fill = Fill::new(&sh, key, tags, lookup.clock);
                             spawn_refresh(sh.clone(), fill, inner, req);
@@ -252,7 +279,16 @@ where
                     }
                     Freshness::Stale(past) if past < sh.swr => {
                         counters.stale_hit();
-                        let res = entry_response(&sh, &entry, is_head, Outcome::Hit { ttl: -secs_ceil(past), detail: None }, now);
+                        let res = entry_response(
+                            &sh,
+                            &entry,
+                            is_head,
+                            Outcome::Hit {
+                                ttl: -secs_ceil(past),
+                                detail: None,
+                            },
+                            now,
+                        );
                         if !is_head {
                             let fill = Fill::new(&sh, key, tags, lookup.clock);
                             spawn_refresh(sh.clone(), fill, inner, req);
@@ -285,7 +321,13 @@ where
                 Join::Follow(rx) => match follow(rx, sh.coalesce_wait).await {
                     Landing::Entry(e) => {
                         counters.coalesced();
-                        return Ok(entry_response(&sh, &e, is_head, Outcome::Collapsed, now_ms()));
+                        return Ok(entry_response(
+                            &sh,
+                            &e,
+                            is_head,
+                            Outcome::Collapsed,
+                            now_ms(),
+                        ));
                     }
                     Landing::Cancelled if attempts < 3 => attempts += 1,
                     _ => break,
@@ -331,7 +373,16 @@ where
                 _ => {
                     counters.stale_if_error();
                     let entry = Arc::new(entry);
-                    let res = entry_response(&sh, &entry, is_head, Outcome::Hit { ttl: -secs_ceil(past), detail: Some("stale-if-error") }, now_ms());
+                    let res = entry_response(
+                        &sh,
+                        &entry,
+                        is_head,
+                        Outcome::Hit {
+                            ttl: -secs_ceil(past),
+                            detail: Some("stale-if-error"),
+                        },
+                        now_ms(),
+                    );
                     if let Some(l) = lead {
                         l.land(Landing::Entry(entry));
                     }
@@ -354,12 +405,26 @@ where
     };
     if is_head {
         // A HEAD response has no body to store; the GET that follows will fill the entry.
-        return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::Miss { stored: false, detail: Some("head") }));
+        return Ok(forward_outcome(
+            &sh,
+            res.map(CacheBody::stream),
+            Outcome::Miss {
+                stored: false,
+                detail: Some("head"),
+            },
+        ));
     }
     if let Some(reason) = policy::response_unstorable(&res, &sh.statuses) {
         unshareable(lead);
         lock.release().await;
-        return Ok(forward_outcome(&sh, res.map(CacheBody::stream), Outcome::Miss { stored: false, detail: Some(reason) }));
+        return Ok(forward_outcome(
+            &sh,
+            res.map(CacheBody::stream),
+            Outcome::Miss {
+                stored: false,
+                detail: Some(reason),
+            },
+        ));
     }
     let (parts, body) = res.into_parts();
     let hint = body.size_hint();
@@ -370,7 +435,10 @@ where
         return Ok(forward_outcome(
             &sh,
             Response::from_parts(parts, CacheBody::stream(body)),
-            Outcome::Miss { stored: false, detail: Some("too-large") },
+            Outcome::Miss {
+                stored: false,
+                detail: Some("too-large"),
+            },
         ));
     }
     if hint.exact().is_some() {
@@ -382,7 +450,14 @@ where
                 unshareable(lead);
                 lock.release().await;
                 let res = Response::from_parts(parts, CacheBody::failed(e));
-                return Ok(forward_outcome(&sh, res, Outcome::Miss { stored: false, detail: detail.or(Some("body-error")) }));
+                return Ok(forward_outcome(
+                    &sh,
+                    res,
+                    Outcome::Miss {
+                        stored: false,
+                        detail: detail.or(Some("body-error")),
+                    },
+                ));
             }
         };
         let entry = fill.entry(parts.status, &parts.headers, bytes.clone());
@@ -399,7 +474,11 @@ where
                 Some(Written::Stored) => None,
             },
         };
-        return Ok(forward_outcome(&sh, Response::from_parts(parts, CacheBody::full(bytes)), outcome));
+        return Ok(forward_outcome(
+            &sh,
+            Response::from_parts(parts, CacheBody::full(bytes)),
+            outcome,
+        ));
     }
     // Unknown length: stream it through and store a copy once it completes within the limit.
     // Followers wait for the landing at the end; if the body is dropped or too large, dropping
@@ -420,11 +499,21 @@ where
         }),
     );
     let res = Response::from_parts(parts, CacheBody::tee(body, tee));
-    Ok(forward_outcome(&sh, res, Outcome::Miss { stored: false, detail }))
+    Ok(forward_outcome(
+        &sh,
+        res,
+        Outcome::Miss {
+            stored: false,
+            detail,
+        },
+    ))
 }
 
 /// The whole body if it completes without error, trailers, or growing past `max`.
-async fn collect_limited<B: Body<Data = Bytes>>(mut body: Pin<Box<B>>, max: usize) -> Option<Bytes> {
+async fn collect_limited<B: Body<Data = Bytes>>(
+    mut body: Pin<Box<B>>,
+    max: usize,
+) -> Option<Bytes> {
     let mut chunks = Vec::new();
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {

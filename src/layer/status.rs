@@ -69,11 +69,19 @@ mod tests {
     fn formats_rfc9211_values() {
         let n = "tower-valkey-cache";
         assert_eq!(
-            Outcome::Hit { ttl: 42, detail: None }.header(n),
+            Outcome::Hit {
+                ttl: 42,
+                detail: None
+            }
+            .header(n),
             "tower-valkey-cache; hit; ttl=42"
         );
         assert_eq!(
-            Outcome::Hit { ttl: -3, detail: None }.header(n),
+            Outcome::Hit {
+                ttl: -3,
+                detail: None
+            }
+            .header(n),
             "tower-valkey-cache; hit; ttl=-3"
         );
         assert_eq!(

@@ -1,6 +1,6 @@
 //! The embedded in-process store.
 
-use super::{glob_match, KeySpace, Lookup, Store, StoreFuture, Target, Write, Written};
+use super::{glob_match, KeySpace, Lookup, LookupMany, Store, StoreFuture, Target, Write, Written};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -202,6 +202,30 @@ impl State {
     }
 }
 
+impl MemoryStore {
+    fn write_locked(&self, st: &mut State, space: &KeySpace, w: Write<'_>) -> Written {
+        let full = space.entry(w.key);
+        let now = Instant::now();
+        if let Some(since) = w.since {
+            let superseded = st.invalidated_since(&space.key_tombstone(w.key), since, now)
+                || w.tags
+                    .iter()
+                    .any(|t| st.invalidated_since(&space.tag_tombstone(t), since, now))
+                || st.patterns.get(&space.patterns()).is_some_and(|list| {
+                    list.iter().any(|(c, exp, pat)| {
+                        *c > since && *exp > now && glob_match(pat.as_bytes(), full.as_bytes())
+                    })
+                });
+            if superseded {
+                return Written::Superseded;
+            }
+        }
+        let tag_sets = w.tags.iter().map(|t| space.tag_set(t)).collect();
+        st.insert(full, w.value, now + w.ttl, tag_sets, self);
+        Written::Stored
+    }
+}
+
 impl Store for MemoryStore {
     fn read<'a>(&'a self, space: &'a KeySpace, key: &'a str) -> StoreFuture<'a, Lookup> {
         let full = space.entry(key);
@@ -212,27 +236,41 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(Lookup { value, clock })))
     }
 
-    fn write<'a>(&'a self, space: &'a KeySpace, w: Write<'a>) -> StoreFuture<'a, Written> {
-        let full = space.entry(w.key);
+    fn read_many<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        keys: &'a [String],
+    ) -> StoreFuture<'a, LookupMany> {
         let now = Instant::now();
         let mut s = self.lock();
-        if let Some(since) = w.since {
-            let superseded = s.invalidated_since(&space.key_tombstone(w.key), since, now)
-                || w.tags
-                    .iter()
-                    .any(|t| s.invalidated_since(&space.tag_tombstone(t), since, now))
-                || s.patterns.get(&space.patterns()).is_some_and(|list| {
-                    list.iter().any(|(c, exp, pat)| {
-                        *c > since && *exp > now && glob_match(pat.as_bytes(), full.as_bytes())
-                    })
-                });
-            if superseded {
-                return Box::pin(std::future::ready(Ok(Written::Superseded)));
-            }
-        }
-        let tag_sets = w.tags.iter().map(|t| space.tag_set(t)).collect();
-        s.insert(full, w.value, now + w.ttl, tag_sets, self);
-        Box::pin(std::future::ready(Ok(Written::Stored)))
+        let values = keys
+            .iter()
+            .map(|k| s.live(&space.entry(k), now).map(|slot| slot.value.clone()))
+            .collect();
+        let clock = s.clocks.get(&space.clock()).copied().unwrap_or(0);
+        drop(s);
+        Box::pin(std::future::ready(Ok(LookupMany { values, clock })))
+    }
+
+    fn write_many<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        writes: Vec<Write<'a>>,
+    ) -> StoreFuture<'a, Vec<Written>> {
+        let mut s = self.lock();
+        let out = writes
+            .into_iter()
+            .map(|w| self.write_locked(&mut s, space, w))
+            .collect();
+        drop(s);
+        Box::pin(std::future::ready(Ok(out)))
+    }
+
+    fn write<'a>(&'a self, space: &'a KeySpace, w: Write<'a>) -> StoreFuture<'a, Written> {
+        let mut s = self.lock();
+        let r = self.write_locked(&mut s, space, w);
+        drop(s);
+        Box::pin(std::future::ready(Ok(r)))
     }
 
     fn invalidate<'a>(&'a self, space: &'a KeySpace, target: Target<'a>) -> StoreFuture<'a, u64> {
@@ -301,7 +339,12 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(taken)))
     }
 
-    fn unlock<'a>(&'a self, space: &'a KeySpace, key: &'a str, token: &'a str) -> StoreFuture<'a, ()> {
+    fn unlock<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        key: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, ()> {
         let mut s = self.lock();
         let lock = space.lock(key);
         if s.locks.get(&lock).is_some_and(|(t, _)| t == token) {

@@ -158,6 +158,15 @@ pub struct Lookup {
     pub clock: u64,
 }
 
+/// The result of [`Store::read_many`].
+#[derive(Clone, Debug, Default)]
+pub struct LookupMany {
+    /// One value per key, in order.
+    pub values: Vec<Option<Bytes>>,
+    /// The namespace's invalidation clock when the read happened.
+    pub clock: u64,
+}
+
 /// A write to a store.
 #[derive(Clone, Debug)]
 pub struct Write<'a> {
@@ -201,6 +210,21 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Writes an entry, guarded by [`Write::since`], recording its tags.
     fn write<'a>(&'a self, space: &'a KeySpace, write: Write<'a>) -> StoreFuture<'a, Written>;
 
+    /// Reads many entries (and the clock) in one operation, in the order of `keys`.
+    fn read_many<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        keys: &'a [String],
+    ) -> StoreFuture<'a, LookupMany>;
+
+    /// Writes many entries in one operation (no tags), each guarded by its [`Write::since`];
+    /// returns one [`Written`] per write, in order.
+    fn write_many<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        writes: Vec<Write<'a>>,
+    ) -> StoreFuture<'a, Vec<Written>>;
+
     /// Invalidates keys, tags or a pattern; returns how many entries were removed.
     fn invalidate<'a>(&'a self, space: &'a KeySpace, target: Target<'a>) -> StoreFuture<'a, u64>;
 
@@ -215,7 +239,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Releases the fill lock of `key` if `token` still holds it (a lease that expired and was
     /// taken by another filler is left alone).
-    fn unlock<'a>(&'a self, space: &'a KeySpace, key: &'a str, token: &'a str) -> StoreFuture<'a, ()>;
+    fn unlock<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        key: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, ()>;
 
     /// Checks that the store answers.
     fn ping(&self) -> StoreFuture<'_, ()>;

@@ -15,7 +15,8 @@
 //! pooled connection so it never sits in front of hot-path commands.
 
 use super::{
-    KeySpace, Lookup, Store, StoreError, StoreErrorKind, StoreFuture, Target, Write, Written,
+    KeySpace, Lookup, LookupMany, Store, StoreError, StoreErrorKind, StoreFuture, Target, Write,
+    Written,
 };
 use bytes::Bytes;
 use deadpool_redis::redis::{self, aio::MultiplexedConnection, AsyncConnectionConfig, RedisError};
@@ -367,6 +368,30 @@ end
 return 1
 "#;
 
+/// KEYS: patterns, then (entry, key tombstone) pairs. ARGV: then (value, ttl ms, since) triples.
+/// Returns one 1 (stored) or 0 (superseded) per entry.
+const FILL_MANY: &str = r#"
+local out, pats, now = {}, nil, nil
+for i = 2, #KEYS, 2 do
+  local j = (i - 2) / 2 * 3
+  local value, ttl, since = ARGV[j + 1], ARGV[j + 2], tonumber(ARGV[j + 3])
+  local ok = true
+  if since >= 0 then
+    local t = redis.call('GET', KEYS[i + 1])
+    if t and tonumber(t) > since then ok = false end
+    if ok then
+      if pats == nil then pats = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'); now = now_ms() end
+      for p = 1, #pats, 2 do
+        local exp, pat = pats[p]:match('^(%d+)|(.*)$')
+        if tonumber(pats[p + 1]) > since and exp and tonumber(exp) > now and string.match(KEYS[i], glob_to_lua(pat)) then ok = false; break end
+      end
+    end
+  end
+  if ok then redis.call('SET', KEYS[i], value, 'PX', ttl); out[#out + 1] = 1 else out[#out + 1] = 0 end
+end
+return out
+"#;
+
 /// KEYS: clock, then (entry, tombstone) pairs. ARGV: tombstone ttl ms.
 const INVALIDATE_KEYS: &str = r#"
 local c, n = redis.call('INCR', KEYS[1]), 0
@@ -411,6 +436,7 @@ return 0
 "#;
 
 struct Scripts {
+    fill_many: redis::Script,
     unlock: redis::Script,
     fill: redis::Script,
     keys: redis::Script,
@@ -422,6 +448,7 @@ fn scripts() -> &'static Scripts {
     static S: OnceLock<Scripts> = OnceLock::new();
     S.get_or_init(|| Scripts {
         unlock: redis::Script::new(UNLOCK),
+        fill_many: redis::Script::new(&format!("{GLOB_TO_LUA}{FILL_MANY}")),
         fill: redis::Script::new(&format!("{GLOB_TO_LUA}{FILL}")),
         keys: redis::Script::new(INVALIDATE_KEYS),
         tags: redis::Script::new(INVALIDATE_TAGS),
@@ -494,6 +521,62 @@ impl Store for ValkeyStore {
         })
     }
 
+    fn read_many<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        keys: &'a [String],
+    ) -> StoreFuture<'a, LookupMany> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(LookupMany::default());
+            }
+            let mut cmd = redis::cmd("MGET");
+            for k in keys {
+                cmd.arg(space.entry(k));
+            }
+            cmd.arg(space.clock());
+            let mut values: Vec<Option<Bytes>> =
+                self.run(async |c| cmd.query_async(c).await).await?;
+            let clock = values
+                .pop()
+                .flatten()
+                .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+                .unwrap_or(0);
+            Ok(LookupMany { values, clock })
+        })
+    }
+
+    fn write_many<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        writes: Vec<Write<'a>>,
+    ) -> StoreFuture<'a, Vec<Written>> {
+        Box::pin(async move {
+            if writes.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut inv = scripts().fill_many.prepare_invoke();
+            inv.key(space.patterns());
+            for w in &writes {
+                inv.key(space.entry(w.key)).key(space.key_tombstone(w.key));
+                inv.arg(w.value.as_ref())
+                    .arg(ms(w.ttl))
+                    .arg(w.since.map_or(-1i64, |s| s as i64));
+            }
+            let out: Vec<i64> = self.run(async |c| inv.invoke_async(c).await).await?;
+            Ok(out
+                .into_iter()
+                .map(|r| {
+                    if r == 1 {
+                        Written::Stored
+                    } else {
+                        Written::Superseded
+                    }
+                })
+                .collect())
+        })
+    }
+
     fn invalidate<'a>(&'a self, space: &'a KeySpace, target: Target<'a>) -> StoreFuture<'a, u64> {
         Box::pin(async move {
             let ttl = ms(space.tombstone_ttl());
@@ -556,7 +639,12 @@ impl Store for ValkeyStore {
         })
     }
 
-    fn unlock<'a>(&'a self, space: &'a KeySpace, key: &'a str, token: &'a str) -> StoreFuture<'a, ()> {
+    fn unlock<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        key: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let mut inv = scripts().unlock.prepare_invoke();
             inv.key(space.lock(key)).arg(token);
