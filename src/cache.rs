@@ -42,6 +42,8 @@ pub(crate) struct Inner {
     pub(crate) counters: Counters,
     pub(crate) retry: RetryQueue,
     pub(crate) flights: Flights,
+    /// Invalidations started by this process (successful or not).
+    pub(crate) epoch: std::sync::atomic::AtomicU64,
 }
 
 /// Builds a [`Cache`]. See [`Cache::builder`].
@@ -135,6 +137,7 @@ impl CacheBuilder {
                 counters: Counters::default(),
                 retry: RetryQueue::new(self.retry_capacity, self.retry_give_up),
                 flights: Flights::default(),
+                epoch: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -260,6 +263,11 @@ impl Cache {
             .await
     }
 
+    /// This process's invalidation epoch (see [`crate::flight::Stamp`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.inner.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub(crate) fn flights(&self) -> &Flights {
         &self.inner.flights
     }
@@ -342,6 +350,7 @@ impl Cache {
 
     pub(crate) async fn invalidate(&self, target: Target<'_>) -> Result<u64, StoreError> {
         let i = &self.inner;
+        i.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let timeout = match target {
             Target::Pattern(_) => i.bulk_timeout,
             _ => i.op_timeout,

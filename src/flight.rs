@@ -15,13 +15,19 @@ use tokio::sync::watch;
 /// What a leader hands its followers.
 #[derive(Clone, Debug)]
 pub(crate) enum Landing {
-    /// The entry the leader stored (or served): followers answer with it.
-    Entry(Arc<Entry>),
+    /// The entry the leader stored (or served), and the invalidation clock its fill read.
+    /// A follower answers with it only if its own read saw the same clock: otherwise an
+    /// invalidation happened in between and the entry may predate a write the follower must see.
+    Entry(Arc<Entry>, Stamp),
     /// The leader's result is not shareable (not cacheable, failed): followers run on their own.
     Unshareable,
     /// The leader went away before landing: followers try to lead.
     Cancelled,
 }
+
+/// When a fill's read happened: the store's invalidation clock (None when the store could not be
+/// read) and this process's invalidation epoch. Equal stamps mean no invalidation in between.
+pub(crate) type Stamp = (Option<u64>, u64);
 
 type Slot = watch::Receiver<Option<Landing>>;
 

@@ -167,6 +167,7 @@ impl Cache {
         let counters = self.counters();
         let mut stale: Option<T> = None;
         let mut clock = None;
+        let epoch = self.epoch();
         match self.read(&key).await {
             Ok(lookup) => {
                 clock = Some(lookup.clock);
@@ -203,14 +204,14 @@ impl Cache {
                     break;
                 }
                 Join::Follow(rx) => match follow(rx, opts.coalesce_wait).await {
-                    Landing::Entry(e) => {
+                    Landing::Entry(e, stamp) if stamp == (clock, epoch) => {
                         if let Some(v) = opts.codec.decode(&e.body) {
                             counters.coalesced();
                             return Ok(v);
                         }
                         break;
                     }
-                    Landing::Cancelled if attempts < 3 => attempts += 1,
+                    Landing::Cancelled | Landing::Entry(..) if attempts < 3 => attempts += 1,
                     _ => break,
                 },
             }
@@ -262,7 +263,7 @@ impl Cache {
             }
         }
         if let Some(l) = lead {
-            l.land(Landing::Entry(Arc::new(entry)));
+            l.land(Landing::Entry(Arc::new(entry), (clock, epoch)));
         }
         Ok(value)
     }
@@ -304,7 +305,11 @@ impl Cache {
         let keys: Vec<String> = keys.iter().map(|k| bound_length(k.clone())).collect();
         let i = &self.inner;
         let found = self
-            .guarded("read_many", i.op_timeout, i.store.read_many(&i.space, &keys))
+            .guarded(
+                "read_many",
+                i.op_timeout,
+                i.store.read_many(&i.space, &keys),
+            )
             .await?;
         let now = now_ms();
         Ok(found
@@ -349,7 +354,11 @@ impl Cache {
         let keys: Vec<String> = ids.iter().map(|id| bound_length(key_fn(id))).collect();
         let i = &self.inner;
         let found = self
-            .guarded("read_many", i.op_timeout, i.store.read_many(&i.space, &keys))
+            .guarded(
+                "read_many",
+                i.op_timeout,
+                i.store.read_many(&i.space, &keys),
+            )
             .await
             .ok();
         let now = now_ms();
@@ -464,9 +473,9 @@ impl Cache {
             opts.stale,
         )
         .with_compute_time(took);
-        let encoded = entry.encode().map_err(|e| {
-            StoreError::new(crate::store::StoreErrorKind::Server, e.to_string())
-        })?;
+        let encoded = entry
+            .encode()
+            .map_err(|e| StoreError::new(crate::store::StoreErrorKind::Server, e.to_string()))?;
         Ok((encoded, entry.store_ttl(now)))
     }
 
@@ -487,7 +496,11 @@ impl Cache {
             .collect();
         let i = &self.inner;
         let out = self
-            .guarded("write_many", i.op_timeout, i.store.write_many(&i.space, writes))
+            .guarded(
+                "write_many",
+                i.op_timeout,
+                i.store.write_many(&i.space, writes),
+            )
             .await?;
         for w in &out {
             match w {

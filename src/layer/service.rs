@@ -238,6 +238,7 @@ where
     }
     let req = Request::from_parts(parts, body);
 
+    let epoch = sh.cache.epoch();
     let lookup = match sh.cache.read(&key).await {
         // A request for a fresh response skips what was found, but its fill is still guarded.
         Ok(l) if revalidate => crate::store::Lookup { value: None, ..l },
@@ -272,7 +273,7 @@ where
                             now,
                         );
                         if !is_head && sh.early_refresh_due(&entry, now) {
-                            let fill = Fill::new(&sh, key, tags, lookup.clock);
+                            let fill = Fill::new(&sh, key, tags, (lookup.clock, epoch));
                             spawn_refresh(sh.clone(), fill, inner, req);
                         }
                         return Ok(res);
@@ -290,7 +291,7 @@ where
                             now,
                         );
                         if !is_head {
-                            let fill = Fill::new(&sh, key, tags, lookup.clock);
+                            let fill = Fill::new(&sh, key, tags, (lookup.clock, epoch));
                             spawn_refresh(sh.clone(), fill, inner, req);
                         }
                         return Ok(res);
@@ -319,7 +320,7 @@ where
                     break;
                 }
                 Join::Follow(rx) => match follow(rx, sh.coalesce_wait).await {
-                    Landing::Entry(e) => {
+                    Landing::Entry(e, stamp) if stamp == (Some(lookup.clock), epoch) => {
                         counters.coalesced();
                         return Ok(entry_response(
                             &sh,
@@ -329,7 +330,8 @@ where
                             now_ms(),
                         ));
                     }
-                    Landing::Cancelled if attempts < 3 => attempts += 1,
+                    // Cancelled, or landed from before an invalidation this request saw: lead.
+                    Landing::Cancelled | Landing::Entry(..) if attempts < 3 => attempts += 1,
                     _ => break,
                 },
             }
@@ -349,7 +351,7 @@ where
                     let entry = Arc::new(entry);
                     let res = entry_response(&sh, &entry, is_head, Outcome::Collapsed, now_ms());
                     if let Some(l) = lead {
-                        l.land(Landing::Entry(entry));
+                        l.land(Landing::Entry(entry, (Some(lookup.clock), epoch)));
                     }
                     return Ok(res);
                 }
@@ -359,7 +361,7 @@ where
         }
     }
 
-    let fill = Fill::new(&sh, key, Vec::new(), lookup.clock);
+    let fill = Fill::new(&sh, key, Vec::new(), (lookup.clock, epoch));
     let res = match stale {
         // Stale-if-error: a stale entry may stand in for a failing or slow handler.
         Some((entry, past)) => {
@@ -384,7 +386,7 @@ where
                         now_ms(),
                     );
                     if let Some(l) = lead {
-                        l.land(Landing::Entry(entry));
+                        l.land(Landing::Entry(entry, (Some(lookup.clock), epoch)));
                     }
                     lock.release().await;
                     return Ok(res);
@@ -464,7 +466,7 @@ where
         let stored = fill.store(&entry).await;
         lock.release().await;
         if let Some(l) = lead {
-            l.land(Landing::Entry(Arc::new(entry)));
+            l.land(Landing::Entry(Arc::new(entry), fill.stamp()));
         }
         let outcome = Outcome::Miss {
             stored: stored == Some(Written::Stored),
@@ -493,7 +495,7 @@ where
                 fill.store(&entry).await;
                 lock.release().await;
                 if let Some(l) = lead {
-                    l.land(Landing::Entry(Arc::new(entry)));
+                    l.land(Landing::Entry(Arc::new(entry), fill.stamp()));
                 }
             });
         }),
@@ -633,7 +635,7 @@ where
         match tokio::time::timeout(sh.refresh_timeout, work).await {
             Ok(Some(entry)) => {
                 sh.cache.counters().refreshes();
-                lead.land(Landing::Entry(Arc::new(entry)));
+                lead.land(Landing::Entry(Arc::new(entry), fill.stamp()));
             }
             _ => {
                 sh.cache.counters().refresh_failures();
@@ -653,11 +655,12 @@ struct Fill {
     ttl: Duration,
     stale_for: Duration,
     since: u64,
+    epoch: u64,
     started: Instant,
 }
 
 impl Fill {
-    fn new(sh: &Shared, key: String, tags: Vec<String>, since: u64) -> Self {
+    fn new(sh: &Shared, key: String, tags: Vec<String>, (since, epoch): (u64, u64)) -> Self {
         let ttl = if sh.ttl_jitter > 0.0 {
             // Only ever shorten: an entry must not outlive the freshness the route promises.
             sh.ttl.mul_f64(1.0 - sh.ttl_jitter * fastrand::f64())
@@ -671,8 +674,13 @@ impl Fill {
             ttl,
             stale_for: sh.swr.max(sh.sie),
             since,
+            epoch,
             started: Instant::now(),
         }
+    }
+
+    fn stamp(&self) -> crate::flight::Stamp {
+        (Some(self.since), self.epoch)
     }
 
     fn entry(&self, status: StatusCode, headers: &http::HeaderMap, body: Bytes) -> Entry {
