@@ -24,12 +24,14 @@ pub struct WarmReport {
     pub elapsed: Duration,
 }
 
+type ProgressFn = Arc<dyn Fn(&WarmReport) + Send + Sync>;
+
 /// Options of [`Cache::warm`].
 #[derive(Clone)]
 pub struct WarmOptions {
     concurrency: usize,
     force: bool,
-    on_progress: Option<Arc<dyn Fn(&WarmReport) + Send + Sync>>,
+    on_progress: Option<ProgressFn>,
 }
 
 impl std::fmt::Debug for WarmOptions {
@@ -127,12 +129,17 @@ impl Cache {
         while let Some(r) = results.next().await {
             match r {
                 Some((Some(s), true)) if s.to_str().is_ok_and(|s| s.contains("; hit")) => {
-                    report.already_fresh += 1
+                    report.already_fresh += 1;
+                    self.counters().warm("already_fresh");
                 }
                 Some((Some(s), true)) if s.to_str().is_ok_and(|s| s.contains("stored")) => {
-                    report.warmed += 1
+                    report.warmed += 1;
+                    self.counters().warm("warmed");
                 }
-                _ => report.failed += 1,
+                _ => {
+                    report.failed += 1;
+                    self.counters().warm("failed");
+                }
             }
             report.elapsed = started.elapsed();
             if let Some(f) = &opts.on_progress {

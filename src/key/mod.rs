@@ -129,9 +129,12 @@ pub trait KeyStrategy: Send + Sync + 'static {
     /// The key for this request, relative to the cache's namespace.
     fn key(&self, ctx: &KeyContext<'_>) -> Result<String, KeyError>;
 
-    /// Whether the key identifies the caller (includes their credentials), which makes it safe
-    /// to cache requests that carry `Authorization` or `Cookie`.
-    fn includes_credentials(&self) -> bool {
+    /// Whether the key includes the request's credential header `header` (`Authorization`,
+    /// `Cookie` or `Proxy-Authorization`), which makes it safe to cache requests that carry it:
+    /// each caller then has entries of their own. Checked per header, so a key over
+    /// `Authorization` does not make requests authenticated by `Cookie` shareable.
+    fn covers_credential(&self, header: &http::HeaderName) -> bool {
+        let _ = header;
         false
     }
 

@@ -206,10 +206,10 @@ impl KeyStrategy for KeyTemplate {
         Ok(bound_length(out))
     }
 
-    fn includes_credentials(&self) -> bool {
+    fn covers_credential(&self, header: &HeaderName) -> bool {
         self.parts
             .iter()
-            .any(|p| matches!(p, Part::Header(h) if is_credential(h)))
+            .any(|p| matches!(p, Part::Header(h) if h == header && is_credential(h)))
     }
 
     fn needs_path_params(&self) -> bool {
@@ -291,7 +291,7 @@ mod tests {
         assert_ne!(k, other);
         assert!(KeyTemplate::parse("me:{header.Authorization}")
             .unwrap()
-            .includes_credentials());
+            .covers_credential(&http::header::AUTHORIZATION));
     }
 
     #[test]

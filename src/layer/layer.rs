@@ -247,7 +247,6 @@ impl<S> Layer<S> for CacheLayer {
     type Service = CacheService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let keyed_by_caller = self.allow_credentials || self.key.includes_credentials();
         CacheService::new(
             inner,
             Arc::new(Shared {
@@ -259,7 +258,7 @@ impl<S> Layer<S> for CacheLayer {
                 max_body_bytes: self.max_body_bytes,
                 name: self.name.clone(),
                 status_header: self.status_header,
-                keyed_by_caller,
+                allow_credentials: self.allow_credentials,
                 tags: self.tags.clone(),
                 tag_headers: self.tag_headers,
                 swr: self.swr,

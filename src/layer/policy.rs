@@ -13,19 +13,23 @@ pub(crate) fn has_directive(headers: &HeaderMap, directives: &[&str]) -> bool {
         .any(|d| directives.iter().any(|x| d.eq_ignore_ascii_case(x)))
 }
 
-/// Why a request must skip the cache, if it must. `keyed_by_caller`: the route's key identifies
-/// the caller, so requests with credentials may use the cache.
-pub(crate) fn request_bypass<B>(req: &Request<B>, keyed_by_caller: bool) -> Option<&'static str> {
+/// Why a request must skip the cache, if it must. `covered(h)`: the route's key includes
+/// credential header `h`, so requests carrying it have entries of their own.
+pub(crate) fn request_bypass<B>(
+    req: &Request<B>,
+    covered: impl Fn(&header::HeaderName) -> bool,
+) -> Option<&'static str> {
     let h = req.headers();
     if has_directive(h, &["no-store"]) {
         return Some("no-store");
     }
-    if !keyed_by_caller {
-        if h.contains_key(header::AUTHORIZATION) {
-            return Some("authorization");
-        }
-        if h.contains_key(header::COOKIE) {
-            return Some("cookie");
+    for (name, reason) in [
+        (header::AUTHORIZATION, "authorization"),
+        (header::COOKIE, "cookie"),
+        (header::PROXY_AUTHORIZATION, "proxy-authorization"),
+    ] {
+        if h.contains_key(&name) && !covered(&name) {
+            return Some(reason);
         }
     }
     None
@@ -115,14 +119,24 @@ mod tests {
             .header("authorization", "Bearer x")
             .body(())
             .unwrap();
-        assert_eq!(request_bypass(&r, false), Some("authorization"));
-        assert_eq!(request_bypass(&r, true), None);
+        assert_eq!(request_bypass(&r, |_| false), Some("authorization"));
+        assert_eq!(request_bypass(&r, |_| true), None);
         let r = Request::get("/").header("cookie", "s=1").body(()).unwrap();
-        assert_eq!(request_bypass(&r, false), Some("cookie"));
+        assert_eq!(request_bypass(&r, |_| false), Some("cookie"));
+        // A key over Authorization does not make cookie-authenticated requests shareable.
+        assert_eq!(
+            request_bypass(&r, |h| h == header::AUTHORIZATION),
+            Some("cookie")
+        );
+        let r = Request::get("/")
+            .header("proxy-authorization", "Basic x")
+            .body(())
+            .unwrap();
+        assert_eq!(request_bypass(&r, |_| false), Some("proxy-authorization"));
         let r = Request::get("/")
             .header("cache-control", "no-store")
             .body(())
             .unwrap();
-        assert_eq!(request_bypass(&r, true), Some("no-store"));
+        assert_eq!(request_bypass(&r, |_| true), Some("no-store"));
     }
 }

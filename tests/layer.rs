@@ -1,0 +1,1151 @@
+//! `CacheLayer` through real axum routers, against a real Valkey and against `MemoryStore`.
+//!
+//! Every scenario is written once, as a function over a [`Backend`], and run twice (modules
+//! `valkey` and `memory` at the bottom). Each Valkey test starts its own `valkey-server`.
+//! Scenarios that need the store to fail (stopped, frozen) only make sense on Valkey.
+
+mod support;
+
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, MethodRouter};
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{eventually, get as get_req, request, send, Resp, ValkeyServer};
+use tower_valkey_cache::entry::Entry;
+use tower_valkey_cache::{Cache, CacheLayer, MemoryStore, ValkeyConfig, ValkeyStore};
+
+const NAME: &str = "tower-valkey-cache";
+const STORED: &str = "tower-valkey-cache; fwd=uri-miss; stored";
+/// Bound of every poll loop (fills of streamed bodies land in the background).
+const POLL: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------------------------
+
+enum Backend {
+    Valkey {
+        server: ValkeyServer,
+        store: ValkeyStore,
+    },
+    Memory(MemoryStore),
+}
+
+impl Backend {
+    fn valkey() -> Self {
+        let server = ValkeyServer::start();
+        // Generous timeouts: debug builds of parallel tests on a busy machine are slow, and these
+        // scenarios are about behaviour, not latency. The failure scenarios build their own.
+        let store = ValkeyStore::with_config(
+            ValkeyConfig::from_url(server.url())
+                .connect_timeout(Duration::from_secs(1))
+                .response_timeout(Duration::from_secs(1))
+                .wait_timeout(Duration::from_secs(1)),
+        )
+        .expect("valkey store");
+        Backend::Valkey { server, store }
+    }
+
+    fn memory() -> Self {
+        Backend::Memory(MemoryStore::new())
+    }
+
+    fn server(&self) -> &ValkeyServer {
+        match self {
+            Backend::Valkey { server, .. } => server,
+            Backend::Memory(_) => panic!("this scenario needs Valkey"),
+        }
+    }
+
+    /// A cache in namespace `ns` with a 1 s operation timeout.
+    fn cache(&self, ns: &str) -> Cache {
+        self.builder(ns).build()
+    }
+
+    fn builder(&self, ns: &str) -> tower_valkey_cache::CacheBuilder {
+        let b = match self {
+            Backend::Valkey { store, .. } => Cache::builder(store.clone()),
+            Backend::Memory(store) => Cache::builder(store.clone()),
+        };
+        b.namespace(ns).timeout(Duration::from_secs(1))
+    }
+
+    /// Writes raw bytes at a full store key, outside the crate (Valkey `SET`,
+    /// `MemoryStore::put_raw`).
+    async fn put_raw(&self, store_key: &str, value: &[u8]) {
+        match self {
+            Backend::Valkey { server, .. } => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(store_key).arg(value).arg("EX").arg(60);
+                let () = server.query(&cmd).await;
+            }
+            Backend::Memory(store) => store.put_raw(
+                store_key,
+                Bytes::copy_from_slice(value),
+                Duration::from_secs(60),
+            ),
+        }
+    }
+
+    /// The entry keys of namespace `ns` as Valkey lists them (`KEYS ns:*`); None on memory.
+    async fn entry_keys(&self, ns: &str) -> Option<Vec<String>> {
+        match self {
+            Backend::Valkey { server, .. } => Some(server.keys(&format!("{ns}:*")).await),
+            Backend::Memory(_) => None,
+        }
+    }
+}
+
+/// The raw stored value at `key` (relative to the cache's namespace), read through the store.
+async fn stored(cache: &Cache, key: &str) -> Option<Bytes> {
+    cache
+        .store()
+        .read(cache.key_space(), key)
+        .await
+        .expect("store read")
+        .value
+}
+
+async fn has_entry(cache: &Cache, key: &str) -> bool {
+    stored(cache, key).await.is_some()
+}
+
+/// Asserts that exactly these entries exist: through the store on both backends, and by name in
+/// Valkey (`KEYS`).
+async fn assert_entries(b: &Backend, cache: &Cache, keys: &[&str]) {
+    for k in keys {
+        assert!(has_entry(cache, k).await, "no entry at `{k}`");
+    }
+    if let Some(mut listed) = b.entry_keys(cache.namespace()).await {
+        listed.sort();
+        let mut want: Vec<String> = keys.iter().map(|k| cache.key_space().entry(k)).collect();
+        want.sort();
+        assert_eq!(listed, want, "entry keys in Valkey");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+// ---------------------------------------------------------------------------------------------
+
+/// Counts handler runs.
+#[derive(Clone, Default)]
+struct Calls(Arc<AtomicUsize>);
+
+impl Calls {
+    fn inc(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+    fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A GET handler answering `f()`, counted.
+fn counted<R: IntoResponse + 'static>(
+    calls: &Calls,
+    f: impl Fn() -> R + Clone + Send + Sync + 'static,
+) -> MethodRouter {
+    let c = calls.clone();
+    get(move || {
+        let (c, f) = (c.clone(), f.clone());
+        async move {
+            c.inc();
+            f()
+        }
+    })
+}
+
+fn layer(cache: &Cache) -> CacheLayer {
+    CacheLayer::new(cache.clone()).ttl(Duration::from_secs(30))
+}
+
+/// Asserts a response was not stored, with this `detail`.
+fn assert_unstored(r: &Resp, detail: &str) {
+    assert_eq!(
+        r.cache_status(),
+        format!("{NAME}; fwd=uri-miss; detail={detail}"),
+        "body: {:?}",
+        r.body
+    );
+}
+
+fn assert_hit(r: &Resp) {
+    assert!(
+        r.cache_status().starts_with(&format!("{NAME}; hit; ttl=")),
+        "expected a hit, got `{}`",
+        r.cache_status()
+    );
+    assert!(r.headers.contains_key(header::AGE), "hit without Age");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------------
+
+async fn miss_then_hit(b: Backend) {
+    let cache = b.cache("t_hit");
+    let calls = Calls::default();
+    let app = Router::new().route(
+        "/hello",
+        counted(&calls, || "hello").route_layer(layer(&cache)),
+    );
+
+    let first = get_req(&app, "/hello").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.cache_status(), STORED);
+    assert_eq!(first.text(), "hello");
+    assert!(
+        !first.headers.contains_key(header::AGE),
+        "a miss has no Age"
+    );
+
+    let second = get_req(&app, "/hello").await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_hit(&second);
+    let ttl: u64 = second.cache_status()[format!("{NAME}; hit; ttl=").len()..]
+        .parse()
+        .expect("ttl is a number");
+    assert!((1..=30).contains(&ttl), "ttl={ttl}");
+    let age: u64 = second.header("age").parse().expect("Age is a number");
+    assert!(age <= 5, "age={age}");
+    assert_eq!(second.text(), "hello");
+    assert_eq!(second.header("content-type"), "text/plain; charset=utf-8");
+    assert_eq!(second.header("content-length"), "5");
+
+    assert_eq!(calls.get(), 1, "the handler ran once for both requests");
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses, s.stores), (1, 1, 1), "{s:?}");
+}
+
+async fn key_templates(b: Backend) {
+    let cache = b.cache("t_tpl");
+    let (users, posts, tenants) = (Calls::default(), Calls::default(), Calls::default());
+    let (cu, cp, ct) = (users.clone(), posts.clone(), tenants.clone());
+    let app = Router::new()
+        .route(
+            "/users/{id}",
+            get(move |Path(id): Path<String>| {
+                let c = cu.clone();
+                async move {
+                    c.inc();
+                    format!("user {id}")
+                }
+            })
+            .route_layer(layer(&cache).key("user:{id}")),
+        )
+        .route(
+            "/users/{id}/posts",
+            get(move |Path(id): Path<String>, uri: Uri| {
+                let c = cp.clone();
+                async move {
+                    c.inc();
+                    format!("posts of {id}, {}", uri.query().unwrap_or(""))
+                }
+            })
+            .route_layer(layer(&cache).key("user_{id}_posts:page_{query.page}")),
+        )
+        .route(
+            "/tenant",
+            get(move |headers: HeaderMap| {
+                let c = ct.clone();
+                async move {
+                    c.inc();
+                    let t = headers
+                        .get("x-tenant")
+                        .map_or("none", |v| v.to_str().unwrap());
+                    format!("tenant {t}")
+                }
+            })
+            .route_layer(layer(&cache).key("tenant:{header.x-tenant}")),
+        );
+
+    // Path parameter.
+    for (uri, body) in [("/users/1", "user 1"), ("/users/2", "user 2")] {
+        let r = get_req(&app, uri).await;
+        assert_eq!((r.cache_status(), r.text()), (STORED, body), "{uri}");
+    }
+    for (uri, body) in [("/users/1", "user 1"), ("/users/2", "user 2")] {
+        let r = get_req(&app, uri).await;
+        assert_hit(&r);
+        assert_eq!(r.text(), body, "{uri}");
+    }
+    assert_eq!(users.get(), 2);
+
+    // Path parameter and query parameter; other query parameters are not part of the key.
+    for uri in [
+        "/users/7/posts?page=1",
+        "/users/7/posts?page=2",
+        "/users/8/posts?page=1",
+        "/users/7/posts",
+    ] {
+        let r = get_req(&app, uri).await;
+        assert_eq!(r.cache_status(), STORED, "{uri}");
+    }
+    let r = get_req(&app, "/users/7/posts?page=2&utm=x").await;
+    assert_hit(&r);
+    assert_eq!(r.text(), "posts of 7, page=2");
+    let r = get_req(&app, "/users/8/posts?page=1").await;
+    assert_hit(&r);
+    assert_eq!(r.text(), "posts of 8, page=1");
+    assert_eq!(posts.get(), 4);
+
+    // Header.
+    let tenant = |t: Option<&str>| {
+        let h: Vec<(&str, &str)> = t.map(|t| ("x-tenant", t)).into_iter().collect();
+        request("GET", "/tenant", &h)
+    };
+    for t in [Some("acme"), Some("globex"), None] {
+        let r = send(&app, tenant(t)).await;
+        assert_eq!(r.cache_status(), STORED, "{t:?}");
+    }
+    for (t, body) in [
+        (Some("globex"), "tenant globex"),
+        (Some("acme"), "tenant acme"),
+        (None, "tenant none"),
+    ] {
+        let r = send(&app, tenant(t)).await;
+        assert_hit(&r);
+        assert_eq!(r.text(), body);
+    }
+    assert_eq!(tenants.get(), 3);
+
+    assert_entries(
+        &b,
+        &cache,
+        &[
+            "user:1",
+            "user:2",
+            "user_7_posts:page_1",
+            "user_7_posts:page_2",
+            "user_8_posts:page_1",
+            "user_7_posts:page_~",
+            "tenant:acme",
+            "tenant:globex",
+            "tenant:~",
+        ],
+    )
+    .await;
+}
+
+async fn key_escaping(b: Backend) {
+    let cache = b.cache("t_esc");
+    let calls = Calls::default();
+    let c = calls.clone();
+    let app = Router::new().route(
+        "/users/{id}",
+        get(move |Path(id): Path<String>| {
+            let c = c.clone();
+            async move {
+                c.inc();
+                format!("user [{id}]")
+            }
+        })
+        .route_layer(layer(&cache).key("user:{id}")),
+    );
+    // (request path, decoded parameter)
+    let cases = [
+        ("/users/*", "*"),
+        ("/users/%252A", "%2A"),
+        ("/users/a:b", "a:b"),
+        ("/users/a", "a"),
+        ("/users/%5Bx%5D", "[x]"),
+        ("/users/x", "x"),
+        ("/users/%3F", "?"),
+    ];
+    for (uri, param) in cases {
+        let r = get_req(&app, uri).await;
+        assert_eq!(
+            r.cache_status(),
+            STORED,
+            "{uri} collided with an earlier entry"
+        );
+        assert_eq!(r.text(), format!("user [{param}]"));
+    }
+    for (uri, param) in cases {
+        let r = get_req(&app, uri).await;
+        assert_hit(&r);
+        assert_eq!(r.text(), format!("user [{param}]"), "{uri}");
+    }
+    // The same decoded value reached through another spelling shares the entry.
+    let r = get_req(&app, "/users/a%3Ab").await;
+    assert_hit(&r);
+    assert_eq!(r.text(), "user [a:b]");
+    assert_eq!(calls.get(), cases.len());
+
+    assert_entries(
+        &b,
+        &cache,
+        &[
+            "user:%2A",
+            "user:%252A",
+            "user:a%3Ab",
+            "user:a",
+            "user:%5Bx%5D",
+            "user:x",
+            "user:%3F",
+        ],
+    )
+    .await;
+}
+
+async fn query_normalisation(b: Backend) {
+    let cache = b.cache("t_query");
+    let calls = Calls::default();
+    let c = calls.clone();
+    let app = Router::new().route(
+        "/items",
+        get(move |uri: Uri| {
+            let c = c.clone();
+            async move {
+                c.inc();
+                format!("items {}", uri.query().unwrap_or(""))
+            }
+        })
+        .route_layer(layer(&cache)),
+    );
+    let r = get_req(&app, "/items?a=1&b=2").await;
+    assert_eq!((r.cache_status(), r.text()), (STORED, "items a=1&b=2"));
+    let r = get_req(&app, "/items?b=2&a=1").await;
+    assert_hit(&r);
+    assert_eq!(r.text(), "items a=1&b=2");
+    let r = get_req(&app, "/items?a=1&b=3").await;
+    assert_eq!(r.cache_status(), STORED);
+    let r = get_req(&app, "/items").await;
+    assert_eq!(r.cache_status(), STORED);
+    assert_eq!(calls.get(), 3);
+    assert_entries(
+        &b,
+        &cache,
+        &["GET:/items?a=1&b=2", "GET:/items?a=1&b=3", "GET:/items"],
+    )
+    .await;
+}
+
+type Headers = &'static [(&'static str, &'static str)];
+
+/// A handler answering `status` with `headers` and the body `body`.
+fn respond(status: StatusCode, headers: Headers) -> impl Fn() -> axum::response::Response + Clone {
+    move || {
+        let mut res = (status, "body").into_response();
+        for (k, v) in headers {
+            res.headers_mut().append(*k, v.parse().unwrap());
+        }
+        res
+    }
+}
+
+async fn never_cached_responses(b: Backend) {
+    let cache = b.cache("t_never");
+    // (path, status, response headers, Cache-Status detail)
+    let cases: [(&str, StatusCode, Headers, &str); 8] = [
+        (
+            "/cookie",
+            StatusCode::OK,
+            &[("set-cookie", "session=1")],
+            "set-cookie",
+        ),
+        (
+            "/private",
+            StatusCode::OK,
+            &[("cache-control", "private, max-age=60")],
+            "cache-control",
+        ),
+        (
+            "/no-store",
+            StatusCode::OK,
+            &[("cache-control", "No-Store")],
+            "cache-control",
+        ),
+        (
+            "/no-cache",
+            StatusCode::OK,
+            &[("cache-control", "max-age=5, no-cache")],
+            "cache-control",
+        ),
+        (
+            "/vary",
+            StatusCode::OK,
+            &[("vary", "accept-language")],
+            "vary",
+        ),
+        ("/missing", StatusCode::NOT_FOUND, &[], "status"),
+        ("/error", StatusCode::INTERNAL_SERVER_ERROR, &[], "status"),
+        ("/created", StatusCode::CREATED, &[], "status"),
+    ];
+    let calls: Vec<Calls> = cases.iter().map(|_| Calls::default()).collect();
+    let opted_in = Calls::default();
+    let mut app = Router::new().route(
+        "/missing-cached",
+        counted(&opted_in, respond(StatusCode::NOT_FOUND, &[]))
+            .route_layer(layer(&cache).statuses([StatusCode::OK, StatusCode::NOT_FOUND])),
+    );
+    for ((path, status, headers, _), calls) in cases.iter().zip(&calls) {
+        app = app.route(
+            path,
+            counted(calls, respond(*status, headers)).route_layer(layer(&cache)),
+        );
+    }
+
+    for ((uri, status, headers, detail), calls) in cases.iter().zip(&calls) {
+        for n in 1..=3 {
+            let r = get_req(&app, uri).await;
+            assert_eq!(r.status, *status, "{uri}");
+            assert_eq!(r.text(), "body");
+            assert_unstored(&r, detail);
+            for (k, v) in *headers {
+                assert_eq!(r.header(k), *v, "{uri}: {k} reaches the client");
+            }
+            assert_eq!(calls.get(), n, "{uri}: the handler runs every time");
+        }
+    }
+
+    // Opting in to 404.
+    let r = get_req(&app, "/missing-cached").await;
+    assert_eq!(
+        (r.status, r.cache_status()),
+        (StatusCode::NOT_FOUND, STORED)
+    );
+    let r = get_req(&app, "/missing-cached").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_hit(&r);
+    assert_eq!(opted_in.get(), 1);
+
+    assert_entries(&b, &cache, &["GET:/missing-cached"]).await;
+}
+
+async fn credentials_bypass(b: Backend) {
+    let cache = b.cache("t_cred");
+    let calls = Calls::default();
+    let c = calls.clone();
+    let app = Router::new().route(
+        "/page",
+        get(move |headers: HeaderMap| {
+            let c = c.clone();
+            async move {
+                c.inc();
+                let who = headers
+                    .get("authorization")
+                    .or(headers.get("cookie"))
+                    .map_or("anonymous", |v| v.to_str().unwrap());
+                format!("page for {who}")
+            }
+        })
+        .route_layer(layer(&cache)),
+    );
+    // Fill the entry anonymously first: credentialed requests must not be served from it.
+    let r = get_req(&app, "/page").await;
+    assert_eq!((r.cache_status(), r.text()), (STORED, "page for anonymous"));
+
+    let mut expected_calls = 1;
+    for (h, v, detail) in [
+        ("authorization", "Bearer alice", "authorization"),
+        ("cookie", "session=alice", "cookie"),
+    ] {
+        for _ in 0..2 {
+            let r = send(&app, request("GET", "/page", &[(h, v)])).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(
+                r.cache_status(),
+                format!("{NAME}; fwd=bypass; detail={detail}")
+            );
+            assert_eq!(r.text(), format!("page for {v}"));
+            expected_calls += 1;
+            assert_eq!(calls.get(), expected_calls);
+        }
+    }
+    // Still only the anonymous entry, still a hit for anonymous callers.
+    let r = get_req(&app, "/page").await;
+    assert_hit(&r);
+    assert_eq!(r.text(), "page for anonymous");
+    assert_eq!(cache.stats().bypasses, 4);
+    assert_entries(&b, &cache, &["GET:/page"]).await;
+}
+
+async fn keyed_by_caller(b: Backend) {
+    let cache = b.cache("t_me");
+    let calls = Calls::default();
+    let c = calls.clone();
+    let app = Router::new().route(
+        "/me",
+        get(move |headers: HeaderMap| {
+            let c = c.clone();
+            async move {
+                c.inc();
+                let who = headers
+                    .get("authorization")
+                    .map_or("anonymous", |v| v.to_str().unwrap());
+                format!("me: {who}")
+            }
+        })
+        .route_layer(layer(&cache).key("me:{header.authorization}")),
+    );
+    let as_ = |who: &str| request("GET", "/me", &[("authorization", who)]);
+
+    let r = send(&app, as_("Bearer alice")).await;
+    assert_eq!((r.cache_status(), r.text()), (STORED, "me: Bearer alice"));
+    let r = send(&app, as_("Bearer bob")).await;
+    assert_eq!(r.cache_status(), STORED, "bob must not hit alice's entry");
+    assert_eq!(r.text(), "me: Bearer bob");
+    for _ in 0..2 {
+        for who in ["Bearer alice", "Bearer bob"] {
+            let r = send(&app, as_(who)).await;
+            assert_hit(&r);
+            assert_eq!(r.text(), format!("me: {who}"));
+        }
+    }
+    let r = get_req(&app, "/me").await;
+    assert_eq!((r.cache_status(), r.text()), (STORED, "me: anonymous"));
+    assert_eq!(calls.get(), 3);
+
+    if let Some(keys) = b.entry_keys("t_me").await {
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        assert!(
+            keys.iter()
+                .all(|k| !k.contains("alice") && !k.contains("bob")),
+            "credentials are hashed in keys: {keys:?}"
+        );
+    }
+}
+
+/// A route keyed by `Authorization` only must still bypass requests identified by a `Cookie`:
+/// otherwise two cookie-authenticated callers (no Authorization header) share the entry `me:~`.
+async fn keyed_by_authorization_still_bypasses_cookies(b: Backend) {
+    let cache = b.cache("t_me_cookie");
+    let calls = Calls::default();
+    let c = calls.clone();
+    let app = Router::new().route(
+        "/me",
+        get(move |headers: HeaderMap| {
+            let c = c.clone();
+            async move {
+                c.inc();
+                let who = headers
+                    .get("cookie")
+                    .map_or("anonymous", |v| v.to_str().unwrap());
+                format!("me: {who}")
+            }
+        })
+        .route_layer(layer(&cache).key("me:{header.authorization}")),
+    );
+    let r = send(&app, request("GET", "/me", &[("cookie", "session=alice")])).await;
+    assert_eq!(r.text(), "me: session=alice");
+    let r = send(&app, request("GET", "/me", &[("cookie", "session=bob")])).await;
+    assert_eq!(
+        r.text(),
+        "me: session=bob",
+        "bob was served alice's response"
+    );
+    assert_eq!(
+        r.cache_status(),
+        format!("{NAME}; fwd=bypass; detail=cookie")
+    );
+}
+
+async fn request_no_store(b: Backend) {
+    let cache = b.cache("t_reqns");
+    let calls = Calls::default();
+    let app = Router::new().route("/r", counted(&calls, || "r").route_layer(layer(&cache)));
+    let no_store = || request("GET", "/r", &[("cache-control", "no-store")]);
+    let r = send(&app, no_store()).await;
+    assert_eq!(
+        r.cache_status(),
+        format!("{NAME}; fwd=bypass; detail=no-store")
+    );
+    assert!(
+        !has_entry(&cache, "GET:/r").await,
+        "a no-store request stored its response"
+    );
+    // Fill, then a no-store request still goes to the handler.
+    assert_eq!(get_req(&app, "/r").await.cache_status(), STORED);
+    let r = send(&app, no_store()).await;
+    assert_eq!(
+        r.cache_status(),
+        format!("{NAME}; fwd=bypass; detail=no-store")
+    );
+    assert_eq!(calls.get(), 3);
+    assert_hit(&get_req(&app, "/r").await);
+    assert_eq!(calls.get(), 3);
+}
+
+async fn post_passes_through(b: Backend) {
+    let cache = b.cache("t_post");
+    let calls = Calls::default();
+    let c = calls.clone();
+    let app = Router::new().route(
+        "/p",
+        counted(&calls, || "got")
+            .post(move || {
+                let c = c.clone();
+                async move {
+                    c.inc();
+                    "posted"
+                }
+            })
+            .route_layer(layer(&cache)),
+    );
+    for n in 1..=2 {
+        let r = send(&app, request("POST", "/p", &[])).await;
+        assert_eq!((r.status, r.text()), (StatusCode::OK, "posted"));
+        assert_eq!(r.cache_status(), format!("{NAME}; fwd=method"));
+        assert_eq!(calls.get(), n);
+    }
+    assert_eq!(get_req(&app, "/p").await.cache_status(), STORED);
+    let r = send(&app, request("POST", "/p", &[])).await;
+    assert_eq!(
+        (r.text(), r.cache_status()),
+        ("posted", "tower-valkey-cache; fwd=method")
+    );
+    assert_hit(&get_req(&app, "/p").await);
+    assert_eq!(calls.get(), 4);
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses, s.stores), (1, 1, 1), "{s:?}");
+}
+
+async fn head(b: Backend) {
+    let cache = b.cache("t_head");
+    let (filled, fresh) = (Calls::default(), Calls::default());
+    let app = Router::new()
+        .route(
+            "/filled",
+            counted(&filled, || "hello head").route_layer(layer(&cache)),
+        )
+        .route(
+            "/fresh",
+            counted(&fresh, || "fresh body").route_layer(layer(&cache)),
+        );
+
+    assert_eq!(get_req(&app, "/filled").await.cache_status(), STORED);
+    let r = send(&app, request("HEAD", "/filled", &[])).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_hit(&r);
+    assert!(r.body.is_empty(), "HEAD hit with a body");
+    assert_eq!(r.header("content-length"), "10");
+    assert_eq!(r.header("content-type"), "text/plain; charset=utf-8");
+    assert_eq!(filled.get(), 1);
+
+    // A HEAD miss answers from the handler and stores nothing.
+    let r = send(&app, request("HEAD", "/fresh", &[])).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_unstored(&r, "head");
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("content-length"), "10");
+    assert!(!has_entry(&cache, "GET:/fresh").await);
+    let r = get_req(&app, "/fresh").await;
+    assert_eq!((r.cache_status(), r.text()), (STORED, "fresh body"));
+    assert_eq!(fresh.get(), 2);
+    let r = send(&app, request("HEAD", "/fresh", &[])).await;
+    assert_hit(&r);
+    assert_eq!(fresh.get(), 2);
+}
+
+async fn too_large_exact_length(b: Backend) {
+    let cache = b.cache("t_big");
+    let (big, edge) = (Calls::default(), Calls::default());
+    let limit = 1000;
+    let app = Router::new()
+        .route(
+            "/big",
+            counted(&big, move || vec![b'x'; limit + 1])
+                .route_layer(layer(&cache).max_body_bytes(limit)),
+        )
+        .route(
+            "/edge",
+            counted(&edge, move || vec![b'y'; limit])
+                .route_layer(layer(&cache).max_body_bytes(limit)),
+        );
+    for n in 1..=3 {
+        let r = get_req(&app, "/big").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_unstored(&r, "too-large");
+        assert_eq!(r.body.len(), limit + 1);
+        assert!(r.body.iter().all(|&c| c == b'x'));
+        assert_eq!(big.get(), n);
+    }
+    let r = get_req(&app, "/edge").await;
+    assert_eq!((r.cache_status(), r.body.len()), (STORED, limit));
+    let r = get_req(&app, "/edge").await;
+    assert_hit(&r);
+    assert_eq!(r.body, vec![b'y'; limit]);
+    assert_eq!(edge.get(), 1);
+    assert_entries(&b, &cache, &["GET:/edge"]).await;
+}
+
+/// A body of unknown length (`Body::from_stream`) of `chunks` chunks of `size` bytes each.
+fn chunked(chunks: usize, size: usize) -> Body {
+    let parts: Vec<Result<Bytes, Infallible>> = (0..chunks)
+        .map(|i| Ok(Bytes::from(vec![b'a' + (i % 26) as u8; size])))
+        .collect();
+    Body::from_stream(futures_util::stream::iter(parts))
+}
+
+fn chunked_bytes(chunks: usize, size: usize) -> Vec<u8> {
+    (0..chunks)
+        .flat_map(|i| std::iter::repeat_n(b'a' + (i % 26) as u8, size))
+        .collect()
+}
+
+async fn streaming_unknown_length(b: Backend) {
+    let cache = b.cache("t_stream");
+    let (big, small) = (Calls::default(), Calls::default());
+    let app = Router::new()
+        .route(
+            "/big",
+            counted(&big, || chunked(10, 1000))
+                .route_layer(layer(&cache).key("big").max_body_bytes(4096)),
+        )
+        .route(
+            "/small",
+            counted(&small, || chunked(3, 100))
+                .route_layer(layer(&cache).key("small").max_body_bytes(4096)),
+        );
+
+    // Grows past the limit: streamed through intact, not stored.
+    let r = get_req(&app, "/big").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.cache_status(), format!("{NAME}; fwd=uri-miss"));
+    assert_eq!(r.body, chunked_bytes(10, 1000));
+
+    // Small: streamed, then stored in the background once complete.
+    let r = get_req(&app, "/small").await;
+    assert_eq!(r.cache_status(), format!("{NAME}; fwd=uri-miss"));
+    assert_eq!(r.body, chunked_bytes(3, 100));
+    eventually(POLL, "the streamed body to be stored", || async {
+        has_entry(&cache, "small").await.then_some(())
+    })
+    .await;
+    let r = get_req(&app, "/small").await;
+    assert_hit(&r);
+    assert_eq!(r.body, chunked_bytes(3, 100));
+    assert_eq!(small.get(), 1);
+
+    // By now a fill of the big body would have landed too: it did not.
+    let r = get_req(&app, "/big").await;
+    assert_eq!(r.cache_status(), format!("{NAME}; fwd=uri-miss"));
+    assert_eq!(r.body, chunked_bytes(10, 1000));
+    assert_eq!(big.get(), 2);
+    assert!(!has_entry(&cache, "big").await);
+    assert_eq!(cache.stats().stores, 1);
+    assert_entries(&b, &cache, &["small"]).await;
+}
+
+/// Over real TCP: a body of unknown length reaches the client chunk by chunk while the handler is
+/// still producing it (the cache does not buffer it), and is stored once complete.
+async fn streaming_first_byte_over_tcp(b: Backend) {
+    let cache = b.cache("t_tcp");
+    let calls = Calls::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (c, g) = (calls.clone(), gate.clone());
+    let app = Router::new().route(
+        "/live",
+        get(move || {
+            let (c, g) = (c.clone(), g.clone());
+            async move {
+                c.inc();
+                let stream = futures_util::stream::unfold(0u8, move |step| {
+                    let g = g.clone();
+                    async move {
+                        match step {
+                            0 => Some((Ok::<_, Infallible>(Bytes::from_static(b"first,")), 1)),
+                            1 => {
+                                g.acquire().await.expect("gate").forget();
+                                Some((Ok(Bytes::from_static(b"second")), 2))
+                            }
+                            _ => None,
+                        }
+                    }
+                });
+                Body::from_stream(stream)
+            }
+        })
+        .route_layer(layer(&cache).key("live")),
+    );
+    let server = support::HttpServer::start(app).await;
+    let client = support::http_client();
+
+    let res = support::http_get(&client, &server.url("/live")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()["cache-status"],
+        "tower-valkey-cache; fwd=uri-miss"
+    );
+    let mut body = res.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the first chunk arrives while the handler is blocked")
+        .expect("a frame")
+        .expect("no error")
+        .into_data()
+        .expect("data");
+    assert_eq!(&first[..], b"first,");
+    assert!(!has_entry(&cache, "live").await, "stored before complete");
+    gate.add_permits(1);
+    let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("rest of the body")
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&rest[..], b"second");
+
+    eventually(POLL, "the streamed body to be stored", || async {
+        has_entry(&cache, "live").await.then_some(())
+    })
+    .await;
+    let r = support::collect(support::http_get(&client, &server.url("/live")).await).await;
+    assert_hit(&r);
+    assert_eq!(r.text(), "first,second");
+    assert_eq!(calls.get(), 1);
+}
+
+async fn missing_path_param(b: Backend) {
+    let cache = b.cache("t_keyerr");
+    let (plain, other) = (Calls::default(), Calls::default());
+    let app = Router::new()
+        .route(
+            "/plain",
+            counted(&plain, || "plain").route_layer(layer(&cache).key("user:{id}")),
+        )
+        .route(
+            "/things/{thing}",
+            counted(&other, || "thing").route_layer(layer(&cache).key("user:{id}")),
+        );
+    for n in 1..=2 {
+        for (uri, calls, body) in [("/plain", &plain, "plain"), ("/things/1", &other, "thing")] {
+            let r = get_req(&app, uri).await;
+            assert_eq!(r.status, StatusCode::OK, "{uri}");
+            assert_eq!(r.text(), body);
+            assert_eq!(
+                r.cache_status(),
+                format!("{NAME}; fwd=bypass; detail=key-error")
+            );
+            assert_eq!(calls.get(), n);
+        }
+    }
+    assert_entries(&b, &cache, &[]).await;
+}
+
+async fn corrupt_entry(b: Backend) {
+    let cache = b.cache("t_corrupt");
+    let calls = Calls::default();
+    let app = Router::new().route(
+        "/c/{n}",
+        counted(&calls, || "fresh").route_layer(layer(&cache).key("c:{n}")),
+    );
+    let valid = Entry::new(
+        200,
+        vec![],
+        Bytes::from_static(b"x"),
+        1,
+        Duration::from_secs(3600),
+        Duration::ZERO,
+    )
+    .encode()
+    .unwrap();
+    let mut other_version = valid.to_vec();
+    other_version[3] = 99;
+    let corrupt: [&[u8]; 5] = [
+        b"not an entry",
+        b"",
+        b"{\"json\":true}",
+        &valid[..valid.len() - 1],
+        &other_version,
+    ];
+    for (i, raw) in corrupt.iter().enumerate() {
+        let key = format!("c:{i}");
+        b.put_raw(&cache.key_space().entry(&key), raw).await;
+        let before = cache.stats().decode_failures;
+        let r = get_req(&app, &format!("/c/{i}")).await;
+        assert_eq!((r.status, r.text()), (StatusCode::OK, "fresh"), "case {i}");
+        assert_eq!(
+            r.cache_status(),
+            STORED,
+            "case {i}: the corrupt value is overwritten"
+        );
+        assert_eq!(cache.stats().decode_failures, before + 1, "case {i}");
+        let now = stored(&cache, &key).await.expect("overwritten entry");
+        assert_eq!(Entry::decode(&now).expect("decodes").body, "fresh");
+        let r = get_req(&app, &format!("/c/{i}")).await;
+        assert_hit(&r);
+        assert_eq!(r.text(), "fresh");
+        assert_eq!(calls.get(), i + 1);
+    }
+    assert_eq!(cache.stats().decode_failures, corrupt.len() as u64);
+}
+
+/// Valkey killed mid-test: requests are served by the handler; once it is back, caching resumes.
+async fn valkey_stopped_and_restarted(mut b: Backend) {
+    let cache = b
+        .builder("t_down")
+        .timeout(Duration::from_millis(500))
+        .circuit_breaker(2, Duration::from_millis(100))
+        .build();
+    let calls = Calls::default();
+    let app = Router::new().route("/d", counted(&calls, || "up").route_layer(layer(&cache)));
+    assert_eq!(get_req(&app, "/d").await.cache_status(), STORED);
+    assert_hit(&get_req(&app, "/d").await);
+
+    match &mut b {
+        Backend::Valkey { server, .. } => server.stop(),
+        Backend::Memory(_) => unreachable!(),
+    }
+    for n in 1..=5 {
+        let r = get_req(&app, "/d").await;
+        assert_eq!((r.status, r.text()), (StatusCode::OK, "up"));
+        assert_eq!(
+            r.cache_status(),
+            format!("{NAME}; fwd=miss; detail=store-unavailable")
+        );
+        assert_eq!(calls.get(), 1 + n);
+    }
+    let s = cache.stats();
+    assert_eq!(s.store_unavailable, 5, "{s:?}");
+    assert!(s.breaker_opened >= 1, "{s:?}");
+    assert!(cache.is_degraded());
+
+    match &mut b {
+        Backend::Valkey { server, .. } => server.restart(),
+        Backend::Memory(_) => unreachable!(),
+    }
+    // The restarted server is empty: the next lookups miss, one stores, then hits follow.
+    let r = eventually(POLL, "caching to resume after the restart", || async {
+        let r = get_req(&app, "/d").await;
+        assert_eq!((r.status, r.text()), (StatusCode::OK, "up"));
+        r.is_hit().then_some(r)
+    })
+    .await;
+    assert_hit(&r);
+    assert!(!cache.is_degraded());
+    assert!(cache.stats().breaker_closed >= 1);
+    assert_entries(&b, &cache, &["GET:/d"]).await;
+}
+
+/// Valkey frozen (SIGSTOP): requests answer from the handler within the operation timeout instead
+/// of hanging; once it resumes, entries are served again.
+async fn valkey_paused(b: Backend) {
+    let server = b.server();
+    let store = ValkeyStore::with_config(
+        ValkeyConfig::from_url(server.url())
+            .response_timeout(Duration::from_millis(200))
+            .connect_timeout(Duration::from_millis(200)),
+    )
+    .unwrap();
+    let op_timeout = Duration::from_millis(200);
+    let cache = Cache::builder(store)
+        .namespace("t_pause")
+        .timeout(op_timeout)
+        .circuit_breaker(3, Duration::from_millis(100))
+        .build();
+    let calls = Calls::default();
+    let app = Router::new().route("/s", counted(&calls, || "slow").route_layer(layer(&cache)));
+    assert_eq!(get_req(&app, "/s").await.cache_status(), STORED);
+    assert_hit(&get_req(&app, "/s").await);
+
+    server.pause();
+    for n in 1..=4 {
+        let started = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(5), get_req(&app, "/s"))
+            .await
+            .expect("a request hung on a frozen Valkey");
+        assert_eq!((r.status, r.text()), (StatusCode::OK, "slow"));
+        assert_eq!(
+            r.cache_status(),
+            format!("{NAME}; fwd=miss; detail=store-unavailable")
+        );
+        assert_eq!(calls.get(), 1 + n);
+        // Generous guard: one operation timeout plus scheduling slack on a loaded machine.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(cache.stats().store_errors >= 1);
+    server.resume();
+
+    // The entry survived the freeze: once the breaker lets a probe through, it hits again.
+    let r = eventually(POLL, "hits after the server resumed", || async {
+        let r = get_req(&app, "/s").await;
+        assert_eq!((r.status, r.text()), (StatusCode::OK, "slow"));
+        r.is_hit().then_some(r)
+    })
+    .await;
+    assert_eq!(r.text(), "slow");
+    assert!(!cache.is_degraded());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+// ---------------------------------------------------------------------------------------------
+
+macro_rules! on {
+    ($backend:ident: $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::$backend()).await
+            }
+        )*
+    };
+}
+
+mod valkey {
+    on!(valkey:
+        miss_then_hit,
+        key_templates,
+        key_escaping,
+        query_normalisation,
+        never_cached_responses,
+        credentials_bypass,
+        keyed_by_caller,
+        request_no_store,
+        post_passes_through,
+        head,
+        too_large_exact_length,
+        streaming_unknown_length,
+        streaming_first_byte_over_tcp,
+        missing_path_param,
+        corrupt_entry,
+        valkey_stopped_and_restarted,
+        valkey_paused,
+    );
+}
+
+mod memory {
+    on!(memory:
+        miss_then_hit,
+        key_templates,
+        key_escaping,
+        query_normalisation,
+        never_cached_responses,
+        credentials_bypass,
+        keyed_by_caller,
+        request_no_store,
+        post_passes_through,
+        head,
+        too_large_exact_length,
+        streaming_unknown_length,
+        streaming_first_byte_over_tcp,
+        missing_path_param,
+        corrupt_entry,
+    );
+}
+
+// A key that includes *one* credential header (`{header.authorization}`) must not let requests
+// carrying *another* (`Cookie`) use the cache: they would share the entry `me:~`.
+#[tokio::test]
+async fn valkey_keyed_by_authorization_still_bypasses_cookies() {
+    keyed_by_authorization_still_bypasses_cookies(Backend::valkey()).await
+}
+
+#[tokio::test]
+async fn memory_keyed_by_authorization_still_bypasses_cookies() {
+    keyed_by_authorization_still_bypasses_cookies(Backend::memory()).await
+}

@@ -1,0 +1,403 @@
+//! Shared test harness: a throw-away `valkey-server` per test, and helpers to drive axum routers
+//! in process (`tower::ServiceExt::oneshot`) or over real TCP.
+//!
+//! Use it from a test binary with `mod support;`. Every helper here is used by some binary but not
+//! by all of them, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use axum::body::Body;
+use axum::Router;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use std::io::{ErrorKind, Read, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+
+const NOT_FOUND: &str = "valkey-server not found: run scripts/install-valkey (or: apt-get install -t bookworm-backports valkey-server valkey-tools)";
+
+/// How long a server gets to answer PING after it is started.
+const START_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A `valkey-server` on a free loopback port, without persistence, in its own temporary
+/// directory. Killed (and its directory removed) when dropped, also when a test panics.
+pub struct ValkeyServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    /// Extra `valkey-server` arguments, after the defaults (so they override them); kept across
+    /// [`restart`](Self::restart).
+    extra_args: Vec<String>,
+}
+
+impl ValkeyServer {
+    /// Starts a server on a free port and waits until it answers PING.
+    ///
+    /// # Panics
+    ///
+    /// If `valkey-server` is not installed, or does not come up within 5 s.
+    pub fn start() -> Self {
+        Self::start_with_args(&[])
+    }
+
+    /// Like [`start`](Self::start), with extra server arguments that override the defaults, e.g.
+    /// `&["--appendonly", "yes", "--appendfsync", "always"]` for a server whose data survives
+    /// [`stop`](Self::stop) + [`restart`](Self::restart) (the directory is kept until drop).
+    pub fn start_with_args(args: &[&str]) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tvc-valkey-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        // The port is free when probed but another process may take it before the server binds:
+        // try a few ports before giving up.
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let mut server = Self {
+                port: free_port(),
+                dir: dir.clone(),
+                child: None,
+                extra_args: args.iter().map(|a| a.to_string()).collect(),
+            };
+            match server.spawn_and_wait() {
+                Ok(()) => return server,
+                Err(e) => {
+                    last_err = e;
+                    server.kill();
+                }
+            }
+        }
+        panic!("valkey-server did not start: {last_err}");
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's process id (while running).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .expect("valkey-server is not running")
+            .id()
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit. Its data is lost.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts the server again on the same port (after [`stop`](Self::stop)) and waits for PING.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.spawn_and_wait() {
+                Ok(()) => return,
+                // The old socket may linger for a moment: retry until the deadline.
+                Err(_) if Instant::now() < deadline => {
+                    self.kill();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("valkey-server did not restart on port {}: {e}", self.port),
+            }
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is answered.
+    pub fn pause(&self) {
+        signal(self.pid(), "-STOP");
+    }
+
+    /// Resumes a [paused](Self::pause) server (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.pid(), "-CONT");
+    }
+
+    /// Runs one raw command, e.g. `server.cli::<Vec<String>>(&["KEYS", "ns:*"])`.
+    pub async fn cli<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        self.query(&cmd).await
+    }
+
+    /// Runs one raw command built with `redis::cmd` (for binary arguments).
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        let client = redis::Client::open(self.url()).expect("valid url");
+        let mut conn = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .expect("connecting to valkey timed out")
+        .expect("connect to valkey");
+        tokio::time::timeout(Duration::from_secs(5), cmd.query_async(&mut conn))
+            .await
+            .expect("valkey command timed out")
+            .unwrap_or_else(|e| panic!("valkey command failed: {e}"))
+    }
+
+    /// Every key matching `pattern` (`KEYS`), sorted.
+    pub async fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.cli(&["KEYS", pattern]).await;
+        keys.sort();
+        keys
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("valkey.log")
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        // (Again on every attempt: a failed attempt's guard removes it when dropped.)
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("create {:?}: {e}", self.dir))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|e| format!("open log: {e}"))?;
+        let child = Command::new("valkey-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) if e.kind() == ErrorKind::NotFound => panic!("{NOT_FOUND}"),
+            Err(e) => panic!("cannot run valkey-server: {e}"),
+        };
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if ping(self.port) {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(format!(
+                    "exited with {status}; log:\n{}",
+                    std::fs::read_to_string(self.log_path()).unwrap_or_default()
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no PONG on port {} within {START_TIMEOUT:?}; log:\n{}",
+                    self.port,
+                    std::fs::read_to_string(self.log_path()).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ValkeyServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Whether a server on `port` answers PING (raw RESP, so it needs no runtime).
+fn ping(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {sig} {pid} failed");
+}
+
+/// A response with its body collected.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    /// The `Cache-Status` header ("" when absent).
+    pub fn cache_status(&self) -> &str {
+        self.header("cache-status")
+    }
+
+    /// A header as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ASCII header"))
+            .unwrap_or("")
+    }
+
+    /// The body as UTF-8 text.
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("UTF-8 body")
+    }
+
+    /// Whether the response was a fresh hit.
+    pub fn is_hit(&self) -> bool {
+        self.cache_status().contains("; hit")
+    }
+}
+
+/// Collects a response's body.
+pub async fn collect<B>(res: Response<B>) -> Resp
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("response body").to_bytes();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Sends a request through the router in process and collects the response.
+pub async fn send(app: &Router, req: Request<Body>) -> Resp {
+    let res = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(req))
+        .await
+        .expect("request did not complete within 10 s")
+        .expect("router is infallible");
+    collect(res).await
+}
+
+/// `GET uri` through the router.
+pub async fn get(app: &Router, uri: &str) -> Resp {
+    send(app, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+/// A request builder for `method uri` with headers.
+pub fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut b = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An axum router served over TCP on 127.0.0.1 in the background; stopped when dropped.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// Serves `app` on a free loopback port.
+    pub async fn start(app: Router) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("serve");
+        });
+        Self { addr, task }
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A plain HTTP/1 client for [`HttpServer`].
+pub type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<Bytes>,
+>;
+
+/// A new [`HttpClient`].
+pub fn http_client() -> HttpClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// `GET url` over TCP; returns the response with its body still streaming.
+pub async fn http_get(client: &HttpClient, url: &str) -> Response<hyper::body::Incoming> {
+    let req = Request::get(url)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("no response headers within 10 s")
+        .expect("HTTP request")
+}
