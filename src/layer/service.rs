@@ -35,7 +35,7 @@ pub(crate) struct Shared {
     pub(crate) max_body_bytes: usize,
     pub(crate) name: Arc<str>,
     pub(crate) status_header: bool,
-    pub(crate) keyed_by_caller: bool,
+    pub(crate) allow_credentials: bool,
     pub(crate) key_error_reported: AtomicBool,
     pub(crate) tags: Vec<crate::key::KeyTemplate>,
     pub(crate) tag_headers: bool,
@@ -183,7 +183,9 @@ where
             Outcome::Method,
         ));
     }
-    if let Some(reason) = policy::request_bypass(&req, sh.keyed_by_caller) {
+    if let Some(reason) = policy::request_bypass(&req, |h| {
+        sh.allow_credentials || sh.key.covers_credential(h)
+    }) {
         counters.bypass();
         let res = inner.call(req).await?;
         return Ok(forward_outcome(
