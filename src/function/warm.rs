@@ -129,17 +129,12 @@ impl Cache {
         while let Some(r) = results.next().await {
             match r {
                 Some((Some(s), true)) if s.to_str().is_ok_and(|s| s.contains("; hit")) => {
-                    report.already_fresh += 1;
-                    self.counters().warm("already_fresh");
+                    report.already_fresh += 1
                 }
                 Some((Some(s), true)) if s.to_str().is_ok_and(|s| s.contains("stored")) => {
-                    report.warmed += 1;
-                    self.counters().warm("warmed");
+                    report.warmed += 1
                 }
-                _ => {
-                    report.failed += 1;
-                    self.counters().warm("failed");
-                }
+                _ => report.failed += 1,
             }
             report.elapsed = started.elapsed();
             if let Some(f) = &opts.on_progress {
