@@ -12,6 +12,7 @@
 //! | `valkey-hit` | `CacheLayer` on a `ValkeyStore` in front of the `bare` handler (hits after warm-up) |
 //! | `memory-hit` | `CacheLayer` on a `MemoryStore` in front of the `bare` handler |
 //! | `miss` | `CacheLayer` on a `ValkeyStore` in front of a handler that sleeps 50 ms |
+//! | `store-read` | diagnostic: `Store::read` on the `ValkeyStore` (lanes, `MGET` entry + clock), no layer |
 //!
 //! In `miss` mode every request gets a key of its own (`item:{id}:{n}`, `n` a process-wide
 //! counter), so each one is a genuine miss: a store read that finds nothing, the handler, then
@@ -19,7 +20,8 @@
 //! bypass: the key strategy returns a key, it is just never seen twice.
 //!
 //! `VALKEY_URL` (default `redis://127.0.0.1:6379`) picks the server; `item:1` (1 KiB) is seeded
-//! at start. The server prints `ready` on stdout once it is listening.
+//! at start. `BENCH_LANES=N` sets [`ValkeyConfig::lanes`] (default: the library's), to compare
+//! lane counts. The server prints `ready` on stdout once it is listening.
 
 use axum::{extract::Path, extract::State, routing::get, Router};
 use bytes::Bytes;
@@ -28,7 +30,8 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tower_valkey_cache::{Cache, CacheLayer, MemoryStore, ValkeyStore};
+use tower_valkey_cache::store::Write;
+use tower_valkey_cache::{Cache, CacheLayer, MemoryStore, ValkeyConfig, ValkeyStore};
 
 const BODY_LEN: usize = 1024;
 
@@ -62,8 +65,31 @@ async fn raw_get(
         .ok_or_else(|| (http::StatusCode::NOT_FOUND, "no such item".to_owned()))
 }
 
+async fn store_read(
+    State(cache): State<Cache>,
+    Path(id): Path<String>,
+) -> Result<Bytes, (http::StatusCode, String)> {
+    let key = format!("item:{}", tower_valkey_cache::key::escape(&id));
+    let lookup = cache
+        .store()
+        .read(cache.key_space(), &key)
+        .await
+        .map_err(|e| (http::StatusCode::BAD_GATEWAY, e.to_string()))?;
+    lookup
+        .value
+        .ok_or_else(|| (http::StatusCode::NOT_FOUND, "no such item".to_owned()))
+}
+
+fn valkey_store(url: &str) -> Result<ValkeyStore, BoxError> {
+    let mut cfg = ValkeyConfig::from_url(url);
+    if let Ok(n) = std::env::var("BENCH_LANES") {
+        cfg = cfg.lanes(n.parse()?);
+    }
+    Ok(ValkeyStore::with_config(cfg)?)
+}
+
 fn usage() -> ! {
-    eprintln!("usage: bench_server bare|raw-get|valkey-hit|memory-hit|miss PORT");
+    eprintln!("usage: bench_server bare|raw-get|valkey-hit|memory-hit|miss|store-read PORT");
     std::process::exit(2);
 }
 
@@ -83,7 +109,7 @@ async fn main() -> Result<(), BoxError> {
             .route("/item/{id}", get(bare))
             .with_state(body()),
         "raw-get" => {
-            let store = ValkeyStore::new(&url)?;
+            let store = valkey_store(&url)?;
             let mut conn = store.connection().await?;
             let () = redis::cmd("SET")
                 .arg("item:1")
@@ -95,7 +121,7 @@ async fn main() -> Result<(), BoxError> {
                 .with_state(conn)
         }
         "valkey-hit" => {
-            let cache = Cache::builder(ValkeyStore::new(&url)?)
+            let cache = Cache::builder(valkey_store(&url)?)
                 .namespace("bench")
                 .build();
             Router::new()
@@ -117,7 +143,7 @@ async fn main() -> Result<(), BoxError> {
                 .with_state(body())
         }
         "miss" => {
-            let cache = Cache::builder(ValkeyStore::new(&url)?)
+            let cache = Cache::builder(valkey_store(&url)?)
                 .namespace("benchmiss")
                 .build();
             let counter = Arc::new(AtomicU64::new(0));
@@ -136,6 +162,22 @@ async fn main() -> Result<(), BoxError> {
                     ),
                 )
                 .with_state(body())
+        }
+        "store-read" => {
+            let cache = Cache::builder(valkey_store(&url)?)
+                .namespace("benchstore")
+                .build();
+            let write = Write {
+                key: "item:1",
+                value: body(),
+                ttl: hour,
+                tags: &[],
+                since: None,
+            };
+            cache.store().write(cache.key_space(), write).await?;
+            Router::new()
+                .route("/item/{id}", get(store_read))
+                .with_state(cache)
         }
         _ => usage(),
     };

@@ -42,8 +42,11 @@ pub(crate) struct Inner {
     pub(crate) counters: Counters,
     pub(crate) retry: RetryQueue,
     pub(crate) flights: Flights,
+    pub(crate) log_raw_keys: bool,
     /// Invalidations started by this process (successful or not).
     pub(crate) epoch: std::sync::atomic::AtomicU64,
+    /// The L1 tier and invalidation announcements ([`crate::l1`]).
+    pub(crate) l1: crate::l1::State,
 }
 
 /// Builds a [`Cache`]. See [`Cache::builder`].
@@ -59,6 +62,10 @@ pub struct CacheBuilder {
     tombstone_ttl: Duration,
     retry_capacity: usize,
     retry_give_up: Duration,
+    log_raw_keys: bool,
+    #[cfg(feature = "metrics")]
+    meter: Option<opentelemetry::metrics::Meter>,
+    pub(crate) l1: crate::l1::Config,
 }
 
 impl CacheBuilder {
@@ -123,8 +130,43 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether logs and spans show cache keys as they are (`key` field) instead of only a short
+    /// hash of them (`key_hash`). Keys may hold user data (ids, query values, hashed
+    /// credentials): keep this off in production. Default off.
+    pub fn log_raw_keys(mut self, enable: bool) -> Self {
+        self.log_raw_keys = enable;
+        self
+    }
+
+    /// The OpenTelemetry meter the cache's instruments are created from (see
+    /// [`metrics`](crate::metrics) for the list). Default: the global meter provider's meter
+    /// for scope `tower-valkey-cache`, taken when [`build`](Self::build) runs, so install the
+    /// global provider before building caches.
+    ///
+    /// ```
+    /// use tower_valkey_cache::{Cache, MemoryStore};
+    ///
+    /// let meter = opentelemetry::global::meter("tower-valkey-cache"); // or provider.meter(...)
+    /// let cache = Cache::builder(MemoryStore::new()).meter(meter).build();
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Cache {
+        #[cfg(feature = "metrics")]
+        let counters = Counters::with_metrics(crate::metrics::Metrics::new(
+            &self.meter.unwrap_or_else(crate::metrics::default_meter),
+            &self.namespace,
+            self.store.name(),
+        ));
+        #[cfg(not(feature = "metrics"))]
+        let counters = Counters::default();
+        let l1 = crate::l1::State::new(&self.l1, &self.store, &self.namespace);
         Cache {
             inner: Arc::new(Inner {
                 space: KeySpace::new(&self.namespace, self.tombstone_ttl),
@@ -134,10 +176,12 @@ impl CacheBuilder {
                 op_timeout: self.op_timeout,
                 bulk_timeout: self.bulk_timeout,
                 breaker: Breaker::new(self.breaker_threshold, self.breaker_cool_down),
-                counters: Counters::default(),
+                counters,
                 retry: RetryQueue::new(self.retry_capacity, self.retry_give_up),
                 flights: Flights::default(),
+                log_raw_keys: self.log_raw_keys,
                 epoch: std::sync::atomic::AtomicU64::new(0),
+                l1,
             }),
         }
     }
@@ -167,6 +211,10 @@ impl Cache {
             tombstone_ttl: Duration::from_secs(60),
             retry_capacity: 1024,
             retry_give_up: Duration::from_secs(600),
+            log_raw_keys: false,
+            #[cfg(feature = "metrics")]
+            meter: None,
+            l1: Default::default(),
         }
     }
 
@@ -204,7 +252,14 @@ impl Cache {
         &self.inner.counters
     }
 
-    /// Runs one store operation under the circuit breaker and a timeout.
+    /// Whether logs may show raw keys ([`CacheBuilder::log_raw_keys`]).
+    pub(crate) fn logs_raw_keys(&self) -> bool {
+        self.inner.log_raw_keys
+    }
+
+    /// Runs one store operation under the circuit breaker and a timeout, in a `cache.store`
+    /// span (TRACE level), timed into `db.client.operation.duration` (operations the breaker
+    /// rejects are not sent, so not timed).
     pub(crate) async fn guarded<'a, T>(
         &self,
         op: &'static str,
@@ -218,6 +273,18 @@ impl Cache {
                 "circuit breaker open",
             ));
         }
+        let span = tracing::trace_span!(
+            "cache.store",
+            otel.kind = "client",
+            db.system.name = inner.store.name(),
+            db.operation.name = op,
+            cache.namespace = %inner.namespace,
+            outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        let fut = tracing::Instrument::instrument(fut, span.clone());
         let result = match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::new(
@@ -225,6 +292,19 @@ impl Cache {
                 format!("{op} took longer than {timeout:?}"),
             )),
         };
+        let elapsed = started.elapsed();
+        let error_type = result.as_ref().err().map(|e| error_type(e.kind()));
+        if !span.is_disabled() {
+            span.record("outcome", if error_type.is_some() { "error" } else { "ok" });
+            if let Some(e) = error_type {
+                span.record("error.type", e);
+            }
+            span.record("duration_us", elapsed.as_micros() as u64);
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(m) = inner.counters.otel() {
+            m.store_op(op, elapsed, error_type);
+        }
         match &result {
             Ok(_) => {
                 if inner.breaker.success() == Some(Transition::Closed) {
@@ -259,8 +339,18 @@ impl Cache {
                 "invalidation pending; cache reads suspended",
             ));
         }
-        self.guarded("read", i.op_timeout, i.store.read(&i.space, key))
-            .await
+        // L1 (crate::l1): a hit makes no network call; a miss fills it from the store read.
+        let ticket = match self.l1_lookup(key) {
+            Ok(hit) => return Ok(hit),
+            Err(ticket) => ticket,
+        };
+        let r = self
+            .guarded("read", i.op_timeout, i.store.read(&i.space, key))
+            .await;
+        if let (Some(t), Ok(lookup)) = (ticket, &r) {
+            self.l1_fill(t, key, lookup);
+        }
+        r
     }
 
     /// This process's invalidation epoch (see [`crate::flight::Stamp`]).
@@ -295,11 +385,15 @@ impl Cache {
 
     pub(crate) async fn write(&self, write: Write<'_>) -> Result<Written, StoreError> {
         let i = &self.inner;
+        let bytes = write.value.len();
+        let (key, value, since) = (write.key, write.value.clone(), write.since);
+        let ticket = self.l1_ticket(key);
         let r = self
             .guarded("write", i.op_timeout, i.store.write(&i.space, write))
             .await;
+        self.l1_after_write(ticket, key, &value, since, &r);
         match r {
-            Ok(Written::Stored) => i.counters.stored(),
+            Ok(Written::Stored) => i.counters.stored(bytes),
             Ok(Written::Superseded) => i.counters.superseded(),
             Err(_) => {}
         }
@@ -355,10 +449,30 @@ impl Cache {
             Target::Pattern(_) => i.bulk_timeout,
             _ => i.op_timeout,
         };
-        let n = self
+        let kind = match target {
+            Target::Keys(_) => "key",
+            Target::Tags(_) => "tag",
+            Target::Pattern(_) => "pattern",
+        };
+        let r = self
             .guarded("invalidate", timeout, i.store.invalidate(&i.space, target))
-            .await?;
-        i.counters.invalidated(n);
+            .await;
+        // L1 (crate::l1): drop this process's copies (whatever the store said), then tell the
+        // other instances; an announcement that fails fails the invalidation (it is retried).
+        self.l1_forget(target);
+        let n = r?;
+        i.counters.invalidated(kind, n);
+        self.l1_publish(target).await?;
         Ok(n)
+    }
+}
+
+/// The `error.type` of a failed store operation (metrics and spans).
+fn error_type(kind: StoreErrorKind) -> &'static str {
+    match kind {
+        StoreErrorKind::Unavailable => "unavailable",
+        StoreErrorKind::Timeout => "timeout",
+        StoreErrorKind::CircuitOpen => "circuit_open",
+        StoreErrorKind::Server => "server",
     }
 }

@@ -4,8 +4,13 @@
 //!   parameters, query and headers ([`key`]).
 //! - [`Cache`] is the shared handle: a [`Store`](store::Store) ([`ValkeyStore`] or
 //!   [`MemoryStore`]), a namespace, defaults, a circuit breaker and [`Stats`].
+//! - An optional in-process [L1 tier](l1) ([`CacheBuilder::l1`]) answers hits without a network
+//!   call, kept coherent across instances through Valkey pub/sub.
 //! - Every store operation has a timeout; when the store fails, requests are served by the
 //!   handler as if there were no cache.
+//! - Observability: [`Cache::stats`] counters, `tracing` spans per request and per store
+//!   operation (keys hashed), and OpenTelemetry metrics with the `metrics` feature (on by
+//!   default; see the `metrics` module for the table of instruments).
 //!
 //! ```
 //! use std::time::Duration;
@@ -30,13 +35,21 @@
 mod breaker;
 mod cache;
 pub mod entry;
+pub mod eviction;
 mod flight;
 pub mod function;
 pub mod invalidate;
 pub mod key;
+pub mod l1;
 pub mod layer;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod stats;
 pub mod store;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 pub use cache::{Cache, CacheBuilder};
 pub use invalidate::InvalidateLayer;

@@ -1,4 +1,7 @@
 //! Cheap counters behind [`Cache::stats`](crate::Cache::stats).
+//!
+//! [`Counters`] is the funnel every counted event goes through; with the `metrics` feature each
+//! method also records the matching OpenTelemetry instrument ([`crate::metrics`]).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -12,7 +15,8 @@ pub struct Stats {
     pub stale_hits: u64,
     /// Requests that looked in the cache and found nothing usable.
     pub misses: u64,
-    /// Requests that skipped the cache (method, credentials, `no-store`, key errors).
+    /// Requests that skipped the cache (method not cached, credentials, `no-store`, key
+    /// errors).
     pub bypasses: u64,
     /// Requests served without the cache because the store failed or the breaker was open.
     pub store_unavailable: u64,
@@ -48,9 +52,18 @@ pub struct Stats {
     pub refresh_failures: u64,
     /// Handler failures answered with a stale entry (stale-if-error).
     pub stale_if_error: u64,
+    /// Entries evicted to keep a bounded namespace within its capacity.
+    pub evictions: u64,
 }
 
 impl Stats {
+    /// Requests the cache saw: every request through a `CacheLayer` and every function-cache
+    /// lookup (`get_or_set*`, per id for batches), each counted once as a hit, stale hit, miss,
+    /// bypass or store-unavailable. (Coalesced and stale-if-error requests are misses first.)
+    pub fn requests(&self) -> u64 {
+        self.hits + self.stale_hits + self.misses + self.bypasses + self.store_unavailable
+    }
+
     /// Hits (fresh and stale) over lookups (hits and misses); 0 when there were none.
     pub fn hit_ratio(&self) -> f64 {
         let hits = self.hits + self.stale_hits;
@@ -86,9 +99,37 @@ pub(crate) struct Counters {
     refreshes: AtomicU64,
     refresh_failures: AtomicU64,
     stale_if_error: AtomicU64,
+    evictions: AtomicU64,
+    #[cfg(feature = "metrics")]
+    otel: Option<crate::metrics::Metrics>,
+}
+
+/// Runs `$e` with `$m` bound to the OpenTelemetry instruments, when there are any.
+macro_rules! otel {
+    ($self:ident, $m:ident => $e:expr) => {
+        #[cfg(feature = "metrics")]
+        if let Some($m) = &$self.otel {
+            $e;
+        }
+    };
 }
 
 impl Counters {
+    #[cfg(feature = "metrics")]
+    pub(crate) fn with_metrics(metrics: crate::metrics::Metrics) -> Self {
+        Self {
+            otel: Some(metrics),
+            ..Self::default()
+        }
+    }
+
+    /// The OpenTelemetry instruments, for what is recorded outside these methods (request
+    /// outcomes, store operation latency).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn otel(&self) -> Option<&crate::metrics::Metrics> {
+        self.otel.as_ref()
+    }
+
     pub(crate) fn hit(&self) {
         self.hits.fetch_add(1, Relaxed);
     }
@@ -104,36 +145,83 @@ impl Counters {
     pub(crate) fn unavailable(&self) {
         self.store_unavailable.fetch_add(1, Relaxed);
     }
-    pub(crate) fn stored(&self) {
+    /// An entry of `bytes` (encoded) was written.
+    pub(crate) fn stored(&self, bytes: usize) {
         self.stores.fetch_add(1, Relaxed);
+        otel!(self, m => m.stored(bytes));
+        #[cfg(not(feature = "metrics"))]
+        let _ = bytes;
     }
     pub(crate) fn superseded(&self) {
         self.superseded.fetch_add(1, Relaxed);
+        otel!(self, m => m.superseded());
     }
     pub(crate) fn decode_failure(&self) {
         self.decode_failures.fetch_add(1, Relaxed);
+        otel!(self, m => m.decode_failure());
     }
     pub(crate) fn store_error(&self) {
         self.store_errors.fetch_add(1, Relaxed);
     }
-    pub(crate) fn invalidated(&self, n: u64) {
+    /// An invalidation of `kind` (`key`, `tag`, `pattern`) removed `n` entries.
+    pub(crate) fn invalidated(&self, kind: &'static str, n: u64) {
         self.invalidated.fetch_add(n, Relaxed);
+        otel!(self, m => m.invalidated(kind, n));
+        #[cfg(not(feature = "metrics"))]
+        let _ = kind;
     }
     pub(crate) fn breaker_opened(&self) {
         self.breaker_opened.fetch_add(1, Relaxed);
+        otel!(self, m => m.breaker("open"));
     }
     pub(crate) fn breaker_closed(&self) {
         self.breaker_closed.fetch_add(1, Relaxed);
+        otel!(self, m => m.breaker("closed"));
     }
 
     pub(crate) fn retry_queued(&self) {
         self.invalidations_queued.fetch_add(1, Relaxed);
+        otel!(self, m => m.retry("queued"));
     }
     pub(crate) fn retry_succeeded(&self) {
         self.invalidations_retried.fetch_add(1, Relaxed);
+        otel!(self, m => m.retry("succeeded"));
     }
     pub(crate) fn retry_dropped(&self) {
         self.invalidations_dropped.fetch_add(1, Relaxed);
+        otel!(self, m => m.retry("dropped"));
+    }
+
+    /// `n` entries of a bounded namespace evicted by `policy` (the policy's name).
+    pub(crate) fn evicted(&self, policy: &str, n: u64) {
+        self.evictions.fetch_add(n, Relaxed);
+        otel!(self, m => m.evicted(policy, n));
+        #[cfg(not(feature = "metrics"))]
+        let _ = policy;
+    }
+
+    /// A batch lookup of the function cache (`get_or_set_many`): `hits` ids found fresh, the
+    /// `missing` others missed, or found the store unavailable when `store_ok` is false.
+    pub(crate) fn batch(&self, hits: u64, missing: u64, store_ok: bool) {
+        self.hits.fetch_add(hits, Relaxed);
+        if store_ok {
+            self.misses.fetch_add(missing, Relaxed);
+        } else {
+            self.store_unavailable.fetch_add(missing, Relaxed);
+        }
+        otel!(self, m => {
+            use crate::metrics::Served;
+            m.served_n(Served::HIT, hits);
+            m.served_n(if store_ok { Served::MISS } else { Served::STORE_UNAVAILABLE }, missing)
+        });
+    }
+
+    /// One request of [`Cache::warm`](crate::Cache::warm): `warmed`, `already_fresh` or
+    /// `failed` (OpenTelemetry only: the warm report counts them for the caller).
+    pub(crate) fn warm(&self, result: &'static str) {
+        otel!(self, m => m.warm(result));
+        #[cfg(not(feature = "metrics"))]
+        let _ = result;
     }
 
     pub(crate) fn coalesced(&self) {
@@ -141,15 +229,19 @@ impl Counters {
     }
     pub(crate) fn lock_waits(&self) {
         self.lock_waits.fetch_add(1, Relaxed);
+        otel!(self, m => m.lock_wait());
     }
     pub(crate) fn lock_timeouts(&self) {
         self.lock_timeouts.fetch_add(1, Relaxed);
+        otel!(self, m => m.lock_timeout());
     }
     pub(crate) fn refreshes(&self) {
         self.refreshes.fetch_add(1, Relaxed);
+        otel!(self, m => m.refresh("ok"));
     }
     pub(crate) fn refresh_failures(&self) {
         self.refresh_failures.fetch_add(1, Relaxed);
+        otel!(self, m => m.refresh("failed"));
     }
     pub(crate) fn stale_if_error(&self) {
         self.stale_if_error.fetch_add(1, Relaxed);
@@ -178,6 +270,74 @@ impl Counters {
             refreshes: self.refreshes.load(Relaxed),
             refresh_failures: self.refresh_failures.load(Relaxed),
             stale_if_error: self.stale_if_error.load(Relaxed),
+            evictions: self.evictions.load(Relaxed),
+        }
+    }
+}
+
+/// One function-cache call (`get_or_set*`): counts its lookup in [`Counters`] as it happens and,
+/// with the `metrics` feature, records its final outcome and duration in `cache.requests` and
+/// `cache.request.duration` when the call ends (dropped).
+pub(crate) struct Call<'a> {
+    counters: &'a Counters,
+    #[cfg(feature = "metrics")]
+    served: Option<crate::metrics::Served>,
+    #[cfg(feature = "metrics")]
+    started: std::time::Instant,
+}
+
+/// Sets the call's outcome to the [`crate::metrics::Served`] constant `$c` (nothing without the
+/// `metrics` feature).
+macro_rules! outcome {
+    ($self:ident, $c:ident) => {
+        #[cfg(feature = "metrics")]
+        {
+            $self.served = Some(crate::metrics::Served::$c);
+        }
+    };
+}
+
+impl<'a> Call<'a> {
+    pub(crate) fn new(counters: &'a Counters) -> Self {
+        Self {
+            counters,
+            #[cfg(feature = "metrics")]
+            served: None,
+            #[cfg(feature = "metrics")]
+            started: std::time::Instant::now(),
+        }
+    }
+
+    pub(crate) fn hit(&mut self) {
+        self.counters.hit();
+        outcome!(self, HIT);
+    }
+    pub(crate) fn miss(&mut self) {
+        self.counters.miss();
+        outcome!(self, MISS);
+    }
+    pub(crate) fn unavailable(&mut self) {
+        self.counters.unavailable();
+        outcome!(self, STORE_UNAVAILABLE);
+    }
+    pub(crate) fn coalesced(&mut self) {
+        self.counters.coalesced();
+        outcome!(self, COLLAPSED);
+    }
+    pub(crate) fn stale_if_error(&mut self) {
+        self.counters.stale_if_error();
+        outcome!(self, STALE_IF_ERROR);
+    }
+    pub(crate) fn decode_failure(&self) {
+        self.counters.decode_failure();
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if let (Some(m), Some(s)) = (self.counters.otel(), self.served) {
+            m.served(s, None, Some(self.started.elapsed()));
         }
     }
 }

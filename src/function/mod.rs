@@ -164,7 +164,8 @@ impl Cache {
         Fut: Future<Output = Result<T, E>>,
     {
         let key = bound_length(key.to_owned());
-        let counters = self.counters();
+        // Counts the lookup; records the call's final outcome (metrics) when it returns.
+        let mut counters = crate::stats::Call::new(self.counters());
         let mut stale: Option<T> = None;
         let mut clock = None;
         let epoch = self.epoch();
@@ -214,6 +215,21 @@ impl Cache {
                     Landing::Cancelled | Landing::Entry(..) if attempts < 3 => attempts += 1,
                     _ => break,
                 },
+            }
+        }
+        // Now leading: a flight that landed between our read and our lead has stored the value
+        // already. Check once more (one round trip on misses only) rather than load it twice.
+        if lead.is_some() && clock.is_some() {
+            if let Ok(lookup) = self.read(&key).await {
+                if lookup.clock == clock.unwrap_or(0) {
+                    if let Some(v) = lookup
+                        .value
+                        .and_then(|raw| fresh_value::<T>(&raw, opts.codec, now_ms()))
+                    {
+                        counters.coalesced();
+                        return Ok(v);
+                    }
+                }
             }
         }
 
@@ -307,7 +323,7 @@ impl Cache {
         let found = self
             .guarded(
                 "read_many",
-                i.op_timeout,
+                i.bulk_timeout,
                 i.store.read_many(&i.space, &keys),
             )
             .await?;
@@ -356,7 +372,7 @@ impl Cache {
         let found = self
             .guarded(
                 "read_many",
-                i.op_timeout,
+                i.bulk_timeout,
                 i.store.read_many(&i.space, &keys),
             )
             .await
@@ -371,15 +387,13 @@ impl Cache {
             None => vec![None; ids.len()],
         };
         let missing: Vec<usize> = (0..ids.len()).filter(|&n| out[n].is_none()).collect();
-        let counters = self.counters();
-        for _ in 0..ids.len() - missing.len() {
-            counters.hit();
-        }
+        self.counters().batch(
+            (ids.len() - missing.len()) as u64,
+            missing.len() as u64,
+            found.is_some(),
+        );
         if missing.is_empty() {
             return Ok(out);
-        }
-        for _ in &missing {
-            counters.miss();
         }
         let mut unique: Vec<Id> = Vec::with_capacity(missing.len());
         let mut seen = std::collections::HashSet::new();
@@ -498,13 +512,16 @@ impl Cache {
         let out = self
             .guarded(
                 "write_many",
-                i.op_timeout,
+                i.bulk_timeout,
                 i.store.write_many(&i.space, writes),
             )
-            .await?;
-        for w in &out {
+            .await;
+        // Values written in place: drop this process's L1 copies (crate::l1).
+        self.l1_forget_keys(batch.iter().map(|(k, _, _)| k.as_str()));
+        let out = out?;
+        for (w, (_, value, _)) in out.iter().zip(batch) {
             match w {
-                Written::Stored => i.counters.stored(),
+                Written::Stored => i.counters.stored(value.len()),
                 Written::Superseded => i.counters.superseded(),
             }
         }

@@ -79,6 +79,16 @@ impl WarmOptions {
     }
 }
 
+/// Whether a `Cache-Status` value says "hit" with a positive `ttl` and no detail.
+fn is_fresh_hit(status: &str) -> bool {
+    let mut parts = status.split(';').map(str::trim).skip(1);
+    parts.next() == Some("hit")
+        && parts.all(|p| {
+            p.strip_prefix("ttl=")
+                .map_or(false, |t| t.parse::<i64>().is_ok_and(|t| t > 0))
+        })
+}
+
 impl Cache {
     /// Drives `requests` through `service` (a router with `CacheLayer`s) so its caches fill as
     /// they would under traffic, `concurrency` at a time, and reports what happened, judged by
@@ -128,13 +138,19 @@ impl Cache {
         .buffer_unordered(opts.concurrency);
         while let Some(r) = results.next().await {
             match r {
-                Some((Some(s), true)) if s.to_str().is_ok_and(|s| s.contains("; hit")) => {
-                    report.already_fresh += 1
+                // A fresh hit (positive ttl); stale hits warmed nothing and count as failed.
+                Some((Some(s), true)) if s.to_str().is_ok_and(is_fresh_hit) => {
+                    report.already_fresh += 1;
+                    self.counters().warm("already_fresh");
                 }
                 Some((Some(s), true)) if s.to_str().is_ok_and(|s| s.contains("stored")) => {
-                    report.warmed += 1
+                    report.warmed += 1;
+                    self.counters().warm("warmed");
                 }
-                _ => report.failed += 1,
+                _ => {
+                    report.failed += 1;
+                    self.counters().warm("failed");
+                }
             }
             report.elapsed = started.elapsed();
             if let Some(f) = &opts.on_progress {

@@ -32,6 +32,30 @@ impl Job {
     }
 }
 
+/// A job for logs: its keys, tags or pattern hashed, unless raw keys are allowed
+/// ([`CacheBuilder::log_raw_keys`](crate::CacheBuilder::log_raw_keys)).
+struct Logged<'a>(&'a Job, bool);
+
+impl std::fmt::Display for Logged<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, names): (&str, Vec<&str>) = match self.0 {
+            Job::Keys(k) => ("keys", k.iter().map(String::as_str).collect()),
+            Job::Tags(t) => ("tags", t.iter().map(String::as_str).collect()),
+            Job::Pattern(p) => ("pattern", vec![p.as_str()]),
+        };
+        write!(f, "{kind} [")?;
+        for (n, name) in names.iter().enumerate() {
+            let sep = if n == 0 { "" } else { ", " };
+            if self.1 {
+                write!(f, "{sep}{name}")?;
+            } else {
+                write!(f, "{sep}#{}", &crate::key::short_hash(name.as_bytes())[..12])?;
+            }
+        }
+        write!(f, "]")
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct RetryQueue {
     tx: OnceLock<mpsc::Sender<(Job, Instant)>>,
@@ -67,7 +91,8 @@ impl RetryQueue {
             Ok(()) => true,
             Err(e) => {
                 self.pending.fetch_sub(1, Ordering::AcqRel);
-                tracing::error!(job = ?e.into_inner().0, "invalidation retry queue full; invalidation dropped (entries expire at their TTL)");
+                let job = Logged(&e.into_inner().0, cache.log_raw_keys);
+                tracing::error!(%job, "invalidation retry queue full; invalidation dropped (entries expire at their TTL)");
                 false
             }
         }
@@ -85,13 +110,13 @@ async fn worker(cache: Weak<Inner>, mut rx: mpsc::Receiver<(Job, Instant)>) {
                 Ok(n) => {
                     q.pending.fetch_sub(1, Ordering::AcqRel);
                     c.counters().retry_succeeded();
-                    tracing::info!(?job, removed = n, "queued invalidation succeeded");
+                    tracing::info!(job = %Logged(&job, c.logs_raw_keys()), removed = n, "queued invalidation succeeded");
                     break;
                 }
                 Err(e) if queued.elapsed() >= q.give_up_after => {
                     q.pending.fetch_sub(1, Ordering::AcqRel);
                     c.counters().retry_dropped();
-                    tracing::error!(?job, error = %e, "gave up retrying invalidation");
+                    tracing::error!(job = %Logged(&job, c.logs_raw_keys()), error = %e, "gave up retrying invalidation");
                     break;
                 }
                 Err(_) => {}

@@ -24,8 +24,10 @@ pub fn escape(value: &str) -> String {
     out
 }
 
-pub(crate) fn escape_into(out: &mut String, value: &str, keep_slash: bool) {
-    for &b in value.as_bytes() {
+/// Escapes `value`'s bytes into `out` (bytes, not text: header values that are not UTF-8 stay
+/// distinct).
+pub(crate) fn escape_into(out: &mut String, value: impl AsRef<[u8]>, keep_slash: bool) {
+    for &b in value.as_ref() {
         if b.is_ascii_alphanumeric()
             || b == b'_'
             || b == b'.'

@@ -195,7 +195,7 @@ impl KeyStrategy for KeyTemplate {
                             if i > 0 {
                                 out.push(',');
                             }
-                            escape_into(&mut out, &String::from_utf8_lossy(v.as_bytes()), false);
+                            escape_into(&mut out, v.as_bytes(), false);
                         }
                     }
                 }

@@ -33,6 +33,7 @@ pub struct CacheLayer {
     lock_lease: Option<Duration>,
     ttl_jitter: f64,
     early_refresh_beta: f64,
+    eviction: Option<Arc<crate::eviction::RouteEviction>>,
 }
 
 impl std::fmt::Debug for CacheLayer {
@@ -73,6 +74,7 @@ impl CacheLayer {
             lock_lease: None,
             ttl_jitter: 0.0,
             early_refresh_beta: 0.0,
+            eviction: None,
         }
     }
 
@@ -271,7 +273,43 @@ impl<S> Layer<S> for CacheLayer {
                 ttl_jitter: self.ttl_jitter,
                 early_refresh_beta: self.early_refresh_beta,
                 key_error_reported: AtomicBool::new(false),
+                eviction: self.eviction.clone(),
             }),
         )
+    }
+}
+
+impl CacheLayer {
+    /// Bounds the entries of this layer's cache namespace by count, evicting by `policy`
+    /// ([`eviction`](crate::eviction)): a read that finds an entry touches its rank in the same
+    /// round trip, and a stored fill is ranked and evicts what the policy names (one more round
+    /// trip on a miss).
+    ///
+    /// The bound is per namespace: routes that share the [`Cache`] share it, so give each bounded
+    /// route its own namespace (and the same policy wherever that namespace is used). Needs a
+    /// standalone Valkey (not Cluster) or a [`MemoryStore`](crate::MemoryStore).
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use tower_valkey_cache::{eviction::Lru, Cache, CacheLayer, MemoryStore};
+    ///
+    /// let cache = Cache::builder(MemoryStore::new()).namespace("products").build();
+    /// let app: Router = Router::new().route(
+    ///     "/products/{id}",
+    ///     get(|| async { "product" }).route_layer(
+    ///         CacheLayer::new(cache).key("product:{id}").eviction(Lru::with_capacity(10_000)),
+    ///     ),
+    /// );
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If the cache's store is neither a `ValkeyStore` nor a `MemoryStore`.
+    pub fn eviction(mut self, policy: impl crate::eviction::EvictionPolicy) -> Self {
+        self.eviction = Some(Arc::new(crate::eviction::RouteEviction::new(
+            &self.cache,
+            Arc::new(policy),
+        )));
+        self
     }
 }

@@ -48,6 +48,7 @@ pub(crate) struct Shared {
     pub(crate) lock_lease: Option<Duration>,
     pub(crate) ttl_jitter: f64,
     pub(crate) early_refresh_beta: f64,
+    pub(crate) eviction: Option<Arc<crate::eviction::RouteEviction>>,
 }
 
 impl Shared {
@@ -136,16 +137,41 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
+        // The route template, read once per request (never the raw path).
+        let route = matched_route(&req);
         let span = tracing::debug_span!(
             "cache",
             namespace = %shared.cache.namespace(),
             method = %req.method(),
+            http.route = route.unwrap_or("unknown"),
             outcome = tracing::field::Empty,
             key_hash = tracing::field::Empty,
+            key = tracing::field::Empty,
         );
+        #[cfg(feature = "metrics")]
+        let scope = crate::metrics::RequestScope::new(route);
+        let fut = handle(shared, inner, req).instrument(span);
+        // `forward_outcome` records the outcome with the route and start time of this scope.
+        #[cfg(feature = "metrics")]
+        let fut = crate::metrics::REQUEST.scope(scope, fut);
         ResponseFuture {
-            inner: Box::pin(handle(shared, inner, req).instrument(span)),
+            inner: Box::pin(fut),
         }
+    }
+}
+
+/// The route template axum matched (`/users/{id}`), if any.
+fn matched_route<B>(req: &Request<B>) -> Option<&str> {
+    #[cfg(feature = "axum")]
+    {
+        req.extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(|m| m.as_str())
+    }
+    #[cfg(not(feature = "axum"))]
+    {
+        let _ = req;
+        None
     }
 }
 
@@ -155,6 +181,8 @@ fn forward_outcome<B: Body>(
     outcome: Outcome,
 ) -> Response<CacheBody<B>> {
     tracing::Span::current().record("outcome", outcome.label());
+    #[cfg(feature = "metrics")]
+    crate::metrics::record_request(sh.cache.counters(), outcome.served());
     if sh.status_header {
         res.headers_mut()
             .insert("cache-status", outcome.header(&sh.name));
@@ -176,6 +204,7 @@ where
 {
     let counters = sh.cache.counters();
     if !sh.methods.contains(req.method()) {
+        counters.bypass();
         let res = inner.call(req).await?;
         return Ok(forward_outcome(
             &sh,
@@ -198,7 +227,8 @@ where
     let revalidate = policy::request_revalidate(&req);
 
     let (mut parts, body) = req.into_parts();
-    let params = if sh.key.needs_path_params() {
+    // Tag templates may name path parameters even when the key does not (the default key).
+    let params = if sh.key.needs_path_params() || sh.tags.iter().any(|t| t.needs_path_params()) {
         crate::key::path_params(&mut parts)
     } else {
         Vec::new()
@@ -237,11 +267,14 @@ where
     let span = tracing::Span::current();
     if !span.is_disabled() {
         span.record("key_hash", &crate::key::short_hash(key.as_bytes())[..12]);
+        if sh.cache.logs_raw_keys() {
+            span.record("key", key.as_str());
+        }
     }
     let req = Request::from_parts(parts, body);
 
     let epoch = sh.cache.epoch();
-    let lookup = match sh.cache.read(&key).await {
+    let lookup = match crate::eviction::read(&sh.cache, sh.eviction.as_deref(), &key).await {
         // A request for a fresh response skips what was found, but its fill is still guarded.
         Ok(l) if revalidate => crate::store::Lookup { value: None, ..l },
         Ok(l) => l,
@@ -276,7 +309,7 @@ where
                         );
                         if !is_head && sh.early_refresh_due(&entry, now) {
                             let fill = Fill::new(&sh, key, tags, (lookup.clock, epoch));
-                            spawn_refresh(sh.clone(), fill, inner, req);
+                            spawn_refresh(sh.clone(), fill, inner, req, entry.stored_at_ms);
                         }
                         return Ok(res);
                     }
@@ -294,7 +327,7 @@ where
                         );
                         if !is_head {
                             let fill = Fill::new(&sh, key, tags, (lookup.clock, epoch));
-                            spawn_refresh(sh.clone(), fill, inner, req);
+                            spawn_refresh(sh.clone(), fill, inner, req, entry.stored_at_ms);
                         }
                         return Ok(res);
                     }
@@ -360,6 +393,22 @@ where
                 counters.lock_timeouts();
             }
             Err(_) => {}
+        }
+    }
+
+    // Double-check now that this request leads (and holds the fill lock, if any): a flight that
+    // landed, or a lock holder that released, between our lookup and taking the lead has already
+    // stored the entry. Without this a late miss runs the handler a second time.
+    if !revalidate && (lead.is_some() || lock.token.is_some()) {
+        if let Some(entry) = fresh_entry(&sh.cache, &key).await {
+            counters.coalesced();
+            let entry = Arc::new(entry);
+            let res = entry_response(&sh, &entry, is_head, Outcome::Collapsed, now_ms());
+            lock.release().await;
+            if let Some(l) = lead {
+                l.land(Landing::Entry(entry, (Some(lookup.clock), epoch)));
+            }
+            return Ok(res);
         }
     }
 
@@ -543,6 +592,13 @@ fn random_token() -> String {
     format!("{:032x}", fastrand::u128(..))
 }
 
+/// The entry at `key` if the store has it and it is fresh.
+async fn fresh_entry(cache: &Cache, key: &str) -> Option<Entry> {
+    let raw = cache.read(key).await.ok()?.value?;
+    let entry = Entry::decode(&raw).ok()?;
+    matches!(entry.freshness(now_ms()), Freshness::Fresh(_)).then_some(entry)
+}
+
 /// Polls the store until `key` holds a fresh entry or `lease` passes (another instance holds the
 /// fill lock and is running the handler).
 async fn wait_for_entry(cache: &Cache, key: &str, lease: Duration) -> Option<Entry> {
@@ -601,8 +657,13 @@ impl Drop for LockGuard {
 /// Refreshes an entry in the background (stale-while-revalidate, early refresh): at most one
 /// refresh per key in this process (and, with a fill lock, across instances), bounded by the
 /// refresh timeout. A refresh that fails leaves the old entry in place.
-fn spawn_refresh<S, ReqB, ResB>(sh: Arc<Shared>, fill: Fill, mut inner: S, req: Request<ReqB>)
-where
+fn spawn_refresh<S, ReqB, ResB>(
+    sh: Arc<Shared>,
+    fill: Fill,
+    mut inner: S,
+    req: Request<ReqB>,
+    seen_stored_at: u64,
+) where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
     S::Future: Send + 'static,
     ReqB: Send + 'static,
@@ -619,6 +680,20 @@ where
                 return; // another instance is refreshing it
             }
             lock.token = Some(token);
+        }
+        // Double-check: a refresh that landed between the read that triggered this one and
+        // taking the lead has already replaced the entry this request saw.
+        if let Some(raw) = sh.cache.read(&fill.key).await.ok().and_then(|l| l.value) {
+            if let Ok(e) = Entry::decode(&raw) {
+                if e.stored_at_ms != seen_stored_at {
+                    lead.land(match e.freshness(now_ms()) {
+                        Freshness::Fresh(_) => Landing::Entry(Arc::new(e), fill.stamp()),
+                        _ => Landing::Unshareable,
+                    });
+                    lock.release().await;
+                    return;
+                }
+            }
         }
         let mut fill = fill;
         let work = async {
@@ -659,6 +734,7 @@ struct Fill {
     since: u64,
     epoch: u64,
     started: Instant,
+    eviction: Option<Arc<crate::eviction::RouteEviction>>,
 }
 
 impl Fill {
@@ -678,6 +754,7 @@ impl Fill {
             since,
             epoch,
             started: Instant::now(),
+            eviction: sh.eviction.clone(),
         }
     }
 
@@ -704,16 +781,19 @@ impl Fill {
                 return None;
             }
         };
-        self.cache
-            .write(Write {
+        crate::eviction::write(
+            &self.cache,
+            self.eviction.as_deref(),
+            Write {
                 key: &self.key,
                 value,
                 ttl: entry.store_ttl(now_ms()),
                 tags: &self.tags,
                 since: Some(self.since),
-            })
-            .await
-            .ok()
+            },
+        )
+        .await
+        .ok()
     }
 }
 

@@ -37,6 +37,25 @@ impl Outcome {
         }
     }
 
+    /// The outcome as recorded in the `cache.requests` metric.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn served(&self) -> crate::metrics::Served {
+        use crate::metrics::Served;
+        match self {
+            Outcome::Hit {
+                ttl,
+                detail: Some("stale-if-error"),
+            } if *ttl <= 0 => Served::STALE_IF_ERROR,
+            Outcome::Hit { ttl, .. } if *ttl <= 0 => Served::STALE_WHILE_REVALIDATE,
+            Outcome::Hit { .. } => Served::HIT,
+            Outcome::Collapsed => Served::COLLAPSED,
+            Outcome::Miss { .. } => Served::MISS,
+            Outcome::Bypass(reason) => Served::bypass(reason),
+            Outcome::Method => Served::bypass("method"),
+            Outcome::StoreUnavailable => Served::STORE_UNAVAILABLE,
+        }
+    }
+
     /// The header value for cache `name`.
     pub(crate) fn header(&self, name: &str) -> HeaderValue {
         let v = match self {

@@ -25,6 +25,9 @@ pub struct MemoryStore {
     state: Arc<Mutex<State>>,
     max_entries: usize,
     max_bytes: usize,
+    bounded: Arc<crate::eviction::Registry>,
+    /// Shared by the caches with an L1 tier on this store (and its clones).
+    l1_bus: crate::l1::Bus,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +64,8 @@ impl MemoryStore {
             state: Arc::default(),
             max_entries: 10_000,
             max_bytes: 64 << 20,
+            bounded: Arc::default(),
+            l1_bus: crate::l1::Bus::in_process(),
         }
     }
 
@@ -121,6 +126,12 @@ impl State {
             }
         }
         true
+    }
+
+    /// Removes `key`; true only if it held a live (unexpired) entry, as Valkey's `UNLINK` counts.
+    fn remove_live(&mut self, key: &str, now: Instant) -> bool {
+        let live = self.entries.get(key).is_some_and(|s| s.expires > now);
+        self.remove(key) && live
     }
 
     fn live(&mut self, key: &str, now: Instant) -> Option<&Slot> {
@@ -283,7 +294,7 @@ impl Store for MemoryStore {
             Target::Keys(keys) => {
                 for k in keys {
                     s.tombstone(space.key_tombstone(k), clock, ttl);
-                    removed += s.remove(&space.entry(k)) as u64;
+                    removed += s.remove_live(&space.entry(k), now) as u64;
                 }
             }
             Target::Tags(tags) => {
@@ -291,7 +302,7 @@ impl Store for MemoryStore {
                     s.tombstone(space.tag_tombstone(t), clock, ttl);
                     let members = s.tags.remove(&space.tag_set(t)).unwrap_or_default();
                     for m in members {
-                        removed += s.remove(&m) as u64;
+                        removed += s.remove_live(&m, now) as u64;
                     }
                 }
             }
@@ -309,7 +320,7 @@ impl Store for MemoryStore {
                     .cloned()
                     .collect();
                 for k in doomed {
-                    removed += s.remove(&k) as u64;
+                    removed += s.remove_live(&k, now) as u64;
                 }
             }
         }
@@ -359,5 +370,36 @@ impl Store for MemoryStore {
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn bounded(&self) -> Option<crate::eviction::BoundedStore> {
+        Some(self.into())
+    }
+
+    fn l1_bus(&self) -> Option<crate::l1::Bus> {
+        Some(self.l1_bus.clone())
+    }
+}
+
+/// Hooks for bounded namespaces ([`crate::eviction`]).
+impl MemoryStore {
+    pub(crate) fn bounded_registry(&self) -> &crate::eviction::Registry {
+        &self.bounded
+    }
+
+    /// Removes the entry at a full store key; true if it was live.
+    pub(crate) fn evict_entry(&self, store_key: &str) -> bool {
+        let mut s = self.lock();
+        let live = s.live(store_key, Instant::now()).is_some();
+        s.remove(store_key);
+        live
+    }
+
+    /// The time the live entry at a full store key has left; None if there is none.
+    pub(crate) fn live_ttl(&self, store_key: &str) -> Option<Duration> {
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.live(store_key, now)
+            .map(|slot| slot.expires.saturating_duration_since(now))
     }
 }

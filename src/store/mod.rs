@@ -251,4 +251,18 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// A short name for logs and metrics (`valkey`, `memory`).
     fn name(&self) -> &'static str;
+
+    /// This store as a [`BoundedStore`](crate::eviction::BoundedStore), if it can hold
+    /// count-bounded namespaces ([`eviction`](crate::eviction)); `None` by default.
+    fn bounded(&self) -> Option<crate::eviction::BoundedStore> {
+        None
+    }
+
+    /// How caches on this store with an [L1 tier](crate::l1) hear each other's invalidations;
+    /// `None` by default (such a store cannot back an L1 tier). A store that lives in one
+    /// process returns clones of one [`Bus::in_process`](crate::l1::Bus::in_process); a store
+    /// wrapping another returns the inner store's.
+    fn l1_bus(&self) -> Option<crate::l1::Bus> {
+        None
+    }
 }

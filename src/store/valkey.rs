@@ -113,6 +113,9 @@ struct Inner {
     lane_ids: AtomicU64,
     scan_count: usize,
     url_redacted: String,
+    /// For the dedicated pub/sub connections of L1 tiers ([`crate::l1`]).
+    pubsub: redis::Client,
+    connect_timeout: Duration,
 }
 
 struct Held {
@@ -173,6 +176,10 @@ impl ValkeyStore {
                 lane_ids: AtomicU64::new(1),
                 scan_count: cfg.scan_count,
                 url_redacted: redact(&cfg.url),
+                pubsub: redis::Client::open(cfg.url.as_str()).map_err(|e| {
+                    StoreError::new(StoreErrorKind::Server, format!("invalid Valkey URL: {e}"))
+                })?,
+                connect_timeout: cfg.connect_timeout,
             }),
         })
     }
@@ -180,6 +187,16 @@ impl ValkeyStore {
     /// The underlying deadpool-redis pool, for your own commands.
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    /// A client for dedicated (pub/sub) connections to the same server.
+    pub(crate) fn pubsub_client(&self) -> &redis::Client {
+        &self.inner.pubsub
+    }
+
+    /// The configured connect timeout.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.inner.connect_timeout
     }
 
     /// A multiplexed connection from one of the hot-path lanes (connecting if needed).
@@ -233,7 +250,7 @@ impl ValkeyStore {
         }
     }
 
-    async fn run<T: redis::FromRedisValue>(
+    pub(crate) async fn run<T: redis::FromRedisValue>(
         &self,
         f: impl AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
@@ -664,5 +681,13 @@ impl Store for ValkeyStore {
 
     fn name(&self) -> &'static str {
         "valkey"
+    }
+
+    fn bounded(&self) -> Option<crate::eviction::BoundedStore> {
+        Some(self.into())
+    }
+
+    fn l1_bus(&self) -> Option<crate::l1::Bus> {
+        Some(crate::l1::Bus::valkey(self.clone()))
     }
 }

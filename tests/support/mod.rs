@@ -137,9 +137,13 @@ impl ValkeyServer {
     /// Runs one raw command built with `redis::cmd` (for binary arguments).
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
         let client = redis::Client::open(self.url()).expect("valid url");
+        // The client's own response timeout (500 ms by default) would cut the 5 s bound below
+        // short for big replies (`KEYS` over a large keyspace) on a loaded machine.
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
         let mut conn = tokio::time::timeout(
             Duration::from_secs(5),
-            client.get_multiplexed_async_connection(),
+            client.get_multiplexed_async_connection_with_config(&config),
         )
         .await
         .expect("connecting to valkey timed out")

@@ -1,0 +1,92 @@
+//! The `tracing` spans: one per cached request and one per store operation, with keys hashed
+//! unless the cache opts in to raw keys.
+//!
+//! Alone in its test binary: `tracing` caches per-callsite interest process-wide, and tests in
+//! other threads without a subscriber could race this test's thread-local subscriber.
+
+mod support;
+
+use axum::routing::get;
+use axum::Router;
+use std::sync::{Arc, Mutex};
+use support::get as get_req;
+use tower_valkey_cache::{Cache, CacheLayer, MemoryStore};
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the request and store spans of one miss and one hit on `/items/42` log.
+async fn span_log(raw_keys: bool) -> String {
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let cache = Cache::builder(MemoryStore::new())
+        .namespace("spans")
+        .log_raw_keys(raw_keys)
+        .build();
+    let app = Router::new().route(
+        "/items/{id}",
+        get(|| async { "item" }).route_layer(CacheLayer::new(cache).key("item:{id}")),
+    );
+    get_req(&app, "/items/42").await;
+    get_req(&app, "/items/42").await;
+    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    log
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn spans_hash_keys_unless_raw_keys_are_enabled() {
+    let log = span_log(false).await;
+    let closed = |target: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains(&format!("{target}: close")))
+            .map(str::to_owned)
+            .collect()
+    };
+    // One `cache` span per request, with the route template, the outcome and the hashed key.
+    let requests = closed("tower_valkey_cache::layer::service");
+    assert_eq!(requests.len(), 2, "{log}");
+    for (l, outcome) in requests.iter().zip(["miss", "hit"]) {
+        assert!(l.contains("http.route=\"/items/{id}\""), "{l}");
+        assert!(l.contains("key_hash=\""), "{l}");
+        assert!(l.contains(&format!("outcome=\"{outcome}\"")), "{l}");
+    }
+    assert!(
+        !log.contains("item:42"),
+        "no raw key without opt-in:\n{log}"
+    );
+    // One `cache.store` span per store operation, inside the request's span: the miss reads,
+    // reads again once it leads the fill, writes; the hit reads.
+    let ops = closed("tower_valkey_cache::cache");
+    assert_eq!(ops.len(), 4, "{log}");
+    for (l, op) in ops.iter().zip(["read", "read", "write", "read"]) {
+        assert!(
+            l.contains("}:cache.store{"),
+            "nested in the request span: {l}"
+        );
+        assert!(l.contains(&format!("db.operation.name=\"{op}\"")), "{l}");
+        assert!(l.contains("db.system.name=\"memory\""), "{l}");
+        assert!(l.contains("outcome=\"ok\""), "{l}");
+        assert!(l.contains("duration_us="), "{l}");
+    }
+
+    let log = span_log(true).await;
+    assert!(log.contains("key=\"item:42\""), "{log}");
+}
