@@ -99,7 +99,7 @@ pub enum Op {
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 8] = [
+    pub const ALL: &'static [Op] = &[
         Op::Read,
         Op::ReadMany,
         Op::Write,
@@ -491,9 +491,10 @@ impl CacheStatus {
         self.hit && self.ttl.is_some_and(|t| t <= 0)
     }
 
-    /// Looked up and not found (or not usable): the handler answered (`fwd=uri-miss`).
+    /// Looked up and not found (or not usable): the handler answered (`fwd=uri-miss`, not
+    /// `collapsed`).
     pub fn is_miss(&self) -> bool {
-        !self.hit && self.fwd.as_deref() == Some("uri-miss")
+        !self.hit && !self.collapsed && self.fwd.as_deref() == Some("uri-miss")
     }
 
     /// Skipped the cache (`fwd=bypass` or `fwd=method`).

@@ -1015,13 +1015,16 @@ async fn measure_bookkeeping_cost() {
     // Sets that evict: capacity 1,000, 20,000 distinct keys (19,000 evictions).
     println!("sets with eviction (capacity 1000, {N} distinct keys, 64-byte value):");
     let small = "y".repeat(62);
+    /// ops/s, and server time per set script.
     async fn sets<P: EvictionPolicy + Clone>(
         store: &ValkeyStore,
+        admin: &mut redis::aio::MultiplexedConnection,
         policy: P,
         value: &String,
         concurrency: usize,
-    ) -> f64 {
+    ) -> (f64, f64) {
         let cache = BoundedCache::<String, P>::new(store.clone(), &unique("m-set"), policy);
+        reset_stats(admin).await;
         let start = Instant::now();
         let next = Arc::new(AtomicUsize::new(0));
         let mut evicted = 0;
@@ -1044,34 +1047,71 @@ async fn measure_bookkeeping_cost() {
             evicted += t.await.unwrap();
         }
         let took = start.elapsed();
+        let usec = server_usec(admin, "evalsha").await;
         assert_eq!(evicted, N - 1000);
         assert_eq!(cache.len().await.unwrap(), 1000);
         cache.clear().await.unwrap();
-        N as f64 / took.as_secs_f64()
+        (N as f64 / took.as_secs_f64(), usec)
     }
     for concurrency in [1, 32] {
         let r = [
             (
                 "fifo",
-                sets(&store, Fifo::with_capacity(1000), &small, concurrency).await,
+                sets(
+                    &store,
+                    &mut admin,
+                    Fifo::with_capacity(1000),
+                    &small,
+                    concurrency,
+                )
+                .await,
             ),
             (
                 "lifo",
-                sets(&store, Lifo::with_capacity(1000), &small, concurrency).await,
+                sets(
+                    &store,
+                    &mut admin,
+                    Lifo::with_capacity(1000),
+                    &small,
+                    concurrency,
+                )
+                .await,
             ),
             (
                 "lru",
-                sets(&store, Lru::with_capacity(1000), &small, concurrency).await,
+                sets(
+                    &store,
+                    &mut admin,
+                    Lru::with_capacity(1000),
+                    &small,
+                    concurrency,
+                )
+                .await,
             ),
             (
                 "mru",
-                sets(&store, Mru::with_capacity(1000), &small, concurrency).await,
+                sets(
+                    &store,
+                    &mut admin,
+                    Mru::with_capacity(1000),
+                    &small,
+                    concurrency,
+                )
+                .await,
             ),
             (
                 "lfu",
-                sets(&store, Lfu::with_capacity(1000), &small, concurrency).await,
+                sets(
+                    &store,
+                    &mut admin,
+                    Lfu::with_capacity(1000),
+                    &small,
+                    concurrency,
+                )
+                .await,
             ),
         ];
+        reset_stats(&mut admin).await;
         let plain = {
             let start = Instant::now();
             let next = Arc::new(AtomicUsize::new(0));
@@ -1099,9 +1139,13 @@ async fn measure_bookkeeping_cost() {
             }
             N as f64 / start.elapsed().as_secs_f64()
         };
-        let line: Vec<String> = r.iter().map(|(n, ops)| format!("{n} {ops:.0}/s")).collect();
+        let plain_us = server_usec(&mut admin, "set").await;
+        let line: Vec<String> = r
+            .iter()
+            .map(|(n, (ops, us))| format!("{n} {ops:.0}/s ({us:.1} us)"))
+            .collect();
         println!(
-            "  {concurrency:>2} in flight: plain SET {plain:.0}/s | {}",
+            "  {concurrency:>2} in flight: plain SET {plain:.0}/s ({plain_us:.1} us) | {}",
             line.join(" | ")
         );
     }

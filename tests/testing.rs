@@ -343,6 +343,15 @@ async fn function_cache_falls_back_to_the_loader() {
     assert_eq!((d.store_unavailable, d.hits), (1, 0));
     faults.up();
 
+    // A value that does not decode is a miss: the loader answers and its value replaces it.
+    faults.corrupt_reads(true);
+    let v: Result<u32, ()> = cache.get_or_set("answer", || async { Ok(9) }).await;
+    assert_eq!(v, Ok(9));
+    faults.corrupt_reads(false);
+    let v: Result<u32, ()> = cache.get_or_set("answer", || async { Ok(0) }).await;
+    assert_eq!(v, Ok(9));
+    assert_eq!(cache.stats().decode_failures, 1);
+
     // Batch reads: corrupt values are absent, failures are errors.
     let opts = tower_valkey_cache::function::Options::new();
     cache

@@ -36,21 +36,28 @@
 //! or highest ranked *other* entry, so a set always stores its value (an MRU or LIFO cache never
 //! evicts the entry being written). Overwriting a key evicts nothing.
 //!
-//! | policy | evicts | a set | a read | good for | Valkey cost per get / set |
+//! | policy | evicts | a set | a read | good for | inside the get script |
 //! |---|---|---|---|---|---|
-//! | [`Fifo`] | the oldest written | stamps | nothing | "the last N viewed items", logs, dedup windows | `GET` / one script |
-//! | [`Lifo`] | the newest written | stamps | nothing | undo-style stacks, keeping a stable early working set | `GET` / one script |
-//! | [`Lru`] | the least recently used | stamps | stamps | general purpose: recency predicts reuse | `GET` + `INCR` + `ZADD` / one script |
+//! | [`Fifo`] | the oldest written | stamps | nothing | "the last N viewed items", logs, dedup windows | `GET` |
+//! | [`Lifo`] | the newest written | stamps | nothing | undo-style stacks, keeping a stable early working set | `GET` |
+//! | [`Lru`] | the least recently used | stamps | stamps | general purpose: recency predicts reuse | `GET`, `INCR`, `ZADD XX` |
 //! | [`Mru`] | the most recently used | stamps | stamps | cyclic scans larger than the cache, "seen it, won't need it again" (hot/cold separation) | as LRU |
-//! | [`Lfu`] | the least frequently used, ties: least recently used | counts + stamps | counts + stamps | popular results with a stable popularity (API responses, catalogues) | `GET` + `ZSCORE` + `INCR` + `ZADD` / one script |
+//! | [`Lfu`] | the least frequently used, ties: least recently used | counts + stamps | counts + stamps | popular results with a stable popularity (API responses, catalogues) | `GET`, `ZSCORE`, `INCR`, `ZADD` |
 //!
 //! Every get and every set is **one round trip**: one Lua script (`EVALSHA`, loaded once and
 //! reloaded after a `SCRIPT FLUSH` or a failover). Each is O(log n) in the namespace's size plus
 //! O(log n) per evicted entry, atomic, and never lets the index hold more than capacity entries,
-//! even with many processes writing at once. A set's script: `EXISTS`, `ZSCORE`, `ZCARD`, one
-//! `ZPOPMIN`/`ZPOPMAX` + `UNLINK` per eviction, `SET PX`, `INCR`, `ZADD`, and `PTTL`/`PEXPIRE` to
-//! keep the index alive as long as its longest-lived entry. The `MemoryStore` implements the same
-//! rules under one lock.
+//! even with many processes writing at once. A set's script, for every policy: `ZSCORE`, `ZCARD`,
+//! one `ZPOPMIN`/`ZPOPMAX` + `UNLINK` per eviction, `SET PX`, `INCR`, `EXISTS`, `ZADD`, and
+//! `PTTL`/`PEXPIRE` to keep the index alive as long as its longest-lived entry. The
+//! [`MemoryStore`] implements the same rules under one lock.
+//!
+//! **Cost.** On Valkey 8 running a script has a floor of about 4 µs of server time (a script that
+//! only does a `GET`, against about 0.2 µs for the `GET` itself); the bookkeeping adds about 1-2 µs
+//! (LRU) to 5 µs (LFU) to a read and a set script takes about 15 µs. Over loopback, where a round
+//! trip is 25-40 µs, an LRU hit costs about 1.1-1.3× a plain `GET`; over a real network the
+//! difference shrinks with the round trip. Sets are the expensive side (tens of thousands per
+//! second per Valkey core), which suits caches, where reads dominate.
 //!
 //! # Key layout (Valkey)
 //!
@@ -128,6 +135,10 @@
 //! # Ok::<(), tower_valkey_cache::eviction::BoundedError>(())
 //! # }).unwrap();
 //! ```
+//!
+//! On a [`MemoryStore`], a standalone namespace keeps its values beside the store's entries: they
+//! count against the namespace's capacity, not against
+//! [`MemoryStore::max_entries`](MemoryStore::max_entries).
 //!
 //! A namespace must keep one policy: its ranks mean what the policy that wrote them says, so
 //! [clear](BoundedCache::clear) it (or use a new namespace) when changing policy.

@@ -85,7 +85,7 @@ fn is_fresh_hit(status: &str) -> bool {
     parts.next() == Some("hit")
         && parts.all(|p| {
             p.strip_prefix("ttl=")
-                .map_or(false, |t| t.parse::<i64>().is_ok_and(|t| t > 0))
+                .is_some_and(|t| t.parse::<i64>().is_ok_and(|t| t > 0))
         })
 }
 

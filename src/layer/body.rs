@@ -71,6 +71,11 @@ impl<B: Body> CacheBody<B> {
         }
     }
 
+    /// Whether the whole body is in memory (a cached or collected body).
+    pub(crate) fn is_full(&self) -> bool {
+        matches!(self.kind, Kind::Full { .. })
+    }
+
     pub(crate) fn empty() -> Self {
         Self {
             kind: Kind::Full { data: None },

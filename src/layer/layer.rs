@@ -24,6 +24,7 @@ pub struct CacheLayer {
     allow_credentials: bool,
     tags: Vec<KeyTemplate>,
     tag_headers: bool,
+    respect_cache_control: bool,
     swr: Duration,
     sie: Duration,
     handler_timeout: Option<Duration>,
@@ -65,6 +66,7 @@ impl CacheLayer {
             allow_credentials: false,
             tags: Vec::new(),
             tag_headers: true,
+            respect_cache_control: false,
             swr: Duration::ZERO,
             sie: Duration::ZERO,
             handler_timeout: None,
@@ -76,6 +78,15 @@ impl CacheLayer {
             early_refresh_beta: 0.0,
             eviction: None,
         }
+    }
+
+    /// Takes each response's freshness from its own `Cache-Control` (`s-maxage`, then
+    /// `max-age`), then `Expires`, falling back to [`ttl`](Self::ttl). A lifetime of zero is not
+    /// stored. (`no-store`, `private` and `no-cache` responses are never stored, with or without
+    /// this option.) Default off.
+    pub fn respect_cache_control(mut self, enable: bool) -> Self {
+        self.respect_cache_control = enable;
+        self
     }
 
     /// Stale-while-revalidate: for `window` after an entry stops being fresh, requests get it at
@@ -263,6 +274,7 @@ impl<S> Layer<S> for CacheLayer {
                 allow_credentials: self.allow_credentials,
                 tags: self.tags.clone(),
                 tag_headers: self.tag_headers,
+                respect_cache_control: self.respect_cache_control,
                 swr: self.swr,
                 sie: self.sie,
                 handler_timeout: self.handler_timeout,

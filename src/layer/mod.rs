@@ -40,6 +40,7 @@
 //! lands during a slow read is never overwritten by the read's old data.
 
 mod body;
+mod conditional;
 #[allow(clippy::module_inception)]
 mod layer;
 mod policy;

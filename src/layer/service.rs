@@ -1,4 +1,5 @@
 use super::body::{CacheBody, Tee};
+use super::conditional;
 use super::policy;
 use super::status::Outcome;
 use crate::entry::{now_ms, Entry, Freshness};
@@ -39,6 +40,7 @@ pub(crate) struct Shared {
     pub(crate) key_error_reported: AtomicBool,
     pub(crate) tags: Vec<crate::key::KeyTemplate>,
     pub(crate) tag_headers: bool,
+    pub(crate) respect_cache_control: bool,
     pub(crate) swr: Duration,
     pub(crate) sie: Duration,
     pub(crate) handler_timeout: Option<Duration>,
@@ -150,7 +152,12 @@ where
         );
         #[cfg(feature = "metrics")]
         let scope = crate::metrics::RequestScope::new(route);
-        let fut = handle(shared, inner, req).instrument(span);
+        let conditions = conditional::Conditions::from_headers(req.headers());
+        let fut = async move {
+            let res = handle(shared, inner, req).await?;
+            Ok(conditions.apply(res))
+        }
+        .instrument(span);
         // `forward_outcome` records the outcome with the route and start time of this scope.
         #[cfg(feature = "metrics")]
         let fut = crate::metrics::REQUEST.scope(scope, fut);
@@ -467,7 +474,11 @@ where
             },
         ));
     }
-    if let Some(reason) = policy::response_unstorable(&res, &sh.statuses) {
+    if let Some(reason) = policy::response_unstorable(&res, &sh.statuses).or_else(|| {
+        (sh.respect_cache_control
+            && conditional::response_ttl(res.headers()) == Some(Duration::ZERO))
+        .then_some("cache-control")
+    }) {
         unshareable(lead);
         lock.release().await;
         return Ok(forward_outcome(
@@ -513,7 +524,8 @@ where
                 ));
             }
         };
-        let entry = fill.entry(parts.status, &parts.headers, bytes.clone());
+        let mut parts = parts;
+        let entry = fill.entry(parts.status, &mut parts.headers, bytes.clone());
         let stored = fill.store(&entry).await;
         lock.release().await;
         if let Some(l) = lead {
@@ -537,12 +549,12 @@ where
     // Followers wait for the landing at the end; if the body is dropped or too large, dropping
     // the lead releases them.
     let status = parts.status;
-    let headers = parts.headers.clone();
+    let mut headers = parts.headers.clone();
     let tee = Tee::new(
         sh.max_body_bytes,
         Box::new(move |bytes| {
             tokio::spawn(async move {
-                let entry = fill.entry(status, &headers, bytes);
+                let entry = fill.entry(status, &mut headers, bytes);
                 fill.store(&entry).await;
                 lock.release().await;
                 if let Some(l) = lead {
@@ -706,7 +718,8 @@ fn spawn_refresh<S, ReqB, ResB>(
             }
             let (parts, body) = res.into_parts();
             let bytes = collect_limited(Box::pin(body), sh.max_body_bytes).await?;
-            let entry = fill.entry(parts.status, &parts.headers, bytes);
+            let mut parts = parts;
+            let entry = fill.entry(parts.status, &mut parts.headers, bytes);
             (fill.store(&entry).await == Some(Written::Stored)).then_some(entry)
         };
         match tokio::time::timeout(sh.refresh_timeout, work).await {
@@ -734,6 +747,7 @@ struct Fill {
     since: u64,
     epoch: u64,
     started: Instant,
+    respect_cache_control: bool,
     eviction: Option<Arc<crate::eviction::RouteEviction>>,
 }
 
@@ -754,6 +768,7 @@ impl Fill {
             since,
             epoch,
             started: Instant::now(),
+            respect_cache_control: sh.respect_cache_control,
             eviction: sh.eviction.clone(),
         }
     }
@@ -762,8 +777,17 @@ impl Fill {
         (Some(self.since), self.epoch)
     }
 
-    fn entry(&self, status: StatusCode, headers: &http::HeaderMap, body: Bytes) -> Entry {
-        Entry::from_response(status, headers, body, now_ms(), self.ttl, self.stale_for)
+    /// The entry for a response; adds a strong content-hash `ETag` to `headers` when the
+    /// handler set none, so clients can revalidate (`If-None-Match` → 304).
+    fn entry(&self, status: StatusCode, headers: &mut http::HeaderMap, body: Bytes) -> Entry {
+        if !headers.contains_key(header::ETAG) {
+            headers.insert(header::ETAG, conditional::etag_for(&body));
+        }
+        let ttl = match self.respect_cache_control {
+            true => conditional::response_ttl(headers).unwrap_or(self.ttl),
+            false => self.ttl,
+        };
+        Entry::from_response(status, headers, body, now_ms(), ttl, self.stale_for)
             .with_compute_time(self.started.elapsed())
     }
 
