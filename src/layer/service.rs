@@ -388,16 +388,23 @@ where
             Ok(true) => lock.token = Some(token),
             Ok(false) => {
                 counters.lock_waits();
-                if let Some(entry) = wait_for_entry(&sh.cache, &key, lease).await {
-                    counters.coalesced();
-                    let entry = Arc::new(entry);
-                    let res = entry_response(&sh, &entry, is_head, Outcome::Collapsed, now_ms());
-                    if let Some(l) = lead {
-                        l.land(Landing::Entry(entry, (Some(lookup.clock), epoch)));
+                match wait_for_entry(&sh.cache, &key, lease, &token).await {
+                    // A request asking to revalidate must not be answered with the cached copy.
+                    Waited::Entry(entry) if !revalidate => {
+                        counters.coalesced();
+                        let entry = Arc::new(entry);
+                        let res =
+                            entry_response(&sh, &entry, is_head, Outcome::Collapsed, now_ms());
+                        if let Some(l) = lead {
+                            l.land(Landing::Entry(entry, (Some(lookup.clock), epoch)));
+                        }
+                        return Ok(res);
                     }
-                    return Ok(res);
+                    Waited::Entry(_) => {}
+                    // The holder's lease ran out (it died): we hold the lock now.
+                    Waited::Locked => lock.token = Some(token),
+                    Waited::TimedOut => counters.lock_timeouts(),
                 }
-                counters.lock_timeouts();
             }
             Err(_) => {}
         }
@@ -611,9 +618,19 @@ async fn fresh_entry(cache: &Cache, key: &str) -> Option<Entry> {
     matches!(entry.freshness(now_ms()), Freshness::Fresh(_)).then_some(entry)
 }
 
-/// Polls the store until `key` holds a fresh entry or `lease` passes (another instance holds the
-/// fill lock and is running the handler).
-async fn wait_for_entry(cache: &Cache, key: &str, lease: Duration) -> Option<Entry> {
+/// What waiting on another instance's fill lock ended with.
+enum Waited {
+    /// The holder stored a fresh entry.
+    Entry(Entry),
+    /// The holder's lease expired without an entry (it died): this request took the lock.
+    Locked,
+    /// Neither within `lease`: run the handler without the lock.
+    TimedOut,
+}
+
+/// Polls the store until `key` holds a fresh entry, or the lock frees up (the holder's lease
+/// expired), or `lease` passes (another instance holds the fill lock and runs the handler).
+async fn wait_for_entry(cache: &Cache, key: &str, lease: Duration, token: &str) -> Waited {
     let deadline = Instant::now() + lease;
     let mut pause = Duration::from_millis(5);
     while Instant::now() + pause < deadline {
@@ -622,12 +639,15 @@ async fn wait_for_entry(cache: &Cache, key: &str, lease: Duration) -> Option<Ent
         if let Ok(Some(raw)) = cache.read(key).await.map(|l| l.value) {
             if let Ok(e) = Entry::decode(&raw) {
                 if matches!(e.freshness(now_ms()), Freshness::Fresh(_)) {
-                    return Some(e);
+                    return Waited::Entry(e);
                 }
             }
         }
+        if let Ok(true) = cache.try_lock(key, token, lease).await {
+            return Waited::Locked;
+        }
     }
-    None
+    Waited::TimedOut
 }
 
 /// The fill lock held by this request, released when the fill is stored (or on drop).
