@@ -64,6 +64,14 @@ pub enum Freshness {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecodeError(&'static str);
 
+impl DecodeError {
+    /// A well-formed entry that its reader could not have written (for example a status the
+    /// route does not cache, or a `Set-Cookie` header): treated like an undecodable value.
+    pub fn foreign() -> Self {
+        DecodeError("entry the route could not have stored")
+    }
+}
+
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "cache entry does not decode: {}", self.0)

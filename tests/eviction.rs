@@ -1020,7 +1020,7 @@ async fn measure_bookkeeping_cost() {
         store: &ValkeyStore,
         admin: &mut redis::aio::MultiplexedConnection,
         policy: P,
-        value: &String,
+        value: &str,
         concurrency: usize,
     ) -> (f64, f64) {
         let cache = BoundedCache::<String, P>::new(store.clone(), &unique("m-set"), policy);
@@ -1030,7 +1030,7 @@ async fn measure_bookkeeping_cost() {
         let mut evicted = 0;
         let tasks: Vec<_> = (0..concurrency)
             .map(|_| {
-                let (cache, next, value) = (cache.clone(), next.clone(), value.clone());
+                let (cache, next, value) = (cache.clone(), next.clone(), value.to_owned());
                 tokio::spawn(async move {
                     let mut evicted = 0;
                     loop {

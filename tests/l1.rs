@@ -18,11 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{eventually, get as get_req, request, send, ValkeyServer};
 use tower_valkey_cache::function::Options;
-use tower_valkey_cache::ValkeyStore;
-use tower_valkey_cache::{Cache, CacheLayer, InvalidateLayer, MemoryStore, ValkeyConfig};
 use tower_valkey_cache::store::{
     KeySpace, Lookup, LookupMany, Store, StoreFuture, Target, Write, Written,
 };
+use tower_valkey_cache::ValkeyStore;
+use tower_valkey_cache::{Cache, CacheLayer, InvalidateLayer, MemoryStore, ValkeyConfig};
 
 /// Bound for cross-instance propagation and resubscription.
 const POLL: Duration = Duration::from_secs(5);
@@ -369,6 +369,40 @@ async fn valkey_restart_makes_instances_deaf_then_flushes_them() {
     .await;
 }
 
+/// A frozen Valkey (SIGSTOP: connections stay open, nothing answers) is what a network partition
+/// looks like: the heartbeat `PING` goes unanswered, the instance goes deaf; once Valkey answers
+/// again it resubscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_heartbeat_makes_the_instance_deaf() {
+    let server = ValkeyServer::start();
+    let a = instance(&server.url(), "heartbeat");
+    listening(&a).await;
+    // A few heartbeats answered: no spurious deafness on a live server.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let st = a.l1_stats().unwrap();
+    assert_eq!((st.subscriptions, st.subscriptions_lost), (1, 0), "{st:?}");
+    server.pause();
+    let paused = Instant::now();
+    let deaf = tokio::time::timeout(POLL, async {
+        while a.l1_stats().unwrap().listening {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    server.resume();
+    assert!(deaf.is_ok(), "still listening {POLL:?} after Valkey froze");
+    let took = paused.elapsed();
+    eprintln!("deaf {took:?} after Valkey froze");
+    // Heartbeat every 1 s, 2 s to answer.
+    assert!(
+        took >= Duration::from_millis(1500),
+        "deaf after only {took:?}"
+    );
+    listening(&a).await;
+    let st = a.l1_stats().unwrap();
+    assert_eq!((st.subscriptions, st.subscriptions_lost), (2, 1), "{st:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Local races: reads racing invalidations on one instance never go back in time
 // ---------------------------------------------------------------------------------------------
@@ -655,4 +689,96 @@ fn a_store_without_a_bus_cannot_have_l1() {
     let _ = Cache::builder(Plain(MemoryStore::new()))
         .l1(10, Duration::from_secs(1))
         .build();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurement (not a check): L1 hits against Valkey hits, in process
+// ---------------------------------------------------------------------------------------------
+
+/// `cargo test --release --test l1 -- --ignored --nocapture measure`: 50,000 `oneshot` requests
+/// per mode through a `Router` (1 KiB body), 32 at a time, side by side in one run: the bare
+/// handler (the in-process ceiling), a `CacheLayer` hit from Valkey, and the same hit from L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: run with --release -- --ignored --nocapture"]
+async fn measure_l1_hits_against_valkey_hits() {
+    use tower::ServiceExt;
+    const N: usize = 50_000;
+    const CONCURRENCY: usize = 32;
+    let server = ValkeyServer::start();
+    let body = bytes::Bytes::from(vec![b'x'; 1024]);
+    let handler = move || {
+        let body = body.clone();
+        async move { body }
+    };
+    let bare: Router = Router::new().route("/item/1", get(handler.clone()));
+    let routed = |cache: Cache| -> Router {
+        Router::new().route(
+            "/item/1",
+            get(handler.clone()).route_layer(CacheLayer::new(cache).ttl(Duration::from_secs(600))),
+        )
+    };
+    let valkey = routed(
+        Cache::builder(store(&server.url()))
+            .namespace("bench_valkey")
+            .build(),
+    );
+    let l1_cache = instance(&server.url(), "bench_l1");
+    listening(&l1_cache).await;
+    let l1 = routed(l1_cache.clone());
+    for app in [&valkey, &l1] {
+        get_req(app, "/item/1").await;
+        assert!(get_req(app, "/item/1").await.is_hit());
+    }
+
+    async fn run(app: &Router) -> f64 {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..CONCURRENCY {
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..N / CONCURRENCY {
+                    let req = http::Request::get("/item/1")
+                        .body(axum::body::Body::empty())
+                        .unwrap();
+                    let res = app.clone().oneshot(req).await.unwrap();
+                    let body = http_body_util::BodyExt::collect(res.into_body())
+                        .await
+                        .unwrap();
+                    assert_eq!(body.to_bytes().len(), 1024);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        (N / CONCURRENCY * CONCURRENCY) as f64 / started.elapsed().as_secs_f64()
+    }
+
+    let memory = routed(
+        Cache::builder(MemoryStore::new())
+            .namespace("bench_mem")
+            .build(),
+    );
+    get_req(&memory, "/item/1").await;
+    let modes: [(&str, &Router); 4] = [
+        ("bare", &bare),
+        ("valkey-hit", &valkey),
+        ("memory-hit", &memory),
+        ("l1-hit", &l1),
+    ];
+    let mut best = [0f64; 4];
+    for _round in 0..3 {
+        for (n, (_, app)) in modes.iter().enumerate() {
+            best[n] = best[n].max(run(app).await);
+        }
+    }
+    let hits = l1_cache.l1_stats().unwrap().hits;
+    println!("\n| mode | req/s (best of 3 x {N}) | vs bare |\n|---|---|---|");
+    for (n, (name, _)) in modes.iter().enumerate() {
+        println!("| {name} | {:.0} | {:.2}x |", best[n], best[n] / best[0]);
+    }
+    println!(
+        "\nL1 hit / Valkey hit: {:.2}x  (L1 hits counted: {hits})",
+        best[3] / best[1]
+    );
 }

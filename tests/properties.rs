@@ -24,7 +24,9 @@ use tower_valkey_cache::{Cache, CacheLayer, MemoryStore};
 
 /// `cases` per property, unless `PROPTEST_CASES` asks for more (scripts/fuzz's fallback).
 fn config(cases: u32) -> ProptestConfig {
-    let env = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok());
+    let env = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok());
     ProptestConfig {
         cases: env.unwrap_or(cases),
         failure_persistence: None,

@@ -30,7 +30,7 @@ const ACL_RULE: &str = "on >s3cret resetkeys ~app:* ~app|* ~{recent}* resetchann
     +get +mget +set +del +unlink +exists +incr +pttl +pexpire +persist +scan \
     +sadd +srem +smembers +srandmember \
     +zadd +zcard +zrange +zrangebyscore +zrevrange +zrem +zscore +zpopmin +zpopmax \
-    +time +evalsha +script|load +publish +subscribe +unsubscribe";
+    +time +evalsha +script|load +publish +subscribe";
 
 fn store(url: &str) -> ValkeyStore {
     ValkeyStore::with_config(
@@ -321,6 +321,43 @@ async fn forged_entries_are_served_within_the_namespace() {
     assert_eq!(get_req(&app, "/p").await.text(), "genuine");
 }
 
+/// A well-formed entry the route could never have stored (a status it does not cache, or a
+/// `Set-Cookie` header) is refused: a miss, the handler answers, and the value is overwritten.
+#[tokio::test]
+async fn forged_5xx_or_cookie_entries_are_not_replayed() {
+    let store = MemoryStore::new();
+    let cache = Cache::builder(store.clone()).namespace("app").build();
+    let app = Router::new().route(
+        "/p",
+        get(|| async { "genuine" }).route_layer(CacheLayer::new(cache.clone())),
+    );
+    let forged_500 = Entry::new(
+        500,
+        vec![],
+        Bytes::from_static(b"boom"),
+        now_ms(),
+        Duration::from_secs(60),
+        Duration::ZERO,
+    );
+    let forged_cookie = Entry::new(
+        200,
+        vec![("set-cookie".parse().unwrap(), "session=attacker".parse().unwrap())],
+        Bytes::from_static(b"forged"),
+        now_ms(),
+        Duration::from_secs(60),
+        Duration::ZERO,
+    );
+    for (n, forged) in [forged_500, forged_cookie].into_iter().enumerate() {
+        store.put_raw("app:GET:/p", forged.encode().unwrap(), Duration::from_secs(60));
+        let r = get_req(&app, "/p").await;
+        assert_eq!((r.status, r.text()), (StatusCode::OK, "genuine"));
+        assert_eq!(r.header("set-cookie"), "");
+        assert!(r.cache_status().ends_with("stored"), "{}", r.cache_status());
+        assert_eq!(cache.stats().decode_failures, n as u64 + 1);
+        assert!(get_req(&app, "/p").await.is_hit());
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -548,7 +585,9 @@ mod tls {
         // Verification cannot be turned off from the URL (redis-rs's `#insecure` needs a feature
         // the crate does not enable).
         if let Ok(store) = ValkeyStore::new(&format!("rediss://localhost:{port}/#insecure")) {
-            let insecure = Cache::builder(store).timeout(Duration::from_secs(2)).build();
+            let insecure = Cache::builder(store)
+                .timeout(Duration::from_secs(2))
+                .build();
             let v: Result<u32, ()> = insecure.get_or_set("k", || async { Ok(9) }).await;
             assert_eq!(v, Ok(9));
             let s = insecure.stats();

@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(v) = HeaderValue::from_bytes(data) {
         let all = CacheStatus::parse_all(&v);
         assert!(all.len() <= data.len());
-        assert_eq!(all.last().cloned().unwrap_or_default(), CacheStatus::parse(&v));
+        assert_eq!(
+            all.last().cloned().unwrap_or_default(),
+            CacheStatus::parse(&v)
+        );
         for s in &all {
             let _ = (s.is_hit(), s.is_stale(), s.is_miss(), s.is_bypass());
             let _ = s.is_store_unavailable();

@@ -11,12 +11,21 @@ fn check(data: &[u8]) {
     let Ok(e) = Entry::decode(&raw) else { return };
     assert!(e.stored_at_ms <= e.fresh_until_ms && e.fresh_until_ms <= e.stale_until_ms);
     assert!(e.status == 0 || (100..1000).contains(&e.status));
-    for now in [0, e.stored_at_ms, e.fresh_until_ms, e.stale_until_ms, u64::MAX] {
+    for now in [
+        0,
+        e.stored_at_ms,
+        e.fresh_until_ms,
+        e.stale_until_ms,
+        u64::MAX,
+    ] {
         let _ = (e.freshness(now), e.store_ttl(now), e.age(now));
     }
     let again = e.encode().expect("a decoded entry encodes");
     // The reserved flags byte is not kept and header names are normalised: compare decoded forms.
-    assert_eq!(Entry::decode(&again).expect("a re-encoded entry decodes"), e);
+    assert_eq!(
+        Entry::decode(&again).expect("a re-encoded entry decodes"),
+        e
+    );
     assert_eq!(again.len(), raw.len());
 }
 

@@ -65,7 +65,10 @@ fuzz_target!(|input: Input| {
         b = Request::get(uri);
     }
     for (name, value) in &input.headers {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
             b = b.header(n, v);
         }
     }
@@ -73,11 +76,18 @@ fuzz_target!(|input: Input| {
     let (parts, _) = req.into_parts();
     let ctx = KeyContext::new(&parts).with_path_params(input.params.clone());
 
-    let k = DefaultKey.key(&ctx).expect("the default key always renders");
+    let k = DefaultKey
+        .key(&ctx)
+        .expect("the default key always renders");
     assert!(k.len() <= MAX_KEY_LEN, "{k}");
-    assert!(!k.contains(['*', '[', ']', '\\']) && k.matches('?').count() <= 1, "{k}");
+    assert!(
+        !k.contains(['*', '[', ']', '\\']) && k.matches('?').count() <= 1,
+        "{k}"
+    );
 
-    let Ok(t) = KeyTemplate::parse(&input.template) else { return };
+    let Ok(t) = KeyTemplate::parse(&input.template) else {
+        return;
+    };
     let literal_has_glob = input.template.contains(GLOB);
     if let Ok(k) = t.key(&ctx) {
         assert!(k.len() <= MAX_KEY_LEN, "{k}");
@@ -85,7 +95,13 @@ fuzz_target!(|input: Input| {
             assert!(!k.contains(GLOB), "{:?} rendered {k:?}", input.template);
         }
     }
-    let lookup = |name: &str| input.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let lookup = |name: &str| {
+        input
+            .params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
     if let Ok(k) = t.render_with(lookup) {
         assert!(k.len() <= MAX_KEY_LEN, "{k}");
         if !literal_has_glob {

@@ -49,7 +49,11 @@ impl std::fmt::Display for Logged<'_> {
             if self.1 {
                 write!(f, "{sep}{name}")?;
             } else {
-                write!(f, "{sep}#{}", &crate::key::short_hash(name.as_bytes())[..12])?;
+                write!(
+                    f,
+                    "{sep}#{}",
+                    &crate::key::short_hash(name.as_bytes())[..12]
+                )?;
             }
         }
         write!(f, "]")

@@ -87,8 +87,8 @@
 //!
 //! On a [`MemoryStore`](crate::MemoryStore) (one process) the announcement is a synchronous call
 //! to the other caches sharing the store, so L1 there is simply an in-process layer that is never
-//! deaf. A custom [`Store`](crate::store::Store) supports L1 by returning a [`Bus`] from
-//! [`Store::l1_bus`](crate::store::Store::l1_bus); without one, [`CacheBuilder::l1`] panics at
+//! deaf. A custom [`Store`] supports L1 by returning a [`Bus`] from
+//! [`Store::l1_bus`]; without one, [`CacheBuilder::l1`] panics at
 //! `build`.
 //!
 //! # Why pub/sub and not RESP3 client-side caching
@@ -238,7 +238,9 @@ impl CacheBuilder {
     /// Whether this cache announces its invalidations to the L1 tiers of other instances.
     /// Default: on with [`l1`](Self::l1), off without. Turn it on in every process without L1
     /// that invalidates a namespace other instances serve from L1 (workers, admin tools). Each
-    /// announcement is one `PUBLISH` on Valkey.
+    /// announcement is one `PUBLISH` on Valkey. Turning it off with L1 on is only correct when no
+    /// other process serves this namespace from L1. (Caches on a `MemoryStore` always announce:
+    /// it is a function call.)
     pub fn publish_invalidations(mut self, enable: bool) -> Self {
         self.l1.publish = Some(enable);
         self
@@ -599,6 +601,8 @@ impl Tier {
     }
 
     fn stats(&self) -> L1Stats {
+        // Applies pending inserts and removals, so `entries` is current.
+        self.entries.run_pending_tasks();
         let c = &self.counters;
         L1Stats {
             hits: c.hits.load(Ordering::Relaxed),

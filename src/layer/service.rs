@@ -298,7 +298,9 @@ where
     let mut detail = None;
     let mut stale: Option<(Entry, Duration)> = None;
     if let Some(raw) = &lookup.value {
-        match Entry::decode(raw) {
+        // An entry this route could never have stored (a status it does not cache, a header
+        // the cache never keeps) was written by someone else: a miss, never replayed.
+        match decode_for(&sh, raw) {
             Ok(entry) => {
                 let now = now_ms();
                 match entry.freshness(now) {
@@ -388,7 +390,7 @@ where
             Ok(true) => lock.token = Some(token),
             Ok(false) => {
                 counters.lock_waits();
-                match wait_for_entry(&sh.cache, &key, lease, &token).await {
+                match wait_for_entry(&sh, &key, lease, &token).await {
                     // A request asking to revalidate must not be answered with the cached copy.
                     Waited::Entry(entry) if !revalidate => {
                         counters.coalesced();
@@ -414,7 +416,7 @@ where
     // landed, or a lock holder that released, between our lookup and taking the lead has already
     // stored the entry. Without this a late miss runs the handler a second time.
     if !revalidate && (lead.is_some() || lock.token.is_some()) {
-        if let Some(entry) = fresh_entry(&sh.cache, &key).await {
+        if let Some(entry) = fresh_entry(&sh, &key).await {
             counters.coalesced();
             let entry = Arc::new(entry);
             let res = entry_response(&sh, &entry, is_head, Outcome::Collapsed, now_ms());
@@ -612,10 +614,26 @@ fn random_token() -> String {
 }
 
 /// The entry at `key` if the store has it and it is fresh.
-async fn fresh_entry(cache: &Cache, key: &str) -> Option<Entry> {
-    let raw = cache.read(key).await.ok()?.value?;
-    let entry = Entry::decode(&raw).ok()?;
+async fn fresh_entry(sh: &Shared, key: &str) -> Option<Entry> {
+    let raw = sh.cache.read(key).await.ok()?.value?;
+    let entry = decode_for(sh, &raw).ok()?;
     matches!(entry.freshness(now_ms()), Freshness::Fresh(_)).then_some(entry)
+}
+
+/// Decodes a stored value for this route: undecodable values and entries this route's own
+/// fills cannot produce are both errors (a miss).
+fn decode_for(sh: &Shared, raw: &Bytes) -> Result<Entry, crate::entry::DecodeError> {
+    Entry::decode(raw).and_then(|e| plausible(sh, e))
+}
+
+/// Refuses decoded entries that this route's own fills cannot produce.
+fn plausible(sh: &Shared, e: Entry) -> Result<Entry, crate::entry::DecodeError> {
+    let status_ok = StatusCode::from_u16(e.status).is_ok_and(|s| sh.statuses.contains(&s));
+    if status_ok && !e.headers.iter().any(|(n, _)| n == header::SET_COOKIE) {
+        Ok(e)
+    } else {
+        Err(crate::entry::DecodeError::foreign())
+    }
 }
 
 /// What waiting on another instance's fill lock ended with.
@@ -630,14 +648,15 @@ enum Waited {
 
 /// Polls the store until `key` holds a fresh entry, or the lock frees up (the holder's lease
 /// expired), or `lease` passes (another instance holds the fill lock and runs the handler).
-async fn wait_for_entry(cache: &Cache, key: &str, lease: Duration, token: &str) -> Waited {
+async fn wait_for_entry(sh: &Shared, key: &str, lease: Duration, token: &str) -> Waited {
+    let cache = &sh.cache;
     let deadline = Instant::now() + lease;
     let mut pause = Duration::from_millis(5);
     while Instant::now() + pause < deadline {
         tokio::time::sleep(pause).await;
         pause = (pause * 3 / 2).min(Duration::from_millis(100));
         if let Ok(Some(raw)) = cache.read(key).await.map(|l| l.value) {
-            if let Ok(e) = Entry::decode(&raw) {
+            if let Ok(e) = decode_for(sh, &raw) {
                 if matches!(e.freshness(now_ms()), Freshness::Fresh(_)) {
                     return Waited::Entry(e);
                 }
@@ -716,7 +735,7 @@ fn spawn_refresh<S, ReqB, ResB>(
         // Double-check: a refresh that landed between the read that triggered this one and
         // taking the lead has already replaced the entry this request saw.
         if let Some(raw) = sh.cache.read(&fill.key).await.ok().and_then(|l| l.value) {
-            if let Ok(e) = Entry::decode(&raw) {
+            if let Ok(e) = decode_for(&sh, &raw) {
                 if e.stored_at_ms != seen_stored_at {
                     lead.land(match e.freshness(now_ms()) {
                         Freshness::Fresh(_) => Landing::Entry(Arc::new(e), fill.stamp()),
