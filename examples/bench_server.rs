@@ -131,6 +131,25 @@ async fn main() -> Result<(), BoxError> {
                 )
                 .with_state(body())
         }
+        "l1-hit" => {
+            let cache = Cache::builder(valkey_store(&url)?)
+                .namespace("bench_l1")
+                .l1(10_000, hour)
+                .build();
+            // Hits are only served from L1 while its invalidation subscription is up.
+            for _ in 0..500 {
+                if cache.l1_stats().is_some_and(|s| s.listening) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Router::new()
+                .route(
+                    "/item/{id}",
+                    get(bare).route_layer(CacheLayer::new(cache).key("item:{id}").ttl(hour)),
+                )
+                .with_state(body())
+        }
         "memory-hit" => {
             let cache = Cache::builder(MemoryStore::new())
                 .namespace("bench")

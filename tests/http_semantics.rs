@@ -90,14 +90,26 @@ async fn conditional_requests(cache: Cache) {
         assert_eq!(r.header("etag"), etag);
         assert!(r.is_hit(), "answered from the cache: {}", r.cache_status());
     }
-    let r = send(&app, request("GET", "/gen", &[("if-none-match", "\"nope\"")])).await;
+    let r = send(
+        &app,
+        request("GET", "/gen", &[("if-none-match", "\"nope\"")]),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.text(), "representation");
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "all answered from one fill");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "all answered from one fill"
+    );
 
     // The handler's own validators are kept and used.
     let r = send(&app, request("GET", "/own", &[("if-none-match", "\"v7\"")])).await;
-    assert_eq!(r.status, StatusCode::NOT_MODIFIED, "miss path, weak comparison");
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_MODIFIED,
+        "miss path, weak comparison"
+    );
     let r = send(
         &app,
         request(
@@ -107,7 +119,11 @@ async fn conditional_requests(cache: Cache) {
         ),
     )
     .await;
-    assert_eq!(r.status, StatusCode::NOT_MODIFIED, "Last-Modified before IMS");
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_MODIFIED,
+        "Last-Modified before IMS"
+    );
     assert!(r.is_hit());
     let r = send(
         &app,
@@ -146,8 +162,7 @@ async fn cache_control_from_handler(cache: Cache) {
     let app = Router::new()
         .route(
             "/s",
-            counted(&calls, &[("cache-control", "max-age=1000, s-maxage=40")])
-                .route_layer(layer()),
+            counted(&calls, &[("cache-control", "max-age=1000, s-maxage=40")]).route_layer(layer()),
         )
         .route(
             "/m",

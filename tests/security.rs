@@ -341,14 +341,21 @@ async fn forged_5xx_or_cookie_entries_are_not_replayed() {
     );
     let forged_cookie = Entry::new(
         200,
-        vec![("set-cookie".parse().unwrap(), "session=attacker".parse().unwrap())],
+        vec![(
+            "set-cookie".parse().unwrap(),
+            "session=attacker".parse().unwrap(),
+        )],
         Bytes::from_static(b"forged"),
         now_ms(),
         Duration::from_secs(60),
         Duration::ZERO,
     );
     for (n, forged) in [forged_500, forged_cookie].into_iter().enumerate() {
-        store.put_raw("app:GET:/p", forged.encode().unwrap(), Duration::from_secs(60));
+        store.put_raw(
+            "app:GET:/p",
+            forged.encode().unwrap(),
+            Duration::from_secs(60),
+        );
         let r = get_req(&app, "/p").await;
         assert_eq!((r.status, r.text()), (StatusCode::OK, "genuine"));
         assert_eq!(r.header("set-cookie"), "");

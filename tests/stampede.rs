@@ -435,7 +435,11 @@ async fn valkey_fill_lock_across_three_instances() {
     // them takes it and fills, and the others get its entry.
     let dead_calls = calls.get() - 2;
     assert_eq!(dead_calls, 1, "handler runs after the dead holder's lease");
-    assert_eq!(sum(|s| s.lock_timeouts), 0, "nobody waited out its own lease");
+    assert_eq!(
+        sum(|s| s.lock_timeouts),
+        0,
+        "nobody waited out its own lease"
+    );
     assert!(
         sum(|s| s.lock_waits) > stats_before,
         "requests waited on the dead lock"

@@ -164,8 +164,7 @@ impl KeyStrategy for DefaultKey {
         out.push_str(method_name(&ctx.parts.method));
         out.push(':');
         escape::escape_into(&mut out, uri.path(), true);
-        if let Some(q) = uri.query().filter(|q| !q.is_empty()) {
-            out.push('?');
+        if let Some(q) = uri.query() {
             let mut pairs: Vec<(&str, &str)> = q
                 .split('&')
                 .filter(|p| !p.is_empty())
@@ -173,10 +172,9 @@ impl KeyStrategy for DefaultKey {
                 .collect();
             // Stable: repeated parameters keep their relative order (`a=1&a=2` != `a=2&a=1`).
             pairs.sort_by(|a, b| a.0.cmp(b.0));
+            // `/p`, `/p?` and `/p?&` name the same resource: no parameters, no `?`.
             for (i, (k, v)) in pairs.into_iter().enumerate() {
-                if i > 0 {
-                    out.push('&');
-                }
+                out.push(if i == 0 { '?' } else { '&' });
                 escape::escape_into(&mut out, k, false);
                 out.push('=');
                 escape::escape_into(&mut out, v, false);

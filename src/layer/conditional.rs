@@ -110,7 +110,10 @@ pub(crate) fn response_ttl(h: &HeaderMap) -> Option<Duration> {
     let expires = h.get(header::EXPIRES)?.to_str().ok()?;
     // An invalid Expires (such as "0") means already expired (RFC 9111 §5.3).
     let at = httpdate::parse_http_date(expires).unwrap_or(SystemTime::UNIX_EPOCH);
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[cfg(test)]
@@ -130,9 +133,15 @@ mod tests {
     #[test]
     fn ttl_prefers_s_maxage_then_max_age_then_expires() {
         let mut h = HeaderMap::new();
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=10, s-maxage=20"));
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=10, s-maxage=20"),
+        );
         assert_eq!(response_ttl(&h), Some(Duration::from_secs(20)));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=10"));
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=10"),
+        );
         assert_eq!(response_ttl(&h), Some(Duration::from_secs(10)));
         h.remove(header::CACHE_CONTROL);
         assert_eq!(response_ttl(&h), None);
