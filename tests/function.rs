@@ -669,3 +669,42 @@ mod memory {
         single_flight(builder(MemoryStore::new(), "fn_flight").build()).await;
     }
 }
+
+/// The postcard codec stores values smaller than JSON and reads them back; both codecs coexist.
+#[cfg(feature = "postcard")]
+#[tokio::test]
+async fn postcard_codec_round_trips_on_valkey() {
+    use tower_valkey_cache::entry::Entry;
+    use tower_valkey_cache::function::Codec;
+    let server = ValkeyServer::start();
+    let cache = builder(valkey_store(&server), "pc").build();
+    let json = Options::new();
+    let bin = Options::new().codec(Codec::Postcard);
+    let loads = AtomicUsize::new(0);
+    for opts in [&json, &bin] {
+        let key = format!("rate:{:?}", std::ptr::eq(opts, &bin));
+        for _ in 0..2 {
+            let v: Result<Rate, UpstreamError> = cache
+                .get_or_set_with(&key, opts, || async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    Ok(eur_usd())
+                })
+                .await;
+            assert_eq!(v.unwrap(), eur_usd());
+        }
+    }
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        2,
+        "one load per codec, then hits"
+    );
+    let size = |key: &'static str| {
+        let server = &server;
+        async move {
+            let raw: Vec<u8> = server.cli(&["GET", key]).await;
+            Entry::decode(&raw.into()).unwrap().body.len()
+        }
+    };
+    let (j, b) = (size("pc:rate:false").await, size("pc:rate:true").await);
+    assert!(b < j, "postcard {b} bytes vs JSON {j} bytes");
+}

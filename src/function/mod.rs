@@ -58,18 +58,26 @@ pub enum Codec {
     /// JSON via serde_json: readable in `valkey-cli`, the default.
     #[default]
     Json,
+    /// postcard: a compact binary format (smaller values, faster to encode; not
+    /// self-describing, so changing the type of a cached value needs a new key or namespace).
+    #[cfg(feature = "postcard")]
+    Postcard,
 }
 
 impl Codec {
     fn encode<T: Serialize>(self, v: &T) -> Option<Bytes> {
         match self {
             Codec::Json => serde_json::to_vec(v).ok().map(Bytes::from),
+            #[cfg(feature = "postcard")]
+            Codec::Postcard => postcard::to_allocvec(v).ok().map(Bytes::from),
         }
     }
 
     fn decode<T: DeserializeOwned>(self, b: &[u8]) -> Option<T> {
         match self {
             Codec::Json => serde_json::from_slice(b).ok(),
+            #[cfg(feature = "postcard")]
+            Codec::Postcard => postcard::from_bytes(b).ok(),
         }
     }
 }

@@ -1,0 +1,290 @@
+//! In-process benchmark scenarios that wrk cannot express, printed as Markdown tables:
+//! invalidation by tag vs pattern in a 1M-key namespace, the cost of the no-stale-refill guard,
+//! a cold-key burst with and without coalescing, and stale-while-revalidate latency vs a miss.
+//!
+//! `scripts/bench` runs it against its own Valkey:
+//! `VALKEY_URL=redis://127.0.0.1:PORT cargo run --release --example bench_scenarios [-- --quick]`
+
+use axum::{routing::get, Router};
+use bytes::Bytes;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+use tower_valkey_cache::function::Options;
+use tower_valkey_cache::store::Write;
+use tower_valkey_cache::{Cache, CacheLayer, ValkeyConfig, ValkeyStore};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn store(url: &str) -> Result<ValkeyStore, Error> {
+    Ok(ValkeyStore::with_config(
+        ValkeyConfig::from_url(url)
+            .response_timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(2))
+            .wait_timeout(Duration::from_secs(2)),
+    )?)
+}
+
+fn cache(url: &str, ns: &str) -> Result<Cache, Error> {
+    Ok(Cache::builder(store(url)?)
+        .namespace(ns)
+        .timeout(Duration::from_secs(30))
+        .build())
+}
+
+async fn cpu_seconds(conn: &mut deadpool_redis::redis::aio::MultiplexedConnection) -> f64 {
+    let info: String = deadpool_redis::redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum()
+}
+
+async fn invalidation(url: &str, total: usize, hot: usize) -> Result<(), Error> {
+    let c = cache(url, "bi")?;
+    let s = store(url)?;
+    let mut conn = s.connection().await?;
+    // The namespace's bulk: plain keys written by a server-side loop, 10k per call.
+    let fill = deadpool_redis::redis::Script::new(
+        "for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do redis.call('SET', 'bi:cold_' .. i, 'x') end return 1",
+    );
+    let mut i = 0;
+    while i < total - hot {
+        let end = (i + 10_000).min(total - hot) - 1;
+        let _: i64 = fill.arg(i).arg(end).invoke_async(&mut conn).await?;
+        i = end + 1;
+    }
+    let opts = Options::new().ttl(Duration::from_secs(3600)).tags(["hot"]);
+    let write_hot = || async {
+        for chunk in (0..hot).collect::<Vec<_>>().chunks(500) {
+            let futs = chunk.iter().map(|n| {
+                let key = format!("hot_{n}");
+                let c = c.clone();
+                let opts = opts.clone();
+                async move { c.set(&key, &n, &opts).await }
+            });
+            for r in futures_util::future::join_all(futs).await {
+                r?;
+            }
+        }
+        Ok::<_, Error>(())
+    };
+    println!("### Invalidation: one tag of {hot} entries vs a pattern over the same keys, in a {total}-key namespace\n");
+    println!("| method | entries removed | time | Valkey CPU |");
+    println!("|---|---:|---:|---:|");
+    write_hot().await?;
+    let cpu0 = cpu_seconds(&mut conn).await;
+    let t = Instant::now();
+    let n = c.invalidate_tag("hot").await?;
+    let took = t.elapsed();
+    let cpu = cpu_seconds(&mut conn).await - cpu0;
+    println!(
+        "| tag (`invalidate_tag`) | {n} | {:.1} ms | {:.1} ms |",
+        took.as_secs_f64() * 1e3,
+        cpu * 1e3
+    );
+    write_hot().await?;
+    let cpu0 = cpu_seconds(&mut conn).await;
+    let t = Instant::now();
+    let n = c.invalidate_pattern("hot_*").await?;
+    let took = t.elapsed();
+    let cpu = cpu_seconds(&mut conn).await - cpu0;
+    println!(
+        "| pattern (`SCAN MATCH` + `UNLINK`) | {n} | {:.1} ms | {:.1} ms |\n",
+        took.as_secs_f64() * 1e3,
+        cpu * 1e3
+    );
+    let _: () = deadpool_redis::redis::cmd("FLUSHDB")
+        .query_async(&mut conn)
+        .await?;
+    Ok(())
+}
+
+async fn guard_cost(url: &str, n: usize) -> Result<(), Error> {
+    let c = cache(url, "bg")?;
+    let value = Bytes::from(vec![b'v'; 1024]);
+    let run = |guarded: bool| {
+        let c = c.clone();
+        let value = value.clone();
+        async move {
+            let t = Instant::now();
+            for i in 0..n {
+                let key = format!("k{}", i % 1000);
+                c.store()
+                    .write(
+                        c.key_space(),
+                        Write {
+                            key: &key,
+                            value: value.clone(),
+                            ttl: Duration::from_secs(60),
+                            tags: &[],
+                            since: guarded.then_some(0),
+                        },
+                    )
+                    .await?;
+            }
+            Ok::<_, Error>(t.elapsed())
+        }
+    };
+    // Warm both paths (script load), then interleave.
+    run(true).await?;
+    run(false).await?;
+    let (mut g, mut u) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..3 {
+        g += run(true).await?;
+        u += run(false).await?;
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / (3 * n) as f64;
+    println!(
+        "### Cost of the no-stale-refill guard on a fill (1 KiB, sequential, {n} writes × 3)\n"
+    );
+    println!("| fill | µs per write | ratio |");
+    println!("|---|---:|---:|");
+    println!(
+        "| guarded (FILL script: tombstone + pattern check, SET) | {:.1} | {:.2}× |",
+        per(g),
+        per(g) / per(u)
+    );
+    println!("| unguarded (plain SET PX) | {:.1} | 1.00× |\n", per(u));
+    Ok(())
+}
+
+async fn burst(
+    url: &str,
+    n: usize,
+    coalesce: bool,
+    round: usize,
+) -> Result<(usize, Duration, Duration), Error> {
+    let c = cache(url, "bb")?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let h = calls.clone();
+    let app = Router::new().route(
+        "/cold/{id}",
+        get(move || {
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                "cold"
+            }
+        })
+        .route_layer(
+            CacheLayer::new(c)
+                .key("cold:{id}")
+                .coalesce(coalesce, Duration::from_secs(10)),
+        ),
+    );
+    let uri = format!("/cold/{round}-{coalesce}");
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let app = app.clone();
+            let uri = uri.clone();
+            let b = barrier.clone();
+            tokio::spawn(async move {
+                b.wait().await;
+                let t = Instant::now();
+                let req = http::Request::get(uri)
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                let _ = app.oneshot(req).await;
+                t.elapsed()
+            })
+        })
+        .collect();
+    let mut lat = Vec::with_capacity(n);
+    for t in tasks {
+        lat.push(t.await?);
+    }
+    let total = started.elapsed();
+    lat.sort();
+    Ok((
+        calls.load(Ordering::SeqCst),
+        total,
+        lat[lat.len() * 99 / 100],
+    ))
+}
+
+async fn swr(url: &str, n: usize) -> Result<(), Error> {
+    let c = cache(url, "bs")?;
+    let app = Router::new().route(
+        "/s/{id}",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            "slow"
+        })
+        .route_layer(
+            CacheLayer::new(c)
+                .key("s:{id}")
+                .ttl(Duration::from_millis(500))
+                .stale_while_revalidate(Duration::from_secs(600)),
+        ),
+    );
+    let send = |uri: String| {
+        let app = app.clone();
+        async move {
+            let t = Instant::now();
+            let req = http::Request::get(uri)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let _ = app.oneshot(req).await;
+            t.elapsed()
+        }
+    };
+    let mut miss = Duration::ZERO;
+    for i in 0..n {
+        miss += send(format!("/s/{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut stale = Duration::ZERO;
+    for i in 0..n {
+        stale += send(format!("/s/{i}")).await;
+    }
+    let (m, s) = (
+        miss.as_secs_f64() * 1e3 / n as f64,
+        stale.as_secs_f64() * 1e3 / n as f64,
+    );
+    println!("### Stale-while-revalidate: a request in the stale window vs a plain miss (50 ms handler, {n} keys)\n");
+    println!("| request | mean latency | ratio to miss |");
+    println!("|---|---:|---:|");
+    println!("| miss (handler runs) | {m:.2} ms | 1.00× |");
+    println!(
+        "| stale hit (refresh runs behind it) | {s:.2} ms | {:.3}× |\n",
+        s / m
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let url = std::env::var("VALKEY_URL").map_err(|_| "set VALKEY_URL=redis://127.0.0.1:PORT")?;
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (total, hot) = if quick {
+        (100_000, 10_000)
+    } else {
+        (1_000_000, 10_000)
+    };
+    invalidation(&url, total, hot).await?;
+    guard_cost(&url, if quick { 2_000 } else { 10_000 }).await?;
+    println!("### Cold-key burst: 1,000 concurrent requests on one cold key, 50 ms handler\n");
+    println!("| coalescing | handler calls | total time | p99 |");
+    println!("|---|---:|---:|---:|");
+    for (round, coalesce) in [(0, true), (1, false)] {
+        let (calls, total, p99) = burst(&url, 1000, coalesce, round).await?;
+        println!(
+            "| {} | {calls} | {:.0} ms | {:.0} ms |",
+            if coalesce { "on (default)" } else { "off" },
+            total.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
+    }
+    println!();
+    swr(&url, if quick { 20 } else { 100 }).await?;
+    Ok(())
+}
