@@ -70,8 +70,14 @@ impl Breaker {
     }
 
     pub(crate) fn success(&self) -> Option<Transition> {
-        self.failures.store(0, Ordering::Relaxed);
-        if self.open_until_ms.swap(0, Ordering::AcqRel) != 0 {
+        // Reads first: on the hot path (closed, no failures) nothing is written, so concurrent
+        // requests do not contend on these cache lines.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.open_until_ms.load(Ordering::Acquire) != 0
+            && self.open_until_ms.swap(0, Ordering::AcqRel) != 0
+        {
             Some(Transition::Closed)
         } else {
             None

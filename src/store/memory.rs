@@ -207,7 +207,7 @@ impl State {
     }
 
     fn tick(&mut self, space: &KeySpace) -> u64 {
-        let c = self.clocks.entry(space.clock()).or_insert(0);
+        let c = self.clocks.entry(space.clock().to_owned()).or_insert(0);
         *c += 1;
         *c
     }
@@ -242,7 +242,7 @@ impl Store for MemoryStore {
         let full = space.entry(key);
         let mut s = self.lock();
         let value = s.live(&full, Instant::now()).map(|slot| slot.value.clone());
-        let clock = s.clocks.get(&space.clock()).copied().unwrap_or(0);
+        let clock = s.clocks.get(space.clock()).copied().unwrap_or(0);
         drop(s);
         Box::pin(std::future::ready(Ok(Lookup { value, clock })))
     }
@@ -258,7 +258,7 @@ impl Store for MemoryStore {
             .iter()
             .map(|k| s.live(&space.entry(k), now).map(|slot| slot.value.clone()))
             .collect();
-        let clock = s.clocks.get(&space.clock()).copied().unwrap_or(0);
+        let clock = s.clocks.get(space.clock()).copied().unwrap_or(0);
         drop(s);
         Box::pin(std::future::ready(Ok(LookupMany { values, clock })))
     }

@@ -86,6 +86,7 @@ impl std::error::Error for StoreError {}
 pub struct KeySpace {
     entry_prefix: String,
     meta_prefix: String,
+    clock_key: String,
     tombstone_ttl: Duration,
 }
 
@@ -95,6 +96,7 @@ impl KeySpace {
         Self {
             entry_prefix: format!("{namespace}:"),
             meta_prefix: format!("{namespace}|"),
+            clock_key: format!("{namespace}|clock"),
             tombstone_ttl,
         }
     }
@@ -112,9 +114,9 @@ impl KeySpace {
         &self.entry_prefix
     }
 
-    /// The invalidation clock.
-    pub fn clock(&self) -> String {
-        format!("{}clock", self.meta_prefix)
+    /// The invalidation clock (read with every lookup, so computed once).
+    pub fn clock(&self) -> &str {
+        &self.clock_key
     }
 
     /// The tombstone left by invalidating `key`.
