@@ -173,10 +173,9 @@ impl State {
     }
 
     fn live_or_new(&mut self, name: &str, now: Instant) -> &mut Ns {
-        if self.live(name, now).is_none() {
-            self.spaces.insert(name.to_owned(), Ns::default());
-        }
-        self.spaces.get_mut(name).expect("inserted above")
+        // `live` drops an expired namespace; then reuse what is left or start a new one.
+        let _ = self.live(name, now);
+        self.spaces.entry(name.to_owned()).or_default()
     }
 
     /// Drops a namespace whose index emptied (Valkey deletes the empty sorted set and the counter).

@@ -488,7 +488,7 @@ impl Store for ValkeyStore {
                 .run(async |c| {
                     redis::cmd("MGET")
                         .arg(&entry)
-                        .arg(&clock_key)
+                        .arg(clock_key)
                         .query_async(c)
                         .await
                 })
