@@ -102,6 +102,15 @@ pub struct ResponseFuture<T> {
     inner: Pin<Box<dyn Future<Output = T> + Send>>,
 }
 
+impl<T> ResponseFuture<T> {
+    /// Wraps a response future (shared by both layers' services).
+    pub(crate) fn new(fut: impl Future<Output = T> + Send + 'static) -> Self {
+        Self {
+            inner: Box::pin(fut),
+        }
+    }
+}
+
 impl<T> Future for ResponseFuture<T> {
     type Output = T;
     #[inline]
@@ -161,9 +170,7 @@ where
         // `forward_outcome` records the outcome with the route and start time of this scope.
         #[cfg(feature = "metrics")]
         let fut = crate::metrics::REQUEST.scope(scope, fut);
-        ResponseFuture {
-            inner: Box::pin(fut),
-        }
+        ResponseFuture::new(fut)
     }
 }
 
