@@ -77,28 +77,27 @@ async fn invalidation(url: &str, total: usize, hot: usize) -> Result<(), Error> 
     println!("### Invalidation: one tag of {hot} entries vs a pattern over the same keys, in a {total}-key namespace\n");
     println!("| method | entries removed | time | Valkey CPU |");
     println!("|---|---:|---:|---:|");
-    write_hot().await?;
-    let cpu0 = cpu_seconds(&mut conn).await;
-    let t = Instant::now();
-    let n = c.invalidate_tag("hot").await?;
-    let took = t.elapsed();
-    let cpu = cpu_seconds(&mut conn).await - cpu0;
-    println!(
-        "| tag (`invalidate_tag`) | {n} | {:.1} ms | {:.1} ms |",
-        took.as_secs_f64() * 1e3,
-        cpu * 1e3
-    );
-    write_hot().await?;
-    let cpu0 = cpu_seconds(&mut conn).await;
-    let t = Instant::now();
-    let n = c.invalidate_pattern("hot_*").await?;
-    let took = t.elapsed();
-    let cpu = cpu_seconds(&mut conn).await - cpu0;
-    println!(
-        "| pattern (`SCAN MATCH` + `UNLINK`) | {n} | {:.1} ms | {:.1} ms |\n",
-        took.as_secs_f64() * 1e3,
-        cpu * 1e3
-    );
+    for (label, by_tag) in [
+        ("tag (`invalidate_tag`)", true),
+        ("pattern (`SCAN MATCH` + `UNLINK`)", false),
+    ] {
+        write_hot().await?;
+        let cpu0 = cpu_seconds(&mut conn).await;
+        let t = Instant::now();
+        let n = if by_tag {
+            c.invalidate_tag("hot").await?
+        } else {
+            c.invalidate_pattern("hot_*").await?
+        };
+        let took = t.elapsed();
+        let cpu = cpu_seconds(&mut conn).await - cpu0;
+        println!(
+            "| {label} | {n} | {:.1} ms | {:.1} ms |",
+            took.as_secs_f64() * 1e3,
+            cpu * 1e3
+        );
+    }
+    println!();
     let _: () = deadpool_redis::redis::cmd("FLUSHDB")
         .query_async(&mut conn)
         .await?;
