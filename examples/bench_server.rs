@@ -12,6 +12,10 @@
 //! | `valkey-hit` | `CacheLayer` on a `ValkeyStore` in front of the `bare` handler (hits after warm-up) |
 //! | `memory-hit` | `CacheLayer` on a `MemoryStore` in front of the `bare` handler |
 //! | `miss` | `CacheLayer` on a `ValkeyStore` in front of a handler that sleeps 50 ms |
+//! | `stale-hit` | `valkey-hit` with a 1 ms TTL and a 1 h stale-while-revalidate window: every request is a stale hit (one background refresh per key at a time) |
+//! | `revalidate` | `valkey-hit`, requests carry the entry's `If-None-Match` (scripts/bench sends it): `304 Not Modified` from the cache |
+//! | `lru-hit` | `valkey-hit` with LRU eviction (capacity 10,000): each hit also touches the entry's rank |
+//! | `metrics-hit` | `valkey-hit` recording into an OpenTelemetry SDK meter provider with a Prometheus reader (metrics on) |
 //! | `store-read` | diagnostic: `Store::read` on the `ValkeyStore` (lanes, `MGET` entry + clock), no layer |
 //!
 //! In `miss` mode every request gets a key of its own (`item:{id}:{n}`, `n` a process-wide
@@ -30,6 +34,7 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tower_valkey_cache::eviction::Lru;
 use tower_valkey_cache::store::Write;
 use tower_valkey_cache::{Cache, CacheLayer, MemoryStore, ValkeyConfig, ValkeyStore};
 
@@ -88,8 +93,18 @@ fn valkey_store(url: &str) -> Result<ValkeyStore, BoxError> {
     Ok(ValkeyStore::with_config(cfg)?)
 }
 
+/// The bare handler behind a `CacheLayer` keyed `item:{id}`.
+fn cached(layer: CacheLayer) -> Router {
+    Router::new()
+        .route("/item/{id}", get(bare).route_layer(layer.key("item:{id}")))
+        .with_state(body())
+}
+
 fn usage() -> ! {
-    eprintln!("usage: bench_server bare|raw-get|valkey-hit|memory-hit|miss|store-read PORT");
+    eprintln!(
+        "usage: bench_server bare|raw-get|valkey-hit|l1-hit|memory-hit|miss|stale-hit|revalidate|\
+         lru-hit|metrics-hit|store-read PORT"
+    );
     std::process::exit(2);
 }
 
@@ -130,6 +145,50 @@ async fn main() -> Result<(), BoxError> {
                     get(bare).route_layer(CacheLayer::new(cache).key("item:{id}").ttl(hour)),
                 )
                 .with_state(body())
+        }
+        "stale-hit" => {
+            let cache = Cache::builder(valkey_store(&url)?)
+                .namespace("bench_stale")
+                .build();
+            cached(
+                CacheLayer::new(cache)
+                    .ttl(Duration::from_millis(1))
+                    .stale_while_revalidate(hour),
+            )
+        }
+        "revalidate" => {
+            let cache = Cache::builder(valkey_store(&url)?)
+                .namespace("bench_304")
+                .build();
+            cached(CacheLayer::new(cache).ttl(hour))
+        }
+        "lru-hit" => {
+            let cache = Cache::builder(valkey_store(&url)?)
+                .namespace("bench_lru")
+                .build();
+            cached(
+                CacheLayer::new(cache)
+                    .ttl(hour)
+                    .eviction(Lru::with_capacity(10_000)),
+            )
+        }
+        #[cfg(feature = "metrics")]
+        "metrics-hit" => {
+            use opentelemetry::metrics::MeterProvider as _;
+            // A pull reader, as behind a Prometheus endpoint: the recording cost an app pays.
+            let exporter = opentelemetry_prometheus::exporter()
+                .with_registry(prometheus::Registry::new())
+                .build()?;
+            let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+                .with_reader(exporter)
+                .build();
+            let cache = Cache::builder(valkey_store(&url)?)
+                .namespace("bench_metrics")
+                .meter(provider.meter("tower-valkey-cache"))
+                .build();
+            // The provider must outlive the server.
+            std::mem::forget(provider);
+            cached(CacheLayer::new(cache).ttl(hour))
         }
         "l1-hit" => {
             let cache = Cache::builder(valkey_store(&url)?)
