@@ -118,19 +118,25 @@ fn memory_hit(c: &mut Criterion) {
     let body = Bytes::from(vec![b'x'; 1024]);
     let bare = {
         let body = body.clone();
-        Router::new().route("/item/{id}", get(move || async move { body.clone() }))
+        Router::new()
+            .route("/item/{id}", get(move || async move { body.clone() }))
+            // Finalise the routes as `axum::serve` does; an unfinalised router rebuilds each
+            // handler's layers on every call.
+            .with_state(())
     };
     let cache = Cache::builder(MemoryStore::new())
         .namespace("micro")
         .build();
-    let cached = Router::new().route(
-        "/item/{id}",
-        get(move || async move { body.clone() }).route_layer(
-            CacheLayer::new(cache)
-                .key("item:{id}")
-                .ttl(Duration::from_secs(3600)),
-        ),
-    );
+    let cached = Router::new()
+        .route(
+            "/item/{id}",
+            get(move || async move { body.clone() }).route_layer(
+                CacheLayer::new(cache)
+                    .key("item:{id}")
+                    .ttl(Duration::from_secs(3600)),
+            ),
+        )
+        .with_state(());
     let request = || http::Request::get("/item/1").body(Body::empty()).unwrap();
     // Fill the entry; every measured request is a hit.
     rt.block_on(async {
