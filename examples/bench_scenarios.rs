@@ -1,6 +1,7 @@
 //! In-process benchmark scenarios that wrk cannot express, printed as Markdown tables:
 //! invalidation by tag vs pattern in a 1M-key namespace, the cost of the no-stale-refill guard,
-//! a cold-key burst with and without coalescing, and stale-while-revalidate latency vs a miss.
+//! a cold-key burst with and without coalescing, stale-while-revalidate latency vs a miss, and
+//! start-up warming (batched `warm_values` vs one `set` per value, `warm` through a router).
 //!
 //! `scripts/bench` runs it against its own Valkey:
 //! `VALKEY_URL=redis://127.0.0.1:PORT cargo run --release --example bench_scenarios [-- --quick]`
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
-use tower_valkey_cache::function::Options;
+use tower_valkey_cache::function::{Options, WarmOptions};
 use tower_valkey_cache::store::Write;
 use tower_valkey_cache::{Cache, CacheLayer, ValkeyConfig, ValkeyStore};
 
@@ -260,6 +261,67 @@ async fn swr(url: &str, n: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// Start-up warming of `n` values (1 KiB JSON each): batched `warm_values` vs one `set` per
+/// value, and `warm` driving `n` requests through a cached router (10 ms handler, 32 at a time).
+async fn warming(url: &str, n: usize) -> Result<(), Error> {
+    let value = serde_json::json!({ "name": "x".repeat(1000) });
+    let opts = Options::new().ttl(Duration::from_secs(600));
+    let rows = [
+        ("`warm_values`, batches of 500", "bw1"),
+        ("one `set` per value", "bw2"),
+    ];
+    println!("### Warming {n} values (1 KiB JSON) and {n} pages\n");
+    println!("| method | time | per item | stored |");
+    println!("|---|---:|---:|---:|");
+    for (i, (label, ns)) in rows.iter().enumerate() {
+        let c = cache(url, ns)?;
+        let started = Instant::now();
+        let stored = if i == 0 {
+            c.warm_values((0..n).map(|k| (format!("v:{k}"), &value)), 500, &opts)
+                .await?
+        } else {
+            for k in 0..n {
+                c.set(&format!("v:{k}"), &value, &opts).await?;
+            }
+            n
+        };
+        let t = started.elapsed();
+        println!(
+            "| {label} | {:.0} ms | {:.1} µs | {stored} |",
+            t.as_secs_f64() * 1e3,
+            t.as_secs_f64() * 1e6 / n as f64
+        );
+    }
+    let c = cache(url, "bw3")?;
+    let app = Router::new().route(
+        "/p/{id}",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            "page"
+        })
+        .route_layer(
+            CacheLayer::new(c.clone())
+                .key("p:{id}")
+                .ttl(Duration::from_secs(600)),
+        ),
+    );
+    let requests = (0..n).map(|k| {
+        http::Request::get(format!("/p/{k}"))
+            .body(axum::body::Body::empty())
+            .unwrap()
+    });
+    let report = c
+        .warm(app, requests, WarmOptions::new().concurrency(32))
+        .await;
+    println!(
+        "| `warm` through the router (10 ms handler, 32 at a time) | {:.0} ms | {:.1} µs | {} |\n",
+        report.elapsed.as_secs_f64() * 1e3,
+        report.elapsed.as_secs_f64() * 1e6 / n as f64,
+        report.warmed
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let url = std::env::var("VALKEY_URL").map_err(|_| "set VALKEY_URL=redis://127.0.0.1:PORT")?;
@@ -285,5 +347,6 @@ async fn main() -> Result<(), Error> {
     }
     println!();
     swr(&url, if quick { 20 } else { 100 }).await?;
+    warming(&url, if quick { 2_000 } else { 10_000 }).await?;
     Ok(())
 }
