@@ -852,6 +852,8 @@ struct Report {
     hit_after: f64,
     recovery: Option<Duration>,
     stats: Stats,
+    /// The machine's 1-minute load average, the higher of the scenario's start and end.
+    load: Option<f64>,
     samples: Vec<String>,
 }
 
@@ -940,6 +942,7 @@ async fn run_scenario(
     cdf: &Arc<Vec<f64>>,
 ) -> Result<Report, BoxError> {
     reset(env).await?;
+    let load_start = loadavg();
     let app = App::start(env.proxy.port, bodies.clone()).await?;
     let before_stats = app.cache.stats();
     let client: Client<HttpConnector, Empty<Bytes>> =
@@ -1010,8 +1013,22 @@ async fn run_scenario(
         hit_after: after.ratio(),
         recovery: recovery(&after_buckets, 0.9 * reference),
         stats,
+        load: match (load_start, loadavg()) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        },
         samples,
     })
+}
+
+/// The 1-minute load average (Linux), to tell a stalled machine from a stalled cache.
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn write_timeline(
@@ -1115,13 +1132,13 @@ fn markdown(reports: &[Report], args: &Args, valkey_version: &str) -> String {
     }
     s.push('\n');
     s.push_str("What the cache counted (`Cache::stats()` over the scenario):\n\n");
-    s.push_str("| scenario | hits | stale hits | misses | store unavailable | undecodable | store errors | breaker opened | stale-if-error |\n");
-    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| scenario | hits | stale hits | misses | store unavailable | undecodable | store errors | breaker opened | stale-if-error | load average |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in reports {
         let st = &r.stats;
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario.name(),
             thousands(st.hits as usize),
             thousands(st.stale_hits as usize),
@@ -1131,6 +1148,7 @@ fn markdown(reports: &[Report], args: &Args, valkey_version: &str) -> String {
             thousands(st.store_errors as usize),
             st.breaker_opened,
             st.stale_if_error,
+            r.load.map_or("?".into(), |l| format!("{l:.1}")),
         );
     }
     s.push('\n');
@@ -1140,7 +1158,10 @@ fn markdown(reports: &[Report], args: &Args, valkey_version: &str) -> String {
          `Set-Cookie`) must be 0. A hit is a response with `Cache-Status: ...; hit` (fresh or \
          stale). **Recovery**: time from the end of the fault (Valkey answering again, the delay \
          off, ...) until the hit ratio is at least 90% of the before-window's (the median of its 100 ms \
-         buckets) for 10 consecutive 100 ms buckets.\n",
+         buckets) for 10 consecutive 100 ms buckets. **Load average**: the machine's 1-minute \
+         load average; above its CPU count, processes wait for a CPU, and a stall past the 100 ms \
+         operation timeout fails store operations (and can open the breaker) with no fault at \
+         all.\n",
     );
     s
 }
