@@ -3,6 +3,12 @@
 //! Closed: every operation goes to the store. After `threshold` consecutive failures it opens:
 //! operations fail at once for `cool_down`. Then one probe is let through (half-open); its success
 //! closes the breaker, its failure opens it again for another cool-down.
+//!
+//! A lost connection fails every command pipelined on it at once: those are one failure, not
+//! one per command. A connection failure counts only if its operation was sent after the last
+//! one that counted, so a single cut with 30 requests in flight does not open the breaker (the
+//! next requests reconnect), while a server that stays down (every new attempt refused) still
+//! opens it within a few round trips. Timeouts count one by one.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -15,6 +21,8 @@ pub(crate) struct Breaker {
     failures: AtomicU32,
     /// 0 when closed; otherwise the instant (ms since `epoch`) until which it stays open.
     open_until_ms: AtomicU64,
+    /// When the last counted connection failure was seen (µs since `epoch`).
+    last_lost_us: AtomicU64,
 }
 
 /// What the breaker says about the next operation.
@@ -32,10 +40,18 @@ pub(crate) enum Transition {
     Closed,
 }
 
-fn now_ms() -> u64 {
+fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
     // +1 so that 0 always means "closed".
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    epoch().elapsed().as_millis() as u64 + 1
+}
+
+fn micros(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_micros() as u64
 }
 
 impl Breaker {
@@ -45,6 +61,7 @@ impl Breaker {
             cool_down_ms: cool_down.as_millis() as u64,
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
+            last_lost_us: AtomicU64::new(0),
         }
     }
 
@@ -84,7 +101,18 @@ impl Breaker {
         }
     }
 
-    pub(crate) fn failure(&self) -> Option<Transition> {
+    /// A failed operation, sent at `started`. `connection_lost`: it failed because the
+    /// connection did (refused, reset, closed), which every operation in flight on it shares.
+    pub(crate) fn failure(&self, started: Instant, connection_lost: bool) -> Option<Transition> {
+        if connection_lost {
+            // In flight when a counted loss was seen: the same loss. Only counted losses move the
+            // mark, so under steady load against a dead server each new attempt still counts.
+            if micros(started) < self.last_lost_us.load(Ordering::Acquire) {
+                return None;
+            }
+            self.last_lost_us
+                .fetch_max(micros(Instant::now()), Ordering::AcqRel);
+        }
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if n >= self.threshold {
             let until = now_ms() + self.cool_down_ms;
@@ -107,9 +135,9 @@ mod tests {
     #[test]
     fn opens_after_threshold_and_probes_after_cool_down() {
         let b = Breaker::new(3, Duration::from_millis(30));
-        assert_eq!(b.failure(), None);
-        assert_eq!(b.failure(), None);
-        assert_eq!(b.failure(), Some(Transition::Opened));
+        assert_eq!(b.failure(Instant::now(), false), None);
+        assert_eq!(b.failure(Instant::now(), false), None);
+        assert_eq!(b.failure(Instant::now(), false), Some(Transition::Opened));
         assert_eq!(b.permit(), Permit::Rejected);
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(b.permit(), Permit::Probe);
@@ -119,11 +147,40 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_connection_counts_once_for_the_commands_in_flight_on_it() {
+        let b = Breaker::new(3, Duration::from_secs(60));
+        // Thirty commands sent, then the connection drops: all fail together.
+        let sent = Instant::now();
+        std::thread::sleep(Duration::from_millis(1));
+        for _ in 0..30 {
+            b.failure(sent, true);
+        }
+        assert!(!b.is_open(), "one lost connection is one failure");
+        // Attempts sent after the loss that fail too (the server stays down) count, one by one.
+        for n in 2..=3 {
+            std::thread::sleep(Duration::from_millis(1));
+            let t = b.failure(Instant::now(), true);
+            assert_eq!(t, (n == 3).then_some(Transition::Opened), "attempt {n}");
+        }
+        assert!(b.is_open());
+    }
+
+    #[test]
+    fn timeouts_in_flight_together_count_one_by_one() {
+        let b = Breaker::new(3, Duration::from_secs(60));
+        let sent = Instant::now();
+        std::thread::sleep(Duration::from_millis(1));
+        b.failure(sent, false);
+        b.failure(sent, false);
+        assert_eq!(b.failure(sent, false), Some(Transition::Opened));
+    }
+
+    #[test]
     fn success_resets_the_failure_count() {
         let b = Breaker::new(2, Duration::from_secs(1));
-        b.failure();
+        b.failure(Instant::now(), false);
         b.success();
-        assert_eq!(b.failure(), None);
+        assert_eq!(b.failure(Instant::now(), false), None);
         assert!(!b.is_open());
     }
 }

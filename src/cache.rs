@@ -315,7 +315,8 @@ impl Cache {
             Err(e) => {
                 inner.counters.store_error();
                 tracing::warn!(namespace = %inner.namespace, op, error = %e, "cache store operation failed");
-                if inner.breaker.failure() == Some(Transition::Opened) {
+                let lost = e.kind() == StoreErrorKind::Unavailable;
+                if inner.breaker.failure(started, lost) == Some(Transition::Opened) {
                     inner.counters.breaker_opened();
                     tracing::warn!(namespace = %inner.namespace, "cache store failing; circuit open, serving without cache");
                 }
