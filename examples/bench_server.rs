@@ -13,6 +13,8 @@
 //! | `memory-hit` | `CacheLayer` on a `MemoryStore` in front of the `bare` handler |
 //! | `miss` | `CacheLayer` on a `ValkeyStore` in front of a handler that sleeps 50 ms |
 //! | `store-read` | diagnostic: `Store::read` on the `ValkeyStore` (lanes, `MGET` entry + clock), no layer |
+//! | `valkey-hit-64k` | `valkey-hit` with a 64 KiB JSON body (namespace `bench64`) |
+//! | `valkey-hit-64k-compressed` | the same with `CacheBuilder::compression` (feature `compression`; namespace `bench64z`) |
 //!
 //! In `miss` mode every request gets a key of its own (`item:{id}:{n}`, `n` a process-wide
 //! counter), so each one is a genuine miss: a store read that finds nothing, the handler, then
@@ -88,8 +90,56 @@ fn valkey_store(url: &str) -> Result<ValkeyStore, BoxError> {
     Ok(ValkeyStore::with_config(cfg)?)
 }
 
+/// A 64 KiB JSON array of product records (the `valkey-hit-64k*` modes).
+fn json_64k() -> Bytes {
+    let mut s = String::from("[");
+    let mut n = 0u64;
+    while s.len() < 64 * 1024 - 200 {
+        if n > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!(
+            r#"{{"id":{n},"sku":"SKU-{:06}","name":"Product number {n}","price":{}.{:02},"in_stock":{},"tags":["tag{}","tag{}"],"description":"A fine product with id {n} for the benchmark"}}"#,
+            n * 7919 % 1_000_000,
+            n % 500,
+            n % 100,
+            n.is_multiple_of(3),
+            n % 17,
+            n % 5
+        ));
+        n += 1;
+    }
+    s.push(']');
+    Bytes::from(s)
+}
+
+/// `valkey-hit` with the 64 KiB JSON body, compressed or not.
+fn hit_64k(url: &str, compressed: bool) -> Result<Router, BoxError> {
+    let builder = Cache::builder(valkey_store(url)?);
+    let cache = match compressed {
+        false => builder.namespace("bench64").build(),
+        #[cfg(feature = "compression")]
+        true => builder
+            .namespace("bench64z")
+            .compression(tower_valkey_cache::Compression::lz4())
+            .build(),
+        #[cfg(not(feature = "compression"))]
+        true => return Err("valkey-hit-64k-compressed needs --features compression".into()),
+    };
+    Ok(Router::new()
+        .route(
+            "/item/{id}",
+            get(bare).route_layer(
+                CacheLayer::new(cache)
+                    .key("item:{id}")
+                    .ttl(Duration::from_secs(3600)),
+            ),
+        )
+        .with_state(json_64k()))
+}
+
 fn usage() -> ! {
-    eprintln!("usage: bench_server bare|raw-get|valkey-hit|memory-hit|miss|store-read PORT");
+    eprintln!("usage: bench_server bare|raw-get|valkey-hit|l1-hit|memory-hit|miss|store-read|valkey-hit-64k|valkey-hit-64k-compressed PORT");
     std::process::exit(2);
 }
 
@@ -198,6 +248,8 @@ async fn main() -> Result<(), BoxError> {
                 .route("/item/{id}", get(store_read))
                 .with_state(cache)
         }
+        "valkey-hit-64k" => hit_64k(&url, false)?,
+        "valkey-hit-64k-compressed" => hit_64k(&url, true)?,
         _ => usage(),
     };
 
