@@ -11,8 +11,9 @@
 //!   entry with AES-256-GCM under the current key of a [`Keyring`]; older keys of the ring still
 //!   open the entries they sealed (rotation). An entry that does not authenticate (tampered,
 //!   truncated, sealed under a key the ring does not hold, copied from another key, or not
-//!   encrypted at all) is a **miss**: counted in [`Stats::decode_failures`](crate::Stats), never
-//!   served, and overwritten by the next fill.
+//!   encrypted at all) is a **miss**, handled exactly like an undecodable entry: counted in
+//!   [`Stats::decode_failures`](crate::Stats) by routes and `get_or_set`, logged, never served,
+//!   never an error response, and overwritten by the next fill.
 //!
 //! Every path that reads or writes entries goes through the same pair of functions on the
 //! `Cache` (route reads and fills, `get_or_set`, `get`/`set`, batch reads and writes, warming,
@@ -45,6 +46,12 @@
 //! a route wrote). To encrypt one route's entries only, give that route a `Cache` of its own
 //! namespace, sharing the store ([`Cache::builder_shared`](crate::Cache::builder_shared)), as
 //! above: same connections, its own keys and keyring.
+//!
+//! Every instance sharing a namespace should use the same configuration. Reads accept what other
+//! configurations wrote where they safely can (a cache built with the `compression` feature but
+//! without [`CacheBuilder::compression`](crate::CacheBuilder) still decompresses), but an instance built without a feature, or without the keyring, reads sealed
+//! entries as misses and overwrites them, and an instance with a keyring refuses unencrypted
+//! entries: correct, but the instances then overwrite each other's entries.
 //!
 //! # Format
 //!
@@ -653,6 +660,43 @@ mod tests {
                 let mut v = sealed.to_vec();
                 v[4] = flags;
                 assert!(s.open(&space(), "k", v.into()).is_err(), "flags {flags}");
+            }
+        }
+    }
+
+    #[cfg(all(feature = "compression", feature = "encryption"))]
+    mod arbitrary {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever a hostile writer stores behind the envelope magic: opening never
+            /// panics, decompression never yields more than the declared (bounded) length, and
+            /// nothing opens under a keyring.
+            #[test]
+            fn arbitrary_envelopes_never_panic_and_never_authenticate(
+                flags in 0u8..=4,
+                declared in 0u32..200_000,
+                block in proptest::collection::vec(any::<u8>(), 0..4096),
+            ) {
+                let mut raw = ENVELOPE.to_vec();
+                raw.push(flags);
+                raw.extend_from_slice(&declared.to_be_bytes());
+                raw.extend_from_slice(&block);
+                let raw = Bytes::from(raw);
+                let unkeyed = Sealer {
+                    compression: Some(Compression::lz4()),
+                    keyring: None,
+                };
+                if let Ok(plain) = unkeyed.open(&space(), "k", raw.clone()) {
+                    prop_assert!(plain.len() <= declared as usize + block.len());
+                    let _ = crate::entry::Entry::decode(&plain);
+                }
+                let keyed = Sealer {
+                    compression: Some(Compression::lz4()),
+                    keyring: Some(Keyring::new(0, &[0; 32]).unwrap()),
+                };
+                prop_assert!(keyed.open(&space(), "k", raw).is_err());
             }
         }
     }
