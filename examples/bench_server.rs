@@ -15,6 +15,7 @@
 //! | `store-read` | diagnostic: `Store::read` on the `ValkeyStore` (lanes, `MGET` entry + clock), no layer |
 //! | `valkey-hit-64k` | `valkey-hit` with a 64 KiB JSON body (namespace `bench64`) |
 //! | `valkey-hit-64k-compressed` | the same with `CacheBuilder::compression` (feature `compression`; namespace `bench64z`) |
+//! | `valkey-hit-64k-sealed` | the same compressed and encrypted (features `compression`, `encryption`; namespace `bench64s`) |
 //!
 //! In `miss` mode every request gets a key of its own (`item:{id}:{n}`, `n` a process-wide
 //! counter), so each one is a genuine miss: a store read that finds nothing, the handler, then
@@ -113,18 +114,23 @@ fn json_64k() -> Bytes {
     Bytes::from(s)
 }
 
-/// `valkey-hit` with the 64 KiB JSON body, compressed or not.
-fn hit_64k(url: &str, compressed: bool) -> Result<Router, BoxError> {
+/// `valkey-hit` with the 64 KiB JSON body: plain, compressed, or compressed and encrypted.
+fn hit_64k(url: &str, mode: &str) -> Result<Router, BoxError> {
     let builder = Cache::builder(valkey_store(url)?);
-    let cache = match compressed {
-        false => builder.namespace("bench64").build(),
+    let cache = match mode {
+        "valkey-hit-64k" => builder.namespace("bench64").build(),
         #[cfg(feature = "compression")]
-        true => builder
+        "valkey-hit-64k-compressed" => builder
             .namespace("bench64z")
             .compression(tower_valkey_cache::Compression::lz4())
             .build(),
-        #[cfg(not(feature = "compression"))]
-        true => return Err("valkey-hit-64k-compressed needs --features compression".into()),
+        #[cfg(all(feature = "compression", feature = "encryption"))]
+        "valkey-hit-64k-sealed" => builder
+            .namespace("bench64s")
+            .compression(tower_valkey_cache::Compression::lz4())
+            .encryption(tower_valkey_cache::Keyring::new(1, &[0x5e; 32])?)
+            .build(),
+        _ => return Err(format!("{mode} needs --features compression,encryption").into()),
     };
     Ok(Router::new()
         .route(
@@ -139,7 +145,7 @@ fn hit_64k(url: &str, compressed: bool) -> Result<Router, BoxError> {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench_server bare|raw-get|valkey-hit|l1-hit|memory-hit|miss|store-read|valkey-hit-64k|valkey-hit-64k-compressed PORT");
+    eprintln!("usage: bench_server bare|raw-get|valkey-hit|l1-hit|memory-hit|miss|store-read|valkey-hit-64k|valkey-hit-64k-compressed|valkey-hit-64k-sealed PORT");
     std::process::exit(2);
 }
 
@@ -248,8 +254,9 @@ async fn main() -> Result<(), BoxError> {
                 .route("/item/{id}", get(store_read))
                 .with_state(cache)
         }
-        "valkey-hit-64k" => hit_64k(&url, false)?,
-        "valkey-hit-64k-compressed" => hit_64k(&url, true)?,
+        "valkey-hit-64k" | "valkey-hit-64k-compressed" | "valkey-hit-64k-sealed" => {
+            hit_64k(&url, &mode)?
+        }
         _ => usage(),
     };
 
