@@ -17,6 +17,9 @@
 //! | `lru-hit` | `valkey-hit` with LRU eviction (capacity 10,000): each hit also touches the entry's rank |
 //! | `metrics-hit` | `valkey-hit` recording into an OpenTelemetry SDK meter provider with a Prometheus reader (metrics on) |
 //! | `store-read` | diagnostic: `Store::read` on the `ValkeyStore` (lanes, `MGET` entry + clock), no layer |
+//! | `valkey-hit-64k` | `valkey-hit` with a 64 KiB JSON body (namespace `bench64`) |
+//! | `valkey-hit-64k-compressed` | the same with `CacheBuilder::compression` (feature `compression`; namespace `bench64z`) |
+//! | `valkey-hit-64k-sealed` | the same compressed and encrypted (features `compression`, `encryption`; namespace `bench64s`) |
 //!
 //! In `miss` mode every request gets a key of its own (`item:{id}:{n}`, `n` a process-wide
 //! counter), so each one is a genuine miss: a store read that finds nothing, the handler, then
@@ -100,10 +103,64 @@ fn cached(layer: CacheLayer) -> Router {
         .with_state(body())
 }
 
+/// A 64 KiB JSON array of product records (the `valkey-hit-64k*` modes).
+fn json_64k() -> Bytes {
+    let mut s = String::from("[");
+    let mut n = 0u64;
+    while s.len() < 64 * 1024 - 200 {
+        if n > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!(
+            r#"{{"id":{n},"sku":"SKU-{:06}","name":"Product number {n}","price":{}.{:02},"in_stock":{},"tags":["tag{}","tag{}"],"description":"A fine product with id {n} for the benchmark"}}"#,
+            n * 7919 % 1_000_000,
+            n % 500,
+            n % 100,
+            n.is_multiple_of(3),
+            n % 17,
+            n % 5
+        ));
+        n += 1;
+    }
+    s.push(']');
+    Bytes::from(s)
+}
+
+/// `valkey-hit` with the 64 KiB JSON body: plain, compressed, or compressed and encrypted.
+fn hit_64k(url: &str, mode: &str) -> Result<Router, BoxError> {
+    let builder = Cache::builder(valkey_store(url)?);
+    let cache = match mode {
+        "valkey-hit-64k" => builder.namespace("bench64").build(),
+        #[cfg(feature = "compression")]
+        "valkey-hit-64k-compressed" => builder
+            .namespace("bench64z")
+            .compression(tower_valkey_cache::Compression::lz4())
+            .build(),
+        #[cfg(all(feature = "compression", feature = "encryption"))]
+        "valkey-hit-64k-sealed" => builder
+            .namespace("bench64s")
+            .compression(tower_valkey_cache::Compression::lz4())
+            .encryption(tower_valkey_cache::Keyring::new(1, &[0x5e; 32])?)
+            .build(),
+        _ => return Err(format!("{mode} needs --features compression,encryption").into()),
+    };
+    Ok(Router::new()
+        .route(
+            "/item/{id}",
+            get(bare).route_layer(
+                CacheLayer::new(cache)
+                    .key("item:{id}")
+                    .ttl(Duration::from_secs(3600)),
+            ),
+        )
+        .with_state(json_64k()))
+}
+
 fn usage() -> ! {
     eprintln!(
         "usage: bench_server bare|raw-get|valkey-hit|l1-hit|memory-hit|miss|stale-hit|revalidate|\
-         lru-hit|metrics-hit|store-read PORT"
+         lru-hit|metrics-hit|store-read|valkey-hit-64k|valkey-hit-64k-compressed|\
+         valkey-hit-64k-sealed PORT"
     );
     std::process::exit(2);
 }
@@ -256,6 +313,9 @@ async fn main() -> Result<(), BoxError> {
             Router::new()
                 .route("/item/{id}", get(store_read))
                 .with_state(cache)
+        }
+        "valkey-hit-64k" | "valkey-hit-64k-compressed" | "valkey-hit-64k-sealed" => {
+            hit_64k(&url, &mode)?
         }
         _ => usage(),
     };

@@ -47,6 +47,8 @@ pub(crate) struct Inner {
     pub(crate) epoch: std::sync::atomic::AtomicU64,
     /// The L1 tier and invalidation announcements ([`crate::l1`]).
     pub(crate) l1: crate::l1::State,
+    /// Compression and encryption of stored entries ([`crate::seal`]).
+    pub(crate) sealer: crate::seal::Sealer,
 }
 
 /// Builds a [`Cache`]. See [`Cache::builder`].
@@ -66,6 +68,7 @@ pub struct CacheBuilder {
     #[cfg(feature = "metrics")]
     meter: Option<opentelemetry::metrics::Meter>,
     pub(crate) l1: crate::l1::Config,
+    sealer: crate::seal::Sealer,
 }
 
 impl CacheBuilder {
@@ -156,6 +159,47 @@ impl CacheBuilder {
         self
     }
 
+    /// Stores entries whose encoding reaches the threshold LZ4-compressed (feature
+    /// `compression`). Default off. Reads decompress whatever is compressed, whether or not
+    /// this is set, up to [`Compression::max_size`](crate::seal::Compression::max_size). See
+    /// [`seal`](crate::seal).
+    ///
+    /// ```
+    /// use tower_valkey_cache::{Cache, Compression, MemoryStore};
+    ///
+    /// let cache = Cache::builder(MemoryStore::new())
+    ///     .compression(Compression::lz4().threshold(2048))
+    ///     .build();
+    /// ```
+    #[cfg(feature = "compression")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "compression")))]
+    pub fn compression(mut self, compression: crate::seal::Compression) -> Self {
+        self.sealer.compression = Some(compression);
+        self
+    }
+
+    /// Seals every entry with AES-256-GCM under the keyring's current key, bound to its store
+    /// key (feature `encryption`). Reads accept only entries that authenticate under a key of
+    /// the ring; anything else is a miss. Default off. See [`seal`](crate::seal).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_valkey_cache::{Cache, Keyring, MemoryStore};
+    ///
+    /// let key: [u8; 32] = [7; 32]; // from the application's secret store
+    /// let cache = Cache::builder(MemoryStore::new())
+    ///     .namespace("sessions")
+    ///     .encryption(Keyring::new(1, &key)?)
+    ///     .build();
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "encryption")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+    pub fn encryption(mut self, keyring: crate::seal::Keyring) -> Self {
+        self.sealer.keyring = Some(keyring);
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Cache {
         #[cfg(feature = "metrics")]
@@ -182,6 +226,7 @@ impl CacheBuilder {
                 log_raw_keys: self.log_raw_keys,
                 epoch: std::sync::atomic::AtomicU64::new(0),
                 l1,
+                sealer: self.sealer,
             }),
         }
     }
@@ -215,6 +260,7 @@ impl Cache {
             #[cfg(feature = "metrics")]
             meter: None,
             l1: Default::default(),
+            sealer: Default::default(),
         }
     }
 
@@ -347,7 +393,8 @@ impl Cache {
         };
         let r = self
             .guarded("read", i.op_timeout, i.store.read(&i.space, key))
-            .await;
+            .await
+            .map(|lookup| self.opened(key, lookup));
         if let (Some(t), Ok(lookup)) = (ticket, &r) {
             self.l1_fill(t, key, lookup);
         }
@@ -386,8 +433,13 @@ impl Cache {
 
     pub(crate) async fn write(&self, write: Write<'_>) -> Result<Written, StoreError> {
         let i = &self.inner;
-        let bytes = write.value.len();
+        // L1 keeps the plain encoding (crate::seal): an L1 hit neither decrypts nor inflates.
         let (key, value, since) = (write.key, write.value.clone(), write.since);
+        let write = Write {
+            value: self.seal(key, write.value)?,
+            ..write
+        };
+        let bytes = write.value.len();
         let ticket = self.l1_ticket(key);
         let r = self
             .guarded("write", i.op_timeout, i.store.write(&i.space, write))
@@ -399,6 +451,58 @@ impl Cache {
             Err(_) => {}
         }
         r
+    }
+
+    /// The stored form of the encoded entry `plain` for `key` ([`crate::seal`]): every write
+    /// goes through here.
+    pub(crate) fn seal(&self, key: &str, plain: bytes::Bytes) -> Result<bytes::Bytes, StoreError> {
+        let i = &self.inner;
+        i.sealer.seal(&i.space, key, plain).map_err(|e| {
+            tracing::warn!(namespace = %i.namespace, error = %e, "entry cannot be sealed; not stored");
+            StoreError::new(StoreErrorKind::Server, e.to_string())
+        })
+    }
+
+    /// The encoded entry from a stored value ([`crate::seal`]): every read goes through here.
+    /// A value that does not open (does not authenticate, does not decompress) reads as an
+    /// empty value, which no entry decoder accepts: callers count it as an undecodable entry
+    /// (once per request, as for any other), never serve it, and the next fill overwrites it.
+    pub(crate) fn open(&self, key: &str, raw: bytes::Bytes) -> bytes::Bytes {
+        let i = &self.inner;
+        match i.sealer.open(&i.space, key, raw) {
+            Ok(plain) => plain,
+            Err(e) => {
+                tracing::warn!(namespace = %i.namespace, error = %e, "cached value does not open; treating as a miss");
+                bytes::Bytes::new()
+            }
+        }
+    }
+
+    /// [`open`](Self::open) on a store read.
+    pub(crate) fn opened(&self, key: &str, lookup: Lookup) -> Lookup {
+        Lookup {
+            value: lookup.value.map(|raw| self.open(key, raw)),
+            clock: lookup.clock,
+        }
+    }
+
+    /// Reads many entries in one operation (not through L1), opened.
+    pub(crate) async fn read_many(
+        &self,
+        keys: &[String],
+    ) -> Result<crate::store::LookupMany, StoreError> {
+        let i = &self.inner;
+        let mut found = self
+            .guarded(
+                "read_many",
+                i.bulk_timeout,
+                i.store.read_many(&i.space, keys),
+            )
+            .await?;
+        for (value, key) in found.values.iter_mut().zip(keys) {
+            *value = value.take().map(|raw| self.open(key, raw));
+        }
+        Ok(found)
     }
 
     /// Invalidates one key; returns how many entries were removed.

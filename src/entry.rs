@@ -19,6 +19,9 @@
 //! u32 body length, body
 //! ```
 //!
+//! Compressed or encrypted entries (features `compression`, `encryption`) are stored in an
+//! envelope around this encoding (version byte 2): see [`seal`](crate::seal).
+//!
 //! Anything that does not decode (foreign data, truncation, another version, trailing bytes) is a
 //! [`DecodeError`]; callers treat it as a miss and overwrite the value.
 
@@ -65,6 +68,10 @@ pub enum Freshness {
 pub struct DecodeError(&'static str);
 
 impl DecodeError {
+    pub(crate) fn new(reason: &'static str) -> Self {
+        DecodeError(reason)
+    }
+
     /// A well-formed entry that its reader could not have written (for example a status the
     /// route does not cache, or a `Set-Cookie` header): treated like an undecodable value.
     pub fn foreign() -> Self {

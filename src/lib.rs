@@ -11,6 +11,8 @@
 //! - Observability: [`Cache::stats`] counters, `tracing` spans per request and per store
 //!   operation (keys hashed), and OpenTelemetry metrics with the `metrics` feature (on by
 //!   default; see the `metrics` module for the table of instruments).
+//! - Entries can be stored compressed (feature `compression`) and encrypted under application
+//!   keys with rotation (feature `encryption`): see [`seal`].
 //!
 //! ```
 //! use std::time::Duration;
@@ -45,6 +47,7 @@ pub mod layer;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
+pub mod seal;
 mod stats;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -54,5 +57,9 @@ pub mod testing;
 pub use cache::{Cache, CacheBuilder};
 pub use invalidate::InvalidateLayer;
 pub use layer::CacheLayer;
+#[cfg(feature = "compression")]
+pub use seal::Compression;
+#[cfg(feature = "encryption")]
+pub use seal::Keyring;
 pub use stats::Stats;
 pub use store::{MemoryStore, ValkeyConfig, ValkeyStore};

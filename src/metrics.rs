@@ -21,7 +21,7 @@
 //! | `cache.request.duration` | histogram | `s` | as `cache.requests` | time until the response head |
 //! | `cache.stores` | counter | `{entry}` | `cache.namespace` | entries written |
 //! | `cache.stores.superseded` | counter | `{entry}` | `cache.namespace` | fills dropped: invalidated meanwhile |
-//! | `cache.entry.size` | histogram | `By` | `cache.namespace` | encoded size of written entries |
+//! | `cache.entry.size` | histogram | `By` | `cache.namespace` | stored size of written entries (after compression and encryption) |
 //! | `cache.lock.waits` | counter | `{wait}` | `cache.namespace` | waits on another instance's fill lock |
 //! | `cache.lock.timeouts` | counter | `{timeout}` | `cache.namespace` | fill-lock waits that timed out |
 //! | `cache.invalidations` | counter | `{invalidation}` | `cache.namespace`, `cache.invalidation.kind` | invalidations applied |

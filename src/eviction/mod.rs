@@ -568,6 +568,7 @@ impl RouteEviction {
         cache
             .guarded("read", cache.inner.op_timeout, Box::pin(fut))
             .await
+            .map(|lookup| cache.opened(key, lookup))
     }
 
     /// Writes like the cache's plain write; when the entry is stored, ranks it and evicts what the

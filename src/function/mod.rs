@@ -327,14 +327,7 @@ impl Cache {
         keys: &[String],
     ) -> Result<Vec<Option<T>>, StoreError> {
         let keys: Vec<String> = keys.iter().map(|k| bound_length(k.clone())).collect();
-        let i = &self.inner;
-        let found = self
-            .guarded(
-                "read_many",
-                i.bulk_timeout,
-                i.store.read_many(&i.space, &keys),
-            )
-            .await?;
+        let found = self.read_many(&keys).await?;
         let now = now_ms();
         Ok(found
             .values
@@ -376,15 +369,7 @@ impl Cache {
         Fut: Future<Output = Result<Vec<(Id, T)>, E>>,
     {
         let keys: Vec<String> = ids.iter().map(|id| bound_length(key_fn(id))).collect();
-        let i = &self.inner;
-        let found = self
-            .guarded(
-                "read_many",
-                i.bulk_timeout,
-                i.store.read_many(&i.space, &keys),
-            )
-            .await
-            .ok();
+        let found = self.read_many(&keys).await.ok();
         let now = now_ms();
         let mut out: Vec<Option<T>> = match &found {
             Some(f) => f
@@ -506,16 +491,19 @@ impl Cache {
         batch: &[(String, Bytes, Duration)],
         since: Option<u64>,
     ) -> Result<Vec<Written>, StoreError> {
-        let writes = batch
+        let writes: Vec<Write<'_>> = batch
             .iter()
-            .map(|(k, v, ttl)| Write {
-                key: k,
-                value: v.clone(),
-                ttl: *ttl,
-                tags: &[],
-                since,
+            .map(|(k, v, ttl)| {
+                Ok(Write {
+                    key: k,
+                    value: self.seal(k, v.clone())?,
+                    ttl: *ttl,
+                    tags: &[],
+                    since,
+                })
             })
-            .collect();
+            .collect::<Result<_, StoreError>>()?;
+        let sizes: Vec<usize> = writes.iter().map(|w| w.value.len()).collect();
         let i = &self.inner;
         let out = self
             .guarded(
@@ -527,9 +515,9 @@ impl Cache {
         // Values written in place: drop this process's L1 copies (crate::l1).
         self.l1_forget_keys(batch.iter().map(|(k, _, _)| k.as_str()));
         let out = out?;
-        for (w, (_, value, _)) in out.iter().zip(batch) {
+        for (w, size) in out.iter().zip(sizes) {
             match w {
-                Written::Stored => i.counters.stored(value.len()),
+                Written::Stored => i.counters.stored(size),
                 Written::Superseded => i.counters.superseded(),
             }
         }
