@@ -35,6 +35,7 @@ pub struct CacheLayer {
     ttl_jitter: f64,
     early_refresh_beta: f64,
     eviction: Option<Arc<crate::eviction::RouteEviction>>,
+    encodings: Arc<[String]>,
 }
 
 impl std::fmt::Debug for CacheLayer {
@@ -77,6 +78,7 @@ impl CacheLayer {
             ttl_jitter: 0.0,
             early_refresh_beta: 0.0,
             eviction: None,
+            encodings: super::vary::served_encodings(super::vary::DEFAULT_ENCODINGS).into(),
         }
     }
 
@@ -217,6 +219,21 @@ impl CacheLayer {
         self
     }
 
+    /// The content codings this route serves (for example through a compression layer inside
+    /// the cache), case-insensitive. When a response says `Vary: Accept-Encoding`, a request's
+    /// `Accept-Encoding` is reduced to the codings of this list it accepts (`q=0` refuses one,
+    /// `*` accepts every one not named), or `identity` when none, so `gzip, deflate, br` and
+    /// `br;q=1, gzip, deflate` share a variant. Default `br`, `deflate`, `gzip`, `zstd`.
+    /// See [Vary](crate::layer#vary).
+    pub fn served_encodings<I, T>(mut self, encodings: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        self.encodings = super::vary::served_encodings(encodings).into();
+        self
+    }
+
     /// Bodies larger than this are streamed to the client and not stored. Default 1 MiB.
     pub fn max_body_bytes(mut self, n: usize) -> Self {
         self.max_body_bytes = n;
@@ -286,6 +303,7 @@ impl<S> Layer<S> for CacheLayer {
                 early_refresh_beta: self.early_refresh_beta,
                 key_error_reported: AtomicBool::new(false),
                 eviction: self.eviction.clone(),
+                encodings: self.encodings.clone(),
             }),
         )
     }
