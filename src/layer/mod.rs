@@ -22,7 +22,9 @@
 //! # What happens to a request
 //!
 //! 1. Methods other than those configured (GET and HEAD by default) pass through
-//!    (`Cache-Status: ...; fwd=method`).
+//!    (`Cache-Status: ...; fwd=method`); so do methods other than GET and HEAD unless
+//!    [`key_body`](CacheLayer::key_body) keys them by their body (a body over its bound, or that
+//!    fails, passes through with `fwd=bypass; detail=body-too-large | body-error`, intact).
 //! 2. Requests with `Cache-Control: no-store`, and requests carrying `Authorization` or `Cookie`
 //!    on a route whose key does not identify the caller, pass through (`fwd=bypass`).
 //! 3. The key is derived ([`key`](crate::key)); a template that does not fit the route is logged
@@ -93,10 +95,12 @@ mod conditional;
 #[allow(clippy::module_inception)]
 mod layer;
 mod policy;
+mod request_body;
 mod service;
 mod status;
 mod vary;
 
 pub use body::CacheBody;
 pub use layer::CacheLayer;
+pub use request_body::CacheRequestBody;
 pub use service::{CacheService, ResponseFuture};

@@ -1,6 +1,7 @@
 use super::body::{CacheBody, Tee};
 use super::conditional;
 use super::policy;
+use super::request_body::{self, Buffered, CacheRequestBody};
 use super::status::Outcome;
 use super::vary::{Marker, Vary};
 use crate::entry::{now_ms, Entry, Freshness};
@@ -54,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) eviction: Option<Arc<crate::eviction::RouteEviction>>,
     /// The content codings `Accept-Encoding` is reduced to for `Vary` (sorted).
     pub(crate) encodings: Arc<[String]>,
+    /// `key_body`: methods other than GET and HEAD are cached, keyed by their body up to this.
+    pub(crate) key_body: Option<usize>,
 }
 
 impl Shared {
@@ -130,10 +133,11 @@ impl<T> std::fmt::Debug for ResponseFuture<T> {
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for CacheService<S>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S: Service<Request<CacheRequestBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqB: Send + 'static,
+    ReqB: Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Send + 'static,
 {
@@ -213,16 +217,19 @@ async fn handle<S, ReqB, ResB>(
     req: Request<ReqB>,
 ) -> Result<Response<CacheBody<ResB>>, S::Error>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S: Service<Request<CacheRequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
     S::Future: Send + 'static,
-    ReqB: Send + 'static,
+    ReqB: Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Send + 'static,
 {
     let counters = sh.cache.counters();
-    if !sh.methods.contains(req.method()) {
+    let keyed_by_body = !matches!(*req.method(), Method::GET | Method::HEAD);
+    // Methods with a body are cached only keyed by it (`key_body`).
+    if !sh.methods.contains(req.method()) || (keyed_by_body && sh.key_body.is_none()) {
         counters.bypass();
-        let res = inner.call(req).await?;
+        let res = inner.call(req.map(CacheRequestBody::new)).await?;
         return Ok(forward_outcome(
             &sh,
             res.map(CacheBody::stream),
@@ -233,7 +240,7 @@ where
         sh.allow_credentials || sh.key.covers_credential(h)
     }) {
         counters.bypass();
-        let res = inner.call(req).await?;
+        let res = inner.call(req.map(CacheRequestBody::new)).await?;
         return Ok(forward_outcome(
             &sh,
             res.map(CacheBody::stream),
@@ -244,6 +251,26 @@ where
     let revalidate = policy::request_revalidate(&req);
 
     let (mut parts, body) = req.into_parts();
+    // `key_body`: the body (and its Content-Type) becomes part of the key; the handler gets the
+    // same body, also when it cannot be keyed (then the request bypasses the cache).
+    let (body, body_suffix) = match sh.key_body {
+        Some(max) if keyed_by_body => match request_body::buffer(body, max).await {
+            Buffered::Complete(bytes, body) => {
+                let ct = parts.headers.get(header::CONTENT_TYPE);
+                (body, Some(request_body::body_suffix(ct, &bytes)))
+            }
+            Buffered::Unkeyable(detail, body) => {
+                counters.bypass();
+                let res = inner.call(Request::from_parts(parts, body)).await?;
+                return Ok(forward_outcome(
+                    &sh,
+                    res.map(CacheBody::stream),
+                    Outcome::Bypass(detail),
+                ));
+            }
+        },
+        _ => (CacheRequestBody::new(body), None),
+    };
     // Tag templates may name path parameters even when the key does not (the default key).
     let params = if sh.key.needs_path_params() || sh.tags.iter().any(|t| t.needs_path_params()) {
         crate::key::path_params(&mut parts)
@@ -260,7 +287,7 @@ where
         Ok((k, tags))
     });
     drop(ctx);
-    let (key, mut tags) = match key_and_tags {
+    let (mut key, mut tags) = match key_and_tags {
         Ok(kt) => kt,
         Err(e) => {
             if matches!(e, crate::key::KeyError::MissingPathParam(_))
@@ -281,6 +308,9 @@ where
             ));
         }
     };
+    if let Some(suffix) = body_suffix {
+        key.push_str(&suffix);
+    }
     let span = tracing::Span::current();
     if !span.is_disabled() {
         span.record("key_hash", &crate::key::short_hash(key.as_bytes())[..12]);
