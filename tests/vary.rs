@@ -513,3 +513,84 @@ async fn stale_while_revalidate_refreshes_each_variant() {
     assert!(fr2.is_hit());
     assert_eq!(origin.calls(), 4);
 }
+
+/// In a count-bounded namespace markers and variants are entries like any other: evicting a
+/// marker only makes its variants unreachable. Whatever is evicted, every answer is the
+/// requester's own variant of the requested resource, never a marker.
+#[tokio::test]
+async fn variants_in_a_bounded_namespace_never_serve_a_marker_or_another_variant() {
+    let server = ValkeyServer::start();
+    let cache = valkey_cache(&server, "vary_evict");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = calls.clone();
+        get(move |Path(id): Path<u32>, headers: HeaderMap| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let lang = headers["accept-language"].to_str().unwrap().to_owned();
+                ([("vary", "accept-language")], format!("{id}:{lang}")).into_response()
+            }
+        })
+    };
+    let app = Router::new().route(
+        "/p/{id}",
+        handler.route_layer(
+            CacheLayer::new(cache.clone())
+                .key("p:{id}")
+                .eviction(tower_valkey_cache::eviction::Lru::with_capacity(5)),
+        ),
+    );
+    let mut hits = 0;
+    for _ in 0..200 {
+        let id = fastrand::u32(0..4);
+        let lang = ["en", "fr"][fastrand::usize(0..2)];
+        let r = get_with(&app, &format!("/p/{id}"), &[("accept-language", lang)]).await;
+        assert_eq!(r.text(), format!("{id}:{lang}"), "{}", r.cache_status());
+        hits += usize::from(r.is_hit());
+    }
+    assert!(hits > 0, "some requests hit");
+    assert!(
+        calls.load(Ordering::SeqCst) > 8,
+        "the bound evicted entries"
+    );
+    assert!(server.keys("vary_evict:*").await.len() <= 5);
+}
+
+/// Conditional requests are answered per variant: one language's validator does not match
+/// another's representation.
+#[tokio::test]
+async fn conditional_requests_per_variant() {
+    let server = ValkeyServer::start();
+    let cache = valkey_cache(&server, "vary_304");
+    let origin = Origin::new();
+    let app = Router::new().route(
+        "/page",
+        origin
+            .route("accept-language", "accept-language")
+            .route_layer(CacheLayer::new(cache.clone())),
+    );
+    let en = get_with(&app, "/page", &[("accept-language", "en")]).await;
+    let fr = get_with(&app, "/page", &[("accept-language", "fr")]).await;
+    let (en_tag, fr_tag) = (en.header("etag").to_owned(), fr.header("etag").to_owned());
+    assert_ne!(en_tag, fr_tag);
+    let r = send(
+        &app,
+        request(
+            "GET",
+            "/page",
+            &[("accept-language", "en"), ("if-none-match", &en_tag)],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    let r = get_with(
+        &app,
+        "/page",
+        &[("accept-language", "fr"), ("if-none-match", &en_tag)],
+    )
+    .await;
+    assert!(r.is_hit());
+    assert_eq!(r.text(), "1:fr");
+    assert_eq!(origin.calls(), 2);
+}
