@@ -1,7 +1,8 @@
 //! In-process benchmark scenarios that wrk cannot express, printed as Markdown tables:
 //! invalidation by tag vs pattern in a 1M-key namespace, the cost of the no-stale-refill guard,
 //! a cold-key burst with and without coalescing, stale-while-revalidate latency vs a miss, and
-//! start-up warming (batched `warm_values` vs one `set` per value, `warm` through a router).
+//! start-up warming (batched `warm_values` vs one `set` per value, `warm` through a router),
+//! and the cost of a hit on a varied resource (marker + variant) and on a POST keyed by its body.
 //!
 //! `scripts/bench` runs it against its own Valkey:
 //! `VALKEY_URL=redis://127.0.0.1:PORT cargo run --release --example bench_scenarios [-- --quick]`
@@ -322,6 +323,76 @@ async fn warming(url: &str, n: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// Hits on a plain route, on a `Vary: Accept-Language` route (two reads: marker, variant) and on
+/// a POST keyed by its 200-byte body: one client in sequence (latency), then 64 at once
+/// (throughput).
+async fn variant_hits(url: &str, n: usize) -> Result<(), Error> {
+    let c = cache(url, "bv")?;
+    let app = Router::new()
+        .route(
+            "/plain",
+            get(|| async { "plain" }).route_layer(CacheLayer::new(c.clone()).key("plain")),
+        )
+        .route(
+            "/varied",
+            get(|| async { ([("vary", "accept-language")], "varied") })
+                .route_layer(CacheLayer::new(c.clone()).key("varied")),
+        )
+        .route(
+            "/post",
+            axum::routing::post(|body: Bytes| async move { body.len().to_string() }).route_layer(
+                CacheLayer::new(c.clone())
+                    .key("post")
+                    .methods([http::Method::POST])
+                    .key_body(4096),
+            ),
+        );
+    let query = Bytes::from(vec![b'q'; 200]);
+    let request = move |path: &str| {
+        let b = http::Request::builder()
+            .uri(path)
+            .header("accept-language", "en-GB,en;q=0.9");
+        if path == "/post" {
+            b.method("POST")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(query.clone()))
+                .unwrap()
+        } else {
+            b.body(axum::body::Body::empty()).unwrap()
+        }
+    };
+    println!("### Hits: plain vs varied (marker + variant) vs POST keyed by a 200-byte body ({n} requests each)\n");
+    println!("| route | mean latency, 1 client | throughput, 64 clients |");
+    println!("|---|---:|---:|");
+    for path in ["/plain", "/varied", "/post"] {
+        // Fill it (and the varied route's marker).
+        let _ = app.clone().oneshot(request(path)).await;
+        let started = Instant::now();
+        for _ in 0..n {
+            let _ = app.clone().oneshot(request(path)).await;
+        }
+        let seq = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let (app, request) = (app.clone(), request.clone());
+                tokio::spawn(async move {
+                    for _ in 0..n / 64 {
+                        let _ = app.clone().oneshot(request(path)).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await?;
+        }
+        let rps = (n / 64 * 64) as f64 / started.elapsed().as_secs_f64();
+        println!("| `{path}` | {seq:.0} µs | {rps:.0} req/s |");
+    }
+    println!();
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let url = std::env::var("VALKEY_URL").map_err(|_| "set VALKEY_URL=redis://127.0.0.1:PORT")?;
@@ -348,5 +419,6 @@ async fn main() -> Result<(), Error> {
     println!();
     swr(&url, if quick { 20 } else { 100 }).await?;
     warming(&url, if quick { 2_000 } else { 10_000 }).await?;
+    variant_hits(&url, if quick { 2_000 } else { 20_000 }).await?;
     Ok(())
 }

@@ -215,6 +215,15 @@ impl Entry {
         Ok(out.freeze())
     }
 
+    /// The status of an encoded entry without decoding the rest (`None` if `raw` is not an
+    /// entry of this version). Lets a reader tell a status-0 value (a function-cache value or a
+    /// variant marker) from a response cheaply.
+    pub(crate) fn peek_status(raw: &[u8]) -> Option<u16> {
+        const AT: usize = 3 + 1 + 1 + 8 * 3 + 4;
+        (raw.len() >= FIXED_LEN && &raw[..3] == MAGIC && raw[3] == VERSION)
+            .then(|| u16::from_be_bytes([raw[AT], raw[AT + 1]]))
+    }
+
     /// Decodes an entry; the body shares `raw`'s memory (no copy).
     pub fn decode(raw: &Bytes) -> Result<Self, DecodeError> {
         let mut r = Reader { buf: raw, pos: 0 };

@@ -35,6 +35,8 @@ pub struct CacheLayer {
     ttl_jitter: f64,
     early_refresh_beta: f64,
     eviction: Option<Arc<crate::eviction::RouteEviction>>,
+    encodings: Arc<[String]>,
+    key_body: Option<usize>,
 }
 
 impl std::fmt::Debug for CacheLayer {
@@ -77,6 +79,8 @@ impl CacheLayer {
             ttl_jitter: 0.0,
             early_refresh_beta: 0.0,
             eviction: None,
+            encodings: super::vary::served_encodings(super::vary::DEFAULT_ENCODINGS).into(),
+            key_body: None,
         }
     }
 
@@ -205,7 +209,9 @@ impl CacheLayer {
     }
 
     /// The methods whose responses are cached. Default GET and HEAD (HEAD is answered from the
-    /// GET entry). Requests with other methods pass through.
+    /// GET entry). Requests with other methods pass through. Methods other than GET and HEAD
+    /// (POST for query-style APIs) are cached only with [`key_body`](Self::key_body) as well;
+    /// without it they pass through (`fwd=method`).
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.methods = methods.into_iter().collect();
         self
@@ -214,6 +220,56 @@ impl CacheLayer {
     /// The response statuses that are stored. Default 200 only.
     pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// Caches requests whose method is not GET or HEAD (add it to [`methods`](Self::methods),
+    /// e.g. POST for GraphQL or search APIs) keyed by their body: the body is read up to
+    /// `max_bytes`, and a 128-bit SHA-256 of it and of the request's `Content-Type` is appended
+    /// to the key as `#body:HASH`. The handler receives the same body, frame for frame.
+    ///
+    /// A body over `max_bytes`, with trailers, or that fails to read bypasses the cache
+    /// (`fwd=bypass; detail=body-too-large | body-trailers | body-error`); the handler still gets
+    /// all of it (what was read, then the rest of the stream). Requests whose `Content-Length`
+    /// exceeds the bound are not read at all.
+    ///
+    /// Because the body hash is a suffix, [`Cache::invalidate_key`] of the template's key does
+    /// not reach these entries: invalidate them by [tag](Self::tags) or by a pattern
+    /// (`"search*"`).
+    ///
+    /// ```
+    /// use axum::{routing::post, Router};
+    /// use http::Method;
+    /// use tower_valkey_cache::{Cache, CacheLayer, MemoryStore};
+    ///
+    /// let cache = Cache::new(MemoryStore::new());
+    /// let app: Router = Router::new().route(
+    ///     "/graphql",
+    ///     post(|body: String| async move { format!("result for {body}") }).route_layer(
+    ///         CacheLayer::new(cache)
+    ///             .methods([Method::POST])
+    ///             .key_body(64 * 1024)
+    ///             .tags(["graphql"]),
+    ///     ),
+    /// );
+    /// ```
+    pub fn key_body(mut self, max_bytes: usize) -> Self {
+        self.key_body = Some(max_bytes);
+        self
+    }
+
+    /// The content codings this route serves (for example through a compression layer inside
+    /// the cache), case-insensitive. When a response says `Vary: Accept-Encoding`, a request's
+    /// `Accept-Encoding` is reduced to the codings of this list it accepts (`q=0` refuses one,
+    /// `*` accepts every one not named), or `identity` when none, so `gzip, deflate, br` and
+    /// `br;q=1, gzip, deflate` share a variant. Default `br`, `deflate`, `gzip`, `zstd`.
+    /// See [Vary](crate::layer#vary).
+    pub fn served_encodings<I, T>(mut self, encodings: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        self.encodings = super::vary::served_encodings(encodings).into();
         self
     }
 
@@ -286,6 +342,8 @@ impl<S> Layer<S> for CacheLayer {
                 early_refresh_beta: self.early_refresh_beta,
                 key_error_reported: AtomicBool::new(false),
                 eviction: self.eviction.clone(),
+                encodings: self.encodings.clone(),
+                key_body: self.key_body,
             }),
         )
     }

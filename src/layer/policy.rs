@@ -64,8 +64,8 @@ pub(crate) fn response_unstorable<B>(
     if has_directive(h, &["no-store", "private", "no-cache"]) {
         return Some("cache-control");
     }
-    if h.contains_key(header::VARY) {
-        // Variants are not keyed yet: storing one would serve it to clients that asked for another.
+    if h.contains_key(header::VARY) && super::vary::Vary::of(h) == super::vary::Vary::Unstorable {
+        // `Vary: *` (or a malformed list): no request could ever be known to select it.
         return Some("vary");
     }
     None
@@ -110,6 +110,11 @@ mod tests {
         assert_eq!(
             response_unstorable(&res(&[("vary", "*")]), &ok),
             Some("vary")
+        );
+        // A list of header names is stored, one entry per variant.
+        assert_eq!(
+            response_unstorable(&res(&[("vary", "Accept-Language")]), &ok),
+            None
         );
     }
 

@@ -1,14 +1,16 @@
 use super::body::{CacheBody, Tee};
 use super::conditional;
 use super::policy;
+use super::request_body::{self, Buffered, CacheRequestBody};
 use super::status::Outcome;
+use super::vary::{Marker, Vary};
 use crate::entry::{now_ms, Entry, Freshness};
 use crate::flight::{follow, Join, Landing, Lead};
 use crate::key::{KeyContext, KeyStrategy};
-use crate::store::{Write, Written};
+use crate::store::{Lookup, StoreError, Write, Written};
 use crate::Cache;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 use std::future::Future;
@@ -51,6 +53,10 @@ pub(crate) struct Shared {
     pub(crate) ttl_jitter: f64,
     pub(crate) early_refresh_beta: f64,
     pub(crate) eviction: Option<Arc<crate::eviction::RouteEviction>>,
+    /// The content codings `Accept-Encoding` is reduced to for `Vary` (sorted).
+    pub(crate) encodings: Arc<[String]>,
+    /// `key_body`: methods other than GET and HEAD are cached, keyed by their body up to this.
+    pub(crate) key_body: Option<usize>,
 }
 
 impl Shared {
@@ -127,10 +133,11 @@ impl<T> std::fmt::Debug for ResponseFuture<T> {
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for CacheService<S>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S: Service<Request<CacheRequestBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqB: Send + 'static,
+    ReqB: Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Send + 'static,
 {
@@ -210,16 +217,19 @@ async fn handle<S, ReqB, ResB>(
     req: Request<ReqB>,
 ) -> Result<Response<CacheBody<ResB>>, S::Error>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S: Service<Request<CacheRequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
     S::Future: Send + 'static,
-    ReqB: Send + 'static,
+    ReqB: Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Send + 'static,
 {
     let counters = sh.cache.counters();
-    if !sh.methods.contains(req.method()) {
+    let keyed_by_body = !matches!(*req.method(), Method::GET | Method::HEAD);
+    // Methods with a body are cached only keyed by it (`key_body`).
+    if !sh.methods.contains(req.method()) || (keyed_by_body && sh.key_body.is_none()) {
         counters.bypass();
-        let res = inner.call(req).await?;
+        let res = inner.call(req.map(CacheRequestBody::new)).await?;
         return Ok(forward_outcome(
             &sh,
             res.map(CacheBody::stream),
@@ -230,7 +240,7 @@ where
         sh.allow_credentials || sh.key.covers_credential(h)
     }) {
         counters.bypass();
-        let res = inner.call(req).await?;
+        let res = inner.call(req.map(CacheRequestBody::new)).await?;
         return Ok(forward_outcome(
             &sh,
             res.map(CacheBody::stream),
@@ -241,6 +251,26 @@ where
     let revalidate = policy::request_revalidate(&req);
 
     let (mut parts, body) = req.into_parts();
+    // `key_body`: the body (and its Content-Type) becomes part of the key; the handler gets the
+    // same body, also when it cannot be keyed (then the request bypasses the cache).
+    let (body, body_suffix) = match sh.key_body {
+        Some(max) if keyed_by_body => match request_body::buffer(body, max).await {
+            Buffered::Complete(bytes, body) => {
+                let ct = parts.headers.get(header::CONTENT_TYPE);
+                (body, Some(request_body::body_suffix(ct, &bytes)))
+            }
+            Buffered::Unkeyable(detail, body) => {
+                counters.bypass();
+                let res = inner.call(Request::from_parts(parts, body)).await?;
+                return Ok(forward_outcome(
+                    &sh,
+                    res.map(CacheBody::stream),
+                    Outcome::Bypass(detail),
+                ));
+            }
+        },
+        _ => (CacheRequestBody::new(body), None),
+    };
     // Tag templates may name path parameters even when the key does not (the default key).
     let params = if sh.key.needs_path_params() || sh.tags.iter().any(|t| t.needs_path_params()) {
         crate::key::path_params(&mut parts)
@@ -257,7 +287,7 @@ where
         Ok((k, tags))
     });
     drop(ctx);
-    let (key, mut tags) = match key_and_tags {
+    let (mut key, mut tags) = match key_and_tags {
         Ok(kt) => kt,
         Err(e) => {
             if matches!(e, crate::key::KeyError::MissingPathParam(_))
@@ -278,6 +308,9 @@ where
             ));
         }
     };
+    if let Some(suffix) = body_suffix {
+        key.push_str(&suffix);
+    }
     let span = tracing::Span::current();
     if !span.is_disabled() {
         span.record("key_hash", &crate::key::short_hash(key.as_bytes())[..12]);
@@ -288,10 +321,18 @@ where
     let req = Request::from_parts(parts, body);
 
     let epoch = sh.cache.epoch();
-    let lookup = match crate::eviction::read(&sh.cache, sh.eviction.as_deref(), &key).await {
+    let base = key;
+    let (lookup, key, marker) = match resolve(&sh, &base, req.headers(), true).await {
         // A request for a fresh response skips what was found, but its fill is still guarded.
-        Ok(l) if revalidate => crate::store::Lookup { value: None, ..l },
-        Ok(l) => l,
+        Ok(r) if revalidate => (
+            Lookup {
+                value: None,
+                ..r.lookup
+            },
+            r.key,
+            r.marker,
+        ),
+        Ok(r) => (r.lookup, r.key, r.marker),
         Err(_) => {
             counters.unavailable();
             let res = inner.call(req).await?;
@@ -324,7 +365,8 @@ where
                             now,
                         );
                         if !is_head && sh.early_refresh_due(&entry, now) {
-                            let fill = Fill::new(&sh, key, tags, (lookup.clock, epoch));
+                            let variant = Variant::new(base, marker, req.headers());
+                            let fill = Fill::new(&sh, key, tags, (lookup.clock, epoch), variant);
                             spawn_refresh(sh.clone(), fill, inner, req, entry.stored_at_ms);
                         }
                         return Ok(res);
@@ -342,7 +384,8 @@ where
                             now,
                         );
                         if !is_head {
-                            let fill = Fill::new(&sh, key, tags, (lookup.clock, epoch));
+                            let variant = Variant::new(base, marker, req.headers());
+                            let fill = Fill::new(&sh, key, tags, (lookup.clock, epoch), variant);
                             spawn_refresh(sh.clone(), fill, inner, req, entry.stored_at_ms);
                         }
                         return Ok(res);
@@ -359,6 +402,7 @@ where
         }
     }
     counters.miss();
+    let headers = req.headers().clone();
 
     // Single-flight: one handler run per key in this process; the others wait for its entry.
     let mut lead = None;
@@ -397,19 +441,23 @@ where
             Ok(true) => lock.token = Some(token),
             Ok(false) => {
                 counters.lock_waits();
-                match wait_for_entry(&sh, &key, lease, &token).await {
+                match wait_for_entry(&sh, (&base, &key), &headers, lease, &token).await {
                     // A request asking to revalidate must not be answered with the cached copy.
-                    Waited::Entry(entry) if !revalidate => {
+                    Waited::Entry(entry, from) if !revalidate => {
                         counters.coalesced();
                         let entry = Arc::new(entry);
                         let res =
                             entry_response(&sh, &entry, is_head, Outcome::Collapsed, now_ms());
                         if let Some(l) = lead {
-                            l.land(Landing::Entry(entry, (Some(lookup.clock), epoch)));
+                            // Followers share this request's key, not necessarily its variant.
+                            l.land(match from == key {
+                                true => Landing::Entry(entry, (Some(lookup.clock), epoch)),
+                                false => Landing::Unshareable,
+                            });
                         }
                         return Ok(res);
                     }
-                    Waited::Entry(_) => {}
+                    Waited::Entry(..) => {}
                     // The holder's lease ran out (it died): we hold the lock now.
                     Waited::Locked => lock.token = Some(token),
                     Waited::TimedOut => counters.lock_timeouts(),
@@ -423,19 +471,27 @@ where
     // landed, or a lock holder that released, between our lookup and taking the lead has already
     // stored the entry. Without this a late miss runs the handler a second time.
     if !revalidate && (lead.is_some() || lock.token.is_some()) {
-        if let Some(entry) = fresh_entry(&sh, &key).await {
+        if let Some((entry, from)) = fresh_entry(&sh, &base, &headers).await {
             counters.coalesced();
             let entry = Arc::new(entry);
             let res = entry_response(&sh, &entry, is_head, Outcome::Collapsed, now_ms());
             lock.release().await;
             if let Some(l) = lead {
-                l.land(Landing::Entry(entry, (Some(lookup.clock), epoch)));
+                l.land(match from == key {
+                    true => Landing::Entry(entry, (Some(lookup.clock), epoch)),
+                    false => Landing::Unshareable,
+                });
             }
             return Ok(res);
         }
     }
 
-    let fill = Fill::new(&sh, key, Vec::new(), (lookup.clock, epoch));
+    let variant = Variant {
+        base,
+        marker,
+        headers,
+    };
+    let fill = Fill::new(&sh, key, Vec::new(), (lookup.clock, epoch), variant);
     let res = match stale {
         // Stale-if-error: a stale entry may stand in for a failing or slow handler.
         Some((entry, past)) => {
@@ -506,6 +562,10 @@ where
             },
         ));
     }
+    // Followers joined on this request's key: they may take the entry only if it is stored under
+    // that key for them too (same vary headers as the lookup went by).
+    let vary = Vary::of(res.headers());
+    let shareable = fill.shares(&vary);
     let (parts, body) = res.into_parts();
     let hint = body.size_hint();
     let max = sh.max_body_bytes as u64;
@@ -542,10 +602,13 @@ where
         };
         let mut parts = parts;
         let entry = fill.entry(parts.status, &mut parts.headers, bytes.clone());
-        let stored = fill.store(&entry).await;
+        let stored = fill.store(&entry, &vary).await;
         lock.release().await;
         if let Some(l) = lead {
-            l.land(Landing::Entry(Arc::new(entry), fill.stamp()));
+            l.land(match shareable {
+                true => Landing::Entry(Arc::new(entry), fill.stamp()),
+                false => Landing::Unshareable,
+            });
         }
         let outcome = Outcome::Miss {
             stored: stored == Some(Written::Stored),
@@ -571,10 +634,13 @@ where
         Box::new(move |bytes| {
             tokio::spawn(async move {
                 let entry = fill.entry(status, &mut headers, bytes);
-                fill.store(&entry).await;
+                fill.store(&entry, &vary).await;
                 lock.release().await;
                 if let Some(l) = lead {
-                    l.land(Landing::Entry(Arc::new(entry), fill.stamp()));
+                    l.land(match shareable {
+                        true => Landing::Entry(Arc::new(entry), fill.stamp()),
+                        false => Landing::Unshareable,
+                    });
                 }
             });
         }),
@@ -620,11 +686,57 @@ fn random_token() -> String {
     format!("{:032x}", fastrand::u128(..))
 }
 
-/// The entry at `key` if the store has it and it is fresh.
-async fn fresh_entry(sh: &Shared, key: &str) -> Option<Entry> {
-    let raw = sh.cache.read(key).await.ok()?.value?;
-    let entry = decode_for(sh, &raw).ok()?;
-    matches!(entry.freshness(now_ms()), Freshness::Fresh(_)).then_some(entry)
+/// What a lookup through a possible variant marker found.
+struct Resolved {
+    /// The entry for this request (the variant's, when `base` holds a marker), with the clock of
+    /// the first read: the earlier clock guards the fill that follows more strictly.
+    lookup: Lookup,
+    /// Where the entry lives: `base`, or the variant key.
+    key: String,
+    /// The marker found at `base`, if any.
+    marker: Option<Marker>,
+}
+
+/// Reads `base`; when it holds a variant marker, reads the variant `headers` select (a second
+/// round trip). `touch`: through the route's eviction ranking (the request's own lookup).
+async fn resolve(
+    sh: &Shared,
+    base: &str,
+    headers: &HeaderMap,
+    touch: bool,
+) -> Result<Resolved, StoreError> {
+    let read = |key: String| async move {
+        match touch {
+            true => crate::eviction::read(&sh.cache, sh.eviction.as_deref(), &key).await,
+            false => sh.cache.read(&key).await,
+        }
+        .map(|l| (l, key))
+    };
+    let (first, base) = read(base.to_owned()).await?;
+    let Some(marker) = first.value.as_ref().and_then(Marker::decode) else {
+        return Ok(Resolved {
+            lookup: first,
+            key: base,
+            marker: None,
+        });
+    };
+    let vkey = marker.variant_key(&base, headers, &sh.encodings);
+    let (second, key) = read(vkey).await?;
+    Ok(Resolved {
+        lookup: Lookup {
+            value: second.value,
+            clock: first.clock,
+        },
+        key,
+        marker: Some(marker),
+    })
+}
+
+/// The entry `headers` select at `base` if the store has it and it is fresh, and where it lives.
+async fn fresh_entry(sh: &Shared, base: &str, headers: &HeaderMap) -> Option<(Entry, String)> {
+    let r = resolve(sh, base, headers, false).await.ok()?;
+    let entry = decode_for(sh, &r.lookup.value?).ok()?;
+    matches!(entry.freshness(now_ms()), Freshness::Fresh(_)).then_some((entry, r.key))
 }
 
 /// Decodes a stored value for this route: undecodable values and entries this route's own
@@ -645,8 +757,8 @@ fn plausible(sh: &Shared, e: Entry) -> Result<Entry, crate::entry::DecodeError> 
 
 /// What waiting on another instance's fill lock ended with.
 enum Waited {
-    /// The holder stored a fresh entry.
-    Entry(Entry),
+    /// The holder stored a fresh entry (for this request's variant), at this key.
+    Entry(Entry, String),
     /// The holder's lease expired without an entry (it died): this request took the lock.
     Locked,
     /// Neither within `lease`: run the handler without the lock.
@@ -655,19 +767,22 @@ enum Waited {
 
 /// Polls the store until `key` holds a fresh entry, or the lock frees up (the holder's lease
 /// expired), or `lease` passes (another instance holds the fill lock and runs the handler).
-async fn wait_for_entry(sh: &Shared, key: &str, lease: Duration, token: &str) -> Waited {
+/// `base` is the route's key, `key` the lock's (the variant's, when known).
+async fn wait_for_entry(
+    sh: &Shared,
+    (base, key): (&str, &str),
+    headers: &HeaderMap,
+    lease: Duration,
+    token: &str,
+) -> Waited {
     let cache = &sh.cache;
     let deadline = Instant::now() + lease;
     let mut pause = Duration::from_millis(5);
     while Instant::now() + pause < deadline {
         tokio::time::sleep(pause).await;
         pause = (pause * 3 / 2).min(Duration::from_millis(100));
-        if let Ok(Some(raw)) = cache.read(key).await.map(|l| l.value) {
-            if let Ok(e) = decode_for(sh, &raw) {
-                if matches!(e.freshness(now_ms()), Freshness::Fresh(_)) {
-                    return Waited::Entry(e);
-                }
-            }
+        if let Some((e, from)) = fresh_entry(sh, base, headers).await {
+            return Waited::Entry(e, from);
         }
         if let Ok(true) = cache.try_lock(key, token, lease).await {
             return Waited::Locked;
@@ -741,7 +856,11 @@ fn spawn_refresh<S, ReqB, ResB>(
         }
         // Double-check: a refresh that landed between the read that triggered this one and
         // taking the lead has already replaced the entry this request saw.
-        if let Some(raw) = sh.cache.read(&fill.key).await.ok().and_then(|l| l.value) {
+        let found = resolve(&sh, &fill.variant.base, &fill.variant.headers, false).await;
+        if let Some((raw, true)) = found
+            .ok()
+            .and_then(|r| Some((r.lookup.value?, r.key == fill.key)))
+        {
             if let Ok(e) = decode_for(&sh, &raw) {
                 if e.stored_at_ms != seen_stored_at {
                     lead.land(match e.freshness(now_ms()) {
@@ -762,16 +881,21 @@ fn spawn_refresh<S, ReqB, ResB>(
             if policy::response_unstorable(&res, &sh.statuses).is_some() {
                 return None;
             }
+            let vary = Vary::of(res.headers());
             let (parts, body) = res.into_parts();
             let bytes = collect_limited(Box::pin(body), sh.max_body_bytes).await?;
             let mut parts = parts;
             let entry = fill.entry(parts.status, &mut parts.headers, bytes);
-            (fill.store(&entry).await == Some(Written::Stored)).then_some(entry)
+            let stored = fill.store(&entry, &vary).await == Some(Written::Stored);
+            stored.then_some((entry, fill.shares(&vary)))
         };
         match tokio::time::timeout(sh.refresh_timeout, work).await {
-            Ok(Some(entry)) => {
+            Ok(Some((entry, shareable))) => {
                 sh.cache.counters().refreshes();
-                lead.land(Landing::Entry(Arc::new(entry), fill.stamp()));
+                lead.land(match shareable {
+                    true => Landing::Entry(Arc::new(entry), fill.stamp()),
+                    false => Landing::Unshareable,
+                });
             }
             _ => {
                 sh.cache.counters().refresh_failures();
@@ -783,10 +907,34 @@ fn spawn_refresh<S, ReqB, ResB>(
     });
 }
 
+/// Which variant of the route's key a fill is for.
+struct Variant {
+    /// The route's key (where the marker, or a response without `Vary`, lives).
+    base: String,
+    /// The marker the lookup found there, if any.
+    marker: Option<Marker>,
+    /// The request's headers, to key the variant once the response names its vary headers.
+    headers: HeaderMap,
+}
+
+impl Variant {
+    fn new(base: String, marker: Option<Marker>, headers: &HeaderMap) -> Self {
+        Self {
+            base,
+            marker,
+            headers: headers.clone(),
+        }
+    }
+}
+
 /// A fill in progress: what is needed to store the handler's response once it is complete.
 struct Fill {
     cache: Cache,
+    /// The key the lookup read the entry at (the variant's when a marker was found): the
+    /// single-flight and fill-lock key.
     key: String,
+    variant: Variant,
+    encodings: Arc<[String]>,
     tags: Vec<String>,
     ttl: Duration,
     stale_for: Duration,
@@ -798,7 +946,13 @@ struct Fill {
 }
 
 impl Fill {
-    fn new(sh: &Shared, key: String, tags: Vec<String>, (since, epoch): (u64, u64)) -> Self {
+    fn new(
+        sh: &Shared,
+        key: String,
+        tags: Vec<String>,
+        (since, epoch): (u64, u64),
+        variant: Variant,
+    ) -> Self {
         let ttl = if sh.ttl_jitter > 0.0 {
             // Only ever shorten: an entry must not outlive the freshness the route promises.
             sh.ttl.mul_f64(1.0 - sh.ttl_jitter * fastrand::f64())
@@ -808,6 +962,8 @@ impl Fill {
         Self {
             cache: sh.cache.clone(),
             key,
+            variant,
+            encodings: sh.encodings.clone(),
             tags,
             ttl,
             stale_for: sh.swr.max(sh.sie),
@@ -837,13 +993,56 @@ impl Fill {
             .with_compute_time(self.started.elapsed())
     }
 
+    /// Whether requests that joined this fill's key (single-flight followers) may take its
+    /// entry: only if the response varies on exactly what the lookup keyed by.
+    fn shares(&self, vary: &Vary) -> bool {
+        self.variant.marker.as_ref().map(|m| &m.names[..]) == vary.names()
+    }
+
     /// Stores the entry; None when the store failed or the fill outlived the invalidation
     /// window (its guard can no longer be checked, so it is dropped).
-    async fn store(&self, entry: &Entry) -> Option<Written> {
+    ///
+    /// A response with `Vary` first writes the variant marker at the route's key (reusing the
+    /// generation found there when the header list matches), guarded like any fill, and only
+    /// then the variant: a fill that read the key before an invalidation cannot restore the old
+    /// generation, and a variant written after an invalidation is unreachable.
+    async fn store(&self, entry: &Entry, vary: &Vary) -> Option<Written> {
         if self.started.elapsed() >= self.cache.key_space().tombstone_ttl() {
             tracing::debug!("fill took longer than the invalidation window; not stored");
             return None;
         }
+        let base = &self.variant.base;
+        let Some(names) = vary.names() else {
+            return self.put(base, entry, self.since).await;
+        };
+        // The marker outlives the variants written under it (a shorter-lived marker only costs
+        // hits: its variants become unreachable).
+        let ttl = entry
+            .store_ttl(now_ms())
+            .max(self.ttl.saturating_add(self.stale_for));
+        let mut marker = match &self.variant.marker {
+            // Reusing a generation is guarded by the clock that generation began at.
+            Some(m) if m.names == names => m.clone(),
+            _ => Marker::new(names.to_vec(), self.since),
+        };
+        let mut written = self
+            .put(base, &marker.entry(ttl)?, marker.since.min(self.since))
+            .await?;
+        if written == Written::Superseded && marker.since < self.since {
+            // Something covering the key was invalidated since the generation began, though
+            // not since this fill's read: start a new generation (its variants are all new).
+            marker = Marker::new(names.to_vec(), self.since);
+            written = self.put(base, &marker.entry(ttl)?, self.since).await?;
+        }
+        if written != Written::Stored {
+            return Some(written);
+        }
+        let key = marker.variant_key(base, &self.variant.headers, &self.encodings);
+        self.put(&key, entry, self.since).await
+    }
+
+    /// Encodes and writes one entry at `key` with the fill's tags, guarded by clock `since`.
+    async fn put(&self, key: &str, entry: &Entry, since: u64) -> Option<Written> {
         let value = match entry.encode() {
             Ok(v) => v,
             Err(e) => {
@@ -855,11 +1054,11 @@ impl Fill {
             &self.cache,
             self.eviction.as_deref(),
             Write {
-                key: &self.key,
+                key,
                 value,
                 ttl: entry.store_ttl(now_ms()),
                 tags: &self.tags,
-                since: Some(self.since),
+                since: Some(since),
             },
         )
         .await
