@@ -13,6 +13,7 @@
 //! | `memory-hit` | `CacheLayer` on a `MemoryStore` in front of the `bare` handler |
 //! | `miss` | `CacheLayer` on a `ValkeyStore` in front of a handler that sleeps 50 ms |
 //! | `store-read` | diagnostic: `Store::read` on the `ValkeyStore` (lanes, `MGET` entry + clock), no layer |
+//! | `cluster-hit` | `valkey-hit` on a Valkey Cluster: `ValkeyStore::cluster` over `VALKEY_CLUSTER_URLS` |
 //!
 //! In `miss` mode every request gets a key of its own (`item:{id}:{n}`, `n` a process-wide
 //! counter), so each one is a genuine miss: a store read that finds nothing, the handler, then
@@ -21,7 +22,8 @@
 //!
 //! `VALKEY_URL` (default `redis://127.0.0.1:6379`) picks the server; `item:1` (1 KiB) is seeded
 //! at start. `BENCH_LANES=N` sets [`ValkeyConfig::lanes`] (default: the library's), to compare
-//! lane counts. The server prints `ready` on stdout once it is listening.
+//! lane counts. `VALKEY_CLUSTER_URLS` (comma-separated node URLs) is the cluster of
+//! `cluster-hit`. The server prints `ready` on stdout once it is listening.
 
 use axum::{extract::Path, extract::State, routing::get, Router};
 use bytes::Bytes;
@@ -89,7 +91,9 @@ fn valkey_store(url: &str) -> Result<ValkeyStore, BoxError> {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench_server bare|raw-get|valkey-hit|memory-hit|miss|store-read PORT");
+    eprintln!(
+        "usage: bench_server bare|raw-get|valkey-hit|l1-hit|memory-hit|miss|store-read|cluster-hit PORT"
+    );
     std::process::exit(2);
 }
 
@@ -143,6 +147,23 @@ async fn main() -> Result<(), BoxError> {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            Router::new()
+                .route(
+                    "/item/{id}",
+                    get(bare).route_layer(CacheLayer::new(cache).key("item:{id}").ttl(hour)),
+                )
+                .with_state(body())
+        }
+        "cluster-hit" => {
+            let urls = std::env::var("VALKEY_CLUSTER_URLS")
+                .map_err(|_| "cluster-hit needs VALKEY_CLUSTER_URLS (comma-separated node URLs)")?;
+            let mut cfg = ValkeyConfig::cluster(urls.split(',').map(str::trim));
+            if let Ok(n) = std::env::var("BENCH_LANES") {
+                cfg = cfg.lanes(n.parse()?);
+            }
+            let cache = Cache::builder(ValkeyStore::with_config(cfg)?)
+                .namespace("bench")
+                .build();
             Router::new()
                 .route(
                     "/item/{id}",
