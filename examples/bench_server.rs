@@ -20,6 +20,7 @@
 //! | `valkey-hit-64k` | `valkey-hit` with a 64 KiB JSON body (namespace `bench64`) |
 //! | `valkey-hit-64k-compressed` | the same with `CacheBuilder::compression` (feature `compression`; namespace `bench64z`) |
 //! | `valkey-hit-64k-sealed` | the same compressed and encrypted (features `compression`, `encryption`; namespace `bench64s`) |
+//! | `cluster-hit` | `valkey-hit` on a Valkey Cluster: `ValkeyStore::cluster` over `VALKEY_CLUSTER_URLS` |
 //!
 //! In `miss` mode every request gets a key of its own (`item:{id}:{n}`, `n` a process-wide
 //! counter), so each one is a genuine miss: a store read that finds nothing, the handler, then
@@ -28,7 +29,8 @@
 //!
 //! `VALKEY_URL` (default `redis://127.0.0.1:6379`) picks the server; `item:1` (1 KiB) is seeded
 //! at start. `BENCH_LANES=N` sets [`ValkeyConfig::lanes`] (default: the library's), to compare
-//! lane counts. The server prints `ready` on stdout once it is listening.
+//! lane counts. `VALKEY_CLUSTER_URLS` (comma-separated node URLs) is the cluster of
+//! `cluster-hit`. The server prints `ready` on stdout once it is listening.
 
 use axum::{extract::Path, extract::State, routing::get, Router};
 use bytes::Bytes;
@@ -160,7 +162,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: bench_server bare|raw-get|valkey-hit|l1-hit|memory-hit|miss|stale-hit|revalidate|\
          lru-hit|metrics-hit|store-read|valkey-hit-64k|valkey-hit-64k-compressed|\
-         valkey-hit-64k-sealed PORT"
+         valkey-hit-64k-sealed|cluster-hit PORT"
     );
     std::process::exit(2);
 }
@@ -259,6 +261,23 @@ async fn main() -> Result<(), BoxError> {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            Router::new()
+                .route(
+                    "/item/{id}",
+                    get(bare).route_layer(CacheLayer::new(cache).key("item:{id}").ttl(hour)),
+                )
+                .with_state(body())
+        }
+        "cluster-hit" => {
+            let urls = std::env::var("VALKEY_CLUSTER_URLS")
+                .map_err(|_| "cluster-hit needs VALKEY_CLUSTER_URLS (comma-separated node URLs)")?;
+            let mut cfg = ValkeyConfig::cluster(urls.split(',').map(str::trim));
+            if let Ok(n) = std::env::var("BENCH_LANES") {
+                cfg = cfg.lanes(n.parse()?);
+            }
+            let cache = Cache::builder(ValkeyStore::with_config(cfg)?)
+                .namespace("bench")
+                .build();
             Router::new()
                 .route(
                     "/item/{id}",

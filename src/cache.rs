@@ -213,7 +213,11 @@ impl CacheBuilder {
         let l1 = crate::l1::State::new(&self.l1, &self.store, &self.namespace);
         Cache {
             inner: Arc::new(Inner {
-                space: KeySpace::new(&self.namespace, self.tombstone_ttl),
+                space: if self.store.needs_hash_tags() {
+                    KeySpace::hash_tagged(&self.namespace, self.tombstone_ttl)
+                } else {
+                    KeySpace::new(&self.namespace, self.tombstone_ttl)
+                },
                 store: self.store,
                 namespace: self.namespace,
                 ttl: self.ttl,

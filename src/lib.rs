@@ -3,7 +3,8 @@
 //! - [`CacheLayer`] caches a route's responses, keyed by templates over the path, path
 //!   parameters, query and headers ([`key`]).
 //! - [`Cache`] is the shared handle: a [`Store`](store::Store) ([`ValkeyStore`] or
-//!   [`MemoryStore`]), a namespace, defaults, a circuit breaker and [`Stats`].
+//!   [`MemoryStore`]), a namespace, defaults, a circuit breaker and [`Stats`]. A Valkey store
+//!   is a single server ([`ValkeyStore::new`]) or a Valkey Cluster ([`ValkeyStore::cluster`]).
 //! - An optional in-process [L1 tier](l1) ([`CacheBuilder::l1`]) answers hits without a network
 //!   call, kept coherent across instances through Valkey pub/sub.
 //! - Every store operation has a timeout; when the store fails, requests are served by the

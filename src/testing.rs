@@ -396,6 +396,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.name()
     }
 
+    fn needs_hash_tags(&self) -> bool {
+        self.inner.needs_hash_tags()
+    }
+
     /// The wrapped store's bus: an [L1 tier](crate::l1) over a `FaultyStore` announces and hears
     /// invalidations as it would over the wrapped store (faults do not apply to announcements).
     fn l1_bus(&self) -> Option<crate::l1::Bus> {

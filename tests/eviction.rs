@@ -586,87 +586,7 @@ async fn eight_tasks_on_one_namespace_never_exceed_capacity() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Valkey Cluster: a one-node cluster owning every slot rejects scripts whose keys span slots.
-
-/// A `valkey-server --cluster-enabled yes` that owns all 16,384 slots. Killed on drop.
-struct ClusterNode {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: std::process::Child,
-}
-
-impl ClusterNode {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("tvc-cluster-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = std::process::Command::new("valkey-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--cluster-enabled",
-                "yes",
-            ])
-            .arg("--cluster-config-file")
-            .arg(dir.join("nodes.conf"))
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("valkey-server not found: run scripts/install-valkey ({e})")
-            });
-        let node = Self { port, dir, child };
-        let client = redis::Client::open(node.url()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut conn = loop {
-            match client.get_multiplexed_async_connection().await {
-                Ok(c) => break c,
-                Err(e) if Instant::now() > deadline => panic!("cluster node did not start: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        };
-        let () = redis::cmd("CLUSTER")
-            .arg("ADDSLOTSRANGE")
-            .arg(0)
-            .arg(16383)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        loop {
-            let info: String = redis::cmd("CLUSTER")
-                .arg("INFO")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            if info.contains("cluster_state:ok") {
-                return node;
-            }
-            assert!(Instant::now() < deadline, "cluster state never became ok");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for ClusterNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+// Valkey Cluster: every policy, and every key of a namespace in its slot.
 
 async fn exercise<P: EvictionPolicy + Clone>(store: &ValkeyStore, ns: &str, policy: P) {
     let cache = BoundedCache::<u32, P>::new(store.clone(), ns, policy).ttl(Duration::from_secs(60));
@@ -686,45 +606,37 @@ async fn exercise<P: EvictionPolicy + Clone>(store: &ValkeyStore, ns: &str, poli
     assert!(cache.len().await.unwrap() <= 3);
 }
 
+/// Every policy on a real Valkey Cluster (3 primaries, 3 replicas), through a cluster store.
 #[tokio::test]
 async fn bounded_namespaces_run_on_valkey_cluster() {
-    let node = ClusterNode::start().await;
-    let store = ValkeyStore::new(&node.url()).unwrap();
-    exercise(&store, "c-fifo", Fifo::with_capacity(3)).await;
-    exercise(&store, "c-lifo", Lifo::with_capacity(3)).await;
-    exercise(&store, "c-lru", Lru::with_capacity(3)).await;
-    exercise(&store, "c-mru", Mru::with_capacity(3)).await;
-    exercise(&store, "c-lfu", Lfu::with_capacity(3)).await;
+    let (cluster, store, sfx) = support::shared_cluster_store(Duration::from_secs(2));
+    assert!(store.is_cluster());
+    exercise(&store, &format!("c-fifo{sfx}"), Fifo::with_capacity(3)).await;
+    exercise(&store, &format!("c-lifo{sfx}"), Lifo::with_capacity(3)).await;
+    exercise(&store, &format!("c-lru{sfx}"), Lru::with_capacity(3)).await;
+    exercise(&store, &format!("c-mru{sfx}"), Mru::with_capacity(3)).await;
+    exercise(&store, &format!("c-lfu{sfx}"), Lfu::with_capacity(3)).await;
 
     // Every key a namespace's scripts created (declared or not) is in the namespace's slot.
-    let client = redis::Client::open(node.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = cluster.keys(&format!("{{c-*{sfx}}}*"));
     assert!(keys.len() > 10, "{keys:?}");
     for key in &keys {
         let tag = &key[..key.find('}').unwrap() + 1];
-        let (a, b): (u16, u16) = redis::pipe()
-            .cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(tag)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(a, b, "{key} is outside its namespace's slot");
+        assert_eq!(
+            cluster.slot(key),
+            cluster.slot(tag),
+            "{key} is outside its namespace's slot"
+        );
     }
-    // The node does enforce slots: keys of two slots in one command are refused.
-    let crossed: redis::RedisResult<Vec<Option<String>>> = redis::cmd("MGET")
-        .arg("{c-lru}:k0")
-        .arg("{c-lfu}:k0")
-        .query_async(&mut conn)
-        .await;
+    // The namespaces are spread over more than one slot, and the nodes do enforce slots: keys
+    // of two slots in one command are refused.
+    let (lru, lfu) = (format!("{{c-lru{sfx}}}:k0"), format!("{{c-lfu{sfx}}}:k0"));
+    assert_ne!(cluster.slot(&lru), cluster.slot(&lfu));
+    let mut cmd = redis::cmd("MGET");
+    cmd.arg(&lru).arg(&lfu);
+    let client = redis::Client::open(cluster.urls()[0].as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let crossed: redis::RedisResult<Vec<Option<String>>> = cmd.query_async(&mut conn).await;
     let err = crossed.unwrap_err();
     assert_eq!(
         err.kind(),
@@ -733,7 +645,8 @@ async fn bounded_namespaces_run_on_valkey_cluster() {
     );
 
     // clear() in batches, on the cluster too.
-    let big = BoundedCache::<u32, Lru>::new(store, "c-big", Lru::with_capacity(1_500));
+    let big =
+        BoundedCache::<u32, Lru>::new(store, &format!("c-big{sfx}"), Lru::with_capacity(1_500));
     for i in 0..1_600u32 {
         big.set(&i.to_string(), &i).await.unwrap();
     }
@@ -804,6 +717,22 @@ fn route_cache(
 #[tokio::test]
 async fn router_lru_memory() {
     lru_route_evicts_the_least_recently_read(route_cache(MemoryStore::new(), "route")).await;
+}
+
+/// A bounded route on a Valkey Cluster: the index lives in the namespace's slot beside the
+/// entries (`{ns}|evict:idx`), so the read and record scripts run there.
+#[tokio::test]
+async fn router_lru_cluster() {
+    let (cluster, store, sfx) = support::shared_cluster_store(Duration::from_secs(2));
+    let ns = format!("route{sfx}");
+    lru_route_evicts_the_least_recently_read(route_cache(store, &ns)).await;
+    let members: Vec<String> = cluster
+        .cli(&["ZRANGE", &format!("{{{ns}}}|evict:idx"), "0", "-1"])
+        .await;
+    assert_eq!(members, ["item:3", "item:2", "item:1"]);
+    let entries = cluster.keys(&format!("{{{ns}}}:*"));
+    let want: Vec<String> = (1..=3).map(|i| format!("{{{ns}}}:item:{i}")).collect();
+    assert_eq!(entries, want);
 }
 
 #[tokio::test]
@@ -1183,6 +1112,17 @@ async fn bounded_reads_index_entries_they_find(cache: tower_valkey_cache::Cache)
 #[tokio::test]
 async fn bounded_reads_index_unindexed_entries_memory() {
     bounded_reads_index_entries_they_find(route_cache(MemoryStore::new(), "heal")).await;
+}
+
+#[tokio::test]
+async fn bounded_reads_index_unindexed_entries_cluster() {
+    let (cluster, store, sfx) = support::shared_cluster_store(Duration::from_secs(2));
+    let ns = format!("heal{sfx}");
+    bounded_reads_index_entries_they_find(route_cache(store, &ns)).await;
+    let members: Vec<String> = cluster
+        .cli(&["ZRANGE", &format!("{{{ns}}}|evict:idx"), "0", "-1"])
+        .await;
+    assert_eq!(members, ["item:2", "item:3"]);
 }
 
 #[tokio::test]

@@ -273,6 +273,75 @@ async fn single_flight(cache: Cache) {
     assert_eq!(s.stores, 1, "{s:?}");
 }
 
+/// 1,000 ids, 100 cached: the batch loader gets exactly the 900 others, once; results come
+/// back in the caller's order; a second call is served entirely from the cache.
+async fn get_or_set_many_loads_only_missing(cache: Cache) {
+    let key = |id: &u32| format!("product:{id}");
+    // A permutation of 0..1000, so "the caller's order" is not sorted order.
+    let ids: Vec<u32> = (0..1000u32).map(|i| (i * 7919) % 1000).collect();
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 1000);
+
+    // Pre-cache every 10th id with a value the loader would not produce.
+    let cached: Vec<(String, String)> = (0..1000u32)
+        .filter(|id| id % 10 == 0)
+        .map(|id| (key(&id), format!("cached-{id}")))
+        .collect();
+    let stored = cache
+        .set_many(cached.iter().map(|(k, v)| (k.as_str(), v)), &Options::new())
+        .await
+        .expect("set_many");
+    assert_eq!(stored, 100);
+
+    let batches: Arc<Mutex<Vec<Vec<u32>>>> = Arc::default();
+    let loader = |batches: Arc<Mutex<Vec<Vec<u32>>>>| {
+        move |missing: Vec<u32>| async move {
+            batches.lock().unwrap().push(missing.clone());
+            // Answer in reverse: the result order must come from the caller's ids.
+            Ok::<_, UpstreamError>(
+                missing
+                    .into_iter()
+                    .rev()
+                    .map(|id| (id, format!("loaded-{id}")))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let expected: Vec<Option<String>> = ids
+        .iter()
+        .map(|id| {
+            Some(if id % 10 == 0 {
+                format!("cached-{id}")
+            } else {
+                format!("loaded-{id}")
+            })
+        })
+        .collect();
+
+    let out = cache
+        .get_or_set_many(&ids, key, &Options::new(), loader(batches.clone()))
+        .await
+        .expect("first call");
+    {
+        let b = batches.lock().unwrap();
+        assert_eq!(b.len(), 1, "the batch loader runs once");
+        assert_eq!(b[0].len(), 900);
+        let got: BTreeSet<u32> = b[0].iter().copied().collect();
+        let want: BTreeSet<u32> = (0..1000).filter(|id| id % 10 != 0).collect();
+        assert_eq!(got, want, "exactly the missing ids");
+    }
+    assert_eq!(out, expected, "caller's order");
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses), (100, 900), "{s:?}");
+
+    let again = cache
+        .get_or_set_many(&ids, key, &Options::new(), loader(batches.clone()))
+        .await
+        .expect("second call");
+    assert_eq!(batches.lock().unwrap().len(), 1, "no loader on a full hit");
+    assert_eq!(again, expected);
+    assert_eq!(cache.stats().hits, 1100);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Valkey
 // ---------------------------------------------------------------------------------------------
@@ -355,77 +424,15 @@ mod valkey {
         assert_eq!(upstream_requests(&upstream).await, 2);
     }
 
-    /// 1,000 ids, 100 cached: the batch loader gets exactly the 900 others, once; results come
-    /// back in the caller's order; a second call is served entirely from the cache.
+    /// 1,000 ids, 100 cached: the batch loader gets exactly the 900 others, once.
     #[tokio::test]
     async fn get_or_set_many_loads_only_missing() {
         let server = ValkeyServer::start();
-        let cache = builder(valkey_store(&server), "fn_many").build();
-        let key = |id: &u32| format!("product:{id}");
-        // A permutation of 0..1000, so "the caller's order" is not sorted order.
-        let ids: Vec<u32> = (0..1000u32).map(|i| (i * 7919) % 1000).collect();
-        assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 1000);
-
-        // Pre-cache every 10th id with a value the loader would not produce.
-        let cached: Vec<(String, String)> = (0..1000u32)
-            .filter(|id| id % 10 == 0)
-            .map(|id| (key(&id), format!("cached-{id}")))
-            .collect();
-        let stored = cache
-            .set_many(cached.iter().map(|(k, v)| (k.as_str(), v)), &Options::new())
-            .await
-            .expect("set_many");
-        assert_eq!(stored, 100);
-
-        let batches: Arc<Mutex<Vec<Vec<u32>>>> = Arc::default();
-        let loader = |batches: Arc<Mutex<Vec<Vec<u32>>>>| {
-            move |missing: Vec<u32>| async move {
-                batches.lock().unwrap().push(missing.clone());
-                // Answer in reverse: the result order must come from the caller's ids.
-                Ok::<_, UpstreamError>(
-                    missing
-                        .into_iter()
-                        .rev()
-                        .map(|id| (id, format!("loaded-{id}")))
-                        .collect::<Vec<_>>(),
-                )
-            }
-        };
-        let expected: Vec<Option<String>> = ids
-            .iter()
-            .map(|id| {
-                Some(if id % 10 == 0 {
-                    format!("cached-{id}")
-                } else {
-                    format!("loaded-{id}")
-                })
-            })
-            .collect();
-
-        let out = cache
-            .get_or_set_many(&ids, key, &Options::new(), loader(batches.clone()))
-            .await
-            .expect("first call");
-        {
-            let b = batches.lock().unwrap();
-            assert_eq!(b.len(), 1, "the batch loader runs once");
-            assert_eq!(b[0].len(), 900);
-            let got: BTreeSet<u32> = b[0].iter().copied().collect();
-            let want: BTreeSet<u32> = (0..1000).filter(|id| id % 10 != 0).collect();
-            assert_eq!(got, want, "exactly the missing ids");
-        }
-        assert_eq!(out, expected, "caller's order");
-        let s = cache.stats();
-        assert_eq!((s.hits, s.misses), (100, 900), "{s:?}");
+        super::get_or_set_many_loads_only_missing(
+            builder(valkey_store(&server), "fn_many").build(),
+        )
+        .await;
         assert_eq!(server.keys("fn_many:product:*").await.len(), 1000);
-
-        let again = cache
-            .get_or_set_many(&ids, key, &Options::new(), loader(batches.clone()))
-            .await
-            .expect("second call");
-        assert_eq!(batches.lock().unwrap().len(), 1, "no loader on a full hit");
-        assert_eq!(again, expected);
-        assert_eq!(cache.stats().hits, 1100);
     }
 
     /// `warm_values` of 10,000 entries in batches of 500 takes 20 round trips (counted by Valkey
@@ -656,6 +663,44 @@ mod valkey {
 // MemoryStore
 // ---------------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------------
+// Valkey Cluster (one local cluster shared by these tests)
+// ---------------------------------------------------------------------------------------------
+
+mod cluster {
+    use super::*;
+
+    fn store() -> (&'static support::ValkeyCluster, ValkeyStore, String) {
+        support::shared_cluster_store(Duration::from_secs(2))
+    }
+
+    #[tokio::test]
+    async fn get_or_set_hit_and_miss() {
+        let (cluster, store, sfx) = store();
+        let ns = format!("fn_hit{sfx}");
+        hit_and_miss(builder(store, &ns).build()).await;
+        assert_eq!(
+            cluster.keys(&format!("{{{ns}}}:*")),
+            [format!("{{{ns}}}:rate:eur-usd")]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn get_or_set_single_flight_100_callers() {
+        let (_, store, sfx) = store();
+        single_flight(builder(store, &format!("fn_flight{sfx}")).build()).await;
+    }
+
+    /// The batch read (`MGET`) and write (one script) of 1,000 keys: one slot, no `CROSSSLOT`.
+    #[tokio::test]
+    async fn get_or_set_many_loads_only_missing() {
+        let (cluster, store, sfx) = store();
+        let ns = format!("fn_many{sfx}");
+        super::get_or_set_many_loads_only_missing(builder(store, &ns).build()).await;
+        assert_eq!(cluster.keys(&format!("{{{ns}}}:product:*")).len(), 1000);
+    }
+}
+
 mod memory {
     use super::*;
 
@@ -667,6 +712,12 @@ mod memory {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn get_or_set_single_flight_100_callers() {
         single_flight(builder(MemoryStore::new(), "fn_flight").build()).await;
+    }
+
+    #[tokio::test]
+    async fn get_or_set_many_loads_only_missing() {
+        super::get_or_set_many_loads_only_missing(builder(MemoryStore::new(), "fn_many").build())
+            .await;
     }
 }
 

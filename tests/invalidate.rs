@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{eventually, get as get_req, request, send, Resp, ValkeyServer};
+use support::{eventually, get as get_req, request, send, Resp, ValkeyCluster, ValkeyServer};
 use tower_valkey_cache::key::glob_escape;
 use tower_valkey_cache::store::{
     KeySpace, Lookup, LookupMany, Store, StoreError, StoreErrorKind, StoreFuture, Target, Write,
@@ -41,6 +41,12 @@ enum Backend {
         store: ValkeyStore,
     },
     Memory(MemoryStore),
+    /// The shared cluster (3 primaries, 3 replicas); namespaces get `suffix`.
+    Cluster {
+        cluster: &'static ValkeyCluster,
+        store: ValkeyStore,
+        suffix: String,
+    },
 }
 
 /// A Valkey store with generous timeouts: debug builds of parallel tests on a 2-core machine are
@@ -66,14 +72,28 @@ impl Backend {
         Backend::Memory(MemoryStore::new().max_entries(500_000))
     }
 
+    fn cluster() -> Self {
+        let (cluster, store, suffix) = support::shared_cluster_store(Duration::from_secs(2));
+        Backend::Cluster {
+            cluster,
+            store,
+            suffix,
+        }
+    }
+
     fn shared(&self) -> Arc<dyn Store> {
         match self {
             Backend::Valkey { store, .. } => Arc::new(store.clone()),
             Backend::Memory(store) => Arc::new(store.clone()),
+            Backend::Cluster { store, .. } => Arc::new(store.clone()),
         }
     }
 
     fn builder(&self, ns: &str) -> CacheBuilder {
+        let ns = match self {
+            Backend::Cluster { suffix, .. } => support::suffixed(ns, suffix),
+            _ => ns.to_owned(),
+        };
         Cache::builder_shared(self.shared())
             .namespace(ns)
             .timeout(Duration::from_secs(2))
@@ -86,7 +106,7 @@ impl Backend {
     fn server(&self) -> Option<&ValkeyServer> {
         match self {
             Backend::Valkey { server, .. } => Some(server),
-            Backend::Memory(_) => None,
+            _ => None,
         }
     }
 }
@@ -131,8 +151,17 @@ async fn assert_present(cache: &Cache, present: &[&str], absent: &[&str]) {
 
 /// On Valkey, the entry keys of the cache's namespace (`KEYS ns:*`, without the prefix).
 async fn valkey_entries(b: &Backend, cache: &Cache) -> Option<BTreeSet<String>> {
-    let server = b.server()?;
     let prefix = cache.key_space().entry_prefix();
+    if let Backend::Cluster { cluster, .. } = b {
+        return Some(
+            cluster
+                .keys(&format!("{}*", glob_escape(prefix)))
+                .into_iter()
+                .map(|k| k[prefix.len()..].to_owned())
+                .collect(),
+        );
+    }
+    let server = b.server()?;
     Some(
         server
             .keys(&format!("{}*", glob_escape(prefix)))
@@ -175,6 +204,10 @@ impl TestStore {
 }
 
 impl Store for TestStore {
+    fn needs_hash_tags(&self) -> bool {
+        self.inner.needs_hash_tags()
+    }
+
     fn read<'a>(&'a self, space: &'a KeySpace, key: &'a str) -> StoreFuture<'a, Lookup> {
         self.inner.read(space, key)
     }
@@ -1048,7 +1081,7 @@ async fn large_pattern(b: Backend) {
                 }
             }
         }
-        Backend::Memory(_) => {
+        Backend::Memory(_) | Backend::Cluster { .. } => {
             let ttl = Duration::from_secs(600);
             for i in 0..BULK_UNRELATED {
                 put(&cache, &format!("other:{i}"), &[], ttl).await;
@@ -1230,22 +1263,30 @@ async fn consistency_workload(cache: Cache) -> Report {
     total
 }
 
-async fn consistency(guarded: bool) -> Report {
-    let server = ValkeyServer::start();
-    let store = valkey_store(&server);
+async fn consistency(b: Backend, guarded: bool) -> Report {
+    let store = b.shared();
     let builder = if guarded {
-        Cache::builder(store)
+        Cache::builder_shared(store)
     } else {
-        Cache::builder(TestStore::unguarded(Arc::new(store)))
+        Cache::builder(TestStore::unguarded(store))
+    };
+    let ns = match &b {
+        Backend::Cluster { suffix, .. } => format!("t_consistency{suffix}"),
+        _ => "t_consistency".to_owned(),
     };
     let cache = builder
-        .namespace("t_consistency")
+        .namespace(ns)
         .timeout(Duration::from_secs(2))
         .build();
     let started = Instant::now();
     let r = consistency_workload(cache.clone()).await;
     println!(
-        "guard {}: {} ops ({} reads, {} hits, {} writes) in {:?}: {} violations; {:?}",
+        "{}guard {}: {} ops ({} reads, {} hits, {} writes) in {:?}: {} violations; {:?}",
+        if matches!(b, Backend::Cluster { .. }) {
+            "cluster, "
+        } else {
+            ""
+        },
         if guarded { "on" } else { "off" },
         r.reads + r.writes,
         r.reads,
@@ -1262,7 +1303,7 @@ async fn consistency(guarded: bool) -> Report {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistency_guarded_no_violations() {
-    let r = consistency(true).await;
+    let r = consistency(Backend::valkey(), true).await;
     assert_eq!(r.violations, 0, "{r:?}");
 }
 
@@ -1270,8 +1311,16 @@ async fn consistency_guarded_no_violations() {
 /// proof that the test above can fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistency_unguarded_detects_stale_fills() {
-    let r = consistency(false).await;
+    let r = consistency(Backend::valkey(), false).await;
     assert!(r.violations > 0, "{r:?}");
+}
+
+/// The consistency workload on a Valkey Cluster: the guard's script runs on the namespace's
+/// primary, and no read after an acknowledged write sees the older version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_consistency_guarded_no_violations() {
+    let r = consistency(Backend::cluster(), true).await;
+    assert_eq!(r.violations, 0, "{r:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1297,6 +1346,17 @@ mod valkey {
         no_stale_refill,
         queued_while_failing,
         large_pattern,
+    );
+}
+
+/// The same scenarios on a Valkey Cluster (shared by this binary's cluster tests).
+mod cluster {
+    on!(cluster:
+        invalidation_kinds,
+        programmatic_counts,
+        glob_injection,
+        no_stale_refill,
+        queued_while_failing,
     );
 }
 

@@ -1,7 +1,8 @@
 //! `CacheLayer` through real axum routers, against a real Valkey and against `MemoryStore`.
 //!
 //! Every scenario is written once, as a function over a [`Backend`], and run twice (modules
-//! `valkey` and `memory` at the bottom). Each Valkey test starts its own `valkey-server`.
+//! `valkey` and `memory` at the bottom, and a subset in `cluster`). Each Valkey test starts its own
+//! `valkey-server`; the cluster tests share one local Valkey Cluster, each in its own namespace.
 //! Scenarios that need the store to fail (stopped, frozen) only make sense on Valkey.
 
 mod support;
@@ -18,7 +19,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{eventually, get as get_req, request, send, Resp, ValkeyServer};
+use support::{eventually, get as get_req, request, send, Resp, ValkeyCluster, ValkeyServer};
 use tower_valkey_cache::entry::Entry;
 use tower_valkey_cache::{Cache, CacheLayer, MemoryStore, ValkeyConfig, ValkeyStore};
 
@@ -37,6 +38,12 @@ enum Backend {
         store: ValkeyStore,
     },
     Memory(MemoryStore),
+    /// The shared cluster (3 primaries, 3 replicas); namespaces get `suffix`.
+    Cluster {
+        cluster: &'static ValkeyCluster,
+        store: ValkeyStore,
+        suffix: String,
+    },
 }
 
 impl Backend {
@@ -58,10 +65,19 @@ impl Backend {
         Backend::Memory(MemoryStore::new())
     }
 
+    fn cluster() -> Self {
+        let (cluster, store, suffix) = support::shared_cluster_store(Duration::from_secs(1));
+        Backend::Cluster {
+            cluster,
+            store,
+            suffix,
+        }
+    }
+
     fn server(&self) -> &ValkeyServer {
         match self {
             Backend::Valkey { server, .. } => server,
-            Backend::Memory(_) => panic!("this scenario needs Valkey"),
+            _ => panic!("this scenario needs a single Valkey server"),
         }
     }
 
@@ -74,6 +90,11 @@ impl Backend {
         let b = match self {
             Backend::Valkey { store, .. } => Cache::builder(store.clone()),
             Backend::Memory(store) => Cache::builder(store.clone()),
+            Backend::Cluster { store, suffix, .. } => {
+                return Cache::builder(store.clone())
+                    .namespace(support::suffixed(ns, suffix))
+                    .timeout(Duration::from_secs(1))
+            }
         };
         b.namespace(ns).timeout(Duration::from_secs(1))
     }
@@ -92,6 +113,15 @@ impl Backend {
                 Bytes::copy_from_slice(value),
                 Duration::from_secs(60),
             ),
+            Backend::Cluster { store, .. } => {
+                let mut conn = store
+                    .cluster_connection()
+                    .await
+                    .expect("cluster connection");
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(store_key).arg(value).arg("EX").arg(60);
+                let () = cmd.query_async(&mut conn).await.expect("SET");
+            }
         }
     }
 
@@ -100,6 +130,10 @@ impl Backend {
         match self {
             Backend::Valkey { server, .. } => Some(server.keys(&format!("{ns}:*")).await),
             Backend::Memory(_) => None,
+            // Hash-tagged: `{ns}:KEY`, all on the primary serving the namespace's slot.
+            Backend::Cluster {
+                cluster, suffix, ..
+            } => Some(cluster.keys(&format!("{{{}}}:*", support::suffixed(ns, suffix)))),
         }
     }
 }
@@ -995,7 +1029,7 @@ async fn valkey_stopped_and_restarted(mut b: Backend) {
 
     match &mut b {
         Backend::Valkey { server, .. } => server.stop(),
-        Backend::Memory(_) => unreachable!(),
+        _ => unreachable!(),
     }
     for n in 1..=5 {
         let r = get_req(&app, "/d").await;
@@ -1013,7 +1047,7 @@ async fn valkey_stopped_and_restarted(mut b: Backend) {
 
     match &mut b {
         Backend::Valkey { server, .. } => server.restart(),
-        Backend::Memory(_) => unreachable!(),
+        _ => unreachable!(),
     }
     // The restarted server is empty: the next lookups miss, one stores, then hits follow.
     let r = eventually(POLL, "caching to resume after the restart", || async {
@@ -1116,6 +1150,24 @@ mod valkey {
         corrupt_entry,
         valkey_stopped_and_restarted,
         valkey_paused,
+    );
+}
+
+/// The same scenarios on a Valkey Cluster (shared by this binary's cluster tests).
+mod cluster {
+    on!(cluster:
+        miss_then_hit,
+        key_templates,
+        key_escaping,
+        query_normalisation,
+        never_cached_responses,
+        credentials_bypass,
+        keyed_by_caller,
+        request_no_store,
+        head,
+        streaming_unknown_length,
+        missing_path_param,
+        corrupt_entry,
     );
 }
 

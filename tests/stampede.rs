@@ -25,7 +25,7 @@ use http_body_util::BodyExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{collect, eventually, get as get_req, Resp, ValkeyServer};
+use support::{collect, eventually, get as get_req, Resp, ValkeyCluster, ValkeyServer};
 use tokio::sync::Barrier;
 use tower::ServiceExt;
 use tower_valkey_cache::entry::{now_ms, Entry};
@@ -51,6 +51,11 @@ enum Backend {
         store: ValkeyStore,
     },
     Memory(MemoryStore),
+    /// The shared cluster; namespaces get `suffix`.
+    Cluster {
+        store: ValkeyStore,
+        suffix: String,
+    },
 }
 
 /// A store on `server` with generous timeouts: a debug build serving a 1,000-request burst on
@@ -77,10 +82,18 @@ impl Backend {
         Backend::Memory(MemoryStore::new())
     }
 
+    fn cluster() -> Self {
+        let (_, store, suffix) = support::shared_cluster_store(Duration::from_secs(2));
+        Backend::Cluster { store, suffix }
+    }
+
     fn cache(&self, ns: &str) -> Cache {
-        let b = match self {
-            Backend::Valkey { store, .. } => Cache::builder(store.clone()),
-            Backend::Memory(store) => Cache::builder(store.clone()),
+        let (b, ns) = match self {
+            Backend::Valkey { store, .. } => (Cache::builder(store.clone()), ns.to_owned()),
+            Backend::Memory(store) => (Cache::builder(store.clone()), ns.to_owned()),
+            Backend::Cluster { store, suffix } => {
+                (Cache::builder(store.clone()), format!("{ns}{suffix}"))
+            }
         };
         b.namespace(ns).timeout(Duration::from_secs(2)).build()
     }
@@ -335,6 +348,11 @@ async fn valkey_thousand_concurrent_requests_on_one_cold_key_run_the_handler_onc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_thousand_concurrent_requests_on_one_cold_key_run_the_handler_once() {
+    thousand_on_one_cold_key(Backend::cluster()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_thousand_concurrent_requests_on_one_cold_key_run_the_handler_once() {
     thousand_on_one_cold_key(Backend::memory()).await
 }
@@ -345,16 +363,59 @@ async fn memory_thousand_concurrent_requests_on_one_cold_key_run_the_handler_onc
 
 const LEASE: Duration = Duration::from_secs(2);
 
+/// Where the three instances of the fill-lock scenario keep their cache.
+enum Shared {
+    Server(ValkeyServer),
+    Cluster(&'static ValkeyCluster, String),
+}
+
+impl Shared {
+    /// A store of its own (own connections) for one instance.
+    fn store(&self) -> ValkeyStore {
+        match self {
+            Shared::Server(server) => valkey_store(server),
+            Shared::Cluster(..) => support::shared_cluster_store(Duration::from_secs(2)).1,
+        }
+    }
+
+    fn namespace(&self) -> String {
+        match self {
+            Shared::Server(_) => "locked".to_owned(),
+            Shared::Cluster(_, suffix) => format!("locked{suffix}"),
+        }
+    }
+
+    /// The fill locks left in the namespace.
+    async fn locks(&self) -> Vec<String> {
+        match self {
+            Shared::Server(server) => server.keys("locked|lock:*").await,
+            Shared::Cluster(cluster, _) => {
+                cluster.keys(&format!("{{{}}}|lock:*", self.namespace()))
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_fill_lock_across_three_instances() {
-    let server = ValkeyServer::start();
+    fill_lock_across_three_instances(Shared::Server(ValkeyServer::start())).await
+}
+
+/// The same on a Valkey Cluster: the lock lives in the namespace's slot beside the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_fill_lock_across_three_instances() {
+    let (cluster, _, suffix) = support::shared_cluster_store(Duration::from_secs(2));
+    fill_lock_across_three_instances(Shared::Cluster(cluster, suffix)).await
+}
+
+async fn fill_lock_across_three_instances(shared: Shared) {
     let calls = Calls::default();
     // Three independent instances: their own store (connections), cache (flights, counters) and
     // router, sharing only the Valkey server and the namespace.
     let caches: Vec<Cache> = (0..3)
         .map(|_| {
-            Cache::builder(valkey_store(&server))
-                .namespace("locked")
+            Cache::builder(shared.store())
+                .namespace(shared.namespace())
                 .timeout(Duration::from_secs(2))
                 .build()
         })
@@ -398,7 +459,7 @@ async fn valkey_fill_lock_across_three_instances() {
     assert_eq!(sum(|s| s.lock_timeouts), 0);
     assert_eq!(sum(|s| s.stores), 1);
     // The holder released the lock once its entry was stored.
-    assert!(server.keys("locked|lock:*").await.is_empty());
+    assert!(shared.locks().await.is_empty());
 
     // Again without holding the handler: requests that arrive late hit, and none starts a
     // second fill (a late miss, an instance taking the lock just released).
@@ -412,7 +473,7 @@ async fn valkey_fill_lock_across_three_instances() {
     let hits = rs.iter().filter(|(r, _)| r.is_hit()).count();
     assert_eq!(collapsed + hits, 299, "{:?}", outcomes(&rs));
     assert_eq!(sum(|s| s.coalesced) - before, collapsed as u64);
-    assert!(server.keys("locked|lock:*").await.is_empty());
+    assert!(shared.locks().await.is_empty());
 
     // The holder dies mid-fill: a lock taken and never released, with a short lease.
     let dead_lease = Duration::from_millis(300);
@@ -794,6 +855,11 @@ async fn valkey_cancelled_leader_does_not_strand_followers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_cancelled_leader_holding_the_fill_lock_does_not_strand_followers() {
     leader_cancelled(Backend::valkey(), Some(Duration::from_secs(1))).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_cancelled_leader_holding_the_fill_lock_does_not_strand_followers() {
+    leader_cancelled(Backend::cluster(), Some(Duration::from_secs(1))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

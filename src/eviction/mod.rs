@@ -82,9 +82,9 @@
 //!
 //! A route's bounded namespace (`CacheLayer::eviction`) indexes the route's entries, which live at
 //! `ns:KEY` beside the namespace's other bookkeeping (`ns|...`), in `ns|evict:idx` and
-//! `ns|evict:seq`. Those keys have no common hash tag (the route cache's keys never do), so route
-//! eviction, like the rest of the route cache's scripts, needs a standalone Valkey (or a proxy that
-//! routes a namespace to one node), not Valkey Cluster.
+//! `ns|evict:seq`. On Valkey Cluster ([`ValkeyStore::cluster`](crate::ValkeyStore::cluster)) the
+//! route cache names its keys under the hash tag `{ns}` (`{ns}:KEY`, `{ns}|evict:idx`, ...), so
+//! route eviction runs there too, on the primary serving the namespace's slot.
 //!
 //! # Your own policy
 //!

@@ -34,7 +34,7 @@
 //! | Valkey round trips | 1 (one script for all keys) | 1 + one per `SCAN` step (`COUNT` 1000) + one `UNLINK` per batch | 1 (one script) |
 //! | blocks Valkey | no (O(keys)) | no: `SCAN` steps, never `KEYS` | O(entries with the tag) in one script |
 //! | cost grows with | keys named | the **whole namespace** (every key is scanned) | entries carrying the tag |
-//! | Valkey Cluster | keys spread over slots | must scan every primary | tag set and entries must share a slot |
+//! | Valkey Cluster | one script on the namespace's primary (`{ns}` hash tag) | `SCAN` on every primary, `UNLINK` by slot | one script on the namespace's primary |
 //! | use when | you know the keys | keys follow a naming scheme you cannot enumerate, rarely | one write touches many entries (a user's pages, lists) |
 //!
 //! Prefer keys and tags on hot paths; keep patterns for rare, administrative invalidation.

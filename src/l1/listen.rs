@@ -1,6 +1,15 @@
 //! The subscription of an L1 tier on Valkey: a background task on a dedicated pub/sub
 //! connection that applies other instances' invalidations, checks the connection with a
 //! heartbeat, and reconnects with backoff, keeping the tier deaf while it is down.
+//!
+//! On Valkey Cluster the subscription is a classic `SUBSCRIBE` on one node (the seed nodes are
+//! tried in turn): a `PUBLISH` on any node reaches every node's subscribers over the cluster bus,
+//! so one subscription hears every instance, whichever node their announcement went to, and it
+//! survives failovers and resharding of other nodes untouched. Sharded pub/sub (`SSUBSCRIBE`)
+//! would keep the messages off the cluster bus but ties the subscription to the primary owning
+//! the channel's slot, which has to be followed through every failover and migration; an
+//! invalidation announcement is small and rare next to the cached traffic, so the simpler,
+//! sturdier choice wins.
 
 use super::Tier;
 use crate::store::ValkeyStore;
@@ -23,7 +32,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
 
 pub(super) struct Listener {
-    client: redis::Client,
+    /// The server, or a cluster's seed nodes: each attempt to subscribe tries the next one.
+    clients: Vec<redis::Client>,
     channel: String,
     connect_timeout: Duration,
     started: AtomicBool,
@@ -34,7 +44,7 @@ pub(super) struct Listener {
 impl Listener {
     pub(super) fn new(store: &ValkeyStore, channel: &str) -> Self {
         Self {
-            client: store.pubsub_client().clone(),
+            clients: store.pubsub_clients().to_vec(),
             channel: channel.to_owned(),
             connect_timeout: store.connect_timeout().max(CONNECT_TIMEOUT_MIN),
             started: AtomicBool::new(false),
@@ -56,7 +66,7 @@ impl Listener {
         let shutdown = self.shutdown.subscribe();
         rt.spawn(run(
             tier.clone(),
-            self.client.clone(),
+            self.clients.clone(),
             self.channel.clone(),
             self.connect_timeout,
             shutdown,
@@ -90,7 +100,7 @@ async fn connect(client: &redis::Client, channel: &str) -> redis::RedisResult<re
 
 async fn run(
     tier: Weak<Tier>,
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     channel: String,
     connect_timeout: Duration,
     mut shutdown: watch::Receiver<()>,
@@ -98,10 +108,15 @@ async fn run(
     let _guard = DeafOnDrop(tier.clone());
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
+    let mut attempt = 0usize;
     loop {
+        let Some(client) = clients.get(attempt % clients.len().max(1)) else {
+            return;
+        };
+        attempt = attempt.wrapping_add(1);
         let connected = tokio::select! {
             _ = shutdown.changed() => return,
-            r = tokio::time::timeout(connect_timeout, connect(&client, &channel)) => r,
+            r = tokio::time::timeout(connect_timeout, connect(client, &channel)) => r,
         };
         let pubsub = match connected {
             Ok(Ok(p)) => p,

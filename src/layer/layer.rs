@@ -356,8 +356,9 @@ impl CacheLayer {
     /// trip on a miss).
     ///
     /// The bound is per namespace: routes that share the [`Cache`] share it, so give each bounded
-    /// route its own namespace (and the same policy wherever that namespace is used). Needs a
-    /// standalone Valkey (not Cluster) or a [`MemoryStore`](crate::MemoryStore).
+    /// route its own namespace (and the same policy wherever that namespace is used). Works on
+    /// Valkey (single server or [Cluster](crate::ValkeyStore::cluster)) and on a
+    /// [`MemoryStore`](crate::MemoryStore).
     ///
     /// ```
     /// use axum::{routing::get, Router};

@@ -18,6 +18,9 @@
 //! For namespace `app`, an entry for key `user:1` lives at `app:user:1`. Bookkeeping lives beside
 //! it under `app|...` (`app|clock`, `app|inv:k:user:1`, `app|tag:...`), which no pattern that the
 //! crate builds (always `app:` + pattern) can match.
+//!
+//! On Valkey Cluster ([`ValkeyStore::cluster`]) the namespace becomes a hash tag: `{app}:user:1`,
+//! `{app}|clock`, ... ([`KeySpace::hash_tagged`]), so every key of a namespace is in one slot.
 
 mod glob;
 mod memory;
@@ -99,6 +102,14 @@ impl KeySpace {
             clock_key: format!("{namespace}|clock"),
             tombstone_ttl,
         }
+    }
+
+    /// A key space whose keys all share the hash tag `{namespace}`, so they map to one
+    /// Valkey Cluster slot and the cache's multi-key scripts (the fill guard reads the entry, the
+    /// clock, tombstones and tag sets together) run on one node. Caches on a store whose
+    /// [`Store::needs_hash_tags`] is true use it: `{app}:user:1`, `{app}|clock`, ...
+    pub fn hash_tagged(namespace: &str, tombstone_ttl: Duration) -> Self {
+        Self::new(&format!("{{{namespace}}}"), tombstone_ttl)
     }
 
     /// The store key of an entry.
@@ -250,6 +261,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Checks that the store answers.
     fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// Whether every key of a namespace must be in one hash slot (Valkey Cluster): caches on
+    /// this store then use [`KeySpace::hash_tagged`]. False by default; a store wrapping
+    /// another returns the inner store's.
+    fn needs_hash_tags(&self) -> bool {
+        false
+    }
 
     /// A short name for logs and metrics (`valkey`, `memory`).
     fn name(&self) -> &'static str;

@@ -13,22 +13,42 @@
 //! detached from the pool; the next request on that lane checks out a fresh one, with the pool's
 //! connect timeout and size limit. Long multi-round-trip work (pattern `SCAN`s) checks out its own
 //! pooled connection so it never sits in front of hot-path commands.
+//!
+//! # Cluster
+//!
+//! [`ValkeyStore::cluster`] holds lanes of redis-rs `ClusterConnection`s instead (each already
+//! one multiplexed connection per node that follows `MOVED`/`ASK` and refreshes its slot map),
+//! so a hit is still one command on an already-open socket. Caches on it name every key of a
+//! namespace under the hash tag `{namespace}` ([`KeySpace::hash_tagged`]), so each operation's
+//! keys are in one slot; pattern invalidation scans every primary.
 
 use super::{
     KeySpace, Lookup, LookupMany, Store, StoreError, StoreErrorKind, StoreFuture, Target, Write,
     Written,
 };
 use bytes::Bytes;
-use deadpool_redis::redis::{self, aio::MultiplexedConnection, AsyncConnectionConfig, RedisError};
+use deadpool_redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConnection};
+use deadpool_redis::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use deadpool_redis::redis::{
+    self, aio::ConnectionLike, aio::MultiplexedConnection, AsyncConnectionConfig, RedisError,
+};
 use deadpool_redis::{Manager, Pool, Runtime};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+/// Retries of one command by the cluster client (redirects, `TRYAGAIN`, a node unreachable).
+const CLUSTER_RETRIES: u32 = 3;
+/// Waits between those retries, in milliseconds (jittered, growing).
+const CLUSTER_RETRY_WAIT_MIN_MS: u64 = 5;
+const CLUSTER_RETRY_WAIT_MAX_MS: u64 = 200;
+
 /// Settings for [`ValkeyStore`]. Every duration has a default suited to a cache (fail fast).
 #[derive(Clone, Debug)]
 pub struct ValkeyConfig {
     url: String,
+    /// Seed nodes of a Valkey Cluster; empty for a single server.
+    cluster: Vec<String>,
     pool_size: usize,
     lanes: usize,
     connect_timeout: Duration,
@@ -43,6 +63,7 @@ impl ValkeyConfig {
     pub fn from_url(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            cluster: Vec::new(),
             pool_size: 8,
             lanes: 1,
             connect_timeout: Duration::from_millis(250),
@@ -52,7 +73,22 @@ impl ValkeyConfig {
         }
     }
 
-    /// Maximum pooled connections (lanes plus connections for scans). Default 8.
+    /// Settings for a Valkey Cluster reached through `nodes` (`redis://host:port` URLs of some
+    /// of its nodes; one that answers is enough, the client learns the rest from it). See
+    /// [`ValkeyStore::cluster`].
+    pub fn cluster<I, S>(nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let cluster: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut cfg = Self::from_url(cluster.first().cloned().unwrap_or_default());
+        cfg.cluster = cluster;
+        cfg
+    }
+
+    /// Maximum pooled connections (lanes plus connections for scans). Default 8. Not used by a
+    /// cluster store, whose cluster connections each hold one connection per node.
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = n.max(2);
         self
@@ -109,16 +145,38 @@ pub struct ValkeyStore {
 }
 
 struct Inner {
-    pool: Pool,
-    lanes: Box<[Mutex<Option<Held>>]>,
+    conns: Conns,
     next_lane: AtomicUsize,
     lane_ids: AtomicU64,
     scan_count: usize,
     url_redacted: String,
-    /// For the dedicated pub/sub connections of L1 tiers ([`crate::l1`]).
-    pubsub: redis::Client,
+    /// For the dedicated pub/sub connections of L1 tiers ([`crate::l1`]): the server, or each
+    /// seed node of a cluster (a subscription on any node hears the whole cluster's `PUBLISH`).
+    pubsub: Vec<redis::Client>,
     connect_timeout: Duration,
 }
+
+/// Where hot-path connections come from.
+enum Conns {
+    /// One server: lanes checked out of a deadpool pool.
+    Single {
+        pool: Pool,
+        lanes: Box<[Mutex<Option<Held>>]>,
+    },
+    /// A cluster: lanes of cluster connections. A `ClusterConnection` already multiplexes one
+    /// connection per node, follows `MOVED`/`ASK` redirects and refreshes the slot map itself,
+    /// so pooling them would only add the pool's per-checkout `PING`.
+    Cluster {
+        client: Box<ClusterClient>,
+        lanes: Box<[ClusterLane]>,
+        /// Held while a lane connects: creating a cluster connection fetches the slot map and
+        /// connects to every node, so a cold burst must not start one per request.
+        connecting: Arc<tokio::sync::Mutex<()>>,
+    },
+}
+
+/// A cluster lane: the connection and its id.
+type ClusterLane = Mutex<Option<(u64, ClusterConnection)>>;
 
 struct Held {
     id: u64,
@@ -127,11 +185,54 @@ struct Held {
     _pooled: deadpool_redis::Connection,
 }
 
+/// A hot-path connection: to the server, or to the cluster (routed by key slot).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 impl std::fmt::Debug for ValkeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (mode, lanes) = match &self.inner.conns {
+            Conns::Single { lanes, .. } => ("single", lanes.len()),
+            Conns::Cluster { lanes, .. } => ("cluster", lanes.len()),
+        };
         f.debug_struct("ValkeyStore")
             .field("url", &self.inner.url_redacted)
-            .field("lanes", &self.inner.lanes.len())
+            .field("mode", &mode)
+            .field("lanes", &lanes)
             .finish()
     }
 }
@@ -143,10 +244,38 @@ fn redact(url: &str) -> String {
     }
 }
 
+fn invalid_url(e: RedisError) -> StoreError {
+    StoreError::new(StoreErrorKind::Server, format!("invalid Valkey URL: {e}"))
+}
+
 impl ValkeyStore {
     /// A store for `url` with default settings.
     pub fn new(url: &str) -> Result<Self, StoreError> {
         Self::with_config(ValkeyConfig::from_url(url))
+    }
+
+    /// A store on a Valkey Cluster, reached through some of its nodes (`redis://host:port`),
+    /// with default settings ([`ValkeyConfig::cluster`] for others).
+    ///
+    /// Every key of a cache namespace is named under the hash tag `{namespace}`, so one
+    /// namespace lives in one slot (on one primary) and the cache's multi-key scripts run there
+    /// atomically; spread load over the primaries with several namespaces. Redirects during
+    /// resharding and failover are followed by the cluster client. See the crate's README,
+    /// *Valkey Cluster*.
+    ///
+    /// ```no_run
+    /// use tower_valkey_cache::{Cache, ValkeyStore};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = ValkeyStore::cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])?;
+    /// let cache = Cache::builder(store).namespace("products").build();
+    /// # Ok(()) }
+    /// ```
+    pub fn cluster<I, S>(nodes: I) -> Result<Self, StoreError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::with_config(ValkeyConfig::cluster(nodes))
     }
 
     /// A store from settings.
@@ -156,43 +285,82 @@ impl ValkeyStore {
             // rustls needs a process-wide crypto provider; keep the application's if it set one.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let conn_cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(cfg.connect_timeout))
-            .set_response_timeout(Some(cfg.response_timeout));
-        let manager = Manager::new_with_config(cfg.url.as_str(), conn_cfg).map_err(|e| {
-            StoreError::new(StoreErrorKind::Server, format!("invalid Valkey URL: {e}"))
-        })?;
-        let pool = Pool::builder(manager)
-            .max_size(cfg.pool_size.max(cfg.lanes + 1))
-            .wait_timeout(Some(cfg.wait_timeout))
-            .create_timeout(Some(cfg.connect_timeout))
-            .recycle_timeout(Some(cfg.response_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::new(StoreErrorKind::Server, e.to_string()))?;
+        let lanes = cfg.lanes;
+        let (conns, pubsub, url_redacted) = if cfg.cluster.is_empty() {
+            let conn_cfg = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(cfg.connect_timeout))
+                .set_response_timeout(Some(cfg.response_timeout));
+            let manager =
+                Manager::new_with_config(cfg.url.as_str(), conn_cfg).map_err(invalid_url)?;
+            let pool = Pool::builder(manager)
+                .max_size(cfg.pool_size.max(cfg.lanes + 1))
+                .wait_timeout(Some(cfg.wait_timeout))
+                .create_timeout(Some(cfg.connect_timeout))
+                .recycle_timeout(Some(cfg.response_timeout))
+                .runtime(Runtime::Tokio1)
+                .build()
+                .map_err(|e| StoreError::new(StoreErrorKind::Server, e.to_string()))?;
+            let pubsub = vec![redis::Client::open(cfg.url.as_str()).map_err(invalid_url)?];
+            let lanes = (0..lanes).map(|_| Mutex::new(None)).collect();
+            (Conns::Single { pool, lanes }, pubsub, redact(&cfg.url))
+        } else {
+            let client = ClusterClientBuilder::new(cfg.cluster.iter().map(String::as_str))
+                .connection_timeout(cfg.connect_timeout)
+                .response_timeout(cfg.response_timeout)
+                // The client's defaults (16 retries, waits from 1.28 s) suit a general-purpose
+                // client; a cache operation has a ~100 ms budget, and a retry the caller stopped
+                // waiting for only adds load while a primary is down.
+                .retries(CLUSTER_RETRIES)
+                .min_retry_wait(CLUSTER_RETRY_WAIT_MIN_MS)
+                .max_retry_wait(CLUSTER_RETRY_WAIT_MAX_MS)
+                .build()
+                .map_err(invalid_url)?;
+            let pubsub = cfg
+                .cluster
+                .iter()
+                .map(|u| redis::Client::open(u.as_str()).map_err(invalid_url))
+                .collect::<Result<Vec<_>, _>>()?;
+            let lanes = (0..lanes).map(|_| Mutex::new(None)).collect();
+            let urls: Vec<String> = cfg.cluster.iter().map(|u| redact(u)).collect();
+            (
+                Conns::Cluster {
+                    client: Box::new(client),
+                    lanes,
+                    connecting: Arc::new(tokio::sync::Mutex::new(())),
+                },
+                pubsub,
+                format!("cluster[{}]", urls.join(",")),
+            )
+        };
         Ok(Self {
             inner: Arc::new(Inner {
-                pool,
-                lanes: (0..cfg.lanes).map(|_| Mutex::new(None)).collect(),
+                conns,
                 next_lane: AtomicUsize::new(0),
                 lane_ids: AtomicU64::new(1),
                 scan_count: cfg.scan_count,
-                url_redacted: redact(&cfg.url),
-                pubsub: redis::Client::open(cfg.url.as_str()).map_err(|e| {
-                    StoreError::new(StoreErrorKind::Server, format!("invalid Valkey URL: {e}"))
-                })?,
+                url_redacted,
+                pubsub,
                 connect_timeout: cfg.connect_timeout,
             }),
         })
     }
 
-    /// The underlying deadpool-redis pool, for your own commands.
-    pub fn pool(&self) -> &Pool {
-        &self.inner.pool
+    /// Whether this store is on a Valkey Cluster ([`ValkeyStore::cluster`]).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.conns, Conns::Cluster { .. })
     }
 
-    /// A client for dedicated (pub/sub) connections to the same server.
-    pub(crate) fn pubsub_client(&self) -> &redis::Client {
+    /// The underlying deadpool-redis pool, for your own commands; `None` on a cluster (use
+    /// [`cluster_connection`](Self::cluster_connection)).
+    pub fn pool(&self) -> Option<&Pool> {
+        match &self.inner.conns {
+            Conns::Single { pool, .. } => Some(pool),
+            Conns::Cluster { .. } => None,
+        }
+    }
+
+    /// Clients for dedicated (pub/sub) connections: the server, or each cluster seed node.
+    pub(crate) fn pubsub_clients(&self) -> &[redis::Client] {
         &self.inner.pubsub
     }
 
@@ -201,60 +369,140 @@ impl ValkeyStore {
         self.inner.connect_timeout
     }
 
-    /// A multiplexed connection from one of the hot-path lanes (connecting if needed).
+    /// A multiplexed connection from one of the hot-path lanes (connecting if needed). An error
+    /// on a cluster store: use [`cluster_connection`](Self::cluster_connection).
     pub async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
-        self.lane().await.map(|(_, _, c)| c)
+        match self.lane().await?.2 {
+            Conn::Single(c) => Ok(c),
+            Conn::Cluster(_) => Err(StoreError::new(
+                StoreErrorKind::Server,
+                "a cluster store has no single-server connection: use cluster_connection()",
+            )),
+        }
     }
 
-    async fn lane(&self) -> Result<(usize, u64, MultiplexedConnection), StoreError> {
+    /// A cluster connection from one of the hot-path lanes (connecting if needed), routing each
+    /// command by its keys' slot. An error on a single-server store.
+    pub async fn cluster_connection(&self) -> Result<ClusterConnection, StoreError> {
+        match self.lane().await?.2 {
+            Conn::Cluster(c) => Ok(c),
+            Conn::Single(_) => Err(StoreError::new(
+                StoreErrorKind::Server,
+                "not a cluster store: use connection()",
+            )),
+        }
+    }
+
+    async fn lane(&self) -> Result<(usize, u64, Conn), StoreError> {
         let inner = &self.inner;
-        let idx = inner.next_lane.fetch_add(1, Ordering::Relaxed) % inner.lanes.len();
-        if let Some(h) = lock(&inner.lanes[idx]).as_ref() {
-            return Ok((idx, h.id, h.conn.clone()));
-        }
-        let pooled = inner.pool.get().await.map_err(pool_error)?;
-        let conn: MultiplexedConnection = (*pooled).clone();
-        let id = inner.lane_ids.fetch_add(1, Ordering::Relaxed);
-        let mut slot = lock(&inner.lanes[idx]);
-        match slot.as_ref() {
-            // Another request filled the lane meanwhile: use it, give ours back to the pool.
-            Some(h) => Ok((idx, h.id, h.conn.clone())),
-            None => {
-                *slot = Some(Held {
-                    id,
-                    conn: conn.clone(),
-                    _pooled: pooled,
+        let idx = inner.next_lane.fetch_add(1, Ordering::Relaxed);
+        match &inner.conns {
+            Conns::Single { pool, lanes } => {
+                let idx = idx % lanes.len();
+                if let Some(h) = lock(&lanes[idx]).as_ref() {
+                    return Ok((idx, h.id, Conn::Single(h.conn.clone())));
+                }
+                let pooled = pool.get().await.map_err(pool_error)?;
+                let conn: MultiplexedConnection = (*pooled).clone();
+                let id = inner.lane_ids.fetch_add(1, Ordering::Relaxed);
+                let mut slot = lock(&lanes[idx]);
+                match slot.as_ref() {
+                    // Another request filled the lane meanwhile: use it, give ours back.
+                    Some(h) => Ok((idx, h.id, Conn::Single(h.conn.clone()))),
+                    None => {
+                        *slot = Some(Held {
+                            id,
+                            conn: conn.clone(),
+                            _pooled: pooled,
+                        });
+                        Ok((idx, id, Conn::Single(conn)))
+                    }
+                }
+            }
+            Conns::Cluster {
+                client,
+                lanes,
+                connecting,
+            } => {
+                let idx = idx % lanes.len();
+                if let Some((id, c)) = lock(&lanes[idx]).as_ref() {
+                    return Ok((idx, *id, Conn::Cluster(c.clone())));
+                }
+                // Connect in a task of its own holding the lock: a request that stops waiting
+                // (its operation timed out) neither wastes the connection nor lets the next
+                // request start another one meanwhile.
+                let guard = connecting.clone().lock_owned().await;
+                if let Some((id, c)) = lock(&lanes[idx]).as_ref() {
+                    return Ok((idx, *id, Conn::Cluster(c.clone())));
+                }
+                let (inner, client) = (self.inner.clone(), ClusterClient::clone(client));
+                let task = tokio::spawn(async move {
+                    let _guard = guard;
+                    let conn = client.get_async_connection().await?;
+                    let id = inner.lane_ids.fetch_add(1, Ordering::Relaxed);
+                    if let Conns::Cluster { lanes, .. } = &inner.conns {
+                        *lock(&lanes[idx]) = Some((id, conn.clone()));
+                    }
+                    Ok::<_, RedisError>((id, conn))
                 });
-                Ok((idx, id, conn))
+                match task.await {
+                    Ok(Ok((id, conn))) => Ok((idx, id, Conn::Cluster(conn))),
+                    Ok(Err(e)) => Err(redis_error(e)),
+                    Err(e) => Err(StoreError::new(
+                        StoreErrorKind::Unavailable,
+                        format!("valkey cluster connect task: {e}"),
+                    )),
+                }
             }
         }
     }
 
-    /// Empties a lane whose connection failed, detaching it from the pool.
+    /// Empties a lane whose connection failed (a single server's: detached from the pool).
+    ///
+    /// A cluster connection reconnects to nodes and refreshes its slot map by itself (a failed
+    /// primary's slots move to its replica), so it is only replaced when the client reports it
+    /// cannot reach the cluster at all.
     fn drop_lane(&self, idx: usize, id: u64, err: &RedisError) {
-        if !(err.is_io_error()
-            || err.is_connection_dropped()
-            || err.is_connection_refusal()
-            || err.is_unrecoverable_error())
-        {
-            return;
-        }
-        let held = {
-            let mut slot = lock(&self.inner.lanes[idx]);
-            match slot.as_ref() {
-                Some(h) if h.id == id => slot.take(),
-                _ => None,
+        match &self.inner.conns {
+            Conns::Single { lanes, .. } => {
+                if !(err.is_io_error()
+                    || err.is_connection_dropped()
+                    || err.is_connection_refusal()
+                    || err.is_unrecoverable_error())
+                {
+                    return;
+                }
+                let held = {
+                    let mut slot = lock(&lanes[idx]);
+                    match slot.as_ref() {
+                        Some(h) if h.id == id => slot.take(),
+                        _ => None,
+                    }
+                };
+                if let Some(h) = held {
+                    tracing::debug!(lane = idx, "valkey connection lost; lane will reconnect");
+                    drop(deadpool_redis::Connection::take(h._pooled));
+                }
             }
-        };
-        if let Some(h) = held {
-            tracing::debug!(lane = idx, "valkey connection lost; lane will reconnect");
-            drop(deadpool_redis::Connection::take(h._pooled));
+            Conns::Cluster { lanes, .. } => {
+                if err.kind() != redis::ErrorKind::ClusterConnectionNotFound {
+                    return;
+                }
+                let mut slot = lock(&lanes[idx]);
+                if matches!(slot.as_ref(), Some((held, _)) if *held == id) {
+                    tracing::debug!(
+                        lane = idx,
+                        "valkey cluster unreachable; lane will reconnect"
+                    );
+                    *slot = None;
+                }
+            }
         }
     }
 
     pub(crate) async fn run<T: redis::FromRedisValue>(
         &self,
-        f: impl AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
+        f: impl AsyncFnOnce(&mut Conn) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
         let (idx, id, mut conn) = self.lane().await?;
         match f(&mut conn).await {
@@ -267,16 +515,16 @@ impl ValkeyStore {
     }
 
     async fn scan_unlink(&self, pattern: &str) -> Result<u64, StoreError> {
-        let mut conn = self.inner.pool.get().await.map_err(pool_error)?;
+        let pool = match &self.inner.conns {
+            Conns::Single { pool, .. } => pool,
+            Conns::Cluster { .. } => return self.scan_unlink_cluster(pattern).await,
+        };
+        let mut conn = pool.get().await.map_err(pool_error)?;
         let mut cursor: u64 = 0;
         let mut removed = 0u64;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(self.inner.scan_count)
+            let (next, keys): (u64, Vec<String>) = self
+                .scan_cmd(cursor, pattern)
                 .query_async(&mut *conn)
                 .await
                 .map_err(redis_error)?;
@@ -294,6 +542,118 @@ impl ValkeyStore {
             cursor = next;
         }
     }
+
+    fn scan_cmd(&self, cursor: u64, pattern: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(self.inner.scan_count);
+        cmd
+    }
+
+    /// `SCAN` on every primary (from `CLUSTER NODES`), so keys of a slot that is migrating
+    /// between two primaries are found on both; the keys found are unlinked through the cluster
+    /// connection, routed by slot (`ASK`/`MOVED` followed).
+    async fn scan_unlink_cluster(&self, pattern: &str) -> Result<u64, StoreError> {
+        let Conn::Cluster(mut conn) = self.lane().await?.2 else {
+            return Err(StoreError::new(StoreErrorKind::Server, "not a cluster"));
+        };
+        let mut nodes_cmd = redis::cmd("CLUSTER");
+        nodes_cmd.arg("NODES");
+        let nodes = conn
+            .route_command(
+                nodes_cmd,
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await
+            .map_err(redis_error)?;
+        let nodes: String = redis::from_redis_value(nodes)
+            .map_err(|e| StoreError::new(StoreErrorKind::Server, format!("CLUSTER NODES: {e}")))?;
+        let primaries = cluster_primaries(&nodes);
+        if primaries.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "CLUSTER NODES lists no reachable primary",
+            ));
+        }
+        let mut removed = 0u64;
+        for (host, port) in primaries {
+            let mut cursor: u64 = 0;
+            loop {
+                let reply = conn
+                    .route_command(
+                        self.scan_cmd(cursor, pattern),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port,
+                        }),
+                    )
+                    .await
+                    .map_err(redis_error)?;
+                let (next, keys): (u64, Vec<String>) = redis::from_redis_value(reply)
+                    .map_err(|e| StoreError::new(StoreErrorKind::Server, format!("SCAN: {e}")))?;
+                if !keys.is_empty() {
+                    removed += unlink_cluster(&mut conn, &keys).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// `UNLINK`s keys through a cluster connection. The client splits a multi-key command by slot,
+/// so keys of several slots never make a `CROSSSLOT` error; while a slot migrates, its keys may be
+/// split between two primaries and the source answers `TRYAGAIN` for the batch: then each key
+/// goes alone, following its own `ASK` redirect.
+async fn unlink_cluster(conn: &mut ClusterConnection, keys: &[String]) -> Result<u64, StoreError> {
+    match redis::cmd("UNLINK").arg(keys).query_async(conn).await {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain) => {
+            let mut n = 0u64;
+            for k in keys {
+                let one: u64 = redis::cmd("UNLINK")
+                    .arg(k)
+                    .query_async(conn)
+                    .await
+                    .map_err(redis_error)?;
+                n += one;
+            }
+            Ok(n)
+        }
+        Err(e) => Err(redis_error(e)),
+    }
+}
+
+/// The `(host, port)` of each primary in a `CLUSTER NODES` reply that serves slots and is not
+/// marked failed.
+fn cluster_primaries(nodes: &str) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
+            continue;
+        };
+        let flags: Vec<&str> = flags.split(',').collect();
+        if !flags.contains(&"master") || flags.contains(&"fail") || fields.len() < 9 {
+            continue;
+        }
+        // ip:port@cport[,hostname]
+        let addr = addr.split(['@', ',']).next().unwrap_or("");
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            continue;
+        };
+        match port.parse::<u16>() {
+            Ok(port) if port != 0 && !host.is_empty() => out.push((host.to_owned(), port)),
+            _ => {}
+        }
+    }
+    out
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -681,6 +1041,10 @@ impl Store for ValkeyStore {
         })
     }
 
+    fn needs_hash_tags(&self) -> bool {
+        self.is_cluster()
+    }
+
     fn name(&self) -> &'static str {
         "valkey"
     }
@@ -691,5 +1055,31 @@ impl Store for ValkeyStore {
 
     fn l1_bus(&self) -> Option<crate::l1::Bus> {
         Some(crate::l1::Bus::valkey(self.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_primaries;
+
+    #[test]
+    fn cluster_primaries_are_the_serving_masters_not_failed_or_replicas() {
+        let nodes = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7001@17001 master - 0 1 2 connected 5461-10922
+c3 127.0.0.1:7002@17002,node-c master,fail - 0 1 3 connected 10923-16383
+d4 127.0.0.1:7003@17003 slave a1 0 1 1 connected
+e5 127.0.0.1:7004@17004 master - 0 1 5 connected
+f6 :0@0 master,noaddr - 0 1 6 connected 10923-16383
+g7 ::1:7006@17006 master - 0 1 7 connected 10923-16383
+";
+        assert_eq!(
+            cluster_primaries(nodes),
+            vec![
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7001),
+                ("::1".to_owned(), 7006),
+            ]
+        );
     }
 }
