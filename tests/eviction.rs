@@ -10,11 +10,11 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::ValkeyServer;
+use support::{valkey_store, StoreTimeouts, ValkeyServer};
 use tower_valkey_cache::eviction::{
     BoundedCache, BoundedStore, Evict, EvictionPolicy, Fifo, Lfu, Lifo, Lru, Mru, Scoring, Touch,
 };
-use tower_valkey_cache::{MemoryStore, ValkeyConfig, ValkeyStore};
+use tower_valkey_cache::{MemoryStore, ValkeyStore};
 
 // ---------------------------------------------------------------------------------------------
 // The reference model: a plain list, linear scans, no cleverness.
@@ -198,15 +198,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn valkey_store(server: &ValkeyServer) -> ValkeyStore {
-    ValkeyStore::with_config(
-        ValkeyConfig::from_url(server.url())
-            .response_timeout(Duration::from_secs(5))
-            .connect_timeout(Duration::from_secs(5))
-            .wait_timeout(Duration::from_secs(5)),
-    )
-    .unwrap()
-}
+/// The Valkey stores' timeouts: generous (debug builds of parallel tests on a busy machine).
+const VALKEY: StoreTimeouts = StoreTimeouts::all(Duration::from_secs(5));
 
 fn unique(prefix: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -296,7 +289,7 @@ macro_rules! model_tests {
                 #[test]
                 fn $name() {
                     let server = ValkeyServer::start();
-                    check_against_model(valkey_store(&server).into(), $make, None);
+                    check_against_model(valkey_store(&server, VALKEY).into(), $make, None);
                 }
             )*
         }
@@ -328,9 +321,13 @@ model_tests! {
 #[test]
 fn stamp_renumbering_keeps_the_order_on_valkey() {
     let server = ValkeyServer::start();
-    check_against_model(valkey_store(&server).into(), Lfu::with_capacity, Some(5));
-    check_against_model(valkey_store(&server).into(), Mfu, Some(5));
-    check_against_model(valkey_store(&server).into(), ReadLfu, Some(5));
+    check_against_model(
+        valkey_store(&server, VALKEY).into(),
+        Lfu::with_capacity,
+        Some(5),
+    );
+    check_against_model(valkey_store(&server, VALKEY).into(), Mfu, Some(5));
+    check_against_model(valkey_store(&server, VALKEY).into(), ReadLfu, Some(5));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -382,7 +379,7 @@ async fn expired_entries_leave_the_index_lazily(store: BoundedStore) {
 #[tokio::test]
 async fn ttl_valkey() {
     let server = ValkeyServer::start();
-    expired_entries_leave_the_index_lazily(valkey_store(&server).into()).await;
+    expired_entries_leave_the_index_lazily(valkey_store(&server, VALKEY).into()).await;
 }
 
 #[tokio::test]
@@ -397,7 +394,7 @@ async fn pttl(server: &ValkeyServer, key: &str) -> i64 {
 #[tokio::test]
 async fn index_keys_live_as_long_as_the_longest_entry_and_no_longer() {
     let server = ValkeyServer::start();
-    let store = valkey_store(&server);
+    let store = valkey_store(&server, VALKEY);
     let cache = BoundedCache::<u32, Lfu>::new(store.clone(), "abandoned", Lfu::with_capacity(10));
     cache
         .set_with_ttl("a", &1, Some(Duration::from_millis(300)))
@@ -438,8 +435,11 @@ async fn index_keys_live_as_long_as_the_longest_entry_and_no_longer() {
     assert_eq!(server.keys("*").await, Vec::<String>::new());
 
     // clear() removes values, index and counter, in batches.
-    let big =
-        BoundedCache::<u32, Fifo>::new(valkey_store(&server), "big", Fifo::with_capacity(2_500));
+    let big = BoundedCache::<u32, Fifo>::new(
+        valkey_store(&server, VALKEY),
+        "big",
+        Fifo::with_capacity(2_500),
+    );
     for i in 0..2_600u32 {
         big.set(&i.to_string(), &i).await.unwrap();
     }
@@ -454,7 +454,7 @@ async fn lowering_the_capacity_evicts_down_to_it() {
     let server = ValkeyServer::start();
     for store in [
         BoundedStore::from(MemoryStore::new()),
-        valkey_store(&server).into(),
+        valkey_store(&server, VALKEY).into(),
     ] {
         let wide = BoundedCache::<u32, Fifo>::new(store.clone(), "shrink", Fifo::with_capacity(5));
         for i in 0..5u32 {
@@ -486,7 +486,7 @@ impl Rng {
 async fn hammer<P: EvictionPolicy + Clone>(server: &ValkeyServer, policy: P) {
     const CAPACITY: usize = 40;
     let ns = unique(&format!("hammer-{}", policy.name()));
-    let store = valkey_store(server);
+    let store = valkey_store(server, VALKEY);
     let cache = BoundedCache::<u64, P>::new(store, &ns, policy);
     let index = format!("{{{ns}}}|idx");
     let values = format!("{{{ns}}}:*");
@@ -738,7 +738,8 @@ async fn router_lru_cluster() {
 #[tokio::test]
 async fn router_lru_valkey() {
     let server = ValkeyServer::start();
-    lru_route_evicts_the_least_recently_read(route_cache(valkey_store(&server), "route")).await;
+    lru_route_evicts_the_least_recently_read(route_cache(valkey_store(&server, VALKEY), "route"))
+        .await;
     let members: Vec<String> = server.cli(&["ZRANGE", "route|evict:idx", "0", "-1"]).await;
     assert_eq!(members, ["item:3", "item:2", "item:1"]);
     let mut entries = server.keys("route:*").await;
@@ -794,7 +795,7 @@ async fn cache_get<P: EvictionPolicy>(cache: &BoundedCache<String, P>, key: &str
 async fn measure_bookkeeping_cost() {
     const N: usize = 20_000;
     let server = ValkeyServer::start();
-    let store = valkey_store(&server);
+    let store = valkey_store(&server, VALKEY);
     let value = "x".repeat(1024);
     let lru = BoundedCache::<String, Lru>::new(store.clone(), "m-lru", Lru::with_capacity(10));
     let fifo = BoundedCache::<String, Fifo>::new(store.clone(), "m-fifo", Fifo::with_capacity(10));
@@ -1128,7 +1129,7 @@ async fn bounded_reads_index_unindexed_entries_cluster() {
 #[tokio::test]
 async fn bounded_reads_index_unindexed_entries_valkey() {
     let server = ValkeyServer::start();
-    bounded_reads_index_entries_they_find(route_cache(valkey_store(&server), "heal")).await;
+    bounded_reads_index_entries_they_find(route_cache(valkey_store(&server, VALKEY), "heal")).await;
     let members: Vec<String> = server.cli(&["ZRANGE", "heal|evict:idx", "0", "-1"]).await;
     assert_eq!(members, ["item:2", "item:3"]);
 }

@@ -17,7 +17,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{eventually, http_client, http_get, HttpClient, ValkeyServer};
+use support::{
+    eventually, http_client, http_get, valkey_store, HttpClient, StoreTimeouts, ValkeyServer,
+};
 use tower_valkey_cache::function::{Options, WarmOptions};
 use tower_valkey_cache::store::{
     KeySpace, Lookup, LookupMany, Store, StoreFuture, Target, Write, Written,
@@ -33,16 +35,12 @@ const UPSTREAM_DELAY: Duration = Duration::from_millis(100);
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// A Valkey store with generous timeouts (debug builds of parallel tests on a busy machine).
-fn valkey_store(server: &ValkeyServer) -> ValkeyStore {
-    ValkeyStore::with_config(
-        ValkeyConfig::from_url(server.url())
-            .connect_timeout(Duration::from_secs(2))
-            .response_timeout(Duration::from_secs(5))
-            .wait_timeout(Duration::from_secs(2)),
-    )
-    .expect("valkey store")
-}
+/// The Valkey stores' timeouts: generous (debug builds of parallel tests on a busy machine).
+const VALKEY: StoreTimeouts = StoreTimeouts {
+    connect: Duration::from_secs(2),
+    response: Duration::from_secs(5),
+    wait: Duration::from_secs(2),
+};
 
 /// A cache builder in namespace `ns` with a 5 s operation timeout.
 fn builder(store: impl Store, ns: &str) -> CacheBuilder {
@@ -352,14 +350,14 @@ mod valkey {
     #[tokio::test]
     async fn get_or_set_hit_and_miss() {
         let server = ValkeyServer::start();
-        hit_and_miss(builder(valkey_store(&server), "fn_hit").build()).await;
+        hit_and_miss(builder(valkey_store(&server, VALKEY), "fn_hit").build()).await;
         assert_eq!(server.keys("fn_hit:*").await, ["fn_hit:rate:eur-usd"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn get_or_set_single_flight_100_callers() {
         let server = ValkeyServer::start();
-        single_flight(builder(valkey_store(&server), "fn_flight").build()).await;
+        single_flight(builder(valkey_store(&server, VALKEY), "fn_flight").build()).await;
     }
 
     /// A loader error reaches the caller and is not cached; with a stale value and
@@ -367,7 +365,7 @@ mod valkey {
     #[tokio::test]
     async fn loader_error_propagates_then_stale_if_error() {
         let server = ValkeyServer::start();
-        let cache = builder(valkey_store(&server), "fn_err").build();
+        let cache = builder(valkey_store(&server, VALKEY), "fn_err").build();
         let upstream = MockServer::start().await;
         let client = http_client();
         let base = upstream.uri();
@@ -429,7 +427,7 @@ mod valkey {
     async fn get_or_set_many_loads_only_missing() {
         let server = ValkeyServer::start();
         super::get_or_set_many_loads_only_missing(
-            builder(valkey_store(&server), "fn_many").build(),
+            builder(valkey_store(&server, VALKEY), "fn_many").build(),
         )
         .await;
         assert_eq!(server.keys("fn_many:product:*").await.len(), 1000);
@@ -444,7 +442,7 @@ mod valkey {
         let server = ValkeyServer::start();
         let counted = Arc::new(Mutex::new(Vec::new()));
         let store = CountingStore {
-            inner: valkey_store(&server),
+            inner: valkey_store(&server, VALKEY),
             write_many: counted.clone(),
         };
         let cache = builder(store, "fn_warm").build();
@@ -522,7 +520,7 @@ mod valkey {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn warm_router_1000_uris() {
         let server = ValkeyServer::start();
-        let cache = builder(valkey_store(&server), "fn_router").build();
+        let cache = builder(valkey_store(&server, VALKEY), "fn_router").build();
         let handler_runs = Arc::new(AtomicUsize::new(0));
         let runs = handler_runs.clone();
         let app = Router::new().route(
@@ -728,7 +726,7 @@ async fn postcard_codec_round_trips_on_valkey() {
     use tower_valkey_cache::entry::Entry;
     use tower_valkey_cache::function::Codec;
     let server = ValkeyServer::start();
-    let cache = builder(valkey_store(&server), "pc").build();
+    let cache = builder(valkey_store(&server, VALKEY), "pc").build();
     let json = Options::new();
     let bin = Options::new().codec(Codec::Postcard);
     let loads = AtomicUsize::new(0);

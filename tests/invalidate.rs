@@ -18,13 +18,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{eventually, get as get_req, request, send, Resp, ValkeyCluster, ValkeyServer};
+use support::{
+    eventually, get as get_req, has_entry, request, send, Backend, Resp, StoreTimeouts,
+    ValkeyServer,
+};
 use tower_valkey_cache::key::glob_escape;
 use tower_valkey_cache::store::{
     KeySpace, Lookup, LookupMany, Store, StoreError, StoreErrorKind, StoreFuture, Target, Write,
     Written,
 };
-use tower_valkey_cache::{Cache, CacheBuilder, CacheLayer, InvalidateLayer, MemoryStore};
+use tower_valkey_cache::{Cache, CacheLayer, InvalidateLayer, MemoryStore};
 use tower_valkey_cache::{ValkeyConfig, ValkeyStore};
 
 const NAME: &str = "tower-valkey-cache";
@@ -35,80 +38,21 @@ const POLL: Duration = Duration::from_secs(10);
 // Backends
 // ---------------------------------------------------------------------------------------------
 
-enum Backend {
-    Valkey {
-        server: ValkeyServer,
-        store: ValkeyStore,
-    },
-    Memory(MemoryStore),
-    /// The shared cluster (3 primaries, 3 replicas); namespaces get `suffix`.
-    Cluster {
-        cluster: &'static ValkeyCluster,
-        store: ValkeyStore,
-        suffix: String,
-    },
-}
+/// The single server's store: generous timeouts, since debug builds of parallel tests on a 2-core
+/// machine are slow and these scenarios are about behaviour, not latency.
+const VALKEY: StoreTimeouts = StoreTimeouts {
+    connect: Duration::from_secs(1),
+    response: Duration::from_secs(2),
+    wait: Duration::from_secs(1),
+};
+/// The cluster store's connect and response timeout.
+const CLUSTER: Duration = Duration::from_secs(2);
+/// Every cache's operation timeout.
+const OP: Duration = Duration::from_secs(2);
 
-/// A Valkey store with generous timeouts: debug builds of parallel tests on a 2-core machine are
-/// slow, and these scenarios are about behaviour, not latency.
-fn valkey_store(server: &ValkeyServer) -> ValkeyStore {
-    ValkeyStore::with_config(
-        ValkeyConfig::from_url(server.url())
-            .connect_timeout(Duration::from_secs(1))
-            .response_timeout(Duration::from_secs(2))
-            .wait_timeout(Duration::from_secs(1)),
-    )
-    .expect("valkey store")
-}
-
-impl Backend {
-    fn valkey() -> Self {
-        let server = ValkeyServer::start();
-        let store = valkey_store(&server);
-        Backend::Valkey { server, store }
-    }
-
-    fn memory() -> Self {
-        Backend::Memory(MemoryStore::new().max_entries(500_000))
-    }
-
-    fn cluster() -> Self {
-        let (cluster, store, suffix) = support::shared_cluster_store(Duration::from_secs(2));
-        Backend::Cluster {
-            cluster,
-            store,
-            suffix,
-        }
-    }
-
-    fn shared(&self) -> Arc<dyn Store> {
-        match self {
-            Backend::Valkey { store, .. } => Arc::new(store.clone()),
-            Backend::Memory(store) => Arc::new(store.clone()),
-            Backend::Cluster { store, .. } => Arc::new(store.clone()),
-        }
-    }
-
-    fn builder(&self, ns: &str) -> CacheBuilder {
-        let ns = match self {
-            Backend::Cluster { suffix, .. } => support::suffixed(ns, suffix),
-            _ => ns.to_owned(),
-        };
-        Cache::builder_shared(self.shared())
-            .namespace(ns)
-            .timeout(Duration::from_secs(2))
-    }
-
-    fn cache(&self, ns: &str) -> Cache {
-        self.builder(ns).build()
-    }
-
-    fn server(&self) -> Option<&ValkeyServer> {
-        match self {
-            Backend::Valkey { server, .. } => Some(server),
-            _ => None,
-        }
-    }
+/// The memory backend: room for the large-pattern scenario's keyspace.
+fn memory() -> MemoryStore {
+    MemoryStore::new().max_entries(500_000)
 }
 
 /// Writes a raw value at `key` through the store (unguarded), with tags.
@@ -129,16 +73,6 @@ async fn put(cache: &Cache, key: &str, tags: &[&str], ttl: Duration) {
     assert_eq!(written, Written::Stored);
 }
 
-async fn has_entry(cache: &Cache, key: &str) -> bool {
-    cache
-        .store()
-        .read(cache.key_space(), key)
-        .await
-        .expect("store read")
-        .value
-        .is_some()
-}
-
 /// Asserts which of `keys` have an entry (through the store, on both backends).
 async fn assert_present(cache: &Cache, present: &[&str], absent: &[&str]) {
     for k in present {
@@ -152,21 +86,9 @@ async fn assert_present(cache: &Cache, present: &[&str], absent: &[&str]) {
 /// On Valkey, the entry keys of the cache's namespace (`KEYS ns:*`, without the prefix).
 async fn valkey_entries(b: &Backend, cache: &Cache) -> Option<BTreeSet<String>> {
     let prefix = cache.key_space().entry_prefix();
-    if let Backend::Cluster { cluster, .. } = b {
-        return Some(
-            cluster
-                .keys(&format!("{}*", glob_escape(prefix)))
-                .into_iter()
-                .map(|k| k[prefix.len()..].to_owned())
-                .collect(),
-        );
-    }
-    let server = b.server()?;
+    let keys = b.keys(&format!("{}*", glob_escape(prefix))).await?;
     Some(
-        server
-            .keys(&format!("{}*", glob_escape(prefix)))
-            .await
-            .into_iter()
+        keys.into_iter()
             .map(|k| k[prefix.len()..].to_owned())
             .collect(),
     )
@@ -497,7 +419,7 @@ fn kinds_app(cache: &Cache, db: &Db) -> Router {
 }
 
 async fn invalidation_kinds(b: Backend) {
-    let cache = b.cache("t_kinds");
+    let cache = b.cache("t_kinds", OP);
     let db = Db::default();
     let app = kinds_app(&cache, &db);
     let mut removed = Removed::new(&cache);
@@ -634,8 +556,8 @@ async fn invalidation_kinds(b: Backend) {
 // ---------------------------------------------------------------------------------------------
 
 async fn programmatic_counts(b: Backend) {
-    let cache = b.cache("t_api");
-    let other = b.cache("t_api2");
+    let cache = b.cache("t_api", OP);
+    let other = b.cache("t_api2", OP);
     let ttl = Duration::from_secs(60);
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
 
@@ -748,7 +670,7 @@ fn encode(s: &str) -> String {
 }
 
 async fn glob_injection(b: Backend) {
-    let cache = b.cache("t_glob");
+    let cache = b.cache("t_glob", OP);
     let db = Db::default();
     let app = Router::new()
         .route(
@@ -843,7 +765,7 @@ struct Gate {
 
 async fn no_stale_refill(b: Backend) {
     use MethodFilter as M;
-    let cache = b.cache("t_refill");
+    let cache = b.cache("t_refill", OP);
     let db = Db::default();
     let gate = Arc::new(Gate {
         entered: tokio::sync::Notify::new(),
@@ -930,7 +852,7 @@ fn item_app(cache: &Cache, db: &Db) -> Router {
 
 async fn queued_while_failing(b: Backend) {
     let fail = Arc::new(AtomicBool::new(false));
-    let cache = Cache::builder(TestStore::flaky(b.shared(), fail.clone()))
+    let cache = Cache::builder(TestStore::flaky(b.store(), fail.clone()))
         .namespace("t_queue")
         .timeout(Duration::from_secs(2))
         .circuit_breaker(1000, Duration::from_millis(10))
@@ -1049,10 +971,10 @@ const BULK_MATCHED: usize = 20_000;
 
 async fn large_pattern(b: Backend) {
     let cache = b
-        .builder("big")
+        .builder("big", OP)
         .bulk_timeout(Duration::from_secs(60))
         .build();
-    let other = b.cache("bigother");
+    let other = b.cache("bigother", OP);
     let setup = Instant::now();
     match &b {
         Backend::Valkey { server, .. } => {
@@ -1264,29 +1186,21 @@ async fn consistency_workload(cache: Cache) -> Report {
 }
 
 async fn consistency(b: Backend, guarded: bool) -> Report {
-    let store = b.shared();
+    let store = b.store();
     let builder = if guarded {
         Cache::builder_shared(store)
     } else {
         Cache::builder(TestStore::unguarded(store))
     };
-    let ns = match &b {
-        Backend::Cluster { suffix, .. } => format!("t_consistency{suffix}"),
-        _ => "t_consistency".to_owned(),
-    };
     let cache = builder
-        .namespace(ns)
-        .timeout(Duration::from_secs(2))
+        .namespace(b.namespace("t_consistency"))
+        .timeout(OP)
         .build();
     let started = Instant::now();
     let r = consistency_workload(cache.clone()).await;
     println!(
         "{}guard {}: {} ops ({} reads, {} hits, {} writes) in {:?}: {} violations; {:?}",
-        if matches!(b, Backend::Cluster { .. }) {
-            "cluster, "
-        } else {
-            ""
-        },
+        if b.is_cluster() { "cluster, " } else { "" },
         if guarded { "on" } else { "off" },
         r.reads + r.writes,
         r.reads,
@@ -1303,7 +1217,7 @@ async fn consistency(b: Backend, guarded: bool) -> Report {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistency_guarded_no_violations() {
-    let r = consistency(Backend::valkey(), true).await;
+    let r = consistency(Backend::valkey(VALKEY), true).await;
     assert_eq!(r.violations, 0, "{r:?}");
 }
 
@@ -1311,7 +1225,7 @@ async fn consistency_guarded_no_violations() {
 /// proof that the test above can fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistency_unguarded_detects_stale_fills() {
-    let r = consistency(Backend::valkey(), false).await;
+    let r = consistency(Backend::valkey(VALKEY), false).await;
     assert!(r.violations > 0, "{r:?}");
 }
 
@@ -1319,7 +1233,7 @@ async fn consistency_unguarded_detects_stale_fills() {
 /// primary, and no read after an acknowledged write sees the older version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_consistency_guarded_no_violations() {
-    let r = consistency(Backend::cluster(), true).await;
+    let r = consistency(Backend::cluster(CLUSTER), true).await;
     assert_eq!(r.violations, 0, "{r:?}");
 }
 
@@ -1327,19 +1241,8 @@ async fn cluster_consistency_guarded_no_violations() {
 // Runs
 // ---------------------------------------------------------------------------------------------
 
-macro_rules! on {
-    ($backend:ident: $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::$backend()).await
-            }
-        )*
-    };
-}
-
 mod valkey {
-    on!(valkey:
+    crate::support::on!(super::Backend::valkey(super::VALKEY) =>
         invalidation_kinds,
         programmatic_counts,
         glob_injection,
@@ -1351,7 +1254,7 @@ mod valkey {
 
 /// The same scenarios on a Valkey Cluster (shared by this binary's cluster tests).
 mod cluster {
-    on!(cluster:
+    crate::support::on!(super::Backend::cluster(super::CLUSTER) =>
         invalidation_kinds,
         programmatic_counts,
         glob_injection,
@@ -1361,7 +1264,7 @@ mod cluster {
 }
 
 mod memory {
-    on!(memory:
+    crate::support::on!(super::Backend::memory(super::memory()) =>
         invalidation_kinds,
         programmatic_counts,
         glob_injection,

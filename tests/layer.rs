@@ -19,7 +19,9 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{eventually, get as get_req, request, send, Resp, ValkeyCluster, ValkeyServer};
+use support::{
+    eventually, get as get_req, has_entry, request, send, stored, Backend, Resp, StoreTimeouts,
+};
 use tower_valkey_cache::entry::Entry;
 use tower_valkey_cache::{Cache, CacheLayer, MemoryStore, ValkeyConfig, ValkeyStore};
 
@@ -32,124 +34,24 @@ const POLL: Duration = Duration::from_secs(10);
 // Backends
 // ---------------------------------------------------------------------------------------------
 
-enum Backend {
-    Valkey {
-        server: ValkeyServer,
-        store: ValkeyStore,
-    },
-    Memory(MemoryStore),
-    /// The shared cluster (3 primaries, 3 replicas); namespaces get `suffix`.
-    Cluster {
-        cluster: &'static ValkeyCluster,
-        store: ValkeyStore,
-        suffix: String,
-    },
-}
+/// The single server's store: generous timeouts, since debug builds of parallel tests on a busy
+/// machine are slow and these scenarios are about behaviour, not latency. The failure scenarios
+/// set their own operation timeout.
+const VALKEY: StoreTimeouts = StoreTimeouts::all(Duration::from_secs(1));
+/// The cluster store's connect and response timeout.
+const CLUSTER: Duration = Duration::from_secs(1);
+/// Every cache's operation timeout.
+const OP: Duration = Duration::from_secs(1);
 
-impl Backend {
-    fn valkey() -> Self {
-        let server = ValkeyServer::start();
-        // Generous timeouts: debug builds of parallel tests on a busy machine are slow, and these
-        // scenarios are about behaviour, not latency. The failure scenarios build their own.
-        let store = ValkeyStore::with_config(
-            ValkeyConfig::from_url(server.url())
-                .connect_timeout(Duration::from_secs(1))
-                .response_timeout(Duration::from_secs(1))
-                .wait_timeout(Duration::from_secs(1)),
-        )
-        .expect("valkey store");
-        Backend::Valkey { server, store }
-    }
-
-    fn memory() -> Self {
-        Backend::Memory(MemoryStore::new())
-    }
-
-    fn cluster() -> Self {
-        let (cluster, store, suffix) = support::shared_cluster_store(Duration::from_secs(1));
-        Backend::Cluster {
-            cluster,
-            store,
-            suffix,
-        }
-    }
-
-    fn server(&self) -> &ValkeyServer {
-        match self {
-            Backend::Valkey { server, .. } => server,
-            _ => panic!("this scenario needs a single Valkey server"),
-        }
-    }
-
-    /// A cache in namespace `ns` with a 1 s operation timeout.
-    fn cache(&self, ns: &str) -> Cache {
-        self.builder(ns).build()
-    }
-
-    fn builder(&self, ns: &str) -> tower_valkey_cache::CacheBuilder {
-        let b = match self {
-            Backend::Valkey { store, .. } => Cache::builder(store.clone()),
-            Backend::Memory(store) => Cache::builder(store.clone()),
-            Backend::Cluster { store, suffix, .. } => {
-                return Cache::builder(store.clone())
-                    .namespace(support::suffixed(ns, suffix))
-                    .timeout(Duration::from_secs(1))
-            }
-        };
-        b.namespace(ns).timeout(Duration::from_secs(1))
-    }
-
-    /// Writes raw bytes at a full store key, outside the crate (Valkey `SET`,
-    /// `MemoryStore::put_raw`).
-    async fn put_raw(&self, store_key: &str, value: &[u8]) {
-        match self {
-            Backend::Valkey { server, .. } => {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(store_key).arg(value).arg("EX").arg(60);
-                let () = server.query(&cmd).await;
-            }
-            Backend::Memory(store) => store.put_raw(
-                store_key,
-                Bytes::copy_from_slice(value),
-                Duration::from_secs(60),
-            ),
-            Backend::Cluster { store, .. } => {
-                let mut conn = store
-                    .cluster_connection()
-                    .await
-                    .expect("cluster connection");
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(store_key).arg(value).arg("EX").arg(60);
-                let () = cmd.query_async(&mut conn).await.expect("SET");
-            }
-        }
-    }
-
-    /// The entry keys of namespace `ns` as Valkey lists them (`KEYS ns:*`); None on memory.
-    async fn entry_keys(&self, ns: &str) -> Option<Vec<String>> {
-        match self {
-            Backend::Valkey { server, .. } => Some(server.keys(&format!("{ns}:*")).await),
-            Backend::Memory(_) => None,
-            // Hash-tagged: `{ns}:KEY`, all on the primary serving the namespace's slot.
-            Backend::Cluster {
-                cluster, suffix, ..
-            } => Some(cluster.keys(&format!("{{{}}}:*", support::suffixed(ns, suffix)))),
-        }
-    }
-}
-
-/// The raw stored value at `key` (relative to the cache's namespace), read through the store.
-async fn stored(cache: &Cache, key: &str) -> Option<Bytes> {
-    cache
-        .store()
-        .read(cache.key_space(), key)
-        .await
-        .expect("store read")
-        .value
-}
-
-async fn has_entry(cache: &Cache, key: &str) -> bool {
-    stored(cache, key).await.is_some()
+/// The entry keys of namespace `ns` as Valkey lists them (`KEYS ns:*`; on the cluster
+/// hash-tagged, `{ns}:*`, all on the primary serving the namespace's slot); None on memory.
+async fn entry_keys(b: &Backend, ns: &str) -> Option<Vec<String>> {
+    let pattern = if b.is_cluster() {
+        format!("{{{}}}:*", b.namespace(ns))
+    } else {
+        format!("{ns}:*")
+    };
+    b.keys(&pattern).await
 }
 
 /// Asserts that exactly these entries exist: through the store on both backends, and by name in
@@ -158,7 +60,7 @@ async fn assert_entries(b: &Backend, cache: &Cache, keys: &[&str]) {
     for k in keys {
         assert!(has_entry(cache, k).await, "no entry at `{k}`");
     }
-    if let Some(mut listed) = b.entry_keys(cache.namespace()).await {
+    if let Some(mut listed) = entry_keys(b, cache.namespace()).await {
         listed.sort();
         let mut want: Vec<String> = keys.iter().map(|k| cache.key_space().entry(k)).collect();
         want.sort();
@@ -226,7 +128,7 @@ fn assert_hit(r: &Resp) {
 // ---------------------------------------------------------------------------------------------
 
 async fn miss_then_hit(b: Backend) {
-    let cache = b.cache("t_hit");
+    let cache = b.cache("t_hit", OP);
     let calls = Calls::default();
     let app = Router::new().route(
         "/hello",
@@ -261,7 +163,7 @@ async fn miss_then_hit(b: Backend) {
 }
 
 async fn key_templates(b: Backend) {
-    let cache = b.cache("t_tpl");
+    let cache = b.cache("t_tpl", OP);
     let (users, posts, tenants) = (Calls::default(), Calls::default(), Calls::default());
     let (cu, cp, ct) = (users.clone(), posts.clone(), tenants.clone());
     let app = Router::new()
@@ -371,7 +273,7 @@ async fn key_templates(b: Backend) {
 }
 
 async fn key_escaping(b: Backend) {
-    let cache = b.cache("t_esc");
+    let cache = b.cache("t_esc", OP);
     let calls = Calls::default();
     let c = calls.clone();
     let app = Router::new().route(
@@ -432,7 +334,7 @@ async fn key_escaping(b: Backend) {
 }
 
 async fn query_normalisation(b: Backend) {
-    let cache = b.cache("t_query");
+    let cache = b.cache("t_query", OP);
     let calls = Calls::default();
     let c = calls.clone();
     let app = Router::new().route(
@@ -478,7 +380,7 @@ fn respond(status: StatusCode, headers: Headers) -> impl Fn() -> axum::response:
 }
 
 async fn never_cached_responses(b: Backend) {
-    let cache = b.cache("t_never");
+    let cache = b.cache("t_never", OP);
     // (path, status, response headers, Cache-Status detail)
     let cases: [(&str, StatusCode, Headers, &str); 8] = [
         (
@@ -558,7 +460,7 @@ async fn never_cached_responses(b: Backend) {
 }
 
 async fn credentials_bypass(b: Backend) {
-    let cache = b.cache("t_cred");
+    let cache = b.cache("t_cred", OP);
     let calls = Calls::default();
     let c = calls.clone();
     let app = Router::new().route(
@@ -606,7 +508,7 @@ async fn credentials_bypass(b: Backend) {
 }
 
 async fn keyed_by_caller(b: Backend) {
-    let cache = b.cache("t_me");
+    let cache = b.cache("t_me", OP);
     let calls = Calls::default();
     let c = calls.clone();
     let app = Router::new().route(
@@ -641,7 +543,7 @@ async fn keyed_by_caller(b: Backend) {
     assert_eq!((r.cache_status(), r.text()), (STORED, "me: anonymous"));
     assert_eq!(calls.get(), 3);
 
-    if let Some(keys) = b.entry_keys("t_me").await {
+    if let Some(keys) = entry_keys(&b, "t_me").await {
         assert_eq!(keys.len(), 3, "{keys:?}");
         assert!(
             keys.iter()
@@ -654,7 +556,7 @@ async fn keyed_by_caller(b: Backend) {
 /// A route keyed by `Authorization` only must still bypass requests identified by a `Cookie`:
 /// otherwise two cookie-authenticated callers (no Authorization header) share the entry `me:~`.
 async fn keyed_by_authorization_still_bypasses_cookies(b: Backend) {
-    let cache = b.cache("t_me_cookie");
+    let cache = b.cache("t_me_cookie", OP);
     let calls = Calls::default();
     let c = calls.clone();
     let app = Router::new().route(
@@ -686,7 +588,7 @@ async fn keyed_by_authorization_still_bypasses_cookies(b: Backend) {
 }
 
 async fn request_no_store(b: Backend) {
-    let cache = b.cache("t_reqns");
+    let cache = b.cache("t_reqns", OP);
     let calls = Calls::default();
     let app = Router::new().route("/r", counted(&calls, || "r").route_layer(layer(&cache)));
     let no_store = || request("GET", "/r", &[("cache-control", "no-store")]);
@@ -712,7 +614,7 @@ async fn request_no_store(b: Backend) {
 }
 
 async fn post_passes_through(b: Backend) {
-    let cache = b.cache("t_post");
+    let cache = b.cache("t_post", OP);
     let calls = Calls::default();
     let c = calls.clone();
     let app = Router::new().route(
@@ -746,7 +648,7 @@ async fn post_passes_through(b: Backend) {
 }
 
 async fn head(b: Backend) {
-    let cache = b.cache("t_head");
+    let cache = b.cache("t_head", OP);
     let (filled, fresh) = (Calls::default(), Calls::default());
     let app = Router::new()
         .route(
@@ -783,7 +685,7 @@ async fn head(b: Backend) {
 }
 
 async fn too_large_exact_length(b: Backend) {
-    let cache = b.cache("t_big");
+    let cache = b.cache("t_big", OP);
     let (big, edge) = (Calls::default(), Calls::default());
     let limit = 1000;
     let app = Router::new()
@@ -829,7 +731,7 @@ fn chunked_bytes(chunks: usize, size: usize) -> Vec<u8> {
 }
 
 async fn streaming_unknown_length(b: Backend) {
-    let cache = b.cache("t_stream");
+    let cache = b.cache("t_stream", OP);
     let (big, small) = (Calls::default(), Calls::default());
     let app = Router::new()
         .route(
@@ -875,7 +777,7 @@ async fn streaming_unknown_length(b: Backend) {
 /// Over real TCP: a body of unknown length reaches the client chunk by chunk while the handler is
 /// still producing it (the cache does not buffer it), and is stored once complete.
 async fn streaming_first_byte_over_tcp(b: Backend) {
-    let cache = b.cache("t_tcp");
+    let cache = b.cache("t_tcp", OP);
     let calls = Calls::default();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let (c, g) = (calls.clone(), gate.clone());
@@ -941,7 +843,7 @@ async fn streaming_first_byte_over_tcp(b: Backend) {
 }
 
 async fn missing_path_param(b: Backend) {
-    let cache = b.cache("t_keyerr");
+    let cache = b.cache("t_keyerr", OP);
     let (plain, other) = (Calls::default(), Calls::default());
     let app = Router::new()
         .route(
@@ -968,7 +870,7 @@ async fn missing_path_param(b: Backend) {
 }
 
 async fn corrupt_entry(b: Backend) {
-    let cache = b.cache("t_corrupt");
+    let cache = b.cache("t_corrupt", OP);
     let calls = Calls::default();
     let app = Router::new().route(
         "/c/{n}",
@@ -1018,7 +920,7 @@ async fn corrupt_entry(b: Backend) {
 /// Valkey killed mid-test: requests are served by the handler; once it is back, caching resumes.
 async fn valkey_stopped_and_restarted(mut b: Backend) {
     let cache = b
-        .builder("t_down")
+        .builder("t_down", OP)
         .timeout(Duration::from_millis(500))
         .circuit_breaker(2, Duration::from_millis(100))
         .build();
@@ -1027,10 +929,7 @@ async fn valkey_stopped_and_restarted(mut b: Backend) {
     assert_eq!(get_req(&app, "/d").await.cache_status(), STORED);
     assert_hit(&get_req(&app, "/d").await);
 
-    match &mut b {
-        Backend::Valkey { server, .. } => server.stop(),
-        _ => unreachable!(),
-    }
+    b.server_mut().stop();
     for n in 1..=5 {
         let r = get_req(&app, "/d").await;
         assert_eq!((r.status, r.text()), (StatusCode::OK, "up"));
@@ -1045,10 +944,7 @@ async fn valkey_stopped_and_restarted(mut b: Backend) {
     assert!(s.breaker_opened >= 1, "{s:?}");
     assert!(cache.is_degraded());
 
-    match &mut b {
-        Backend::Valkey { server, .. } => server.restart(),
-        _ => unreachable!(),
-    }
+    b.server_mut().restart();
     // The restarted server is empty: the next lookups miss, one stores, then hits follow.
     let r = eventually(POLL, "caching to resume after the restart", || async {
         let r = get_req(&app, "/d").await;
@@ -1065,7 +961,9 @@ async fn valkey_stopped_and_restarted(mut b: Backend) {
 /// Valkey frozen (SIGSTOP): requests answer from the handler within the operation timeout instead
 /// of hanging; once it resumes, entries are served again.
 async fn valkey_paused(b: Backend) {
-    let server = b.server();
+    let server = b
+        .server()
+        .expect("this scenario needs a single Valkey server");
     let store = ValkeyStore::with_config(
         ValkeyConfig::from_url(server.url())
             .response_timeout(Duration::from_millis(200))
@@ -1120,19 +1018,8 @@ async fn valkey_paused(b: Backend) {
 // Runs
 // ---------------------------------------------------------------------------------------------
 
-macro_rules! on {
-    ($backend:ident: $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::$backend()).await
-            }
-        )*
-    };
-}
-
 mod valkey {
-    on!(valkey:
+    crate::support::on!(super::Backend::valkey(super::VALKEY) =>
         miss_then_hit,
         key_templates,
         key_escaping,
@@ -1155,7 +1042,7 @@ mod valkey {
 
 /// The same scenarios on a Valkey Cluster (shared by this binary's cluster tests).
 mod cluster {
-    on!(cluster:
+    crate::support::on!(super::Backend::cluster(super::CLUSTER) =>
         miss_then_hit,
         key_templates,
         key_escaping,
@@ -1172,7 +1059,7 @@ mod cluster {
 }
 
 mod memory {
-    on!(memory:
+    crate::support::on!(super::Backend::memory(super::MemoryStore::new()) =>
         miss_then_hit,
         key_templates,
         key_escaping,
@@ -1195,10 +1082,10 @@ mod memory {
 // carrying *another* (`Cookie`) use the cache: they would share the entry `me:~`.
 #[tokio::test]
 async fn valkey_keyed_by_authorization_still_bypasses_cookies() {
-    keyed_by_authorization_still_bypasses_cookies(Backend::valkey()).await
+    keyed_by_authorization_still_bypasses_cookies(Backend::valkey(VALKEY)).await
 }
 
 #[tokio::test]
 async fn memory_keyed_by_authorization_still_bypasses_cookies() {
-    keyed_by_authorization_still_bypasses_cookies(Backend::memory()).await
+    keyed_by_authorization_still_bypasses_cookies(Backend::memory(MemoryStore::new())).await
 }

@@ -25,12 +25,14 @@ use http_body_util::BodyExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{collect, eventually, get as get_req, Resp, ValkeyCluster, ValkeyServer};
+use support::{
+    collect, eventually, get as get_req, Backend, Resp, StoreTimeouts, ValkeyCluster, ValkeyServer,
+};
 use tokio::sync::Barrier;
 use tower::ServiceExt;
 use tower_valkey_cache::entry::{now_ms, Entry};
 use tower_valkey_cache::store::Write;
-use tower_valkey_cache::{Cache, CacheLayer, MemoryStore, ValkeyConfig, ValkeyStore};
+use tower_valkey_cache::{Cache, CacheLayer, MemoryStore, ValkeyStore};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -45,59 +47,15 @@ const LIMIT: Duration = Duration::from_secs(20);
 // Backends
 // ---------------------------------------------------------------------------------------------
 
-enum Backend {
-    Valkey {
-        server: ValkeyServer,
-        store: ValkeyStore,
-    },
-    Memory(MemoryStore),
-    /// The shared cluster; namespaces get `suffix`.
-    Cluster {
-        store: ValkeyStore,
-        suffix: String,
-    },
-}
-
-/// A store on `server` with generous timeouts: a debug build serving a 1,000-request burst on
-/// two cores is slow, and these scenarios are about behaviour, not latency. (With the default
-/// 100 ms, a read that times out is served by the handler and would count as an extra run.)
-fn valkey_store(server: &ValkeyServer) -> ValkeyStore {
-    ValkeyStore::with_config(
-        ValkeyConfig::from_url(server.url())
-            .connect_timeout(Duration::from_secs(2))
-            .response_timeout(Duration::from_secs(2))
-            .wait_timeout(Duration::from_secs(2)),
-    )
-    .expect("valkey store")
-}
-
-impl Backend {
-    fn valkey() -> Self {
-        let server = ValkeyServer::start();
-        let store = valkey_store(&server);
-        Backend::Valkey { server, store }
-    }
-
-    fn memory() -> Self {
-        Backend::Memory(MemoryStore::new())
-    }
-
-    fn cluster() -> Self {
-        let (_, store, suffix) = support::shared_cluster_store(Duration::from_secs(2));
-        Backend::Cluster { store, suffix }
-    }
-
-    fn cache(&self, ns: &str) -> Cache {
-        let (b, ns) = match self {
-            Backend::Valkey { store, .. } => (Cache::builder(store.clone()), ns.to_owned()),
-            Backend::Memory(store) => (Cache::builder(store.clone()), ns.to_owned()),
-            Backend::Cluster { store, suffix } => {
-                (Cache::builder(store.clone()), format!("{ns}{suffix}"))
-            }
-        };
-        b.namespace(ns).timeout(Duration::from_secs(2)).build()
-    }
-}
+/// The single server's store: generous timeouts, since a debug build serving a 1,000-request
+/// burst on two cores is slow and these scenarios are about behaviour, not latency. (With the
+/// default 100 ms, a read that times out is served by the handler and would count as an extra
+/// run.)
+const VALKEY: StoreTimeouts = StoreTimeouts::all(Duration::from_secs(2));
+/// The cluster store's connect and response timeout.
+const CLUSTER: Duration = Duration::from_secs(2);
+/// Every cache's operation timeout.
+const OP: Duration = Duration::from_secs(2);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -282,7 +240,7 @@ const BURST: usize = 1000;
 const ITERATIONS: usize = 4;
 
 async fn thousand_on_one_cold_key(b: Backend) {
-    let cache = b.cache("burst");
+    let cache = b.cache("burst", OP);
     let calls = Calls::default();
     let gate = Gate::new(std::slice::from_ref(&cache));
     let layer = CacheLayer::new(cache.clone())
@@ -344,17 +302,17 @@ async fn thousand_on_one_cold_key(b: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_thousand_concurrent_requests_on_one_cold_key_run_the_handler_once() {
-    thousand_on_one_cold_key(Backend::valkey()).await
+    thousand_on_one_cold_key(Backend::valkey(VALKEY)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_thousand_concurrent_requests_on_one_cold_key_run_the_handler_once() {
-    thousand_on_one_cold_key(Backend::cluster()).await
+    thousand_on_one_cold_key(Backend::cluster(CLUSTER)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_thousand_concurrent_requests_on_one_cold_key_run_the_handler_once() {
-    thousand_on_one_cold_key(Backend::memory()).await
+    thousand_on_one_cold_key(Backend::memory(MemoryStore::new())).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -373,7 +331,7 @@ impl Shared {
     /// A store of its own (own connections) for one instance.
     fn store(&self) -> ValkeyStore {
         match self {
-            Shared::Server(server) => valkey_store(server),
+            Shared::Server(server) => support::valkey_store(server, VALKEY),
             Shared::Cluster(..) => support::shared_cluster_store(Duration::from_secs(2)).1,
         }
     }
@@ -525,7 +483,7 @@ async fn fill_lock_across_three_instances(shared: Shared) {
 const SLOW: Duration = Duration::from_secs(1);
 
 async fn stale_while_revalidate(b: Backend) {
-    let cache = b.cache("swr");
+    let cache = b.cache("swr", OP);
     let calls = Calls::default();
     let layer = CacheLayer::new(cache.clone())
         .key("swr:{n}")
@@ -580,12 +538,12 @@ async fn stale_while_revalidate(b: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_stale_while_revalidate_serves_stale_and_refreshes_once() {
-    stale_while_revalidate(Backend::valkey()).await
+    stale_while_revalidate(Backend::valkey(VALKEY)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stale_while_revalidate_serves_stale_and_refreshes_once() {
-    stale_while_revalidate(Backend::memory()).await
+    stale_while_revalidate(Backend::memory(MemoryStore::new())).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -634,7 +592,7 @@ async fn upstream_requests(mock: &MockServer) -> usize {
 }
 
 async fn stale_if_error(b: Backend) {
-    let cache = b.cache("sie");
+    let cache = b.cache("sie", OP);
     let mock = MockServer::start().await;
     let calls = Calls::default();
     let layer = CacheLayer::new(cache.clone())
@@ -747,12 +705,12 @@ async fn stale_if_error(b: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_stale_if_error_inside_and_outside_the_window() {
-    stale_if_error(Backend::valkey()).await
+    stale_if_error(Backend::valkey(VALKEY)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stale_if_error_inside_and_outside_the_window() {
-    stale_if_error(Backend::memory()).await
+    stale_if_error(Backend::memory(MemoryStore::new())).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -762,7 +720,7 @@ async fn memory_stale_if_error_inside_and_outside_the_window() {
 const FOLLOWERS: usize = 20;
 
 async fn leader_cancelled(b: Backend, lock: Option<Duration>) {
-    let cache = b.cache("cancel");
+    let cache = b.cache("cancel", OP);
     let calls = Calls::default();
     let mut layer = CacheLayer::new(cache.clone())
         .key("c:{n}")
@@ -849,22 +807,22 @@ async fn leader_cancelled(b: Backend, lock: Option<Duration>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_cancelled_leader_does_not_strand_followers() {
-    leader_cancelled(Backend::valkey(), None).await
+    leader_cancelled(Backend::valkey(VALKEY), None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_cancelled_leader_holding_the_fill_lock_does_not_strand_followers() {
-    leader_cancelled(Backend::valkey(), Some(Duration::from_secs(1))).await
+    leader_cancelled(Backend::valkey(VALKEY), Some(Duration::from_secs(1))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_cancelled_leader_holding_the_fill_lock_does_not_strand_followers() {
-    leader_cancelled(Backend::cluster(), Some(Duration::from_secs(1))).await
+    leader_cancelled(Backend::cluster(CLUSTER), Some(Duration::from_secs(1))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_cancelled_leader_does_not_strand_followers() {
-    leader_cancelled(Backend::memory(), None).await
+    leader_cancelled(Backend::memory(MemoryStore::new()), None).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -919,15 +877,13 @@ fn assert_spread(what: &str, ms: &[u64], lo: u64, hi: u64) {
 
 #[tokio::test]
 async fn valkey_ttl_jitter_spreads_expiry() {
-    let b = Backend::valkey();
-    let cache = b.cache("jitter");
+    let b = Backend::valkey(VALKEY);
+    let cache = b.cache("jitter", OP);
     let (lifetimes, took) = jitter_fills(&cache).await;
     assert_spread("freshness lifetimes", &lifetimes, 50_000, 100_000);
 
     // What Valkey will actually expire: PTTL of every entry, read in one pipeline.
-    let Backend::Valkey { server, .. } = &b else {
-        unreachable!()
-    };
+    let server = b.server().expect("a single Valkey server");
     let mut pipe = redis::pipe();
     for i in 0..JITTER_FILLS {
         pipe.cmd("PTTL")
@@ -952,7 +908,7 @@ async fn valkey_ttl_jitter_spreads_expiry() {
 
 #[tokio::test]
 async fn memory_ttl_jitter_spreads_expiry() {
-    let cache = Backend::memory().cache("jitter");
+    let cache = Backend::memory(MemoryStore::new()).cache("jitter", OP);
     let (lifetimes, _) = jitter_fills(&cache).await;
     assert_spread("freshness lifetimes", &lifetimes, 50_000, 100_000);
 }

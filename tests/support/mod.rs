@@ -1,5 +1,6 @@
-//! Shared test harness: a throw-away `valkey-server` per test, and helpers to drive axum routers
-//! in process (`tower::ServiceExt::oneshot`) or over real TCP.
+//! Shared test harness: a throw-away `valkey-server` per test, a shared local Valkey Cluster,
+//! the [`Backend`] a scenario runs on (one server, the cluster, or `MemoryStore`), and helpers to
+//! drive axum routers in process (`tower::ServiceExt::oneshot`) or over real TCP.
 //!
 //! Use it from a test binary with `mod support;`. Every helper here is used by some binary but not
 //! by all of them, hence the `dead_code` allowance.
@@ -15,8 +16,11 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
+use tower_valkey_cache::store::Store;
+use tower_valkey_cache::{Cache, CacheBuilder, MemoryStore, ValkeyConfig, ValkeyStore};
 
 const NOT_FOUND: &str = "valkey-server not found: run scripts/install-valkey (or: apt-get install -t bookworm-backports valkey-server valkey-tools)";
 
@@ -659,20 +663,14 @@ fn cli_sync(port: u16, args: &[&str]) -> String {
     }
 }
 
-/// A [`ValkeyStore`](tower_valkey_cache::ValkeyStore) on the [shared](ValkeyCluster::shared)
+/// A [`ValkeyStore`](ValkeyStore) on the [shared](ValkeyCluster::shared)
 /// cluster with `timeout` for connecting and for responses, and a namespace suffix unique in
 /// this process (tests share the cluster, so each adds it to its namespaces).
-pub fn shared_cluster_store(
-    timeout: Duration,
-) -> (
-    &'static ValkeyCluster,
-    tower_valkey_cache::ValkeyStore,
-    String,
-) {
+pub fn shared_cluster_store(timeout: Duration) -> (&'static ValkeyCluster, ValkeyStore, String) {
     static N: AtomicUsize = AtomicUsize::new(0);
     let cluster = ValkeyCluster::shared();
-    let store = tower_valkey_cache::ValkeyStore::with_config(
-        tower_valkey_cache::ValkeyConfig::cluster(cluster.urls())
+    let store = ValkeyStore::with_config(
+        ValkeyConfig::cluster(cluster.urls())
             .connect_timeout(timeout)
             .response_timeout(timeout),
     )
@@ -690,5 +688,215 @@ pub fn suffixed(ns: &str, suffix: &str) -> String {
         ns.to_owned()
     } else {
         format!("{ns}{suffix}")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------------------------
+
+/// The timeouts of a [`ValkeyStore`] on one server: connect, response, and waiting for a pooled
+/// connection. Every test binary passes its own (generous: debug builds of parallel tests on a
+/// 2-core machine are slow, and most scenarios are about behaviour, not latency).
+#[derive(Clone, Copy, Debug)]
+pub struct StoreTimeouts {
+    /// `ValkeyConfig::connect_timeout`.
+    pub connect: Duration,
+    /// `ValkeyConfig::response_timeout`.
+    pub response: Duration,
+    /// `ValkeyConfig::wait_timeout`.
+    pub wait: Duration,
+}
+
+impl StoreTimeouts {
+    /// The same timeout for all three.
+    pub const fn all(t: Duration) -> Self {
+        Self {
+            connect: t,
+            response: t,
+            wait: t,
+        }
+    }
+}
+
+/// A [`ValkeyStore`] on `server` with the timeouts `t`.
+pub fn valkey_store(server: &ValkeyServer, t: StoreTimeouts) -> ValkeyStore {
+    ValkeyStore::with_config(
+        ValkeyConfig::from_url(server.url())
+            .connect_timeout(t.connect)
+            .response_timeout(t.response)
+            .wait_timeout(t.wait),
+    )
+    .expect("valkey store")
+}
+
+/// The raw stored value at `key` (relative to the cache's namespace), read through the cache's
+/// store.
+pub async fn stored(cache: &Cache, key: &str) -> Option<Bytes> {
+    cache
+        .store()
+        .read(cache.key_space(), key)
+        .await
+        .expect("store read")
+        .value
+}
+
+/// Whether the cache's store holds an entry at `key` (relative to the cache's namespace).
+pub async fn has_entry(cache: &Cache, key: &str) -> bool {
+    stored(cache, key).await.is_some()
+}
+
+/// Runs scenarios written once over a [`Backend`] on one backend: for every `name`, a
+/// `#[tokio::test] async fn name()` calling `super::name(backend)`. Used in a module per backend:
+///
+/// ```ignore
+/// mod memory {
+///     crate::support::on!(super::Backend::memory(super::MemoryStore::new()) => miss_then_hit, head);
+/// }
+/// ```
+#[allow(unused_macros)]
+macro_rules! on {
+    ($backend:expr => $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                super::$name($backend).await
+            }
+        )*
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on;
+
+/// What a scenario written once runs on: its own single Valkey server, the binary's
+/// [shared](ValkeyCluster::shared) cluster (each test in its own namespaces, see
+/// [`namespace`](Self::namespace)), or a `MemoryStore`.
+pub enum Backend {
+    /// A `valkey-server` of this test alone.
+    Valkey {
+        server: ValkeyServer,
+        store: ValkeyStore,
+    },
+    /// The shared cluster (3 primaries, 3 replicas); namespaces get `suffix`.
+    Cluster {
+        cluster: &'static ValkeyCluster,
+        store: ValkeyStore,
+        suffix: String,
+    },
+    /// The embedded store.
+    Memory(MemoryStore),
+}
+
+impl Backend {
+    /// A new single server, with a store on it with the timeouts `t`.
+    pub fn valkey(t: StoreTimeouts) -> Self {
+        let server = ValkeyServer::start();
+        let store = valkey_store(&server, t);
+        Backend::Valkey { server, store }
+    }
+
+    /// The shared cluster, through a store with `timeout` for connecting and for responses.
+    pub fn cluster(timeout: Duration) -> Self {
+        let (cluster, store, suffix) = shared_cluster_store(timeout);
+        Backend::Cluster {
+            cluster,
+            store,
+            suffix,
+        }
+    }
+
+    /// `store` (e.g. `MemoryStore::new()`).
+    pub fn memory(store: MemoryStore) -> Self {
+        Backend::Memory(store)
+    }
+
+    /// The store, to share between caches.
+    pub fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Backend::Valkey { store, .. } | Backend::Cluster { store, .. } => {
+                Arc::new(store.clone())
+            }
+            Backend::Memory(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// The namespace this test uses for `ns`: `ns` itself, with this test's suffix on the
+    /// shared cluster.
+    pub fn namespace(&self, ns: &str) -> String {
+        match self {
+            Backend::Cluster { suffix, .. } => suffixed(ns, suffix),
+            _ => ns.to_owned(),
+        }
+    }
+
+    /// A cache builder in [namespace](Self::namespace) `ns` with the operation timeout `op`.
+    pub fn builder(&self, ns: &str, op: Duration) -> CacheBuilder {
+        Cache::builder_shared(self.store())
+            .namespace(self.namespace(ns))
+            .timeout(op)
+    }
+
+    /// [`builder`](Self::builder), built.
+    pub fn cache(&self, ns: &str, op: Duration) -> Cache {
+        self.builder(ns, op).build()
+    }
+
+    /// The single server, if this is one.
+    pub fn server(&self) -> Option<&ValkeyServer> {
+        match self {
+            Backend::Valkey { server, .. } => Some(server),
+            _ => None,
+        }
+    }
+
+    /// The single server, mutably (to stop and restart it).
+    ///
+    /// # Panics
+    ///
+    /// If this is not a single server: the scenario only makes sense on one.
+    pub fn server_mut(&mut self) -> &mut ValkeyServer {
+        match self {
+            Backend::Valkey { server, .. } => server,
+            _ => panic!("this scenario needs a single Valkey server"),
+        }
+    }
+
+    /// Whether this is the shared cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Backend::Cluster { .. })
+    }
+
+    /// Every key matching `pattern` as Valkey lists them (`KEYS`, on every primary of the
+    /// cluster), sorted; None on memory.
+    pub async fn keys(&self, pattern: &str) -> Option<Vec<String>> {
+        match self {
+            Backend::Valkey { server, .. } => Some(server.keys(pattern).await),
+            Backend::Cluster { cluster, .. } => Some(cluster.keys(pattern)),
+            Backend::Memory(_) => None,
+        }
+    }
+
+    /// Writes raw bytes at a full store key for 60 s, outside the crate (Valkey `SET`,
+    /// `MemoryStore::put_raw`).
+    pub async fn put_raw(&self, store_key: &str, value: &[u8]) {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(store_key).arg(value).arg("EX").arg(60);
+        match self {
+            Backend::Valkey { server, .. } => {
+                let () = server.query(&cmd).await;
+            }
+            Backend::Cluster { store, .. } => {
+                let mut conn = store
+                    .cluster_connection()
+                    .await
+                    .expect("cluster connection");
+                let () = cmd.query_async(&mut conn).await.expect("SET");
+            }
+            Backend::Memory(store) => store.put_raw(
+                store_key,
+                Bytes::copy_from_slice(value),
+                Duration::from_secs(60),
+            ),
+        }
     }
 }
