@@ -196,6 +196,9 @@ fn matched_route<B>(req: &Request<B>) -> Option<&str> {
     }
 }
 
+/// `Cache-Status` as a constant: a `&str` name would be parsed on every response.
+const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
 fn forward_outcome<B: Body>(
     sh: &Shared,
     mut res: Response<CacheBody<B>>,
@@ -206,7 +209,7 @@ fn forward_outcome<B: Body>(
     crate::metrics::record_request(sh.cache.counters(), outcome.served());
     if sh.status_header {
         res.headers_mut()
-            .insert("cache-status", outcome.header(&sh.name));
+            .insert(CACHE_STATUS, outcome.header(&sh.name));
     }
     res
 }
