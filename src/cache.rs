@@ -334,13 +334,23 @@ impl Cache {
             duration_us = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        let fut = tracing::Instrument::instrument(fut, span.clone());
-        let result = match tokio::time::timeout(timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::new(
-                StoreErrorKind::Timeout,
-                format!("{op} took longer than {timeout:?}"),
-            )),
+        let mut fut = tracing::Instrument::instrument(fut, span.clone());
+        // A store that answers at once (MemoryStore, a ready reply) needs no timer: poll once
+        // before arming the timeout. The future is boxed, so polling it first and then handing
+        // it to the timeout moves nothing.
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(std::pin::Pin::new(&mut fut), cx))
+        })
+        .await;
+        let result = match first {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!("{op} took longer than {timeout:?}"),
+                )),
+            },
         };
         let elapsed = started.elapsed();
         let error_type = result.as_ref().err().map(|e| error_type(e.kind()));

@@ -252,7 +252,10 @@ impl Entry {
             let name = HeaderName::from_bytes(r.take(n)?)
                 .map_err(|_| DecodeError("invalid header name"))?;
             let n = r.u16()? as usize;
-            let value = HeaderValue::from_bytes(r.take(n)?)
+            // A slice of `raw` (no copy, no allocation per header per hit).
+            let at = r.pos;
+            r.take(n)?;
+            let value = HeaderValue::from_maybe_shared(raw.slice(at..at + n))
                 .map_err(|_| DecodeError("invalid header value"))?;
             headers.push((name, value));
         }

@@ -140,7 +140,11 @@ impl Metrics {
                 .build()
         };
         Self {
-            namespace: KeyValue::new("cache.namespace", StringValue::from(namespace.to_owned())),
+            // Reference-counted: cloned into every request's attributes without an allocation.
+            namespace: KeyValue::new(
+                "cache.namespace",
+                StringValue::from(std::sync::Arc::<str>::from(namespace)),
+            ),
             system: KeyValue::new("db.system.name", store),
             requests: counter(
                 "cache.requests",

@@ -196,6 +196,9 @@ fn matched_route<B>(req: &Request<B>) -> Option<&str> {
     }
 }
 
+/// `Cache-Status` as a constant: a `&str` name would be parsed on every response.
+const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
 fn forward_outcome<B: Body>(
     sh: &Shared,
     mut res: Response<CacheBody<B>>,
@@ -206,7 +209,7 @@ fn forward_outcome<B: Body>(
     crate::metrics::record_request(sh.cache.counters(), outcome.served());
     if sh.status_header {
         res.headers_mut()
-            .insert("cache-status", outcome.header(&sh.name));
+            .insert(CACHE_STATUS, outcome.header(&sh.name));
     }
     res
 }
@@ -229,7 +232,7 @@ where
     // Methods with a body are cached only keyed by it (`key_body`).
     if !sh.methods.contains(req.method()) || (keyed_by_body && sh.key_body.is_none()) {
         counters.bypass();
-        let res = inner.call(req.map(CacheRequestBody::new)).await?;
+        let res = Box::pin(inner.call(req.map(CacheRequestBody::new))).await?;
         return Ok(forward_outcome(
             &sh,
             res.map(CacheBody::stream),
@@ -240,7 +243,7 @@ where
         sh.allow_credentials || sh.key.covers_credential(h)
     }) {
         counters.bypass();
-        let res = inner.call(req.map(CacheRequestBody::new)).await?;
+        let res = Box::pin(inner.call(req.map(CacheRequestBody::new))).await?;
         return Ok(forward_outcome(
             &sh,
             res.map(CacheBody::stream),
@@ -254,14 +257,14 @@ where
     // `key_body`: the body (and its Content-Type) becomes part of the key; the handler gets the
     // same body, also when it cannot be keyed (then the request bypasses the cache).
     let (body, body_suffix) = match sh.key_body {
-        Some(max) if keyed_by_body => match request_body::buffer(body, max).await {
+        Some(max) if keyed_by_body => match Box::pin(request_body::buffer(body, max)).await {
             Buffered::Complete(bytes, body) => {
                 let ct = parts.headers.get(header::CONTENT_TYPE);
                 (body, Some(request_body::body_suffix(ct, &bytes)))
             }
             Buffered::Unkeyable(detail, body) => {
                 counters.bypass();
-                let res = inner.call(Request::from_parts(parts, body)).await?;
+                let res = Box::pin(inner.call(Request::from_parts(parts, body))).await?;
                 return Ok(forward_outcome(
                     &sh,
                     res.map(CacheBody::stream),
@@ -287,7 +290,7 @@ where
         Ok((k, tags))
     });
     drop(ctx);
-    let (mut key, mut tags) = match key_and_tags {
+    let (mut key, tags) = match key_and_tags {
         Ok(kt) => kt,
         Err(e) => {
             if matches!(e, crate::key::KeyError::MissingPathParam(_))
@@ -296,7 +299,7 @@ where
                 tracing::error!(namespace = %sh.cache.namespace(), error = %e, "cache key configuration error; requests on this route are served uncached");
             }
             counters.bypass();
-            let res = inner.call(Request::from_parts(parts, body)).await?;
+            let res = Box::pin(inner.call(Request::from_parts(parts, body))).await?;
             let detail = match e {
                 crate::key::KeyError::MissingPathParam(_) => "key-error",
                 crate::key::KeyError::Declined => "key-declined",
@@ -335,7 +338,7 @@ where
         Ok(r) => (r.lookup, r.key, r.marker),
         Err(_) => {
             counters.unavailable();
-            let res = inner.call(req).await?;
+            let res = Box::pin(inner.call(req)).await?;
             return Ok(forward_outcome(
                 &sh,
                 res.map(CacheBody::stream),
@@ -402,6 +405,69 @@ where
         }
     }
     counters.miss();
+    // The miss machinery (single-flight, fill lock, fill, store) lives in its own boxed future,
+    // so a hit's future stays small: less to allocate and move per request.
+    let missed = Missed {
+        is_head,
+        revalidate,
+        base,
+        key,
+        tags,
+        marker,
+        clock: lookup.clock,
+        epoch,
+        stale,
+        detail,
+    };
+    Box::pin(miss(sh, inner, req, missed)).await
+}
+
+/// What a request's lookup leaves for [`miss`].
+struct Missed {
+    is_head: bool,
+    revalidate: bool,
+    /// The route's key.
+    base: String,
+    /// Where the entry lives (the variant's key when a marker was found).
+    key: String,
+    tags: Vec<String>,
+    marker: Option<Marker>,
+    /// The invalidation clock the lookup read.
+    clock: u64,
+    epoch: u64,
+    /// A stale entry that may stand in for a failing handler (stale-if-error).
+    stale: Option<(Entry, Duration)>,
+    detail: Option<&'static str>,
+}
+
+/// A miss: single-flight, fill lock, the handler, and storing its response.
+async fn miss<S, ReqB, ResB>(
+    sh: Arc<Shared>,
+    mut inner: S,
+    req: Request<CacheRequestBody<ReqB>>,
+    missed: Missed,
+) -> Result<Response<CacheBody<ResB>>, S::Error>
+where
+    S: Service<Request<CacheRequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    ReqB: Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Send + 'static,
+{
+    let Missed {
+        is_head,
+        revalidate,
+        base,
+        key,
+        mut tags,
+        marker,
+        clock,
+        epoch,
+        stale,
+        detail,
+    } = missed;
+    let counters = sh.cache.counters();
     let headers = req.headers().clone();
 
     // Single-flight: one handler run per key in this process; the others wait for its entry.
@@ -415,7 +481,7 @@ where
                     break;
                 }
                 Join::Follow(rx) => match follow(rx, sh.coalesce_wait).await {
-                    Landing::Entry(e, stamp) if stamp == (Some(lookup.clock), epoch) => {
+                    Landing::Entry(e, stamp) if stamp == (Some(clock), epoch) => {
                         counters.coalesced();
                         return Ok(entry_response(
                             &sh,
@@ -451,7 +517,7 @@ where
                         if let Some(l) = lead {
                             // Followers share this request's key, not necessarily its variant.
                             l.land(match from == key {
-                                true => Landing::Entry(entry, (Some(lookup.clock), epoch)),
+                                true => Landing::Entry(entry, (Some(clock), epoch)),
                                 false => Landing::Unshareable,
                             });
                         }
@@ -478,7 +544,7 @@ where
             lock.release().await;
             if let Some(l) = lead {
                 l.land(match from == key {
-                    true => Landing::Entry(entry, (Some(lookup.clock), epoch)),
+                    true => Landing::Entry(entry, (Some(clock), epoch)),
                     false => Landing::Unshareable,
                 });
             }
@@ -491,7 +557,7 @@ where
         marker,
         headers,
     };
-    let fill = Fill::new(&sh, key, Vec::new(), (lookup.clock, epoch), variant);
+    let fill = Fill::new(&sh, key, Vec::new(), (clock, epoch), variant);
     let res = match stale {
         // Stale-if-error: a stale entry may stand in for a failing or slow handler.
         Some((entry, past)) => {
@@ -516,7 +582,7 @@ where
                         now_ms(),
                     );
                     if let Some(l) = lead {
-                        l.land(Landing::Entry(entry, (Some(lookup.clock), epoch)));
+                        l.land(Landing::Entry(entry, (Some(clock), epoch)));
                     }
                     lock.release().await;
                     return Ok(res);

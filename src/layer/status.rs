@@ -59,7 +59,14 @@ impl Outcome {
     /// The header value for cache `name`.
     pub(crate) fn header(&self, name: &str) -> HeaderValue {
         let v = match self {
-            Outcome::Hit { ttl, detail: None } => format!("{name}; hit; ttl={ttl}"),
+            // The hot path (every fresh hit): one allocation, no formatting machinery.
+            Outcome::Hit { ttl, detail: None } => {
+                let mut v = String::with_capacity(name.len() + 32);
+                v.push_str(name);
+                v.push_str("; hit; ttl=");
+                push_int(&mut v, *ttl);
+                v
+            }
             Outcome::Hit {
                 ttl,
                 detail: Some(d),
@@ -77,6 +84,27 @@ impl Outcome {
         };
         // The name is validated when the layer is built and every other part is ASCII.
         HeaderValue::try_from(v).unwrap_or_else(|_| HeaderValue::from_static("cache"))
+    }
+}
+
+/// Appends `n` in decimal (what `write!(v, "{n}")` does, without `fmt`).
+fn push_int(v: &mut String, n: i64) {
+    if n < 0 {
+        v.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut m = n.unsigned_abs();
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        v.push(char::from(d));
     }
 }
 
@@ -103,6 +131,12 @@ mod tests {
             .header(n),
             "tower-valkey-cache; hit; ttl=-3"
         );
+        for ttl in [0, 1, 9, 10, 3600, i64::MAX, i64::MIN] {
+            assert_eq!(
+                Outcome::Hit { ttl, detail: None }.header(n),
+                format!("{n}; hit; ttl={ttl}").as_str()
+            );
+        }
         assert_eq!(
             Outcome::Miss {
                 stored: true,
