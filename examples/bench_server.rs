@@ -98,11 +98,16 @@ fn valkey_store(url: &str) -> Result<ValkeyStore, BoxError> {
     Ok(ValkeyStore::with_config(cfg)?)
 }
 
-/// The bare handler behind a `CacheLayer` keyed `item:{id}`.
-fn cached(layer: CacheLayer) -> Router {
+/// The bare handler (answering `body`) behind a `CacheLayer` keyed `item:{id}`.
+fn cached_with(layer: CacheLayer, body: Bytes) -> Router {
     Router::new()
         .route("/item/{id}", get(bare).route_layer(layer.key("item:{id}")))
-        .with_state(body())
+        .with_state(body)
+}
+
+/// [`cached_with`] the 1 KiB body.
+fn cached(layer: CacheLayer) -> Router {
+    cached_with(layer, body())
 }
 
 /// A 64 KiB JSON array of product records (the `valkey-hit-64k*` modes).
@@ -146,16 +151,10 @@ fn hit_64k(url: &str, mode: &str) -> Result<Router, BoxError> {
             .build(),
         _ => return Err(format!("{mode} needs --features compression,encryption").into()),
     };
-    Ok(Router::new()
-        .route(
-            "/item/{id}",
-            get(bare).route_layer(
-                CacheLayer::new(cache)
-                    .key("item:{id}")
-                    .ttl(Duration::from_secs(3600)),
-            ),
-        )
-        .with_state(json_64k()))
+    Ok(cached_with(
+        CacheLayer::new(cache).ttl(Duration::from_secs(3600)),
+        json_64k(),
+    ))
 }
 
 fn usage() -> ! {
@@ -198,12 +197,7 @@ async fn main() -> Result<(), BoxError> {
             let cache = Cache::builder(valkey_store(&url)?)
                 .namespace("bench")
                 .build();
-            Router::new()
-                .route(
-                    "/item/{id}",
-                    get(bare).route_layer(CacheLayer::new(cache).key("item:{id}").ttl(hour)),
-                )
-                .with_state(body())
+            cached(CacheLayer::new(cache).ttl(hour))
         }
         "stale-hit" => {
             let cache = Cache::builder(valkey_store(&url)?)
@@ -261,12 +255,7 @@ async fn main() -> Result<(), BoxError> {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Router::new()
-                .route(
-                    "/item/{id}",
-                    get(bare).route_layer(CacheLayer::new(cache).key("item:{id}").ttl(hour)),
-                )
-                .with_state(body())
+            cached(CacheLayer::new(cache).ttl(hour))
         }
         "cluster-hit" => {
             let urls = std::env::var("VALKEY_CLUSTER_URLS")
@@ -278,23 +267,13 @@ async fn main() -> Result<(), BoxError> {
             let cache = Cache::builder(ValkeyStore::with_config(cfg)?)
                 .namespace("bench")
                 .build();
-            Router::new()
-                .route(
-                    "/item/{id}",
-                    get(bare).route_layer(CacheLayer::new(cache).key("item:{id}").ttl(hour)),
-                )
-                .with_state(body())
+            cached(CacheLayer::new(cache).ttl(hour))
         }
         "memory-hit" => {
             let cache = Cache::builder(MemoryStore::new())
                 .namespace("bench")
                 .build();
-            Router::new()
-                .route(
-                    "/item/{id}",
-                    get(bare).route_layer(CacheLayer::new(cache).key("item:{id}").ttl(hour)),
-                )
-                .with_state(body())
+            cached(CacheLayer::new(cache).ttl(hour))
         }
         "miss" => {
             let cache = Cache::builder(valkey_store(&url)?)
