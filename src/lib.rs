@@ -35,11 +35,9 @@
 #![warn(rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod breaker;
 mod cache;
 pub mod entry;
 pub mod eviction;
-mod flight;
 pub mod function;
 pub mod invalidate;
 pub mod key;

@@ -394,14 +394,3 @@ fn interned(route: &str) -> StringValue {
         })
         .unwrap_or_else(|_| StringValue::from(route.to_owned()))
 }
-
-/// Records a layer response's outcome with the route and start time of its [`REQUEST`] scope.
-pub(crate) fn record_request(counters: &crate::stats::Counters, served: Served) {
-    let Some(m) = counters.otel() else { return };
-    let recorded =
-        REQUEST.try_with(|r| m.served(served, Some(r.route.clone()), Some(r.started.elapsed())));
-    if recorded.is_err() {
-        // Not reached through `CacheService::call`: count it, without a meaningful latency.
-        m.served(served, Some(StringValue::from("unknown")), None);
-    }
-}

@@ -160,6 +160,18 @@ impl Counters {
         self.decode_failures.fetch_add(1, Relaxed);
         otel!(self, m => m.decode_failure());
     }
+    /// A store operation `op` took `elapsed` (and failed with `error`, if any).
+    pub(crate) fn store_op(
+        &self,
+        op: &'static str,
+        elapsed: std::time::Duration,
+        error: Option<&'static str>,
+    ) {
+        otel!(self, m => m.store_op(op, elapsed, error));
+        #[cfg(not(feature = "metrics"))]
+        let _ = (op, elapsed, error);
+    }
+
     pub(crate) fn store_error(&self) {
         self.store_errors.fetch_add(1, Relaxed);
     }
@@ -339,5 +351,21 @@ impl Drop for Call<'_> {
         if let (Some(m), Some(s)) = (self.counters.otel(), self.served) {
             m.served(s, None, Some(self.started.elapsed()));
         }
+    }
+}
+
+/// Records a layer response's outcome with the route and start time of its `REQUEST` scope.
+#[cfg(feature = "metrics")]
+pub(crate) fn record_request(counters: &Counters, served: crate::metrics::Served) {
+    let Some(m) = counters.otel() else { return };
+    let recorded = crate::metrics::REQUEST
+        .try_with(|r| m.served(served, Some(r.route.clone()), Some(r.started.elapsed())));
+    if recorded.is_err() {
+        // Not reached through `CacheService::call`: count it, without a meaningful latency.
+        m.served(
+            served,
+            Some(opentelemetry::StringValue::from("unknown")),
+            None,
+        );
     }
 }

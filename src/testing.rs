@@ -60,13 +60,14 @@
 //! The store's faults apply to every operation the cache sends it, so the circuit breaker,
 //! timeouts, the invalidation retry queue and stale-if-error behave as they would against a real
 //! failing server. (An [L1 tier](crate::l1) answers its hits without asking the store, as it
-//! would in production, so faults show on L1 misses only.) [`FaultyStore`] offers no
-//! [bounded namespaces](crate::eviction): a `CacheLayer::eviction` over it panics when it is
-//! built.
+//! would in production, so faults show on L1 misses only.) A [`FaultyStore`] keeps every
+//! capability of the store it wraps: [bounded namespaces](crate::eviction) (with the same
+//! faults) and the L1 invalidation bus.
 
+use crate::store::ranked::{RankedSpace, Spec};
 use crate::store::{
-    KeySpace, Lookup, LookupMany, Store, StoreError, StoreErrorKind, StoreFuture, Target, Write,
-    Written,
+    InvalidationBus, KeySpace, Lookup, LookupMany, RankedStore, Store, StoreError, StoreErrorKind,
+    StoreFuture, Target, Write, Written,
 };
 use crate::{Cache, Stats};
 use bytes::Bytes;
@@ -402,8 +403,116 @@ impl<S: Store> Store for FaultyStore<S> {
 
     /// The wrapped store's bus: an [L1 tier](crate::l1) over a `FaultyStore` announces and hears
     /// invalidations as it would over the wrapped store (faults do not apply to announcements).
-    fn l1_bus(&self) -> Option<crate::l1::Bus> {
-        self.inner.l1_bus()
+    fn bus(&self) -> Option<Arc<dyn InvalidationBus>> {
+        self.inner.bus()
+    }
+
+    /// The wrapped store's bounded namespaces, with the same faults: reads ([`Op::Read`]: route
+    /// reads, `get`, `len`, `keys`, corrupted like any read), writes ([`Op::Write`]: `set`,
+    /// ranking a stored route entry) and removals ([`Op::Invalidate`]: `delete`, `clear`).
+    fn ranked(&self) -> Option<Arc<dyn RankedStore>> {
+        let inner = self.inner.ranked()?;
+        Some(Arc::new(FaultyRanked {
+            inner,
+            faults: self.faults.clone(),
+        }))
+    }
+}
+
+/// The bounded-namespace capability of a [`FaultyStore`], with its faults.
+#[derive(Debug)]
+struct FaultyRanked {
+    inner: Arc<dyn RankedStore>,
+    faults: Faults,
+}
+
+impl RankedStore for FaultyRanked {
+    fn get<'a>(
+        &'a self,
+        space: &'a RankedSpace,
+        key: &'a str,
+        spec: Spec,
+    ) -> StoreFuture<'a, Option<Bytes>> {
+        Box::pin(async move {
+            let corrupt = self.faults.before(Op::Read).await?;
+            let v = self.inner.get(space, key, spec).await?;
+            Ok(match (corrupt, v) {
+                (Some(garbage), Some(_)) => Some(garbage),
+                (_, v) => v,
+            })
+        })
+    }
+
+    fn set<'a>(
+        &'a self,
+        space: &'a RankedSpace,
+        key: &'a str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        spec: Spec,
+    ) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            self.faults.before(Op::Write).await?;
+            self.inner.set(space, key, value, ttl, spec).await
+        })
+    }
+
+    fn delete<'a>(&'a self, space: &'a RankedSpace, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            self.faults.before(Op::Invalidate).await?;
+            self.inner.delete(space, key).await
+        })
+    }
+
+    fn len<'a>(&'a self, space: &'a RankedSpace) -> StoreFuture<'a, usize> {
+        Box::pin(async move {
+            self.faults.before(Op::Read).await?;
+            self.inner.len(space).await
+        })
+    }
+
+    fn keys<'a>(&'a self, space: &'a RankedSpace, spec: Spec) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            self.faults.before(Op::Read).await?;
+            self.inner.keys(space, spec).await
+        })
+    }
+
+    fn clear<'a>(&'a self, space: &'a RankedSpace) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            self.faults.before(Op::Invalidate).await?;
+            self.inner.clear(space).await
+        })
+    }
+
+    fn route_read<'a>(
+        &'a self,
+        keys: &'a KeySpace,
+        space: &'a RankedSpace,
+        key: &'a str,
+        spec: Spec,
+    ) -> StoreFuture<'a, Lookup> {
+        Box::pin(async move {
+            let corrupt = self.faults.before(Op::Read).await?;
+            let mut lookup = self.inner.route_read(keys, space, key, spec).await?;
+            if let (Some(garbage), Some(v)) = (corrupt, lookup.value.as_mut()) {
+                *v = garbage;
+            }
+            Ok(lookup)
+        })
+    }
+
+    fn route_record<'a>(
+        &'a self,
+        space: &'a RankedSpace,
+        key: &'a str,
+        ttl: Duration,
+        spec: Spec,
+    ) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            self.faults.before(Op::Write).await?;
+            self.inner.route_record(space, key, ttl, spec).await
+        })
     }
 }
 

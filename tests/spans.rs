@@ -74,7 +74,7 @@ async fn spans_hash_keys_unless_raw_keys_are_enabled() {
     );
     // One `cache.store` span per store operation, inside the request's span: the miss reads
     // (the lookup, and any double-check before running the handler) and writes; the hit reads.
-    let ops: Vec<&str> = closed("tower_valkey_cache::cache")
+    let ops: Vec<&str> = closed("tower_valkey_cache::cache::ops")
         .iter()
         .map(|l| {
             assert!(

@@ -1,6 +1,7 @@
 //! [`BoundedCache`]: a typed, count-bounded cache of serde values.
 
-use super::{BoundedStore, EvictionPolicy, Fifo, Lfu, Lifo, Lru, Mru, Space, Spec, STAMP_BITS};
+use super::{BoundedStore, EvictionPolicy, Fifo, Lfu, Lifo, Lru, Mru};
+use crate::store::ranked::{RankedSpace as Space, Spec, STAMP_BITS};
 use crate::store::StoreError;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -167,7 +168,11 @@ where
     }
 
     fn spec(&self) -> Spec {
-        Spec::new(&self.policy, self.stamp_bits)
+        Spec::new(
+            self.policy.scoring(),
+            self.policy.capacity(),
+            self.stamp_bits,
+        )
     }
 
     /// Stores `value` under `key` with the cache's TTL. If `key` is new and the namespace is
@@ -187,13 +192,14 @@ where
         let bytes = Bytes::from(serde_json::to_vec(value).map_err(BoundedError::Serialize)?);
         Ok(self
             .store
+            .0
             .set(&self.space, key, bytes, ttl, self.spec())
             .await?)
     }
 
     /// The value of `key`, if present; a read counts as a use for the policy (LRU, MRU, LFU).
     pub async fn get(&self, key: &str) -> Result<Option<V>, BoundedError> {
-        match self.store.get(&self.space, key, self.spec()).await? {
+        match self.store.0.get(&self.space, key, self.spec()).await? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
@@ -203,13 +209,13 @@ where
 
     /// Removes `key`; true if it was there.
     pub async fn delete(&self, key: &str) -> Result<bool, BoundedError> {
-        Ok(self.store.delete(&self.space, key).await?)
+        Ok(self.store.0.delete(&self.space, key).await?)
     }
 
     /// How many entries the namespace counts, O(1). Entries that expired by TTL are counted until
     /// a read, an eviction or [`keys`](Self::keys) notices them; never more than the capacity.
     pub async fn len(&self) -> Result<usize, BoundedError> {
-        Ok(self.store.len(&self.space).await?)
+        Ok(self.store.0.len(&self.space).await?)
     }
 
     /// Whether [`len`](Self::len) is 0.
@@ -220,12 +226,12 @@ where
     /// The live keys in eviction order, next victim first, without touching them; drops expired
     /// entries from the index. O(n): for inspection and tests, not hot paths.
     pub async fn keys(&self) -> Result<Vec<String>, BoundedError> {
-        Ok(self.store.keys(&self.space, self.spec()).await?)
+        Ok(self.store.0.keys(&self.space, self.spec()).await?)
     }
 
     /// Removes every entry and the namespace's bookkeeping; returns how many live entries were
     /// removed. On Valkey, one script per 1,000 entries.
     pub async fn clear(&self) -> Result<u64, BoundedError> {
-        Ok(self.store.clear(&self.space).await?)
+        Ok(self.store.0.clear(&self.space).await?)
     }
 }

@@ -169,21 +169,17 @@
 //!   reads keep working.
 
 mod cache;
-mod memory;
-mod valkey;
 
+pub use crate::store::ranked::{Evict, Scoring, Touch};
 pub use cache::{
     BoundedCache, BoundedError, ValkeyFifoCache, ValkeyLfuCache, ValkeyLifoCache, ValkeyLruCache,
     ValkeyMruCache,
 };
-pub(crate) use memory::Registry;
 
-use crate::store::{KeySpace, Lookup, MemoryStore, StoreError, ValkeyStore, Write, Written};
-use crate::Cache;
-use bytes::Bytes;
+use crate::store::ranked::{RankedSpace, Spec, STAMP_BITS};
+use crate::store::{KeySpace, MemoryStore, RankedStore, Store, ValkeyStore};
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A count-bounded eviction strategy: how many entries a namespace holds and how it ranks them.
 ///
@@ -200,79 +196,6 @@ pub trait EvictionPolicy: Send + Sync + fmt::Debug + 'static {
     fn name(&self) -> &'static str {
         "custom"
     }
-}
-
-/// What a policy does to an entry's rank *(uses, stamp)*, and which end it evicts.
-///
-/// Ranks compare uses first, then stamps. A new entry starts at one use and a fresh stamp,
-/// whatever `on_set` says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Scoring {
-    /// What a set does to an entry that is already there (an overwrite).
-    pub on_set: Touch,
-    /// What a read that finds the entry does to it.
-    pub on_get: Touch,
-    /// Which entry a full namespace evicts to make room.
-    pub evict: Evict,
-}
-
-impl Scoring {
-    /// First in, first out: sets stamp, reads do nothing, the lowest stamp goes.
-    pub const FIFO: Self = Self {
-        on_set: Touch::Stamp,
-        on_get: Touch::Keep,
-        evict: Evict::Lowest,
-    };
-    /// Last in, first out: sets stamp, reads do nothing, the highest stamp goes.
-    pub const LIFO: Self = Self {
-        on_set: Touch::Stamp,
-        on_get: Touch::Keep,
-        evict: Evict::Highest,
-    };
-    /// Least recently used: sets and reads stamp, the lowest stamp goes.
-    pub const LRU: Self = Self {
-        on_set: Touch::Stamp,
-        on_get: Touch::Stamp,
-        evict: Evict::Lowest,
-    };
-    /// Most recently used: sets and reads stamp, the highest stamp goes.
-    pub const MRU: Self = Self {
-        on_set: Touch::Stamp,
-        on_get: Touch::Stamp,
-        evict: Evict::Highest,
-    };
-    /// Least frequently used: sets and reads count a use and stamp; the fewest uses go, and among
-    /// those the least recently used.
-    pub const LFU: Self = Self {
-        on_set: Touch::Count,
-        on_get: Touch::Count,
-        evict: Evict::Lowest,
-    };
-
-    /// Whether ranks carry a use count (some touch is [`Touch::Count`]).
-    pub fn counts(&self) -> bool {
-        self.on_set == Touch::Count || self.on_get == Touch::Count
-    }
-}
-
-/// What an operation does to the rank of an entry that exists.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Touch {
-    /// Nothing: the entry keeps its place.
-    Keep,
-    /// A fresh stamp: the entry becomes the newest among those with as many uses.
-    Stamp,
-    /// One more use (saturating at 2^20 - 1) and a fresh stamp.
-    Count,
-}
-
-/// Which end of the ranking a full namespace evicts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Evict {
-    /// The lowest rank: fewest uses, then oldest stamp.
-    Lowest,
-    /// The highest rank: most uses, then newest stamp.
-    Highest,
 }
 
 macro_rules! policy {
@@ -343,298 +266,69 @@ policy!(
     "lfu"
 );
 
-/// A store that can hold bounded namespaces: a [`ValkeyStore`] or a [`MemoryStore`] (convert
-/// either with `.into()`). Cheap to clone.
+/// A store that can hold bounded namespaces: a [`ValkeyStore`], a [`MemoryStore`] (convert
+/// either with `.into()`), or any [`Store`] with a [ranked capability](Store::ranked)
+/// ([`BoundedStore::of`]). Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct BoundedStore(Backend);
+pub struct BoundedStore(pub(crate) Arc<dyn RankedStore>);
 
-#[derive(Clone, Debug)]
-enum Backend {
-    Valkey(ValkeyStore),
-    Memory(MemoryStore),
+impl BoundedStore {
+    /// The bounded-namespace capability of `store`, if it has one.
+    pub fn of(store: &dyn Store) -> Option<Self> {
+        store.ranked().map(Self)
+    }
 }
 
 impl From<ValkeyStore> for BoundedStore {
     fn from(s: ValkeyStore) -> Self {
-        Self(Backend::Valkey(s))
+        Self(Arc::new(s))
     }
 }
 
 impl From<MemoryStore> for BoundedStore {
     fn from(s: MemoryStore) -> Self {
-        Self(Backend::Memory(s))
+        Self(Arc::new(s))
     }
 }
 
 impl From<&ValkeyStore> for BoundedStore {
     fn from(s: &ValkeyStore) -> Self {
-        Self(Backend::Valkey(s.clone()))
+        Self(Arc::new(s.clone()))
     }
 }
 
 impl From<&MemoryStore> for BoundedStore {
     fn from(s: &MemoryStore) -> Self {
-        Self(Backend::Memory(s.clone()))
+        Self(Arc::new(s.clone()))
     }
 }
 
-/// Bits of a counting rank that hold the stamp (the rest hold the use count).
-pub(crate) const STAMP_BITS: u8 = 33;
-
-/// Everything a store needs to apply a policy to one operation.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Spec {
-    pub(crate) scoring: Scoring,
-    pub(crate) capacity: usize,
-    pub(crate) stamp_bits: u8,
-}
-
-impl Spec {
-    pub(crate) fn new(policy: &dyn EvictionPolicy, stamp_bits: u8) -> Self {
-        Self {
-            scoring: policy.scoring(),
-            capacity: policy.capacity().max(1),
-            stamp_bits,
-        }
-    }
-
-    /// The largest use count a rank holds.
-    pub(crate) fn max_uses(&self) -> u64 {
-        (1u64 << (53 - u32::from(self.stamp_bits))) - 1
-    }
-}
-
-/// The names of a bounded namespace's keys.
-#[derive(Clone, Debug)]
-pub(crate) struct Space {
-    /// Prepended to a key to name its value.
-    pub(crate) value_prefix: String,
-    /// The index (a sorted set on Valkey); also names the namespace in the memory registry.
-    pub(crate) index: String,
-    /// The stamp counter.
-    pub(crate) seq: String,
-}
-
-impl Space {
-    /// A standalone namespace, all under the hash tag `{namespace}`.
-    pub(crate) fn standalone(namespace: &str) -> Self {
-        Self {
-            value_prefix: format!("{{{namespace}}}:"),
-            index: format!("{{{namespace}}}|idx"),
-            seq: format!("{{{namespace}}}|seq"),
-        }
-    }
-
-    /// The bounded entries of a route cache's namespace.
-    pub(crate) fn route(space: &KeySpace) -> Self {
-        let prefix = space.entry_prefix();
-        let ns = prefix.strip_suffix(':').unwrap_or(prefix);
-        Self {
-            value_prefix: prefix.to_owned(),
-            index: format!("{ns}|evict:idx"),
-            seq: format!("{ns}|evict:seq"),
-        }
-    }
-
-    pub(crate) fn value(&self, key: &str) -> String {
-        let mut s = String::with_capacity(self.value_prefix.len() + key.len());
-        s.push_str(&self.value_prefix);
-        s.push_str(key);
-        s
-    }
-}
-
-impl BoundedStore {
-    pub(crate) async fn get(
-        &self,
-        space: &Space,
-        key: &str,
-        spec: Spec,
-    ) -> Result<Option<Bytes>, StoreError> {
-        match &self.0 {
-            Backend::Valkey(s) => valkey::get(s, space, key, spec).await,
-            Backend::Memory(s) => Ok(s.bounded_registry().get(space, key, spec)),
-        }
-    }
-
-    pub(crate) async fn set(
-        &self,
-        space: &Space,
-        key: &str,
-        value: Bytes,
-        ttl: Option<Duration>,
-        spec: Spec,
-    ) -> Result<Vec<String>, StoreError> {
-        match &self.0 {
-            Backend::Valkey(s) => valkey::set(s, space, key, value, ttl, spec).await,
-            Backend::Memory(s) => Ok(s.bounded_registry().set(space, key, value, ttl, spec)),
-        }
-    }
-
-    pub(crate) async fn delete(&self, space: &Space, key: &str) -> Result<bool, StoreError> {
-        match &self.0 {
-            Backend::Valkey(s) => valkey::delete(s, space, key).await,
-            Backend::Memory(s) => Ok(s.bounded_registry().delete(space, key)),
-        }
-    }
-
-    pub(crate) async fn len(&self, space: &Space) -> Result<usize, StoreError> {
-        match &self.0 {
-            Backend::Valkey(s) => valkey::len(s, space).await,
-            Backend::Memory(s) => Ok(s.bounded_registry().len(space)),
-        }
-    }
-
-    pub(crate) async fn keys(&self, space: &Space, spec: Spec) -> Result<Vec<String>, StoreError> {
-        match &self.0 {
-            Backend::Valkey(s) => valkey::keys(s, space, spec).await,
-            Backend::Memory(s) => Ok(s.bounded_registry().keys(space, spec)),
-        }
-    }
-
-    pub(crate) async fn clear(&self, space: &Space) -> Result<u64, StoreError> {
-        match &self.0 {
-            Backend::Valkey(s) => valkey::clear(s, space).await,
-            Backend::Memory(s) => Ok(s.bounded_registry().clear(space)),
-        }
-    }
-}
-
-/// A route's eviction: the policy, and where the route's entries and their index live.
-///
-/// Built by [`CacheLayer::eviction`](crate::CacheLayer::eviction); the cache layer calls
-/// [`read`](Self::read) instead of its plain read and [`write`](Self::write) instead of its
-/// plain write.
+/// A route's eviction: the policy, and where the route's entries and their index live. Built
+/// by [`CacheLayer::eviction`](crate::CacheLayer::eviction); the cache's operations
+/// ([`crate::cache`]) read and record through it.
 #[derive(Debug)]
 pub(crate) struct RouteEviction {
-    store: BoundedStore,
-    policy: Arc<dyn EvictionPolicy>,
-    space: Space,
+    pub(crate) store: Arc<dyn RankedStore>,
+    pub(crate) policy: Arc<dyn EvictionPolicy>,
+    pub(crate) space: RankedSpace,
 }
 
 impl RouteEviction {
-    /// Eviction for the routes of `cache`.
-    ///
-    /// # Panics
-    ///
-    /// If the cache's store is neither a `ValkeyStore` nor a `MemoryStore`.
-    pub(crate) fn new(cache: &Cache, policy: Arc<dyn EvictionPolicy>) -> Self {
-        let store = cache.store().bounded().unwrap_or_else(|| {
-            panic!(
-                "CacheLayer::eviction needs a store with bounded namespaces (ValkeyStore or MemoryStore), not {}",
-                cache.store().name()
-            )
-        });
-        Self {
-            store,
-            space: Space::route(cache.key_space()),
+    /// Eviction for the routes of a cache over `store` whose keys are `keys`; None when the store
+    /// cannot hold bounded namespaces.
+    pub(crate) fn new(
+        store: &dyn Store,
+        keys: &KeySpace,
+        policy: Arc<dyn EvictionPolicy>,
+    ) -> Option<Self> {
+        Some(Self {
+            store: store.ranked()?,
+            space: RankedSpace::route(keys),
             policy,
-        }
+        })
     }
 
-    fn spec(&self) -> Spec {
-        Spec::new(&*self.policy, STAMP_BITS)
-    }
-
-    /// Reads `key` like the cache's plain read (value and invalidation clock) and, in the same
-    /// round trip, touches its rank ([`Scoring::on_get`]). A value that is gone leaves the index.
-    pub(crate) async fn read(&self, cache: &Cache, key: &str) -> Result<Lookup, StoreError> {
-        if cache.pending_invalidations() > 0 {
-            // As `Cache::read`: the store may hold entries a pending invalidation will remove.
-            return Err(StoreError::new(
-                crate::store::StoreErrorKind::Unavailable,
-                "invalidation pending; cache reads suspended",
-            ));
-        }
-        let spec = self.spec();
-        let fut = async move {
-            match &self.store.0 {
-                Backend::Valkey(s) => {
-                    valkey::route_read(s, cache.key_space(), &self.space, key, spec).await
-                }
-                Backend::Memory(s) => {
-                    let lookup = crate::store::Store::read(s, cache.key_space(), key).await?;
-                    s.bounded_registry().route_touch(
-                        s,
-                        &self.space,
-                        key,
-                        lookup.value.is_some(),
-                        spec,
-                    );
-                    Ok(lookup)
-                }
-            }
-        };
-        cache
-            .guarded("read", cache.inner.op_timeout, Box::pin(fut))
-            .await
-            .map(|lookup| cache.opened(key, lookup))
-    }
-
-    /// Writes like the cache's plain write; when the entry is stored, ranks it and evicts what the
-    /// policy says (one more round trip, one script). Returns the write's outcome.
-    pub(crate) async fn write(&self, cache: &Cache, w: Write<'_>) -> Result<Written, StoreError> {
-        let key = w.key;
-        let ttl = w.ttl;
-        let written = cache.write(w).await?;
-        if written == Written::Stored {
-            let spec = self.spec();
-            let fut = async move {
-                match &self.store.0 {
-                    Backend::Valkey(s) => {
-                        valkey::route_record(s, &self.space, key, ttl, spec).await
-                    }
-                    Backend::Memory(s) => {
-                        Ok(s.bounded_registry()
-                            .route_record(s, &self.space, key, ttl, spec))
-                    }
-                }
-            };
-            // A failed record leaves the entry unindexed until its next read indexes it (the
-            // read script heals the index); the failure is logged and counted by `guarded`.
-            if let Ok(evicted) = cache
-                .guarded("evict", cache.inner.op_timeout, Box::pin(fut))
-                .await
-            {
-                if !evicted.is_empty() {
-                    cache
-                        .counters()
-                        .evicted(self.policy.name(), evicted.len() as u64);
-                    tracing::debug!(
-                        namespace = %cache.namespace(),
-                        policy = self.policy.name(),
-                        evicted = evicted.len(),
-                        "evicted entries to stay within capacity"
-                    );
-                }
-            }
-        }
-        Ok(written)
-    }
-}
-
-/// The route cache's read of `key`: with eviction, [`RouteEviction::read`] (value, clock and the
-/// touch in one round trip); without, the plain read.
-pub(crate) async fn read(
-    cache: &Cache,
-    eviction: Option<&RouteEviction>,
-    key: &str,
-) -> Result<Lookup, StoreError> {
-    match eviction {
-        Some(e) => e.read(cache, key).await,
-        None => cache.read(key).await,
-    }
-}
-
-/// The route cache's write: with eviction, [`RouteEviction::write`] (the write, then rank and
-/// evict); without, the plain write.
-pub(crate) async fn write(
-    cache: &Cache,
-    eviction: Option<&RouteEviction>,
-    w: Write<'_>,
-) -> Result<Written, StoreError> {
-    match eviction {
-        Some(e) => e.write(cache, w).await,
-        None => cache.write(w).await,
+    pub(crate) fn spec(&self) -> Spec {
+        Spec::new(self.policy.scoring(), self.policy.capacity(), STAMP_BITS)
     }
 }

@@ -39,8 +39,9 @@ mod warm;
 
 pub use warm::{WarmOptions, WarmReport};
 
+use crate::cache::flight::{follow, Join, Landing};
+use crate::cache::BatchWrite;
 use crate::entry::{now_ms, Entry, Freshness};
-use crate::flight::{follow, Join, Landing};
 use crate::key::bound_length;
 use crate::store::{StoreError, Write, Written};
 use crate::Cache;
@@ -177,7 +178,7 @@ impl Cache {
         let mut stale: Option<T> = None;
         let mut clock = None;
         let epoch = self.epoch();
-        match self.read(&key).await {
+        match self.read(&key, None).await {
             Ok(lookup) => {
                 clock = Some(lookup.clock);
                 if let Some(raw) = lookup.value {
@@ -228,7 +229,7 @@ impl Cache {
         // Now leading: a flight that landed between our read and our lead has stored the value
         // already. Check once more (one round trip on misses only) rather than load it twice.
         if lead.is_some() && clock.is_some() {
-            if let Ok(lookup) = self.read(&key).await {
+            if let Ok(lookup) = self.read(&key, None).await {
                 if lookup.clock == clock.unwrap_or(0) {
                     if let Some(v) = lookup
                         .value
@@ -272,16 +273,19 @@ impl Cache {
         };
         // Without a clock (store unreachable at the read) the fill cannot be guarded: skip it.
         if let Some(since) = clock {
-            if started.elapsed() < self.key_space().tombstone_ttl() {
+            if started.elapsed() < self.invalidation_window() {
                 if let Ok(encoded) = entry.encode() {
                     let _ = self
-                        .write(Write {
-                            key: &key,
-                            value: encoded,
-                            ttl: entry.store_ttl(now_ms()),
-                            tags: &opts.tags,
-                            since: Some(since),
-                        })
+                        .write(
+                            Write {
+                                key: &key,
+                                value: encoded,
+                                ttl: entry.store_ttl(now_ms()),
+                                tags: &opts.tags,
+                                since: Some(since),
+                            },
+                            None,
+                        )
                         .await;
                 }
             }
@@ -295,7 +299,7 @@ impl Cache {
     /// The fresh cached value for `key`, if any (a value that does not decode as `T` is `None`).
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         let key = bound_length(key.to_owned());
-        let lookup = self.read(&key).await?;
+        let lookup = self.read(&key, None).await?;
         Ok(lookup
             .value
             .and_then(|raw| fresh_value(&raw, Codec::Json, now_ms())))
@@ -310,13 +314,16 @@ impl Cache {
     ) -> Result<(), StoreError> {
         let key = bound_length(key.to_owned());
         let (encoded, ttl) = self.encode_value(value, opts)?;
-        self.write(Write {
-            key: &key,
-            value: encoded,
-            ttl,
-            tags: &opts.tags,
-            since: None,
-        })
+        self.write(
+            Write {
+                key: &key,
+                value: encoded,
+                ttl,
+                tags: &opts.tags,
+                since: None,
+            },
+            None,
+        )
         .await
         .map(|_| ())
     }
@@ -336,7 +343,7 @@ impl Cache {
             .collect())
     }
 
-    /// Stores many values unconditionally in one store round trip (no tags).
+    /// Stores many values unconditionally in one store round trip, with the options' tags.
     pub async fn set_many<'a, T, I>(&self, entries: I, opts: &Options) -> Result<usize, StoreError>
     where
         T: Serialize + 'a,
@@ -345,9 +352,14 @@ impl Cache {
         let mut owned = Vec::new();
         for (k, v) in entries {
             let (encoded, ttl) = self.encode_value(v, opts)?;
-            owned.push((bound_length(k.to_owned()), encoded, ttl));
+            owned.push(BatchWrite {
+                key: bound_length(k.to_owned()),
+                value: encoded,
+                ttl,
+                tags: opts.tags.clone(),
+            });
         }
-        self.write_batch(&owned, None).await.map(|w| w.len())
+        self.write_many(&owned, None).await.map(|w| w.len())
     }
 
     /// Returns values for `ids` in the caller's order: cached ones from one batch read, the
@@ -403,15 +415,20 @@ impl Cache {
             if let Some(v) = loaded.get(&ids[n]) {
                 out[n] = Some(v.clone());
                 if let Ok((encoded, ttl)) = self.encode_value_timed(v, opts, started.elapsed()) {
-                    to_store.push((keys[n].clone(), encoded, ttl));
+                    to_store.push(BatchWrite {
+                        key: keys[n].clone(),
+                        value: encoded,
+                        ttl,
+                        tags: opts.tags.clone(),
+                    });
                 }
             }
         }
         if let Some(f) = &found {
-            if started.elapsed() < self.key_space().tombstone_ttl() {
-                to_store.sort_by(|a, b| a.0.cmp(&b.0));
-                to_store.dedup_by(|a, b| a.0 == b.0);
-                let _ = self.write_batch(&to_store, Some(f.clock)).await;
+            if started.elapsed() < self.invalidation_window() {
+                to_store.sort_by(|a, b| a.key.cmp(&b.key));
+                to_store.dedup_by(|a, b| a.key == b.key);
+                let _ = self.write_many(&to_store, Some(f.clock)).await;
             }
         }
         Ok(out)
@@ -437,10 +454,15 @@ impl Cache {
             batch.clear();
             for (k, v) in iter.by_ref().take(batch_size) {
                 let (encoded, ttl) = self.encode_value(&v, opts)?;
-                batch.push((bound_length(k), encoded, ttl));
+                batch.push(BatchWrite {
+                    key: bound_length(k),
+                    value: encoded,
+                    ttl,
+                    tags: opts.tags.clone(),
+                });
             }
             stored += self
-                .write_batch(&batch, None)
+                .write_many(&batch, None)
                 .await?
                 .iter()
                 .filter(|w| **w == Written::Stored)
@@ -484,44 +506,6 @@ impl Cache {
             .encode()
             .map_err(|e| StoreError::new(crate::store::StoreErrorKind::Server, e.to_string()))?;
         Ok((encoded, entry.store_ttl(now)))
-    }
-
-    async fn write_batch(
-        &self,
-        batch: &[(String, Bytes, Duration)],
-        since: Option<u64>,
-    ) -> Result<Vec<Written>, StoreError> {
-        let writes: Vec<Write<'_>> = batch
-            .iter()
-            .map(|(k, v, ttl)| {
-                Ok(Write {
-                    key: k,
-                    value: self.seal(k, v.clone())?,
-                    ttl: *ttl,
-                    tags: &[],
-                    since,
-                })
-            })
-            .collect::<Result<_, StoreError>>()?;
-        let sizes: Vec<usize> = writes.iter().map(|w| w.value.len()).collect();
-        let i = &self.inner;
-        let out = self
-            .guarded(
-                "write_many",
-                i.bulk_timeout,
-                i.store.write_many(&i.space, writes),
-            )
-            .await;
-        // Values written in place: drop this process's L1 copies (crate::l1).
-        self.l1_forget_keys(batch.iter().map(|(k, _, _)| k.as_str()));
-        let out = out?;
-        for (w, size) in out.iter().zip(sizes) {
-            match w {
-                Written::Stored => i.counters.stored(size),
-                Written::Superseded => i.counters.superseded(),
-            }
-        }
-        Ok(out)
     }
 }
 

@@ -59,7 +59,6 @@
 //! and at worst until the entry's TTL.
 
 mod layer;
-pub(crate) mod retry;
 mod service;
 
 pub use layer::InvalidateLayer;

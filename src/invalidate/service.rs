@@ -1,4 +1,4 @@
-use super::retry::Job;
+use crate::cache::retry::Job;
 use crate::key::{KeyContext, KeyError, KeyStrategy, KeyTemplate};
 use crate::Cache;
 use http::{Request, Response, StatusCode};

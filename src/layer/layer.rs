@@ -375,12 +375,18 @@ impl CacheLayer {
     ///
     /// # Panics
     ///
-    /// If the cache's store is neither a `ValkeyStore` nor a `MemoryStore`.
+    /// If the cache's store cannot hold bounded namespaces (its [`Store::ranked`] is `None`:
+    /// not a `ValkeyStore`, a `MemoryStore`, or a store wrapping one).
+    ///
+    /// [`Store::ranked`]: crate::store::Store::ranked
     pub fn eviction(mut self, policy: impl crate::eviction::EvictionPolicy) -> Self {
-        self.eviction = Some(Arc::new(crate::eviction::RouteEviction::new(
-            &self.cache,
-            Arc::new(policy),
-        )));
+        let eviction = self.cache.route_eviction(Arc::new(policy)).unwrap_or_else(|| {
+            panic!(
+                "CacheLayer::eviction needs a store with bounded namespaces (Store::ranked), not {}",
+                self.cache.store().name()
+            )
+        });
+        self.eviction = Some(Arc::new(eviction));
         self
     }
 }

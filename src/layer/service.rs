@@ -4,8 +4,8 @@ use super::policy;
 use super::request_body::{self, Buffered, CacheRequestBody};
 use super::status::Outcome;
 use super::vary::{Marker, Vary};
+use crate::cache::flight::{follow, Join, Landing, Lead};
 use crate::entry::{now_ms, Entry, Freshness};
-use crate::flight::{follow, Join, Landing, Lead};
 use crate::key::{KeyContext, KeyStrategy};
 use crate::store::{Lookup, StoreError, Write, Written};
 use crate::Cache;
@@ -206,7 +206,7 @@ fn forward_outcome<B: Body>(
 ) -> Response<CacheBody<B>> {
     tracing::Span::current().record("outcome", outcome.label());
     #[cfg(feature = "metrics")]
-    crate::metrics::record_request(sh.cache.counters(), outcome.served());
+    crate::stats::record_request(sh.cache.counters(), outcome.served());
     if sh.status_header {
         res.headers_mut()
             .insert(CACHE_STATUS, outcome.header(&sh.name));
@@ -773,8 +773,8 @@ async fn resolve(
 ) -> Result<Resolved, StoreError> {
     let read = |key: String| async move {
         match touch {
-            true => crate::eviction::read(&sh.cache, sh.eviction.as_deref(), &key).await,
-            false => sh.cache.read(&key).await,
+            true => sh.cache.read(&key, sh.eviction.as_deref()).await,
+            false => sh.cache.read(&key, None).await,
         }
         .map(|l| (l, key))
     };
@@ -1041,7 +1041,7 @@ impl Fill {
         }
     }
 
-    fn stamp(&self) -> crate::flight::Stamp {
+    fn stamp(&self) -> crate::cache::flight::Stamp {
         (Some(self.since), self.epoch)
     }
 
@@ -1073,7 +1073,7 @@ impl Fill {
     /// then the variant: a fill that read the key before an invalidation cannot restore the old
     /// generation, and a variant written after an invalidation is unreachable.
     async fn store(&self, entry: &Entry, vary: &Vary) -> Option<Written> {
-        if self.started.elapsed() >= self.cache.key_space().tombstone_ttl() {
+        if self.started.elapsed() >= self.cache.invalidation_window() {
             tracing::debug!("fill took longer than the invalidation window; not stored");
             return None;
         }
@@ -1116,19 +1116,19 @@ impl Fill {
                 return None;
             }
         };
-        crate::eviction::write(
-            &self.cache,
-            self.eviction.as_deref(),
-            Write {
-                key,
-                value,
-                ttl: entry.store_ttl(now_ms()),
-                tags: &self.tags,
-                since: Some(since),
-            },
-        )
-        .await
-        .ok()
+        self.cache
+            .write(
+                Write {
+                    key,
+                    value,
+                    ttl: entry.store_ttl(now_ms()),
+                    tags: &self.tags,
+                    since: Some(since),
+                },
+                self.eviction.as_deref(),
+            )
+            .await
+            .ok()
     }
 }
 

@@ -22,11 +22,15 @@
 //! On Valkey Cluster ([`ValkeyStore::cluster`]) the namespace becomes a hash tag: `{app}:user:1`,
 //! `{app}|clock`, ... ([`KeySpace::hash_tagged`]), so every key of a namespace is in one slot.
 
+pub mod bus;
 mod glob;
 mod memory;
+pub mod ranked;
 mod valkey;
 
+pub use bus::{InvalidationBus, LocalBus};
 pub use memory::MemoryStore;
+pub use ranked::RankedStore;
 pub use valkey::{ValkeyConfig, ValkeyStore};
 
 pub(crate) use glob::glob_match;
@@ -35,6 +39,7 @@ use bytes::Bytes;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The future a [`Store`] operation returns.
@@ -45,6 +50,7 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 pub struct StoreError {
     kind: StoreErrorKind,
     message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 /// What kind of failure a [`StoreError`] is.
@@ -67,7 +73,14 @@ impl StoreError {
         Self {
             kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// The same error, caused by `source` (returned by [`Error::source`](std::error::Error::source)).
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
     }
 
     /// The kind of failure.
@@ -82,7 +95,13 @@ impl fmt::Display for StoreError {
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// The names of a namespace's keys in a store.
 #[derive(Clone, Debug)]
@@ -197,6 +216,7 @@ pub struct Write<'a> {
 
 /// The result of [`Store::write`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Written {
     /// The entry was stored.
     Stored,
@@ -206,6 +226,7 @@ pub enum Written {
 
 /// What to invalidate.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub enum Target<'a> {
     /// Exact keys (relative to the namespace).
     Keys(&'a [String]),
@@ -230,8 +251,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         keys: &'a [String],
     ) -> StoreFuture<'a, LookupMany>;
 
-    /// Writes many entries in one operation (no tags), each guarded by its [`Write::since`];
-    /// returns one [`Written`] per write, in order.
+    /// Writes many entries in one operation, each guarded by its [`Write::since`] and recording
+    /// its tags exactly as [`write`](Self::write) does; returns one [`Written`] per write, in
+    /// order.
     fn write_many<'a>(
         &'a self,
         space: &'a KeySpace,
@@ -272,17 +294,88 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// A short name for logs and metrics (`valkey`, `memory`).
     fn name(&self) -> &'static str;
 
-    /// This store as a [`BoundedStore`](crate::eviction::BoundedStore), if it can hold
-    /// count-bounded namespaces ([`eviction`](crate::eviction)); `None` by default.
-    fn bounded(&self) -> Option<crate::eviction::BoundedStore> {
+    /// The store's ranked-index capability, if it can hold count-bounded namespaces
+    /// ([`eviction`](crate::eviction)); `None` by default. A store wrapping another returns the
+    /// inner store's (wrapped too, if the wrapper changes how operations behave).
+    fn ranked(&self) -> Option<Arc<dyn RankedStore>> {
         None
     }
 
     /// How caches on this store with an [L1 tier](crate::l1) hear each other's invalidations;
     /// `None` by default (such a store cannot back an L1 tier). A store that lives in one
-    /// process returns clones of one [`Bus::in_process`](crate::l1::Bus::in_process); a store
-    /// wrapping another returns the inner store's.
-    fn l1_bus(&self) -> Option<crate::l1::Bus> {
+    /// process returns clones of one [`LocalBus`]; a store wrapping another returns the inner
+    /// store's.
+    fn bus(&self) -> Option<Arc<dyn InvalidationBus>> {
         None
+    }
+}
+
+/// A shared store is a store: every operation and capability is the inner store's.
+impl<S: Store + ?Sized> Store for Arc<S> {
+    fn read<'a>(&'a self, space: &'a KeySpace, key: &'a str) -> StoreFuture<'a, Lookup> {
+        (**self).read(space, key)
+    }
+
+    fn write<'a>(&'a self, space: &'a KeySpace, write: Write<'a>) -> StoreFuture<'a, Written> {
+        (**self).write(space, write)
+    }
+
+    fn read_many<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        keys: &'a [String],
+    ) -> StoreFuture<'a, LookupMany> {
+        (**self).read_many(space, keys)
+    }
+
+    fn write_many<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        writes: Vec<Write<'a>>,
+    ) -> StoreFuture<'a, Vec<Written>> {
+        (**self).write_many(space, writes)
+    }
+
+    fn invalidate<'a>(&'a self, space: &'a KeySpace, target: Target<'a>) -> StoreFuture<'a, u64> {
+        (**self).invalidate(space, target)
+    }
+
+    fn try_lock<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        key: &'a str,
+        token: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, bool> {
+        (**self).try_lock(space, key, token, lease)
+    }
+
+    fn unlock<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        key: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        (**self).unlock(space, key, token)
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        (**self).ping()
+    }
+
+    fn needs_hash_tags(&self) -> bool {
+        (**self).needs_hash_tags()
+    }
+
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn ranked(&self) -> Option<Arc<dyn RankedStore>> {
+        (**self).ranked()
+    }
+
+    fn bus(&self) -> Option<Arc<dyn InvalidationBus>> {
+        (**self).bus()
     }
 }

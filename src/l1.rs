@@ -15,7 +15,7 @@
 //!
 //! # What it does
 //!
-//! With [`CacheBuilder::l1`], every read of the cache ([`CacheLayer`](crate::CacheLayer) routes,
+//! With [`CacheBuilder::l1`](crate::CacheBuilder::l1), every read of the cache ([`CacheLayer`](crate::CacheLayer) routes,
 //! [`get_or_set`](crate::Cache::get_or_set), [`get`](crate::Cache::get)) first looks in a
 //! bounded in-process cache ([moka]) of **encoded entries**: the same bytes the store would
 //! return, so freshness, stale serving, early refresh and single-flight work exactly as without
@@ -87,9 +87,10 @@
 //!
 //! On a [`MemoryStore`](crate::MemoryStore) (one process) the announcement is a synchronous call
 //! to the other caches sharing the store, so L1 there is simply an in-process layer that is never
-//! deaf. A custom [`Store`] supports L1 by returning a [`Bus`] from
-//! [`Store::l1_bus`]; without one, [`CacheBuilder::l1`] panics at
-//! `build`.
+//! deaf. A custom [`Store`](crate::store::Store) supports L1 by returning an
+//! [`InvalidationBus`] from [`Store::bus`](crate::store::Store::bus) (one
+//! [`LocalBus`](crate::store::LocalBus) if it lives in one process); without one,
+//! [`CacheBuilder::l1`](crate::CacheBuilder::l1) panics at `build`.
 //!
 //! # Why pub/sub and not RESP3 client-side caching
 //!
@@ -128,67 +129,17 @@
 //!
 //! [moka]: https://docs.rs/moka
 
-mod listen;
-
 use crate::entry::{now_ms, Entry};
-use crate::store::{glob_match, Lookup, Store, StoreError, Target, ValkeyStore, Written};
-use crate::{Cache, CacheBuilder};
+use crate::store::bus::{BusSink, InvalidationBus, Subscription};
+use crate::store::{glob_match, Lookup, Store, StoreError, Target, Written};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 
 /// Key stripes of the fill guard (a key invalidation only aborts fills of keys in its stripe).
 const STRIPES: usize = 64;
-
-/// How caches sharing a store hear each other's invalidations (see the [module docs](self)).
-///
-/// [`ValkeyStore`] returns one that publishes on, and subscribes to, a Valkey channel per
-/// namespace; [`MemoryStore`](crate::MemoryStore) one that calls the other caches of this process
-/// directly.
-#[derive(Clone)]
-pub struct Bus {
-    kind: BusKind,
-}
-
-#[derive(Clone)]
-enum BusKind {
-    InProcess(Arc<LocalBus>),
-    Valkey(ValkeyStore),
-}
-
-impl std::fmt::Debug for Bus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.kind {
-            BusKind::InProcess(_) => f.write_str("Bus::InProcess"),
-            BusKind::Valkey(s) => f.debug_tuple("Bus::Valkey").field(s).finish(),
-        }
-    }
-}
-
-impl Bus {
-    /// A bus for a store that lives in this process only: invalidations reach the other caches
-    /// of this bus synchronously. Create one per store and return clones of it from
-    /// [`Store::l1_bus`].
-    pub fn in_process() -> Self {
-        Self {
-            kind: BusKind::InProcess(Arc::default()),
-        }
-    }
-
-    pub(crate) fn valkey(store: ValkeyStore) -> Self {
-        Self {
-            kind: BusKind::Valkey(store),
-        }
-    }
-}
-
-/// The tiers registered on an in-process bus.
-#[derive(Default)]
-struct LocalBus {
-    members: Mutex<Vec<Weak<Tier>>>,
-}
 
 /// A snapshot of a cache's L1 tier ([`Cache::l1_stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -217,44 +168,19 @@ pub struct L1Stats {
 /// L1 settings collected by the builder.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Config {
-    tier: Option<(u64, Duration)>,
-    publish: Option<bool>,
-}
-
-impl CacheBuilder {
-    /// Turns on the [L1 tier](crate::l1): an in-process cache of up to `capacity` entries in
-    /// front of the store, each kept at most `ttl` (and never past its freshness). Every
-    /// invalidation this cache runs is then announced to the other instances, and this cache
-    /// listens for theirs. Default off.
-    ///
-    /// The store must support it ([`ValkeyStore`], [`MemoryStore`](crate::MemoryStore), or a
-    /// store returning a [`Bus`]); otherwise [`build`](Self::build) panics. On a `ValkeyStore`,
-    /// the cache opens one more connection (its subscription) once a Tokio runtime runs it.
-    pub fn l1(mut self, capacity: u64, ttl: Duration) -> Self {
-        self.l1.tier = Some((capacity.max(1), ttl));
-        self
-    }
-
-    /// Whether this cache announces its invalidations to the L1 tiers of other instances.
-    /// Default: on with [`l1`](Self::l1), off without. Turn it on in every process without L1
-    /// that invalidates a namespace other instances serve from L1 (workers, admin tools). Each
-    /// announcement is one `PUBLISH` on Valkey. Turning it off with L1 on is only correct when no
-    /// other process serves this namespace from L1. (Caches on a `MemoryStore` always announce:
-    /// it is a function call.)
-    pub fn publish_invalidations(mut self, enable: bool) -> Self {
-        self.l1.publish = Some(enable);
-        self
-    }
+    /// Capacity and TTL of the tier, if on.
+    pub(crate) tier: Option<(u64, Duration)>,
+    /// Whether to announce invalidations (default: with a tier).
+    pub(crate) publish: Option<bool>,
 }
 
 /// A cache's L1 machinery: its tier (if on) and how it announces invalidations.
 pub(crate) struct State {
     tier: Option<Arc<Tier>>,
-    bus: Option<Bus>,
+    bus: Option<Arc<dyn InvalidationBus>>,
     publish: bool,
     id: u64,
     channel: String,
-    namespace: String,
 }
 
 impl std::fmt::Debug for State {
@@ -269,24 +195,24 @@ impl std::fmt::Debug for State {
 impl State {
     /// # Panics
     ///
-    /// If L1 is on and the store has no [`Bus`].
-    pub(crate) fn new(cfg: &Config, store: &Arc<dyn Store>, namespace: &str) -> Self {
-        let bus = store.l1_bus();
+    /// If L1 is on and the store has no [`InvalidationBus`].
+    pub(crate) fn new(cfg: &Config, store: &dyn Store, namespace: &str) -> Self {
+        let bus = store.bus();
         let id = fastrand::u64(..);
         let channel = format!("{namespace}|inv");
         let tier = cfg.tier.map(|(capacity, ttl)| {
             let bus = bus.as_ref().unwrap_or_else(|| {
                 panic!(
-                    "CacheBuilder::l1 needs a store that supports an L1 tier (ValkeyStore, MemoryStore, or one returning Store::l1_bus), not {}",
+                    "CacheBuilder::l1 needs a store that supports an L1 tier (ValkeyStore, MemoryStore, or one returning Store::bus), not {}",
                     store.name()
                 )
             });
-            Tier::new(capacity, ttl, id, namespace, &channel, bus)
+            Tier::new(capacity, ttl, id, namespace, &channel, bus.as_ref())
         });
-        let publish = match bus.as_ref().map(|b| &b.kind) {
+        let publish = match &bus {
             // Free: every cache on an in-process bus announces.
-            Some(BusKind::InProcess(_)) => true,
-            Some(BusKind::Valkey(_)) => cfg.publish.unwrap_or(tier.is_some()),
+            Some(b) if b.is_local() => true,
+            Some(_) => cfg.publish.unwrap_or(tier.is_some()),
             None => false,
         };
         Self {
@@ -295,8 +221,96 @@ impl State {
             publish,
             id,
             channel,
-            namespace: namespace.to_owned(),
         }
+    }
+
+    /// Statistics of the tier, if on.
+    pub(crate) fn stats(&self) -> Option<L1Stats> {
+        self.tier.as_ref().map(|t| t.stats())
+    }
+
+    /// Drops every entry of the tier (this process only).
+    pub(crate) fn flush(&self) {
+        if let Some(t) = &self.tier {
+            t.flush();
+        }
+    }
+
+    /// An L1 hit, or what a fill from the store read needs (None: no L1, or deaf).
+    pub(crate) fn lookup(&self, key: &str) -> Result<Lookup, Option<Ticket>> {
+        match &self.tier {
+            Some(t) => t.lookup(key),
+            None => Err(None),
+        }
+    }
+
+    /// After a store read that was an L1 miss: fill L1 with what it found.
+    pub(crate) fn fill(&self, ticket: Ticket, key: &str, lookup: &Lookup) {
+        if let (Some(t), Some(v)) = (&self.tier, &lookup.value) {
+            t.fill(ticket, key, v, lookup.clock);
+        }
+    }
+
+    /// Taken before a store write.
+    pub(crate) fn ticket(&self, key: &str) -> Option<Ticket> {
+        self.tier.as_ref().map(|t| t.ticket(key))
+    }
+
+    /// After a store write: a guarded write that was stored goes into L1; anything else that may
+    /// have changed the value drops the local copy.
+    pub(crate) fn after_write(
+        &self,
+        ticket: Option<Ticket>,
+        key: &str,
+        value: &Bytes,
+        since: Option<u64>,
+        result: &Result<Written, StoreError>,
+    ) {
+        let Some(t) = &self.tier else {
+            return;
+        };
+        match (result, since, ticket) {
+            (Ok(Written::Stored), Some(clock), Some(ticket)) => t.fill(ticket, key, value, clock),
+            (Ok(Written::Superseded), Some(_), _) => {}
+            _ => t.forget_keys([key]),
+        }
+    }
+
+    /// Drops the local L1 copies of `keys` (values written in place).
+    pub(crate) fn forget_keys<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        if let Some(t) = &self.tier {
+            t.forget_keys(keys);
+        }
+    }
+
+    /// After an invalidation reached the store (or failed to): drops the local L1 entries it
+    /// names.
+    pub(crate) fn forget(&self, target: Target<'_>) {
+        if let Some(t) = &self.tier {
+            t.forget_target(target);
+        }
+    }
+
+    /// The announcement of an invalidation that took effect in the store, and the bus and channel
+    /// to publish it on; None when this cache does not announce (or there is nothing to say).
+    pub(crate) fn announcement(
+        &self,
+        target: Target<'_>,
+    ) -> Option<(&dyn InvalidationBus, &str, Vec<u8>)> {
+        if !self.publish {
+            return None;
+        }
+        if matches!(target, Target::Keys(k) | Target::Tags(k) if k.is_empty()) {
+            return None;
+        }
+        let bus = self.bus.as_deref()?;
+        let message = Message {
+            from: self.id,
+            op: Op::of(target),
+        };
+        // A message of strings and a number always serializes.
+        let payload = serde_json::to_vec(&message).ok()?;
+        Some((bus, self.channel.as_str(), payload))
     }
 }
 
@@ -365,8 +379,8 @@ pub(crate) struct Tier {
     global: AtomicU64,
     listening: AtomicBool,
     counters: Counters,
-    listener: Option<listen::Listener>,
-    me: Weak<Tier>,
+    /// The bus subscription (set once, right after the tier is created).
+    subscription: OnceLock<Subscription>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -406,9 +420,9 @@ impl Tier {
         id: u64,
         namespace: &str,
         channel: &str,
-        bus: &Bus,
+        bus: &dyn InvalidationBus,
     ) -> Arc<Self> {
-        let tier = Arc::new_cyclic(|me| Tier {
+        let tier = Arc::new(Tier {
             entries: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(PerEntry)
@@ -419,30 +433,20 @@ impl Tier {
             gate: RwLock::new(()),
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
             global: AtomicU64::new(0),
-            listening: AtomicBool::new(matches!(bus.kind, BusKind::InProcess(_))),
+            // Deaf until the bus says the subscription is up (a local bus says so at once).
+            listening: AtomicBool::new(false),
             counters: Counters::default(),
-            listener: match &bus.kind {
-                BusKind::Valkey(store) => Some(listen::Listener::new(store, channel)),
-                BusKind::InProcess(_) => None,
-            },
-            me: me.clone(),
+            subscription: OnceLock::new(),
         });
-        match &bus.kind {
-            BusKind::InProcess(local) => {
-                let mut members = lock(&local.members);
-                members.retain(|m| m.strong_count() > 0);
-                members.push(Arc::downgrade(&tier));
-                tier.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
-            }
-            // Subscribe now if a runtime runs this, else on first use.
-            BusKind::Valkey(_) => tier.ensure_listener(),
-        }
+        let sink: Arc<dyn BusSink> = tier.clone();
+        let subscription = bus.subscribe(channel, Arc::downgrade(&sink));
+        let _ = tier.subscription.set(subscription);
         tier
     }
 
     fn ensure_listener(&self) {
-        if let Some(l) = &self.listener {
-            l.ensure_started(&self.me);
+        if let Some(s) = self.subscription.get() {
+            s.ensure_started();
         }
     }
 
@@ -618,123 +622,18 @@ impl Tier {
     }
 }
 
-impl Cache {
-    /// Statistics and state of the [L1 tier](crate::l1); None when it is off.
-    pub fn l1_stats(&self) -> Option<L1Stats> {
-        self.inner.l1.tier.as_ref().map(|t| t.stats())
+impl BusSink for Tier {
+    fn message(&self, payload: &[u8]) {
+        self.apply(payload);
     }
 
-    /// Drops every entry of this cache's L1 (this process only).
-    pub fn l1_flush(&self) {
-        if let Some(t) = &self.inner.l1.tier {
-            t.flush();
-        }
+    fn subscribed(&self) {
+        self.hear();
     }
 
-    /// An L1 hit, or what a fill from the store read needs (None: no L1, or deaf).
-    pub(crate) fn l1_lookup(&self, key: &str) -> Result<Lookup, Option<Ticket>> {
-        match &self.inner.l1.tier {
-            Some(t) => t.lookup(key),
-            None => Err(None),
-        }
-    }
-
-    /// After a store read that was an L1 miss: fill L1 with what it found.
-    pub(crate) fn l1_fill(&self, ticket: Ticket, key: &str, lookup: &Lookup) {
-        if let (Some(t), Some(v)) = (&self.inner.l1.tier, &lookup.value) {
-            t.fill(ticket, key, v, lookup.clock);
-        }
-    }
-
-    /// Taken before a store write.
-    pub(crate) fn l1_ticket(&self, key: &str) -> Option<Ticket> {
-        self.inner.l1.tier.as_ref().map(|t| t.ticket(key))
-    }
-
-    /// After a store write: a guarded write that was stored goes into L1; anything else that may
-    /// have changed the value drops the local copy.
-    pub(crate) fn l1_after_write(
-        &self,
-        ticket: Option<Ticket>,
-        key: &str,
-        value: &Bytes,
-        since: Option<u64>,
-        result: &Result<Written, StoreError>,
-    ) {
-        let Some(t) = &self.inner.l1.tier else {
-            return;
-        };
-        match (result, since, ticket) {
-            (Ok(Written::Stored), Some(clock), Some(ticket)) => t.fill(ticket, key, value, clock),
-            (Ok(Written::Superseded), Some(_), _) => {}
-            _ => t.forget_keys([key]),
-        }
-    }
-
-    /// Drops the local L1 copies of `keys` (values written in place).
-    pub(crate) fn l1_forget_keys<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
-        if let Some(t) = &self.inner.l1.tier {
-            t.forget_keys(keys);
-        }
-    }
-
-    /// After an invalidation reached the store (or failed to): drops the local L1 entries it
-    /// names.
-    pub(crate) fn l1_forget(&self, target: Target<'_>) {
-        if let Some(t) = &self.inner.l1.tier {
-            t.forget_target(target);
-        }
-    }
-
-    /// Announces an invalidation that took effect in the store to the other instances.
-    pub(crate) async fn l1_publish(&self, target: Target<'_>) -> Result<(), StoreError> {
-        let st = &self.inner.l1;
-        if !st.publish {
-            return Ok(());
-        }
-        if matches!(target, Target::Keys(k) | Target::Tags(k) if k.is_empty()) {
-            return Ok(());
-        }
-        let message = Message {
-            from: st.id,
-            op: Op::of(target),
-        };
-        match st.bus.as_ref().map(|b| &b.kind) {
-            Some(BusKind::InProcess(local)) => {
-                let members: Vec<Arc<Tier>> = {
-                    let mut m = lock(&local.members);
-                    m.retain(|w| w.strong_count() > 0);
-                    m.iter().filter_map(Weak::upgrade).collect()
-                };
-                for t in members {
-                    if t.id != st.id && t.namespace == st.namespace {
-                        t.counters.messages.fetch_add(1, Ordering::Relaxed);
-                        t.forget(&message.op);
-                    }
-                }
-                Ok(())
-            }
-            Some(BusKind::Valkey(store)) => {
-                let payload = serde_json::to_vec(&message).map_err(|e| {
-                    StoreError::new(crate::store::StoreErrorKind::Server, e.to_string())
-                })?;
-                let channel = st.channel.as_str();
-                let fut = async move {
-                    let _receivers: i64 = store
-                        .run(async |c| {
-                            deadpool_redis::redis::cmd("PUBLISH")
-                                .arg(channel)
-                                .arg(&payload)
-                                .query_async(c)
-                                .await
-                        })
-                        .await?;
-                    Ok(())
-                };
-                self.guarded("publish", self.inner.op_timeout, Box::pin(fut))
-                    .await
-            }
-            None => Ok(()),
+    fn lost(&self) {
+        if self.listening.load(Ordering::SeqCst) {
+            self.deafen();
         }
     }
 }

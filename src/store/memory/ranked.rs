@@ -1,10 +1,12 @@
-//! Bounded namespaces in a [`MemoryStore`]: the same rules as the Valkey scripts, under one lock.
+//! Bounded namespaces in a [`MemoryStore`] ([`RankedStore`]): the same rules as the Valkey
+//! scripts, under one lock.
 //!
-//! Each function here mirrors a script in `valkey.rs` step by step (ranks, ghosts, the index's
-//! lifetime), so both stores evict the same entries for the same operations.
+//! Each function here mirrors a script in `store/valkey/lua/ranked_*.lua` step by step (ranks,
+//! ghosts, the index's lifetime), so both stores evict the same entries for the same operations.
 
-use super::{Evict, Space, Spec, Touch};
-use crate::store::MemoryStore;
+use super::MemoryStore;
+use crate::store::ranked::{Evict, RankedSpace as Space, RankedStore, Spec, Touch};
+use crate::store::{KeySpace, Lookup, Store, StoreFuture};
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -15,7 +17,7 @@ type Rank = (u64, u64);
 
 /// The bounded namespaces of one [`MemoryStore`].
 #[derive(Default)]
-pub(crate) struct Registry {
+pub(super) struct Registry {
     state: Mutex<State>,
 }
 
@@ -192,7 +194,7 @@ impl Registry {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn get(&self, space: &Space, key: &str, spec: Spec) -> Option<Bytes> {
+    fn get(&self, space: &Space, key: &str, spec: Spec) -> Option<Bytes> {
         let now = Instant::now();
         let mut s = self.lock();
         let ns = s.live(&space.index, now)?;
@@ -216,7 +218,7 @@ impl Registry {
         }
     }
 
-    pub(super) fn set(
+    fn set(
         &self,
         space: &Space,
         key: &str,
@@ -241,7 +243,7 @@ impl Registry {
         evicted
     }
 
-    pub(super) fn delete(&self, space: &Space, key: &str) -> bool {
+    fn delete(&self, space: &Space, key: &str) -> bool {
         let now = Instant::now();
         let mut s = self.lock();
         let Some(ns) = s.live(&space.index, now) else {
@@ -254,14 +256,14 @@ impl Registry {
         live
     }
 
-    pub(super) fn len(&self, space: &Space) -> usize {
+    fn len(&self, space: &Space) -> usize {
         let now = Instant::now();
         self.lock()
             .live(&space.index, now)
             .map_or(0, |ns| ns.index.len())
     }
 
-    pub(super) fn keys(&self, space: &Space, spec: Spec) -> Vec<String> {
+    fn keys(&self, space: &Space, spec: Spec) -> Vec<String> {
         let now = Instant::now();
         let mut s = self.lock();
         let Some(ns) = s.live(&space.index, now) else {
@@ -290,7 +292,7 @@ impl Registry {
         live
     }
 
-    pub(super) fn clear(&self, space: &Space) -> u64 {
+    fn clear(&self, space: &Space) -> u64 {
         let now = Instant::now();
         let mut s = self.lock();
         let Some(ns) = s.spaces.remove(&space.index) else {
@@ -304,14 +306,7 @@ impl Registry {
     }
 
     /// After a route read of `key` that found (`found`) or did not find its entry.
-    pub(super) fn route_touch(
-        &self,
-        store: &MemoryStore,
-        space: &Space,
-        key: &str,
-        found: bool,
-        spec: Spec,
-    ) {
+    fn route_touch(&self, store: &MemoryStore, space: &Space, key: &str, found: bool, spec: Spec) {
         let now = Instant::now();
         let mut s = self.lock();
         if !found {
@@ -342,7 +337,7 @@ impl Registry {
     }
 
     /// After a route write stored `key`: ranks it and evicts to stay within capacity.
-    pub(super) fn route_record(
+    fn route_record(
         &self,
         store: &MemoryStore,
         space: &Space,
@@ -365,5 +360,70 @@ impl Registry {
         let rank = ns.index.rescore(old, spec.scoring.on_set, &spec);
         ns.add(key, rank, Some(ttl), now);
         evicted
+    }
+}
+
+impl RankedStore for MemoryStore {
+    fn get<'a>(
+        &'a self,
+        space: &'a Space,
+        key: &'a str,
+        spec: Spec,
+    ) -> StoreFuture<'a, Option<Bytes>> {
+        Box::pin(std::future::ready(Ok(self.bounded.get(space, key, spec))))
+    }
+
+    fn set<'a>(
+        &'a self,
+        space: &'a Space,
+        key: &'a str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        spec: Spec,
+    ) -> StoreFuture<'a, Vec<String>> {
+        let evicted = self.bounded.set(space, key, value, ttl, spec);
+        Box::pin(std::future::ready(Ok(evicted)))
+    }
+
+    fn delete<'a>(&'a self, space: &'a Space, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(std::future::ready(Ok(self.bounded.delete(space, key))))
+    }
+
+    fn len<'a>(&'a self, space: &'a Space) -> StoreFuture<'a, usize> {
+        Box::pin(std::future::ready(Ok(self.bounded.len(space))))
+    }
+
+    fn keys<'a>(&'a self, space: &'a Space, spec: Spec) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(std::future::ready(Ok(self.bounded.keys(space, spec))))
+    }
+
+    fn clear<'a>(&'a self, space: &'a Space) -> StoreFuture<'a, u64> {
+        Box::pin(std::future::ready(Ok(self.bounded.clear(space))))
+    }
+
+    fn route_read<'a>(
+        &'a self,
+        keys: &'a KeySpace,
+        space: &'a Space,
+        key: &'a str,
+        spec: Spec,
+    ) -> StoreFuture<'a, Lookup> {
+        Box::pin(async move {
+            let lookup = Store::read(self, keys, key).await?;
+            self.bounded
+                .route_touch(self, space, key, lookup.value.is_some(), spec);
+            Ok(lookup)
+        })
+    }
+
+    fn route_record<'a>(
+        &'a self,
+        space: &'a Space,
+        key: &'a str,
+        ttl: Duration,
+        spec: Spec,
+    ) -> StoreFuture<'a, Vec<String>> {
+        let evicted = self.bounded.route_record(self, space, key, ttl, spec);
+        Box::pin(std::future::ready(Ok(evicted)))
     }
 }

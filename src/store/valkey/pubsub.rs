@@ -1,6 +1,7 @@
-//! The subscription of an L1 tier on Valkey: a background task on a dedicated pub/sub
-//! connection that applies other instances' invalidations, checks the connection with a
-//! heartbeat, and reconnects with backoff, keeping the tier deaf while it is down.
+//! The invalidation bus on Valkey ([`InvalidationBus`] for [`ValkeyStore`]): `PUBLISH` on the
+//! hot-path lanes, and per subscription a background task on a dedicated pub/sub connection that
+//! delivers messages, checks the connection with a heartbeat, and reconnects with backoff,
+//! telling its sink when the subscription is lost and when it is back.
 //!
 //! On Valkey Cluster the subscription is a classic `SUBSCRIBE` on one node (the seed nodes are
 //! tried in turn): a `PUBLISH` on any node reaches every node's subscribers over the cluster bus,
@@ -11,12 +12,13 @@
 //! invalidation announcement is small and rare next to the cached traffic, so the simpler,
 //! sturdier choice wins.
 
-use super::Tier;
-use crate::store::ValkeyStore;
+use super::ValkeyStore;
+use crate::store::bus::{BusSink, InvalidationBus, Subscription, SubscriptionHandle};
+use crate::store::StoreFuture;
 use deadpool_redis::redis;
 use futures_util::StreamExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -31,29 +33,59 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// tuned for the hot path, and a subscription is not on it).
 const CONNECT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
 
-pub(super) struct Listener {
+impl InvalidationBus for ValkeyStore {
+    fn publish<'a>(&'a self, channel: &'a str, payload: &'a [u8]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let _receivers: i64 = self
+                .run(async |c| {
+                    redis::cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(payload)
+                        .query_async(c)
+                        .await
+                })
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn subscribe(&self, channel: &str, sink: Weak<dyn BusSink>) -> Subscription {
+        let listener = Arc::new(Listener {
+            clients: self.pubsub_clients().to_vec(),
+            channel: channel.to_owned(),
+            connect_timeout: self.connect_timeout().max(CONNECT_TIMEOUT_MIN),
+            started: Arc::new(AtomicBool::new(false)),
+            shutdown: watch::channel(()).0,
+            sink,
+        });
+        // Subscribe now if a runtime runs this, else on first use.
+        listener.ensure_started();
+        Subscription::new(ListenerHandle(listener))
+    }
+}
+
+struct ListenerHandle(Arc<Listener>);
+
+impl SubscriptionHandle for ListenerHandle {
+    fn ensure_started(&self) {
+        self.0.ensure_started();
+    }
+}
+
+struct Listener {
     /// The server, or a cluster's seed nodes: each attempt to subscribe tries the next one.
     clients: Vec<redis::Client>,
     channel: String,
     connect_timeout: Duration,
-    started: AtomicBool,
-    // Dropped with the tier: the task then stops and closes its connection.
+    started: Arc<AtomicBool>,
+    // Dropped with the subscription: the task then stops and closes its connection.
     shutdown: watch::Sender<()>,
+    sink: Weak<dyn BusSink>,
 }
 
 impl Listener {
-    pub(super) fn new(store: &ValkeyStore, channel: &str) -> Self {
-        Self {
-            clients: store.pubsub_clients().to_vec(),
-            channel: channel.to_owned(),
-            connect_timeout: store.connect_timeout().max(CONNECT_TIMEOUT_MIN),
-            started: AtomicBool::new(false),
-            shutdown: watch::channel(()).0,
-        }
-    }
-
     /// Starts the task if it is not running and a Tokio runtime is available.
-    pub(super) fn ensure_started(&self, tier: &Weak<Tier>) {
+    fn ensure_started(&self) {
         if self.started.load(Ordering::Acquire) {
             return;
         }
@@ -65,7 +97,10 @@ impl Listener {
         }
         let shutdown = self.shutdown.subscribe();
         rt.spawn(run(
-            tier.clone(),
+            Task {
+                sink: self.sink.clone(),
+                started: self.started.clone(),
+            },
             self.clients.clone(),
             self.channel.clone(),
             self.connect_timeout,
@@ -74,21 +109,21 @@ impl Listener {
     }
 }
 
-/// Marks the tier deaf if the task ends for any reason but the tier going away (its runtime shut
-/// down, a panic), so a tier whose listener is gone never serves from L1; the next lookup in a
-/// running runtime starts a new one.
-struct DeafOnDrop(Weak<Tier>);
+/// The task's handles. When the task ends for any reason but the subscription going away (its
+/// runtime shut down, a panic), the sink is told the subscription is lost, so it never trusts a
+/// subscription that no task serves; the next `ensure_started` in a running runtime starts a new
+/// one.
+struct Task {
+    sink: Weak<dyn BusSink>,
+    started: Arc<AtomicBool>,
+}
 
-impl Drop for DeafOnDrop {
+impl Drop for Task {
     fn drop(&mut self) {
-        if let Some(t) = self.0.upgrade() {
-            if t.listening.load(Ordering::SeqCst) {
-                t.deafen();
-            }
-            if let Some(l) = &t.listener {
-                l.started.store(false, Ordering::Release);
-            }
+        if let Some(s) = self.sink.upgrade() {
+            s.lost();
         }
+        self.started.store(false, Ordering::Release);
     }
 }
 
@@ -99,13 +134,12 @@ async fn connect(client: &redis::Client, channel: &str) -> redis::RedisResult<re
 }
 
 async fn run(
-    tier: Weak<Tier>,
+    task: Task,
     clients: Vec<redis::Client>,
     channel: String,
     connect_timeout: Duration,
     mut shutdown: watch::Receiver<()>,
 ) {
-    let _guard = DeafOnDrop(tier.clone());
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
     let mut attempt = 0usize;
@@ -126,13 +160,14 @@ async fn run(
                     _ => format!("no answer within {connect_timeout:?}"),
                 };
                 failures += 1;
-                let Some(t) = tier.upgrade() else { return };
-                if failures == 1 {
-                    tracing::warn!(namespace = %t.namespace, %error, "L1 cannot subscribe to invalidations; L1 stays off (bypassed) until it can");
-                } else {
-                    tracing::debug!(namespace = %t.namespace, %error, failures, "L1 subscription attempt failed");
+                if task.sink.strong_count() == 0 {
+                    return;
                 }
-                drop(t);
+                if failures == 1 {
+                    tracing::warn!(%channel, %error, "cannot subscribe to invalidations; retrying");
+                } else {
+                    tracing::debug!(%channel, %error, failures, "subscription attempt failed");
+                }
                 tokio::select! {
                     _ = shutdown.changed() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -143,10 +178,10 @@ async fn run(
         };
         let (mut sink, mut stream) = pubsub.split();
         {
-            let Some(t) = tier.upgrade() else { return };
-            t.hear();
+            let Some(s) = task.sink.upgrade() else { return };
+            s.subscribed();
             if failures > 0 {
-                tracing::info!(namespace = %t.namespace, "L1 subscribed to invalidations again; L1 flushed and back on");
+                tracing::info!(%channel, "subscribed to invalidations again");
             }
         }
         failures = 0;
@@ -158,8 +193,8 @@ async fn run(
                 _ = shutdown.changed() => return,
                 msg = stream.next() => match msg {
                     Some(m) => {
-                        let Some(t) = tier.upgrade() else { return };
-                        t.apply(m.get_payload_bytes());
+                        let Some(s) = task.sink.upgrade() else { return };
+                        s.message(m.get_payload_bytes());
                     }
                     None => break "connection closed",
                 },
@@ -172,8 +207,8 @@ async fn run(
                 }
             }
         };
-        let Some(t) = tier.upgrade() else { return };
-        t.deafen();
-        tracing::warn!(namespace = %t.namespace, reason, "L1 lost its invalidation subscription; L1 flushed and bypassed until it resubscribes");
+        let Some(s) = task.sink.upgrade() else { return };
+        s.lost();
+        tracing::warn!(%channel, reason, "lost the invalidation subscription; reconnecting");
     }
 }

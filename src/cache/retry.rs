@@ -6,9 +6,8 @@
 //! pending, this process serves every request from the handler instead of from the cache, so it
 //! cannot serve an entry that a pending invalidation is about to remove.
 
-use crate::cache::Inner;
+use super::{Cache, Inner};
 use crate::store::Target;
-use crate::Cache;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -84,10 +83,10 @@ impl RetryQueue {
     }
 
     /// Queues a job; false when the queue is full (the job is dropped and logged).
-    pub(crate) fn push(&self, cache: &Arc<Inner>, job: Job) -> bool {
+    pub(crate) fn push(&self, cache: &Cache, job: Job) -> bool {
         let tx = self.tx.get_or_init(|| {
             let (tx, rx) = mpsc::channel(self.capacity);
-            tokio::spawn(worker(Arc::downgrade(cache), rx));
+            tokio::spawn(worker(Arc::downgrade(&cache.inner), rx));
             tx
         });
         self.pending.fetch_add(1, Ordering::AcqRel);
@@ -95,7 +94,7 @@ impl RetryQueue {
             Ok(()) => true,
             Err(e) => {
                 self.pending.fetch_sub(1, Ordering::AcqRel);
-                let job = Logged(&e.into_inner().0, cache.log_raw_keys);
+                let job = Logged(&e.into_inner().0, cache.logs_raw_keys());
                 tracing::error!(%job, "invalidation retry queue full; invalidation dropped (entries expire at their TTL)");
                 false
             }
@@ -110,7 +109,7 @@ async fn worker(cache: Weak<Inner>, mut rx: mpsc::Receiver<(Job, Instant)>) {
             let Some(inner) = cache.upgrade() else { return };
             let c = Cache { inner };
             let q = &c.inner.retry;
-            match c.invalidate(job.target()).await {
+            match c.invalidate_target(job.target()).await {
                 Ok(n) => {
                     q.pending.fetch_sub(1, Ordering::AcqRel);
                     c.counters().retry_succeeded();

@@ -1,5 +1,9 @@
 //! The embedded in-process store.
 
+mod ranked;
+
+use super::bus::{InvalidationBus, LocalBus};
+use super::ranked::RankedStore;
 use super::{glob_match, KeySpace, Lookup, LookupMany, Store, StoreFuture, Target, Write, Written};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -25,9 +29,9 @@ pub struct MemoryStore {
     state: Arc<Mutex<State>>,
     max_entries: usize,
     max_bytes: usize,
-    bounded: Arc<crate::eviction::Registry>,
+    bounded: Arc<ranked::Registry>,
     /// Shared by the caches with an L1 tier on this store (and its clones).
-    l1_bus: crate::l1::Bus,
+    bus: Arc<LocalBus>,
 }
 
 #[derive(Debug, Default)]
@@ -65,7 +69,7 @@ impl MemoryStore {
             max_entries: 10_000,
             max_bytes: 64 << 20,
             bounded: Arc::default(),
-            l1_bus: crate::l1::Bus::in_process(),
+            bus: Arc::new(LocalBus::new()),
         }
     }
 
@@ -372,23 +376,19 @@ impl Store for MemoryStore {
         "memory"
     }
 
-    fn bounded(&self) -> Option<crate::eviction::BoundedStore> {
-        Some(self.into())
+    fn ranked(&self) -> Option<Arc<dyn RankedStore>> {
+        Some(Arc::new(self.clone()))
     }
 
-    fn l1_bus(&self) -> Option<crate::l1::Bus> {
-        Some(self.l1_bus.clone())
+    fn bus(&self) -> Option<Arc<dyn InvalidationBus>> {
+        Some(self.bus.clone())
     }
 }
 
-/// Hooks for bounded namespaces ([`crate::eviction`]).
+/// Hooks for bounded namespaces (`ranked.rs`).
 impl MemoryStore {
-    pub(crate) fn bounded_registry(&self) -> &crate::eviction::Registry {
-        &self.bounded
-    }
-
     /// Removes the entry at a full store key; true if it was live.
-    pub(crate) fn evict_entry(&self, store_key: &str) -> bool {
+    fn evict_entry(&self, store_key: &str) -> bool {
         let mut s = self.lock();
         let live = s.live(store_key, Instant::now()).is_some();
         s.remove(store_key);
@@ -396,7 +396,7 @@ impl MemoryStore {
     }
 
     /// The time the live entry at a full store key has left; None if there is none.
-    pub(crate) fn live_ttl(&self, store_key: &str) -> Option<Duration> {
+    fn live_ttl(&self, store_key: &str) -> Option<Duration> {
         let now = Instant::now();
         let mut s = self.lock();
         s.live(store_key, now)

@@ -1,0 +1,242 @@
+//! [`CacheBuilder`]: every setting of a [`Cache`], in one place.
+
+use super::breaker::Breaker;
+use super::flight::Flights;
+use super::retry::RetryQueue;
+use super::{Cache, Inner};
+use crate::stats::Counters;
+use crate::store::{KeySpace, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Builds a [`Cache`]. See [`Cache::builder`].
+#[derive(Debug)]
+pub struct CacheBuilder {
+    store: Arc<dyn Store>,
+    namespace: String,
+    ttl: Duration,
+    op_timeout: Duration,
+    bulk_timeout: Duration,
+    breaker_threshold: u32,
+    breaker_cool_down: Duration,
+    tombstone_ttl: Duration,
+    retry_capacity: usize,
+    retry_give_up: Duration,
+    log_raw_keys: bool,
+    #[cfg(feature = "metrics")]
+    meter: Option<opentelemetry::metrics::Meter>,
+    l1: crate::l1::Config,
+    sealer: crate::seal::Sealer,
+}
+
+impl CacheBuilder {
+    /// A builder over a store shared with other caches (other namespaces).
+    pub(super) fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            namespace: "cache".into(),
+            ttl: Duration::from_secs(60),
+            op_timeout: Duration::from_millis(100),
+            bulk_timeout: Duration::from_secs(30),
+            breaker_threshold: 5,
+            breaker_cool_down: Duration::from_secs(1),
+            tombstone_ttl: Duration::from_secs(60),
+            retry_capacity: 1024,
+            retry_give_up: Duration::from_secs(600),
+            log_raw_keys: false,
+            #[cfg(feature = "metrics")]
+            meter: None,
+            l1: Default::default(),
+            sealer: Default::default(),
+        }
+    }
+
+    /// The namespace: every key is stored as `namespace:key`. Default `cache`.
+    ///
+    /// # Panics
+    ///
+    /// If the namespace is empty or contains `:`, `|`, white space or glob metacharacters.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        let ns = namespace.into();
+        assert!(
+            !ns.is_empty()
+                && !ns
+                    .chars()
+                    .any(|c| c.is_whitespace() || ":|*?[]\\{}".contains(c)),
+            "cache namespace `{ns}` must be non-empty, without `:`, `|`, braces, white space or glob characters"
+        );
+        self.namespace = ns;
+        self
+    }
+
+    /// Default time to live of entries (routes may override). Default 60 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Timeout of one store operation; past it the request is served without the cache.
+    /// Default 100 ms.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// Timeout of multi-step operations (pattern invalidation). Default 30 s.
+    pub fn bulk_timeout(mut self, timeout: Duration) -> Self {
+        self.bulk_timeout = timeout;
+        self
+    }
+
+    /// The circuit breaker: after `failures` consecutive store failures, skip the store for
+    /// `cool_down`, then probe it with one operation. Default 5 failures, 1 s.
+    pub fn circuit_breaker(mut self, failures: u32, cool_down: Duration) -> Self {
+        self.breaker_threshold = failures;
+        self.breaker_cool_down = cool_down;
+        self
+    }
+
+    /// How long invalidations are remembered for fills in flight. A fill (a handler run after a
+    /// miss) that takes longer than this is not stored. Default 60 s.
+    pub fn invalidation_window(mut self, window: Duration) -> Self {
+        self.tombstone_ttl = window;
+        self
+    }
+
+    /// Invalidations that fail (store unreachable) are queued, up to `capacity`, and retried in
+    /// the background until they succeed or `give_up_after` passes. While any is pending, this
+    /// process serves requests from the handler, not from the cache. Default 1024, 10 minutes.
+    pub fn invalidation_retry(mut self, capacity: usize, give_up_after: Duration) -> Self {
+        self.retry_capacity = capacity;
+        self.retry_give_up = give_up_after;
+        self
+    }
+
+    /// Whether logs and spans show cache keys as they are (`key` field) instead of only a short
+    /// hash of them (`key_hash`). Keys may hold user data (ids, query values, hashed
+    /// credentials): keep this off in production. Default off.
+    pub fn log_raw_keys(mut self, enable: bool) -> Self {
+        self.log_raw_keys = enable;
+        self
+    }
+
+    /// The OpenTelemetry meter the cache's instruments are created from (see
+    /// [`metrics`](crate::metrics) for the list). Default: the global meter provider's meter
+    /// for scope `tower-valkey-cache`, taken when [`build`](Self::build) runs, so install the
+    /// global provider before building caches.
+    ///
+    /// ```
+    /// use tower_valkey_cache::{Cache, MemoryStore};
+    ///
+    /// let meter = opentelemetry::global::meter("tower-valkey-cache"); // or provider.meter(...)
+    /// let cache = Cache::builder(MemoryStore::new()).meter(meter).build();
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
+    /// Stores entries whose encoding reaches the threshold LZ4-compressed (feature
+    /// `compression`). Default off. Reads decompress whatever is compressed, whether or not
+    /// this is set, up to [`Compression::max_size`](crate::seal::Compression::max_size). See
+    /// [`seal`](crate::seal).
+    ///
+    /// ```
+    /// use tower_valkey_cache::{Cache, Compression, MemoryStore};
+    ///
+    /// let cache = Cache::builder(MemoryStore::new())
+    ///     .compression(Compression::lz4().threshold(2048))
+    ///     .build();
+    /// ```
+    #[cfg(feature = "compression")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "compression")))]
+    pub fn compression(mut self, compression: crate::seal::Compression) -> Self {
+        self.sealer.compression = Some(compression);
+        self
+    }
+
+    /// Seals every entry with AES-256-GCM under the keyring's current key, bound to its store
+    /// key (feature `encryption`). Reads accept only entries that authenticate under a key of
+    /// the ring; anything else is a miss. Default off. See [`seal`](crate::seal).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_valkey_cache::{Cache, Keyring, MemoryStore};
+    ///
+    /// let key: [u8; 32] = [7; 32]; // from the application's secret store
+    /// let cache = Cache::builder(MemoryStore::new())
+    ///     .namespace("sessions")
+    ///     .encryption(Keyring::new(1, &key)?)
+    ///     .build();
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "encryption")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+    pub fn encryption(mut self, keyring: crate::seal::Keyring) -> Self {
+        self.sealer.keyring = Some(keyring);
+        self
+    }
+
+    /// Turns on the [L1 tier](crate::l1): an in-process cache of up to `capacity` entries in
+    /// front of the store, each kept at most `ttl` (and never past its freshness). Every
+    /// invalidation this cache runs is then announced to the other instances, and this cache
+    /// listens for theirs. Default off.
+    ///
+    /// The store must support it ([`ValkeyStore`](crate::ValkeyStore),
+    /// [`MemoryStore`](crate::MemoryStore), or a store returning an
+    /// [`InvalidationBus`](crate::store::InvalidationBus) from [`Store::bus`]); otherwise
+    /// [`build`](Self::build) panics. On a `ValkeyStore`, the cache opens one more connection
+    /// (its subscription) once a Tokio runtime runs it.
+    pub fn l1(mut self, capacity: u64, ttl: Duration) -> Self {
+        self.l1.tier = Some((capacity.max(1), ttl));
+        self
+    }
+
+    /// Whether this cache announces its invalidations to the L1 tiers of other instances.
+    /// Default: on with [`l1`](Self::l1), off without. Turn it on in every process without L1
+    /// that invalidates a namespace other instances serve from L1 (workers, admin tools). Each
+    /// announcement is one `PUBLISH` on Valkey. Turning it off with L1 on is only correct when no
+    /// other process serves this namespace from L1. (Caches on a `MemoryStore` always announce:
+    /// it is a function call.)
+    pub fn publish_invalidations(mut self, enable: bool) -> Self {
+        self.l1.publish = Some(enable);
+        self
+    }
+
+    /// Builds the cache.
+    pub fn build(self) -> Cache {
+        #[cfg(feature = "metrics")]
+        let counters = Counters::with_metrics(crate::metrics::Metrics::new(
+            &self.meter.unwrap_or_else(crate::metrics::default_meter),
+            &self.namespace,
+            self.store.name(),
+        ));
+        #[cfg(not(feature = "metrics"))]
+        let counters = Counters::default();
+        let l1 = crate::l1::State::new(&self.l1, self.store.as_ref(), &self.namespace);
+        Cache {
+            inner: Arc::new(Inner {
+                space: if self.store.needs_hash_tags() {
+                    KeySpace::hash_tagged(&self.namespace, self.tombstone_ttl)
+                } else {
+                    KeySpace::new(&self.namespace, self.tombstone_ttl)
+                },
+                store: self.store,
+                namespace: self.namespace,
+                ttl: self.ttl,
+                op_timeout: self.op_timeout,
+                bulk_timeout: self.bulk_timeout,
+                breaker: Breaker::new(self.breaker_threshold, self.breaker_cool_down),
+                counters,
+                retry: RetryQueue::new(self.retry_capacity, self.retry_give_up),
+                flights: Flights::default(),
+                log_raw_keys: self.log_raw_keys,
+                epoch: std::sync::atomic::AtomicU64::new(0),
+                l1,
+                sealer: self.sealer,
+            }),
+        }
+    }
+}

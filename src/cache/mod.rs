@@ -1,0 +1,130 @@
+//! The core: the [`Cache`] handle and the machinery every layer and the function cache go through.
+//!
+//! - `mod.rs`: the handle (cheap to clone) and its public accessors;
+//! - `builder.rs`: [`CacheBuilder`], every setting;
+//! - `ops.rs`: the store operations (read, batch read, write, batch write, invalidate, locks):
+//!   the **only** code that calls the store, applies the circuit breaker and timeouts, seals
+//!   and opens entries, consults and fills L1, counts, reads around owed invalidations and runs
+//!   the eviction hooks. Everything above (`layer`, `invalidate`, `function`) calls these.
+//! - `flight.rs` (single-flight), `breaker.rs` (circuit breaker), `retry.rs` (the queue of
+//!   invalidations owed to the store).
+
+mod breaker;
+mod builder;
+pub(crate) mod flight;
+mod ops;
+pub(crate) mod retry;
+
+pub use builder::CacheBuilder;
+pub(crate) use ops::BatchWrite;
+
+use crate::stats::{Counters, Stats};
+use crate::store::{KeySpace, Store};
+use breaker::Breaker;
+use flight::Flights;
+use retry::RetryQueue;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A cheap-to-clone handle on a cache: a [`Store`], a namespace and defaults.
+///
+/// Build one per namespace and share it between routes, layers and background jobs.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_valkey_cache::{Cache, MemoryStore};
+///
+/// let cache = Cache::builder(MemoryStore::new())
+///     .namespace("shop")
+///     .ttl(Duration::from_secs(30))
+///     .build();
+/// assert_eq!(cache.namespace(), "shop");
+/// ```
+#[derive(Clone, Debug)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    space: KeySpace,
+    namespace: String,
+    ttl: Duration,
+    op_timeout: Duration,
+    bulk_timeout: Duration,
+    breaker: Breaker,
+    counters: Counters,
+    retry: RetryQueue,
+    flights: Flights,
+    log_raw_keys: bool,
+    /// Invalidations started by this process (successful or not).
+    epoch: std::sync::atomic::AtomicU64,
+    /// The L1 tier and invalidation announcements ([`crate::l1`]).
+    l1: crate::l1::State,
+    /// Compression and encryption of stored entries ([`crate::seal`]).
+    sealer: crate::seal::Sealer,
+}
+
+impl Cache {
+    /// A cache over `store` with default settings (namespace `cache`, TTL 60 s, 100 ms timeout).
+    pub fn new(store: impl Store) -> Self {
+        Self::builder(store).build()
+    }
+
+    /// A builder over `store`.
+    pub fn builder(store: impl Store) -> CacheBuilder {
+        Self::builder_shared(Arc::new(store))
+    }
+
+    /// A builder over a store shared with other caches (other namespaces).
+    pub fn builder_shared(store: Arc<dyn Store>) -> CacheBuilder {
+        CacheBuilder::new(store)
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// The default TTL.
+    pub fn default_ttl(&self) -> Duration {
+        self.inner.ttl
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The key space (store key names) of this cache's namespace.
+    pub fn key_space(&self) -> &KeySpace {
+        &self.inner.space
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Whether the circuit breaker currently skips the store.
+    pub fn is_degraded(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    /// Invalidations this process owes the store (failed, queued for retry; see
+    /// [`CacheBuilder::invalidation_retry`]).
+    pub fn pending_invalidations(&self) -> usize {
+        self.inner.retry.pending()
+    }
+
+    /// Statistics and state of the [L1 tier](crate::l1); None when it is off.
+    pub fn l1_stats(&self) -> Option<crate::l1::L1Stats> {
+        self.inner.l1.stats()
+    }
+
+    /// Drops every entry of this cache's L1 (this process only).
+    pub fn l1_flush(&self) {
+        self.inner.l1.flush();
+    }
+}

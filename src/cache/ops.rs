@@ -1,0 +1,432 @@
+//! The cache's store operations: the one place that talks to the store.
+//!
+//! Every rule about a store operation lives here once, so no caller can skip it:
+//!
+//! - the circuit breaker and the per-operation timeout ([`Cache::guarded`]);
+//! - reads around an owed invalidation: while this process owes the store an invalidation (it
+//!   failed and waits in the retry queue), every read fails as if the store were down, so no
+//!   caller serves an entry that invalidation is about to remove ([`Cache::owed`]);
+//! - sealing (compression, encryption) on every write and opening on every read
+//!   ([`crate::seal`]);
+//! - the L1 tier: consulted and filled by reads, filled or dropped by writes, dropped and
+//!   announced by invalidations ([`crate::l1`]);
+//! - the counters of stored, superseded and invalidated entries;
+//! - route eviction: ranked reads touch, stored writes are ranked and evict
+//!   ([`crate::eviction`]).
+//!
+//! `layer`, `invalidate` and `function` reach the store only through these functions.
+
+use super::breaker::{Permit, Transition};
+use super::flight::Flights;
+use super::retry::Job;
+use super::Cache;
+use crate::eviction::{EvictionPolicy, RouteEviction};
+use crate::stats::Counters;
+use crate::store::{
+    Lookup, LookupMany, StoreError, StoreErrorKind, StoreFuture, Target, Write, Written,
+};
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An owned write for batch operations: key, encoded (plain) entry, TTL, tags.
+#[derive(Clone, Debug)]
+pub(crate) struct BatchWrite {
+    pub(crate) key: String,
+    pub(crate) value: Bytes,
+    pub(crate) ttl: Duration,
+    pub(crate) tags: Vec<String>,
+}
+
+impl Cache {
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Whether logs may show raw keys ([`CacheBuilder::log_raw_keys`](super::CacheBuilder::log_raw_keys)).
+    pub(crate) fn logs_raw_keys(&self) -> bool {
+        self.inner.log_raw_keys
+    }
+
+    /// This process's invalidation epoch (see [`crate::cache::flight::Stamp`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn flights(&self) -> &Flights {
+        &self.inner.flights
+    }
+
+    /// How long an invalidation's tombstones live: a fill that takes longer is never stored.
+    pub(crate) fn invalidation_window(&self) -> Duration {
+        self.inner.space.tombstone_ttl()
+    }
+
+    /// The eviction of a route bounded by `policy` in this cache's namespace; None when the
+    /// store cannot hold bounded namespaces.
+    pub(crate) fn route_eviction(&self, policy: Arc<dyn EvictionPolicy>) -> Option<RouteEviction> {
+        RouteEviction::new(self.inner.store.as_ref(), &self.inner.space, policy)
+    }
+
+    /// Runs one store operation under the circuit breaker and a timeout, in a `cache.store`
+    /// span (TRACE level), timed into `db.client.operation.duration` (operations the breaker
+    /// rejects are not sent, so not timed).
+    pub(crate) async fn guarded<'a, T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        fut: StoreFuture<'a, T>,
+    ) -> Result<T, StoreError> {
+        let inner = &self.inner;
+        if inner.breaker.permit() == Permit::Rejected {
+            return Err(StoreError::new(
+                StoreErrorKind::CircuitOpen,
+                "circuit breaker open",
+            ));
+        }
+        let span = tracing::trace_span!(
+            "cache.store",
+            otel.kind = "client",
+            db.system.name = inner.store.name(),
+            db.operation.name = op,
+            cache.namespace = %inner.namespace,
+            outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        let mut fut = tracing::Instrument::instrument(fut, span.clone());
+        // A store that answers at once (MemoryStore, a ready reply) needs no timer: poll once
+        // before arming the timeout. The future is boxed, so polling it first and then handing
+        // it to the timeout moves nothing.
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(std::pin::Pin::new(&mut fut), cx))
+        })
+        .await;
+        let result = match first {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!("{op} took longer than {timeout:?}"),
+                )),
+            },
+        };
+        let elapsed = started.elapsed();
+        let error_type = result.as_ref().err().map(|e| error_type(e.kind()));
+        if !span.is_disabled() {
+            span.record("outcome", if error_type.is_some() { "error" } else { "ok" });
+            if let Some(e) = error_type {
+                span.record("error.type", e);
+            }
+            span.record("duration_us", elapsed.as_micros() as u64);
+        }
+        inner.counters.store_op(op, elapsed, error_type);
+        match &result {
+            Ok(_) => {
+                if inner.breaker.success() == Some(Transition::Closed) {
+                    inner.counters.breaker_closed();
+                    tracing::info!(namespace = %inner.namespace, "cache store reachable again; circuit closed");
+                }
+            }
+            Err(e) => {
+                inner.counters.store_error();
+                tracing::warn!(namespace = %inner.namespace, op, error = %e, "cache store operation failed");
+                let lost = e.kind() == StoreErrorKind::Unavailable;
+                if inner.breaker.failure(started, lost) == Some(Transition::Opened) {
+                    inner.counters.breaker_opened();
+                    tracing::warn!(namespace = %inner.namespace, "cache store failing; circuit open, serving without cache");
+                }
+            }
+        }
+        result
+    }
+
+    /// The error every read returns while this process owes the store an invalidation: the store
+    /// may hold entries that invalidation is about to remove, so nothing is served from it.
+    fn owed(&self) -> Option<StoreError> {
+        (self.inner.retry.pending() > 0).then(|| {
+            StoreError::new(
+                StoreErrorKind::Unavailable,
+                "invalidation pending; cache reads suspended",
+            )
+        })
+    }
+
+    /// Reads `key` (the value, opened, and the namespace's clock): from L1 when it has it, else
+    /// from the store (then filling L1). With `eviction`, the read goes to the store and touches
+    /// the entry's rank in the same operation (L1 would hide uses from the policy).
+    pub(crate) async fn read(
+        &self,
+        key: &str,
+        eviction: Option<&RouteEviction>,
+    ) -> Result<Lookup, StoreError> {
+        if let Some(e) = self.owed() {
+            return Err(e);
+        }
+        let i = &self.inner;
+        if let Some(ev) = eviction {
+            let fut = ev.store.route_read(&i.space, &ev.space, key, ev.spec());
+            return self
+                .guarded("read", i.op_timeout, fut)
+                .await
+                .map(|lookup| self.opened(key, lookup));
+        }
+        // L1 (crate::l1): a hit makes no network call; a miss fills it from the store read.
+        let ticket = match i.l1.lookup(key) {
+            Ok(hit) => return Ok(hit),
+            Err(ticket) => ticket,
+        };
+        let r = self
+            .guarded("read", i.op_timeout, i.store.read(&i.space, key))
+            .await
+            .map(|lookup| self.opened(key, lookup));
+        if let (Some(t), Ok(lookup)) = (ticket, &r) {
+            i.l1.fill(t, key, lookup);
+        }
+        r
+    }
+
+    /// Reads many entries in one operation (not through L1), opened.
+    pub(crate) async fn read_many(&self, keys: &[String]) -> Result<LookupMany, StoreError> {
+        if let Some(e) = self.owed() {
+            return Err(e);
+        }
+        let i = &self.inner;
+        let mut found = self
+            .guarded(
+                "read_many",
+                i.bulk_timeout,
+                i.store.read_many(&i.space, keys),
+            )
+            .await?;
+        for (value, key) in found.values.iter_mut().zip(keys) {
+            *value = value.take().map(|raw| self.open(key, raw));
+        }
+        Ok(found)
+    }
+
+    /// Writes one entry (`write.value` is the plain encoding: sealed here), guarded by
+    /// `write.since`; with `eviction`, a stored entry is then ranked and what the policy names is
+    /// evicted (one more operation).
+    pub(crate) async fn write(
+        &self,
+        write: Write<'_>,
+        eviction: Option<&RouteEviction>,
+    ) -> Result<Written, StoreError> {
+        let i = &self.inner;
+        // L1 keeps the plain encoding (crate::seal): an L1 hit neither decrypts nor inflates.
+        let (key, ttl, value, since) = (write.key, write.ttl, write.value.clone(), write.since);
+        let write = Write {
+            value: self.seal(key, write.value)?,
+            ..write
+        };
+        let bytes = write.value.len();
+        let ticket = i.l1.ticket(key);
+        let r = self
+            .guarded("write", i.op_timeout, i.store.write(&i.space, write))
+            .await;
+        i.l1.after_write(ticket, key, &value, since, &r);
+        match r {
+            Ok(Written::Stored) => i.counters.stored(bytes),
+            Ok(Written::Superseded) => i.counters.superseded(),
+            Err(_) => {}
+        }
+        if let (Ok(Written::Stored), Some(ev)) = (&r, eviction) {
+            self.record_ranked(ev, key, ttl).await;
+        }
+        r
+    }
+
+    /// Ranks a just-stored route entry and evicts what its policy names. A failed record leaves
+    /// the entry unindexed until its next read indexes it (the read heals the index); the failure
+    /// is logged and counted by `guarded`.
+    async fn record_ranked(&self, ev: &RouteEviction, key: &str, ttl: Duration) {
+        let i = &self.inner;
+        let fut = ev.store.route_record(&ev.space, key, ttl, ev.spec());
+        if let Ok(evicted) = self.guarded("evict", i.op_timeout, fut).await {
+            if !evicted.is_empty() {
+                i.counters.evicted(ev.policy.name(), evicted.len() as u64);
+                tracing::debug!(
+                    namespace = %i.namespace,
+                    policy = ev.policy.name(),
+                    evicted = evicted.len(),
+                    "evicted entries to stay within capacity"
+                );
+            }
+        }
+    }
+
+    /// Writes many entries in one operation, each guarded by `since` (None: unconditionally);
+    /// returns one [`Written`] per write, in order.
+    pub(crate) async fn write_many(
+        &self,
+        batch: &[BatchWrite],
+        since: Option<u64>,
+    ) -> Result<Vec<Written>, StoreError> {
+        let writes: Vec<Write<'_>> = batch
+            .iter()
+            .map(|w| {
+                Ok(Write {
+                    key: &w.key,
+                    value: self.seal(&w.key, w.value.clone())?,
+                    ttl: w.ttl,
+                    tags: &w.tags,
+                    since,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let sizes: Vec<usize> = writes.iter().map(|w| w.value.len()).collect();
+        let i = &self.inner;
+        let out = self
+            .guarded(
+                "write_many",
+                i.bulk_timeout,
+                i.store.write_many(&i.space, writes),
+            )
+            .await;
+        // Values written in place: drop this process's L1 copies (crate::l1).
+        i.l1.forget_keys(batch.iter().map(|w| w.key.as_str()));
+        let out = out?;
+        for (w, size) in out.iter().zip(sizes) {
+            match w {
+                Written::Stored => i.counters.stored(size),
+                Written::Superseded => i.counters.superseded(),
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn try_lock(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let i = &self.inner;
+        self.guarded(
+            "lock",
+            i.op_timeout,
+            i.store.try_lock(&i.space, key, token, lease),
+        )
+        .await
+    }
+
+    pub(crate) async fn unlock(&self, key: &str, token: &str) -> Result<(), StoreError> {
+        let i = &self.inner;
+        self.guarded("unlock", i.op_timeout, i.store.unlock(&i.space, key, token))
+            .await
+    }
+
+    /// The stored form of the encoded entry `plain` for `key` ([`crate::seal`]): every write
+    /// goes through here.
+    fn seal(&self, key: &str, plain: Bytes) -> Result<Bytes, StoreError> {
+        let i = &self.inner;
+        i.sealer.seal(&i.space, key, plain).map_err(|e| {
+            tracing::warn!(namespace = %i.namespace, error = %e, "entry cannot be sealed; not stored");
+            StoreError::new(StoreErrorKind::Server, e.to_string())
+        })
+    }
+
+    /// The encoded entry from a stored value ([`crate::seal`]): every read goes through here.
+    /// A value that does not open (does not authenticate, does not decompress) reads as an
+    /// empty value, which no entry decoder accepts: callers count it as an undecodable entry
+    /// (once per request, as for any other), never serve it, and the next fill overwrites it.
+    fn open(&self, key: &str, raw: Bytes) -> Bytes {
+        let i = &self.inner;
+        match i.sealer.open(&i.space, key, raw) {
+            Ok(plain) => plain,
+            Err(e) => {
+                tracing::warn!(namespace = %i.namespace, error = %e, "cached value does not open; treating as a miss");
+                Bytes::new()
+            }
+        }
+    }
+
+    /// [`open`](Self::open) on a store read.
+    fn opened(&self, key: &str, lookup: Lookup) -> Lookup {
+        Lookup {
+            value: lookup.value.map(|raw| self.open(key, raw)),
+            clock: lookup.clock,
+        }
+    }
+
+    /// Invalidates one key; returns how many entries were removed.
+    pub async fn invalidate_key(&self, key: &str) -> Result<u64, StoreError> {
+        self.invalidate_keys(&[key.to_owned()]).await
+    }
+
+    /// Invalidates exact keys (relative to the namespace).
+    pub async fn invalidate_keys(&self, keys: &[String]) -> Result<u64, StoreError> {
+        self.invalidate_target(Target::Keys(keys)).await
+    }
+
+    /// Invalidates every entry carrying `tag`.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, StoreError> {
+        self.invalidate_tags(&[tag.to_owned()]).await
+    }
+
+    /// Invalidates every entry carrying one of `tags`.
+    pub async fn invalidate_tags(&self, tags: &[String]) -> Result<u64, StoreError> {
+        self.invalidate_target(Target::Tags(tags)).await
+    }
+
+    /// Invalidates every key matching a glob `pattern` (relative to the namespace), by `SCAN` and
+    /// `UNLINK` in batches on Valkey. Escape user input in it with
+    /// [`glob_escape`](crate::key::glob_escape) (templates do this for you).
+    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, StoreError> {
+        self.invalidate_target(Target::Pattern(pattern)).await
+    }
+
+    /// Runs an invalidation; if the store fails, queues it for retry and returns the error.
+    pub(crate) async fn invalidate_or_queue(&self, job: Job) -> Result<u64, StoreError> {
+        match self.invalidate_target(job.target()).await {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                if self.inner.retry.push(self, job) {
+                    self.inner.counters.retry_queued();
+                } else {
+                    self.inner.counters.retry_dropped();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs one invalidation: the store's (clock, tombstones, removal), then this process's L1,
+    /// then the announcement to other instances' L1 tiers (its failure fails the invalidation,
+    /// so it is retried).
+    pub(crate) async fn invalidate_target(&self, target: Target<'_>) -> Result<u64, StoreError> {
+        let i = &self.inner;
+        i.epoch.fetch_add(1, Ordering::AcqRel);
+        let (timeout, kind) = match target {
+            Target::Pattern(_) => (i.bulk_timeout, "pattern"),
+            Target::Tags(_) => (i.op_timeout, "tag"),
+            _ => (i.op_timeout, "key"),
+        };
+        let r = self
+            .guarded("invalidate", timeout, i.store.invalidate(&i.space, target))
+            .await;
+        // L1: drop this process's copies (whatever the store said), then tell the others.
+        i.l1.forget(target);
+        let n = r?;
+        i.counters.invalidated(kind, n);
+        if let Some((bus, channel, payload)) = i.l1.announcement(target) {
+            self.guarded("publish", i.op_timeout, bus.publish(channel, &payload))
+                .await?;
+        }
+        Ok(n)
+    }
+}
+
+/// The `error.type` of a failed store operation (metrics and spans).
+fn error_type(kind: StoreErrorKind) -> &'static str {
+    match kind {
+        StoreErrorKind::Unavailable => "unavailable",
+        StoreErrorKind::Timeout => "timeout",
+        StoreErrorKind::CircuitOpen => "circuit_open",
+        StoreErrorKind::Server => "server",
+    }
+}

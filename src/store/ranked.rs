@@ -1,0 +1,214 @@
+//! The ranked-index capability of a store: what [bounded namespaces](crate::eviction) need.
+//!
+//! A store that can hold count-bounded namespaces implements [`RankedStore`] and returns itself
+//! from [`Store::ranked`](super::Store::ranked). The policy is data ([`Spec`]: a [`Scoring`] and a
+//! capacity), so a store applies any policy atomically on its side: Valkey in one Lua script per
+//! operation, [`MemoryStore`](super::MemoryStore) under one lock. Both implement exactly the
+//! same rules, step by step; the crate's eviction tests run every scenario on both.
+
+use super::{KeySpace, Lookup, StoreFuture};
+use bytes::Bytes;
+use std::fmt;
+use std::time::Duration;
+
+/// What a policy does to an entry's rank *(uses, stamp)*, and which end it evicts.
+///
+/// Ranks compare uses first, then stamps. A new entry starts at one use and a fresh stamp,
+/// whatever `on_set` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Scoring {
+    /// What a set does to an entry that is already there (an overwrite).
+    pub on_set: Touch,
+    /// What a read that finds the entry does to it.
+    pub on_get: Touch,
+    /// Which entry a full namespace evicts to make room.
+    pub evict: Evict,
+}
+
+impl Scoring {
+    /// First in, first out: sets stamp, reads do nothing, the lowest stamp goes.
+    pub const FIFO: Self = Self {
+        on_set: Touch::Stamp,
+        on_get: Touch::Keep,
+        evict: Evict::Lowest,
+    };
+    /// Last in, first out: sets stamp, reads do nothing, the highest stamp goes.
+    pub const LIFO: Self = Self {
+        on_set: Touch::Stamp,
+        on_get: Touch::Keep,
+        evict: Evict::Highest,
+    };
+    /// Least recently used: sets and reads stamp, the lowest stamp goes.
+    pub const LRU: Self = Self {
+        on_set: Touch::Stamp,
+        on_get: Touch::Stamp,
+        evict: Evict::Lowest,
+    };
+    /// Most recently used: sets and reads stamp, the highest stamp goes.
+    pub const MRU: Self = Self {
+        on_set: Touch::Stamp,
+        on_get: Touch::Stamp,
+        evict: Evict::Highest,
+    };
+    /// Least frequently used: sets and reads count a use and stamp; the fewest uses go, and among
+    /// those the least recently used.
+    pub const LFU: Self = Self {
+        on_set: Touch::Count,
+        on_get: Touch::Count,
+        evict: Evict::Lowest,
+    };
+
+    /// Whether ranks carry a use count (some touch is [`Touch::Count`]).
+    pub fn counts(&self) -> bool {
+        self.on_set == Touch::Count || self.on_get == Touch::Count
+    }
+}
+
+/// What an operation does to the rank of an entry that exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Touch {
+    /// Nothing: the entry keeps its place.
+    Keep,
+    /// A fresh stamp: the entry becomes the newest among those with as many uses.
+    Stamp,
+    /// One more use (saturating) and a fresh stamp.
+    Count,
+}
+
+/// Which end of the ranking a full namespace evicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Evict {
+    /// The lowest rank: fewest uses, then oldest stamp.
+    Lowest,
+    /// The highest rank: most uses, then newest stamp.
+    Highest,
+}
+
+/// Bits of a counting rank that hold the stamp by default (the rest hold the use count).
+pub const STAMP_BITS: u8 = 33;
+
+/// Everything a store needs to apply a policy to one operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spec {
+    /// How sets and reads rank entries, and which end is evicted.
+    pub scoring: Scoring,
+    /// The most entries the namespace holds (at least 1).
+    pub capacity: usize,
+    /// How many bits of a counting rank hold the stamp ([`STAMP_BITS`] unless testing the
+    /// renumbering).
+    pub stamp_bits: u8,
+}
+
+impl Spec {
+    /// A spec for `scoring` and `capacity` (at least 1).
+    pub fn new(scoring: Scoring, capacity: usize, stamp_bits: u8) -> Self {
+        Self {
+            scoring,
+            capacity: capacity.max(1),
+            stamp_bits,
+        }
+    }
+
+    /// The largest use count a rank holds.
+    pub fn max_uses(&self) -> u64 {
+        (1u64 << (53 - u32::from(self.stamp_bits))) - 1
+    }
+}
+
+/// The names of a bounded namespace's keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RankedSpace {
+    /// Prepended to a key to name its value.
+    pub value_prefix: String,
+    /// The index (a sorted set on Valkey); also names the namespace in the memory registry.
+    pub index: String,
+    /// The stamp counter.
+    pub seq: String,
+}
+
+impl RankedSpace {
+    /// A standalone namespace ([`BoundedCache`](crate::eviction::BoundedCache)), all under the
+    /// hash tag `{namespace}`.
+    pub fn standalone(namespace: &str) -> Self {
+        Self {
+            value_prefix: format!("{{{namespace}}}:"),
+            index: format!("{{{namespace}}}|idx"),
+            seq: format!("{{{namespace}}}|seq"),
+        }
+    }
+
+    /// The bounded entries of a route cache's namespace (they are the namespace's entries).
+    pub fn route(space: &KeySpace) -> Self {
+        let prefix = space.entry_prefix();
+        let ns = prefix.strip_suffix(':').unwrap_or(prefix);
+        Self {
+            value_prefix: prefix.to_owned(),
+            index: format!("{ns}|evict:idx"),
+            seq: format!("{ns}|evict:seq"),
+        }
+    }
+
+    /// The store key of `key`'s value.
+    pub fn value(&self, key: &str) -> String {
+        let mut s = String::with_capacity(self.value_prefix.len() + key.len());
+        s.push_str(&self.value_prefix);
+        s.push_str(key);
+        s
+    }
+}
+
+/// A store that can hold count-bounded namespaces (see the [module docs](self)). Every operation
+/// is atomic on the store's side.
+pub trait RankedStore: Send + Sync + fmt::Debug + 'static {
+    /// The value of `key`, touching its rank ([`Scoring::on_get`]); a member whose value is gone
+    /// leaves the index.
+    fn get<'a>(
+        &'a self,
+        space: &'a RankedSpace,
+        key: &'a str,
+        spec: Spec,
+    ) -> StoreFuture<'a, Option<Bytes>>;
+
+    /// Stores `value` (with `ttl`, or none), evicting what the policy names if `key` is new and
+    /// the namespace is full; returns the evicted keys.
+    fn set<'a>(
+        &'a self,
+        space: &'a RankedSpace,
+        key: &'a str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        spec: Spec,
+    ) -> StoreFuture<'a, Vec<String>>;
+
+    /// Removes `key`; true if a live value was removed.
+    fn delete<'a>(&'a self, space: &'a RankedSpace, key: &'a str) -> StoreFuture<'a, bool>;
+
+    /// How many members the index holds.
+    fn len<'a>(&'a self, space: &'a RankedSpace) -> StoreFuture<'a, usize>;
+
+    /// The live keys in eviction order, next victim first, without touching them.
+    fn keys<'a>(&'a self, space: &'a RankedSpace, spec: Spec) -> StoreFuture<'a, Vec<String>>;
+
+    /// Removes every entry and the index; returns how many live values were removed.
+    fn clear<'a>(&'a self, space: &'a RankedSpace) -> StoreFuture<'a, u64>;
+
+    /// A route cache's read: the entry at `keys.entry(key)` and the namespace's clock (as
+    /// [`Store::read`](super::Store::read)), touching its rank in the same operation.
+    fn route_read<'a>(
+        &'a self,
+        keys: &'a KeySpace,
+        space: &'a RankedSpace,
+        key: &'a str,
+        spec: Spec,
+    ) -> StoreFuture<'a, Lookup>;
+
+    /// After a route write stored `key`: ranks it and evicts to stay within capacity; returns
+    /// the evicted keys.
+    fn route_record<'a>(
+        &'a self,
+        space: &'a RankedSpace,
+        key: &'a str,
+        ttl: Duration,
+        spec: Spec,
+    ) -> StoreFuture<'a, Vec<String>>;
+}

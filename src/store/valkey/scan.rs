@@ -1,0 +1,178 @@
+//! Pattern invalidation: `SCAN MATCH` + `UNLINK` in batches, on one server or on every primary
+//! of a cluster.
+
+use super::conn::{pool_error, redis_error, Conn, Conns};
+use super::ValkeyStore;
+use crate::store::{StoreError, StoreErrorKind};
+use deadpool_redis::cluster::ClusterConnection;
+use deadpool_redis::redis;
+use deadpool_redis::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+
+impl ValkeyStore {
+    pub(super) async fn scan_unlink(&self, pattern: &str) -> Result<u64, StoreError> {
+        let pool = match &self.inner.conns {
+            Conns::Single { pool, .. } => pool,
+            Conns::Cluster { .. } => return self.scan_unlink_cluster(pattern).await,
+        };
+        let mut conn = pool.get().await.map_err(pool_error)?;
+        let mut cursor: u64 = 0;
+        let mut removed = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .scan_cmd(cursor, pattern)
+                .query_async(&mut *conn)
+                .await
+                .map_err(redis_error)?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut *conn)
+                    .await
+                    .map_err(redis_error)?;
+                removed += n;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    fn scan_cmd(&self, cursor: u64, pattern: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(self.inner.scan_count);
+        cmd
+    }
+
+    /// `SCAN` on every primary (from `CLUSTER NODES`), so keys of a slot that is migrating
+    /// between two primaries are found on both; the keys found are unlinked through the cluster
+    /// connection, routed by slot (`ASK`/`MOVED` followed).
+    async fn scan_unlink_cluster(&self, pattern: &str) -> Result<u64, StoreError> {
+        let Conn::Cluster(mut conn) = self.lane().await?.2 else {
+            return Err(StoreError::new(StoreErrorKind::Server, "not a cluster"));
+        };
+        let mut nodes_cmd = redis::cmd("CLUSTER");
+        nodes_cmd.arg("NODES");
+        let nodes = conn
+            .route_command(
+                nodes_cmd,
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await
+            .map_err(redis_error)?;
+        let nodes: String = redis::from_redis_value(nodes)
+            .map_err(|e| StoreError::new(StoreErrorKind::Server, format!("CLUSTER NODES: {e}")))?;
+        let primaries = cluster_primaries(&nodes);
+        if primaries.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "CLUSTER NODES lists no reachable primary",
+            ));
+        }
+        let mut removed = 0u64;
+        for (host, port) in primaries {
+            let mut cursor: u64 = 0;
+            loop {
+                let reply = conn
+                    .route_command(
+                        self.scan_cmd(cursor, pattern),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port,
+                        }),
+                    )
+                    .await
+                    .map_err(redis_error)?;
+                let (next, keys): (u64, Vec<String>) = redis::from_redis_value(reply)
+                    .map_err(|e| StoreError::new(StoreErrorKind::Server, format!("SCAN: {e}")))?;
+                if !keys.is_empty() {
+                    removed += unlink_cluster(&mut conn, &keys).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// `UNLINK`s keys through a cluster connection. The client splits a multi-key command by slot,
+/// so keys of several slots never make a `CROSSSLOT` error; while a slot migrates, its keys may be
+/// split between two primaries and the source answers `TRYAGAIN` for the batch: then each key
+/// goes alone, following its own `ASK` redirect.
+async fn unlink_cluster(conn: &mut ClusterConnection, keys: &[String]) -> Result<u64, StoreError> {
+    match redis::cmd("UNLINK").arg(keys).query_async(conn).await {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain) => {
+            let mut n = 0u64;
+            for k in keys {
+                let one: u64 = redis::cmd("UNLINK")
+                    .arg(k)
+                    .query_async(conn)
+                    .await
+                    .map_err(redis_error)?;
+                n += one;
+            }
+            Ok(n)
+        }
+        Err(e) => Err(redis_error(e)),
+    }
+}
+
+/// The `(host, port)` of each primary in a `CLUSTER NODES` reply that serves slots and is not
+/// marked failed.
+fn cluster_primaries(nodes: &str) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
+            continue;
+        };
+        let flags: Vec<&str> = flags.split(',').collect();
+        if !flags.contains(&"master") || flags.contains(&"fail") || fields.len() < 9 {
+            continue;
+        }
+        // ip:port@cport[,hostname]
+        let addr = addr.split(['@', ',']).next().unwrap_or("");
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            continue;
+        };
+        match port.parse::<u16>() {
+            Ok(port) if port != 0 && !host.is_empty() => out.push((host.to_owned(), port)),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_primaries;
+
+    #[test]
+    fn cluster_primaries_are_the_serving_masters_not_failed_or_replicas() {
+        let nodes = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7001@17001 master - 0 1 2 connected 5461-10922
+c3 127.0.0.1:7002@17002,node-c master,fail - 0 1 3 connected 10923-16383
+d4 127.0.0.1:7003@17003 slave a1 0 1 1 connected
+e5 127.0.0.1:7004@17004 master - 0 1 5 connected
+f6 :0@0 master,noaddr - 0 1 6 connected 10923-16383
+g7 ::1:7006@17006 master - 0 1 7 connected 10923-16383
+";
+        assert_eq!(
+            cluster_primaries(nodes),
+            vec![
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7001),
+                ("::1".to_owned(), 7006),
+            ]
+        );
+    }
+}
