@@ -53,7 +53,7 @@ pub mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
-pub use cache::{Cache, CacheBuilder};
+pub use cache::{Cache, CacheBuilder, Invalidation};
 pub use invalidate::InvalidateLayer;
 pub use layer::CacheLayer;
 #[cfg(feature = "compression")]

@@ -12,10 +12,12 @@
 mod breaker;
 mod builder;
 pub(crate) mod flight;
+mod invalidation;
 mod ops;
 pub(crate) mod retry;
 
 pub use builder::CacheBuilder;
+pub use invalidation::Invalidation;
 pub(crate) use ops::BatchWrite;
 
 use crate::stats::{Counters, Stats};

@@ -353,33 +353,6 @@ impl Cache {
         }
     }
 
-    /// Invalidates one key; returns how many entries were removed.
-    pub async fn invalidate_key(&self, key: &str) -> Result<u64, StoreError> {
-        self.invalidate_keys(&[key.to_owned()]).await
-    }
-
-    /// Invalidates exact keys (relative to the namespace).
-    pub async fn invalidate_keys(&self, keys: &[String]) -> Result<u64, StoreError> {
-        self.invalidate_target(Target::Keys(keys)).await
-    }
-
-    /// Invalidates every entry carrying `tag`.
-    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, StoreError> {
-        self.invalidate_tags(&[tag.to_owned()]).await
-    }
-
-    /// Invalidates every entry carrying one of `tags`.
-    pub async fn invalidate_tags(&self, tags: &[String]) -> Result<u64, StoreError> {
-        self.invalidate_target(Target::Tags(tags)).await
-    }
-
-    /// Invalidates every key matching a glob `pattern` (relative to the namespace), by `SCAN` and
-    /// `UNLINK` in batches on Valkey. Escape user input in it with
-    /// [`glob_escape`](crate::key::glob_escape) (templates do this for you).
-    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, StoreError> {
-        self.invalidate_target(Target::Pattern(pattern)).await
-    }
-
     /// Runs an invalidation; if the store fails, queues it for retry and returns the error.
     pub(crate) async fn invalidate_or_queue(&self, job: Job) -> Result<u64, StoreError> {
         match self.invalidate_target(job.target()).await {

@@ -1,4 +1,3 @@
-use crate::cache::retry::Job;
 use crate::key::{KeyContext, KeyError, KeyStrategy, KeyTemplate};
 use crate::Cache;
 use http::{Request, Response, StatusCode};
@@ -59,18 +58,12 @@ impl Plan {
     }
 
     async fn run(&self, r: Rendered) {
-        let mut jobs = Vec::with_capacity(2 + r.patterns.len());
-        if !r.keys.is_empty() {
-            jobs.push(Job::Keys(r.keys));
-        }
-        if !r.tags.is_empty() {
-            jobs.push(Job::Tags(r.tags));
-        }
-        jobs.extend(r.patterns.into_iter().map(Job::Pattern));
-        for job in jobs {
-            if let Err(e) = self.cache.invalidate_or_queue(job).await {
-                tracing::warn!(namespace = %self.cache.namespace(), error = %e, "invalidation failed; queued for retry");
-            }
+        let invalidation = crate::Invalidation::new()
+            .keys(r.keys)
+            .tags(r.tags)
+            .patterns(r.patterns);
+        if let Err(e) = self.cache.invalidate(invalidation).await {
+            tracing::warn!(namespace = %self.cache.namespace(), error = %e, "invalidation failed; queued for retry");
         }
     }
 }
