@@ -46,6 +46,7 @@ pub mod layer;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
+mod outcome;
 pub mod seal;
 mod stats;
 pub mod store;
@@ -56,6 +57,7 @@ pub mod testing;
 pub use cache::{Cache, CacheBuilder, Invalidation};
 pub use invalidate::InvalidateLayer;
 pub use layer::CacheLayer;
+pub use outcome::{Outcome, PendingStore};
 #[cfg(feature = "compression")]
 pub use seal::Compression;
 #[cfg(feature = "encryption")]

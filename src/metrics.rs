@@ -36,7 +36,7 @@
 
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::{InstrumentationScope, KeyValue, StringValue, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The instrumentation scope name of the default meter.
 pub(crate) const SCOPE: &str = "tower-valkey-cache";
@@ -342,29 +342,12 @@ impl Metrics {
     }
 }
 
-/// The route template and start time of the request the layer is serving, for
-/// `forward_outcome` (which sees every response but not the request).
-#[derive(Clone, Debug)]
-pub(crate) struct RequestScope {
-    pub(crate) route: StringValue,
-    pub(crate) started: Instant,
-}
-
-tokio::task_local! {
-    pub(crate) static REQUEST: RequestScope;
-}
-
-impl RequestScope {
-    /// The route template from axum's `MatchedPath` (read once per request), `"unknown"`
-    /// without it; never the raw path.
-    pub(crate) fn new(route: Option<&str>) -> Self {
-        Self {
-            route: match route {
-                Some(r) => interned(r),
-                None => StringValue::from("unknown"),
-            },
-            started: Instant::now(),
-        }
+/// The `http.route` attribute value of a request through a layer: the route template from
+/// axum's `MatchedPath` (read once per request), `"unknown"` without it; never the raw path.
+pub(crate) fn route_value(route: Option<&str>) -> StringValue {
+    match route {
+        Some(r) => interned(r),
+        None => StringValue::from("unknown"),
     }
 }
 

@@ -1,9 +1,14 @@
 //! Cheap counters behind [`Cache::stats`](crate::Cache::stats).
 //!
 //! [`Counters`] is the funnel every counted event goes through; with the `metrics` feature each
-//! method also records the matching OpenTelemetry instrument ([`crate::metrics`]).
+//! method also records the matching OpenTelemetry instrument ([`crate::metrics`], which holds
+//! the instruments and imports nothing else of the crate). A request's outcome is recorded by
+//! [`Counters::record`], once per request, from the one place that finishes a response (and,
+//! for the function cache, when a call ends).
 
+use crate::outcome::Outcome;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
 
 /// A snapshot of a cache's counters since it was built.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,6 +59,10 @@ pub struct Stats {
     pub stale_if_error: u64,
     /// Entries evicted to keep a bounded namespace within its capacity.
     pub evictions: u64,
+    /// A gauge, not a count: requests (and function-cache calls) waiting **right now** for
+    /// another one's fill, as single-flight followers in this process or on another instance's
+    /// fill lock.
+    pub waiting: u64,
 }
 
 impl Stats {
@@ -100,6 +109,7 @@ pub(crate) struct Counters {
     refresh_failures: AtomicU64,
     stale_if_error: AtomicU64,
     evictions: AtomicU64,
+    waiting: AtomicU64,
     #[cfg(feature = "metrics")]
     otel: Option<crate::metrics::Metrics>,
 }
@@ -123,28 +133,6 @@ impl Counters {
         }
     }
 
-    /// The OpenTelemetry instruments, for what is recorded outside these methods (request
-    /// outcomes, store operation latency).
-    #[cfg(feature = "metrics")]
-    pub(crate) fn otel(&self) -> Option<&crate::metrics::Metrics> {
-        self.otel.as_ref()
-    }
-
-    pub(crate) fn hit(&self) {
-        self.hits.fetch_add(1, Relaxed);
-    }
-    pub(crate) fn stale_hit(&self) {
-        self.stale_hits.fetch_add(1, Relaxed);
-    }
-    pub(crate) fn miss(&self) {
-        self.misses.fetch_add(1, Relaxed);
-    }
-    pub(crate) fn bypass(&self) {
-        self.bypasses.fetch_add(1, Relaxed);
-    }
-    pub(crate) fn unavailable(&self) {
-        self.store_unavailable.fetch_add(1, Relaxed);
-    }
     /// An entry of `bytes` (encoded) was written.
     pub(crate) fn stored(&self, bytes: usize) {
         self.stores.fetch_add(1, Relaxed);
@@ -236,9 +224,6 @@ impl Counters {
         let _ = result;
     }
 
-    pub(crate) fn coalesced(&self) {
-        self.coalesced.fetch_add(1, Relaxed);
-    }
     pub(crate) fn lock_waits(&self) {
         self.lock_waits.fetch_add(1, Relaxed);
         otel!(self, m => m.lock_wait());
@@ -254,9 +239,6 @@ impl Counters {
     pub(crate) fn refresh_failures(&self) {
         self.refresh_failures.fetch_add(1, Relaxed);
         otel!(self, m => m.refresh("failed"));
-    }
-    pub(crate) fn stale_if_error(&self) {
-        self.stale_if_error.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -283,89 +265,113 @@ impl Counters {
             refresh_failures: self.refresh_failures.load(Relaxed),
             stale_if_error: self.stale_if_error.load(Relaxed),
             evictions: self.evictions.load(Relaxed),
+            waiting: self.waiting.load(Relaxed),
         }
     }
 }
 
-/// One function-cache call (`get_or_set*`): counts its lookup in [`Counters`] as it happens and,
-/// with the `metrics` feature, records its final outcome and duration in `cache.requests` and
-/// `cache.request.duration` when the call ends (dropped).
-pub(crate) struct Call<'a> {
-    counters: &'a Counters,
+/// Where and when a request (or a function-cache call) started, for `cache.requests` and
+/// `cache.request.duration`.
+#[derive(Clone, Debug)]
+pub(crate) struct RequestScope {
+    started: Instant,
+    /// The route template (axum's `MatchedPath`), `"unknown"` in a layer without one; None for
+    /// function-cache calls.
     #[cfg(feature = "metrics")]
-    served: Option<crate::metrics::Served>,
-    #[cfg(feature = "metrics")]
-    started: std::time::Instant,
+    route: Option<opentelemetry::StringValue>,
 }
 
-/// Sets the call's outcome to the [`crate::metrics::Served`] constant `$c` (nothing without the
-/// `metrics` feature).
-macro_rules! outcome {
-    ($self:ident, $c:ident) => {
-        #[cfg(feature = "metrics")]
-        {
-            $self.served = Some(crate::metrics::Served::$c);
-        }
-    };
-}
-
-impl<'a> Call<'a> {
-    pub(crate) fn new(counters: &'a Counters) -> Self {
+impl RequestScope {
+    /// A request through a layer on `route` (a template, never the raw path).
+    pub(crate) fn request(route: Option<&str>) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = route;
         Self {
-            counters,
+            started: Instant::now(),
             #[cfg(feature = "metrics")]
-            served: None,
-            #[cfg(feature = "metrics")]
-            started: std::time::Instant::now(),
+            route: Some(crate::metrics::route_value(route)),
         }
     }
 
-    pub(crate) fn hit(&mut self) {
-        self.counters.hit();
-        outcome!(self, HIT);
-    }
-    pub(crate) fn miss(&mut self) {
-        self.counters.miss();
-        outcome!(self, MISS);
-    }
-    pub(crate) fn unavailable(&mut self) {
-        self.counters.unavailable();
-        outcome!(self, STORE_UNAVAILABLE);
-    }
-    pub(crate) fn coalesced(&mut self) {
-        self.counters.coalesced();
-        outcome!(self, COLLAPSED);
-    }
-    pub(crate) fn stale_if_error(&mut self) {
-        self.counters.stale_if_error();
-        outcome!(self, STALE_IF_ERROR);
-    }
-    pub(crate) fn decode_failure(&self) {
-        self.counters.decode_failure();
+    /// A function-cache call.
+    pub(crate) fn call() -> Self {
+        Self {
+            started: Instant::now(),
+            #[cfg(feature = "metrics")]
+            route: None,
+        }
     }
 }
 
-#[cfg(feature = "metrics")]
-impl Drop for Call<'_> {
+/// Counts one waiter in [`Stats::waiting`] while it lives.
+pub(crate) struct Waiting<'a>(&'a Counters);
+
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        if let (Some(m), Some(s)) = (self.counters.otel(), self.served) {
-            m.served(s, None, Some(self.started.elapsed()));
-        }
+        self.0.waiting.fetch_sub(1, Relaxed);
     }
 }
 
-/// Records a layer response's outcome with the route and start time of its `REQUEST` scope.
+impl Counters {
+    /// A request starts waiting for another one's fill; it stops when the guard drops.
+    pub(crate) fn waiting(&self) -> Waiting<'_> {
+        self.waiting.fetch_add(1, Relaxed);
+        Waiting(self)
+    }
+
+    /// Records one request's outcome: the [`Stats`] counters and, with the `metrics` feature,
+    /// `cache.requests` and `cache.request.duration` (from `scope`).
+    pub(crate) fn record(&self, outcome: &Outcome, scope: &RequestScope) {
+        match outcome {
+            Outcome::Hit {
+                ttl,
+                detail: Some(_),
+            } if *ttl <= 0 => {
+                // Stale-if-error: a miss whose handler failed.
+                self.misses.fetch_add(1, Relaxed);
+                self.stale_if_error.fetch_add(1, Relaxed);
+            }
+            Outcome::Hit { ttl, .. } if *ttl <= 0 => {
+                self.stale_hits.fetch_add(1, Relaxed);
+            }
+            Outcome::Hit { .. } => {
+                self.hits.fetch_add(1, Relaxed);
+            }
+            Outcome::Collapsed => {
+                self.misses.fetch_add(1, Relaxed);
+                self.coalesced.fetch_add(1, Relaxed);
+            }
+            Outcome::Miss { .. } => {
+                self.misses.fetch_add(1, Relaxed);
+            }
+            Outcome::Bypass(_) | Outcome::Method => {
+                self.bypasses.fetch_add(1, Relaxed);
+            }
+            Outcome::StoreUnavailable => {
+                self.store_unavailable.fetch_add(1, Relaxed);
+            }
+        }
+        otel!(self, m => m.served(served(outcome), scope.route.clone(), Some(scope.started.elapsed())));
+        #[cfg(not(feature = "metrics"))]
+        let _ = scope;
+    }
+}
+
+/// An outcome as `cache.requests` labels it.
 #[cfg(feature = "metrics")]
-pub(crate) fn record_request(counters: &Counters, served: crate::metrics::Served) {
-    let Some(m) = counters.otel() else { return };
-    let recorded = crate::metrics::REQUEST
-        .try_with(|r| m.served(served, Some(r.route.clone()), Some(r.started.elapsed())));
-    if recorded.is_err() {
-        // Not reached through `CacheService::call`: count it, without a meaningful latency.
-        m.served(
-            served,
-            Some(opentelemetry::StringValue::from("unknown")),
-            None,
-        );
+fn served(outcome: &Outcome) -> crate::metrics::Served {
+    use crate::metrics::Served;
+    match outcome {
+        Outcome::Hit {
+            ttl,
+            detail: Some(_),
+        } if *ttl <= 0 => Served::STALE_IF_ERROR,
+        Outcome::Hit { ttl, .. } if *ttl <= 0 => Served::STALE_WHILE_REVALIDATE,
+        Outcome::Hit { .. } => Served::HIT,
+        Outcome::Collapsed => Served::COLLAPSED,
+        Outcome::Miss { .. } => Served::MISS,
+        Outcome::Bypass(reason) => Served::bypass(reason),
+        Outcome::Method => Served::bypass("method"),
+        Outcome::StoreUnavailable => Served::STORE_UNAVAILABLE,
     }
 }

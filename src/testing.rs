@@ -764,7 +764,7 @@ pub struct StatsDelta(Stats);
 
 impl StatsDelta {
     /// `after - before`, counter by counter (a counter that went down, which the cache never
-    /// does, counts as 0).
+    /// does, counts as 0); the [`waiting`](Stats::waiting) gauge is `after`'s.
     pub fn since(before: &Stats, after: &Stats) -> Self {
         // Exhaustive on purpose: a counter added to `Stats` must be added here.
         let Stats {
@@ -790,6 +790,7 @@ impl StatsDelta {
             refresh_failures,
             stale_if_error,
             evictions,
+            waiting,
         } = *after;
         let b = before;
         Self(Stats {
@@ -815,6 +816,8 @@ impl StatsDelta {
             refresh_failures: refresh_failures.saturating_sub(b.refresh_failures),
             stale_if_error: stale_if_error.saturating_sub(b.stale_if_error),
             evictions: evictions.saturating_sub(b.evictions),
+            // A gauge: the value after, not a difference.
+            waiting,
         })
     }
 

@@ -76,9 +76,8 @@ impl Calls {
 }
 
 /// Holds handlers back until every request of a burst has looked the key up: when armed, a
-/// handler waits (bounded) until the caches have counted a target number of misses. A miss is
-/// counted just before the request joins the flight, with no await in between, so once the target
-/// is reached every request of the burst is waiting on a leader (or is the leader).
+/// handler waits (bounded) until the caches' `waiting` gauge says every other request of the
+/// burst waits on a leader (a flight in its process, or another instance's fill lock).
 #[derive(Clone)]
 struct Gate {
     target: Arc<AtomicU64>,
@@ -93,14 +92,15 @@ impl Gate {
         }
     }
 
-    fn misses(&self) -> u64 {
-        self.caches.iter().map(|c| c.stats().misses).sum()
+    /// Requests waiting right now for another one's fill (flight followers, fill-lock waiters).
+    fn waiting(&self) -> u64 {
+        self.caches.iter().map(|c| c.stats().waiting).sum()
     }
 
-    /// Handlers wait until `n` more misses than now have been counted.
+    /// Handlers wait until the other `n - 1` requests of a burst of `n` wait for them: every
+    /// request has looked up, missed and joined a flight or a fill lock.
     fn arm(&self, n: usize) {
-        self.target
-            .store(self.misses() + n as u64, Ordering::SeqCst);
+        self.target.store(n as u64 - 1, Ordering::SeqCst);
     }
 
     /// Handlers run at once.
@@ -111,7 +111,7 @@ impl Gate {
     async fn pass(&self) {
         let target = self.target.load(Ordering::SeqCst);
         let deadline = Instant::now() + LIMIT / 2;
-        while self.misses() < target && Instant::now() < deadline {
+        while self.waiting() < target && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -767,10 +767,10 @@ async fn leader_cancelled(b: Backend, lock: Option<Duration>) {
     })
     .await;
     let followers: Vec<_> = (0..FOLLOWERS).map(|_| call(&app)).collect();
-    // Every follower has looked up the key (a miss) and joined the flight: a miss is counted just
-    // before joining, with no await in between.
+    // Every follower has looked up the key (a miss) and joined the flight (or, with the fill
+    // lock, waits on it): the `waiting` gauge counts them.
     eventually(LIMIT, "the followers to join the flight", || async {
-        (cache.stats().misses == 1 + FOLLOWERS as u64).then_some(())
+        (cache.stats().waiting == FOLLOWERS as u64).then_some(())
     })
     .await;
     assert_eq!(calls.get(), 1, "followers wait for the leader");

@@ -7,6 +7,7 @@
 //! counts as cancellation, so a leader whose client went away never leaves followers hanging.
 
 use crate::entry::Entry;
+use crate::stats::Counters;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -85,8 +86,10 @@ impl Flights {
     }
 }
 
-/// Waits up to `wait` for the leader; a timeout reads as [`Landing::Unshareable`] (run alone).
-pub(crate) async fn follow(mut rx: Slot, wait: Duration) -> Landing {
+/// Waits up to `wait` for the leader, counted in [`Stats::waiting`](crate::Stats::waiting)
+/// meanwhile; a timeout reads as [`Landing::Unshareable`] (run alone).
+pub(crate) async fn follow(mut rx: Slot, wait: Duration, counters: &Counters) -> Landing {
+    let _waiting = counters.waiting();
     match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
         Ok(Ok(v)) => v.clone().unwrap_or(Landing::Cancelled),
         Ok(Err(_)) => Landing::Cancelled,
@@ -137,7 +140,10 @@ mod tests {
         let Join::Follow(rx) = f.join("k") else {
             panic!("second caller follows")
         };
-        let waiter = tokio::spawn(follow(rx, Duration::from_secs(5)));
+        let waiter =
+            tokio::spawn(
+                async move { follow(rx, Duration::from_secs(5), &Counters::default()).await },
+            );
         lead.land(Landing::Unshareable);
         assert!(matches!(waiter.await.unwrap(), Landing::Unshareable));
         assert!(
@@ -155,7 +161,7 @@ mod tests {
         };
         drop(lead);
         assert!(matches!(
-            follow(rx, Duration::from_secs(5)).await,
+            follow(rx, Duration::from_secs(5), &Counters::default()).await,
             Landing::Cancelled
         ));
     }
@@ -168,7 +174,7 @@ mod tests {
             panic!()
         };
         assert!(matches!(
-            follow(rx, Duration::from_millis(10)).await,
+            follow(rx, Duration::from_millis(10), &Counters::default()).await,
             Landing::Unshareable
         ));
     }

@@ -43,6 +43,8 @@ use crate::cache::flight::{follow, Join, Landing};
 use crate::cache::BatchWrite;
 use crate::entry::{now_ms, Entry, Freshness};
 use crate::key::bound_length;
+use crate::outcome::Outcome;
+use crate::stats::RequestScope;
 use crate::store::{StoreError, Write, Written};
 use crate::Cache;
 use bytes::Bytes;
@@ -173,9 +175,9 @@ impl Cache {
         Fut: Future<Output = Result<T, E>>,
     {
         let key = bound_length(key.to_owned());
-        // Counts the lookup; records the call's final outcome (metrics) when it returns.
-        let mut counters = crate::stats::Call::new(self.counters());
-        let mut stale: Option<T> = None;
+        // Records the call's outcome once, when it ends (however it ends).
+        let mut call = Call::new(self);
+        let mut stale: Option<(T, Duration)> = None;
         let mut clock = None;
         let epoch = self.epoch();
         match self.read(&key, None).await {
@@ -184,24 +186,27 @@ impl Cache {
                 if let Some(raw) = lookup.value {
                     match Entry::decode(&raw) {
                         Ok(entry) => match entry.freshness(now_ms()) {
-                            Freshness::Fresh(_) => {
+                            Freshness::Fresh(left) => {
                                 if let Some(v) = opts.codec.decode(&entry.body) {
-                                    counters.hit();
+                                    call.set(Outcome::fresh(left));
                                     return Ok(v);
                                 }
-                                counters.decode_failure();
+                                self.counters().decode_failure();
                             }
                             Freshness::Stale(past) if past < opts.stale => {
-                                stale = opts.codec.decode(&entry.body);
+                                stale = opts.codec.decode(&entry.body).map(|v| (v, past));
                             }
                             _ => {}
                         },
-                        Err(_) => counters.decode_failure(),
+                        Err(_) => self.counters().decode_failure(),
                     }
                 }
-                counters.miss();
+                call.set(Outcome::Miss {
+                    stored: false,
+                    detail: None,
+                });
             }
-            Err(_) => counters.unavailable(),
+            Err(_) => call.set(Outcome::StoreUnavailable),
         }
 
         // Single-flight: one loader run per key in this process.
@@ -213,10 +218,10 @@ impl Cache {
                     lead = Some(l);
                     break;
                 }
-                Join::Follow(rx) => match follow(rx, opts.coalesce_wait).await {
+                Join::Follow(rx) => match follow(rx, opts.coalesce_wait, self.counters()).await {
                     Landing::Entry(e, stamp) if stamp == (clock, epoch) => {
                         if let Some(v) = opts.codec.decode(&e.body) {
-                            counters.coalesced();
+                            call.set(Outcome::Collapsed);
                             return Ok(v);
                         }
                         break;
@@ -235,7 +240,7 @@ impl Cache {
                         .value
                         .and_then(|raw| fresh_value::<T>(&raw, opts.codec, now_ms()))
                     {
-                        counters.coalesced();
+                        call.set(Outcome::Collapsed);
                         return Ok(v);
                     }
                 }
@@ -249,8 +254,8 @@ impl Cache {
                 if let Some(l) = lead {
                     l.land(Landing::Unshareable);
                 }
-                if let Some(v) = stale {
-                    counters.stale_if_error();
+                if let Some((v, past)) = stale {
+                    call.set(Outcome::stale(past, Some("stale-if-error")));
                     return Ok(v);
                 }
                 return Err(e);
@@ -506,6 +511,36 @@ impl Cache {
             .encode()
             .map_err(|e| StoreError::new(crate::store::StoreErrorKind::Server, e.to_string()))?;
         Ok((encoded, entry.store_ttl(now)))
+    }
+}
+
+/// One function-cache call's outcome, recorded once when the call ends (however it ends: a
+/// dropped call records what it had reached).
+struct Call<'a> {
+    cache: &'a Cache,
+    scope: RequestScope,
+    outcome: Option<Outcome>,
+}
+
+impl<'a> Call<'a> {
+    fn new(cache: &'a Cache) -> Self {
+        Self {
+            cache,
+            scope: RequestScope::call(),
+            outcome: None,
+        }
+    }
+
+    fn set(&mut self, outcome: Outcome) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if let Some(o) = &self.outcome {
+            self.cache.counters().record(o, &self.scope);
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Warming a router's caches by driving requests through it, as traffic would.
 
+use crate::outcome::{Outcome, PendingStore};
 use crate::Cache;
 use futures_util::StreamExt;
 use http::{header, HeaderValue, Request, Response};
@@ -79,20 +80,13 @@ impl WarmOptions {
     }
 }
 
-/// Whether a `Cache-Status` value says "hit" with a positive `ttl` and no detail.
-fn is_fresh_hit(status: &str) -> bool {
-    let mut parts = status.split(';').map(str::trim).skip(1);
-    parts.next() == Some("hit")
-        && parts.all(|p| {
-            p.strip_prefix("ttl=")
-                .is_some_and(|t| t.parse::<i64>().is_ok_and(|t| t > 0))
-        })
-}
-
 impl Cache {
     /// Drives `requests` through `service` (a router with `CacheLayer`s) so its caches fill as
     /// they would under traffic, `concurrency` at a time, and reports what happened, judged by
-    /// each response's `Cache-Status` (routes must keep that header on).
+    /// each response's [`Outcome`] extension (set by every `CacheLayer`, with or without its
+    /// `Cache-Status` header): a stored miss is warmed (a streamed response once its body is
+    /// complete and stored), a fresh hit or an answer collapsed onto a concurrent fill of the
+    /// same key (a duplicate request) is already fresh, anything else failed.
     ///
     /// ```
     /// use axum::{routing::get, Router, body::Body};
@@ -128,30 +122,38 @@ impl Cache {
             let svc = service.clone();
             async move {
                 let res = svc.oneshot(req).await.ok()?;
-                let status = res.headers().get("cache-status").cloned();
+                let outcome = res.extensions().get::<Outcome>().copied();
+                let pending = res.extensions().get::<PendingStore>().cloned();
                 let ok = res.status().is_success();
                 // Drain the body: a streamed response is stored when it completes.
                 let complete = res.into_body().collect().await.is_ok();
-                Some((status, ok && complete))
+                let stored = match (outcome, pending) {
+                    (Some(o), _) if o.is_stored() => true,
+                    (Some(Outcome::Miss { .. }), Some(p)) => p.stored().await,
+                    _ => false,
+                };
+                Some((outcome, stored, ok && complete))
             }
         }))
         .buffer_unordered(opts.concurrency);
         while let Some(r) = results.next().await {
-            match r {
-                // A fresh hit (positive ttl); stale hits warmed nothing and count as failed.
-                Some((Some(s), true)) if s.to_str().is_ok_and(is_fresh_hit) => {
-                    report.already_fresh += 1;
-                    self.counters().warm("already_fresh");
-                }
-                Some((Some(s), true)) if s.to_str().is_ok_and(|s| s.contains("stored")) => {
+            let result = match r {
+                Some((_, true, true)) => {
                     report.warmed += 1;
-                    self.counters().warm("warmed");
+                    "warmed"
+                }
+                // A fresh hit, or a duplicate request collapsed onto a concurrent fill; stale hits
+                // warmed nothing and count as failed.
+                Some((Some(o), _, true)) if o.is_fresh_hit() || o == Outcome::Collapsed => {
+                    report.already_fresh += 1;
+                    "already_fresh"
                 }
                 _ => {
                     report.failed += 1;
-                    self.counters().warm("failed");
+                    "failed"
                 }
-            }
+            };
+            self.counters().warm(result);
             report.elapsed = started.elapsed();
             if let Some(f) = &opts.on_progress {
                 f(&report);

@@ -1,6 +1,8 @@
 use crate::key::{KeyContext, KeyError, KeyStrategy, KeyTemplate};
 use crate::Cache;
 use http::{Request, Response, StatusCode};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -89,8 +91,24 @@ impl<S> InvalidateService<S> {
     }
 }
 
-/// The response future of [`InvalidateService`] (the same boxed future as the cache layer's).
-pub type InvalidateFuture<T> = crate::layer::ResponseFuture<T>;
+/// The response future of [`InvalidateService`]: the handler, then the invalidation.
+pub struct InvalidateFuture<T> {
+    inner: Pin<Box<dyn Future<Output = T> + Send>>,
+}
+
+impl<T> Future for InvalidateFuture<T> {
+    type Output = T;
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<T> std::fmt::Debug for InvalidateFuture<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InvalidateFuture").finish_non_exhaustive()
+    }
+}
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for InvalidateService<S>
 where
@@ -113,27 +131,29 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let plan = self.plan.clone();
-        InvalidateFuture::new(async move {
-            // Render before the handler consumes the request.
-            let (mut parts, body) = req.into_parts();
-            let params = if plan.needs_path_params() {
-                crate::key::path_params(&mut parts)
-            } else {
-                Vec::new()
-            };
-            let rendered = plan.render(&KeyContext::new(&parts).with_path_params(params));
-            let res = inner.call(Request::from_parts(parts, body)).await?;
-            if (plan.when)(res.status()) {
-                match rendered {
-                    Ok(r) => plan.run(r).await,
-                    Err(e) => {
-                        if !plan.error_reported.swap(true, Ordering::Relaxed) {
-                            tracing::error!(namespace = %plan.cache.namespace(), error = %e, "invalidation template does not fit this route; nothing invalidated");
+        InvalidateFuture {
+            inner: Box::pin(async move {
+                // Render before the handler consumes the request.
+                let (mut parts, body) = req.into_parts();
+                let params = if plan.needs_path_params() {
+                    crate::key::path_params(&mut parts)
+                } else {
+                    Vec::new()
+                };
+                let rendered = plan.render(&KeyContext::new(&parts).with_path_params(params));
+                let res = inner.call(Request::from_parts(parts, body)).await?;
+                if (plan.when)(res.status()) {
+                    match rendered {
+                        Ok(r) => plan.run(r).await,
+                        Err(e) => {
+                            if !plan.error_reported.swap(true, Ordering::Relaxed) {
+                                tracing::error!(namespace = %plan.cache.namespace(), error = %e, "invalidation template does not fit this route; nothing invalidated");
+                            }
                         }
                     }
                 }
-            }
-            Ok(res)
-        })
+                Ok(res)
+            }),
+        }
     }
 }

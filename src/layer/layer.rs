@@ -1,8 +1,8 @@
-use super::service::{CacheService, Shared};
-use crate::key::{DefaultKey, KeyStrategy, KeyTemplate};
+use super::config::RouteConfig;
+use super::service::CacheService;
+use crate::key::{KeyStrategy, KeyTemplate};
 use crate::Cache;
 use http::{Method, StatusCode};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tower_layer::Layer;
@@ -13,42 +13,12 @@ use tower_layer::Layer;
 /// (axum), `.layer(...)` or a `ServiceBuilder`.
 #[derive(Clone)]
 pub struct CacheLayer {
-    cache: Cache,
-    ttl: Option<Duration>,
-    key: Arc<dyn KeyStrategy>,
-    methods: Vec<Method>,
-    statuses: Vec<StatusCode>,
-    max_body_bytes: usize,
-    name: Arc<str>,
-    status_header: bool,
-    allow_credentials: bool,
-    tags: Vec<KeyTemplate>,
-    tag_headers: bool,
-    respect_cache_control: bool,
-    swr: Duration,
-    sie: Duration,
-    handler_timeout: Option<Duration>,
-    refresh_timeout: Duration,
-    coalesce: bool,
-    coalesce_wait: Duration,
-    lock_lease: Option<Duration>,
-    ttl_jitter: f64,
-    early_refresh_beta: f64,
-    eviction: Option<Arc<crate::eviction::RouteEviction>>,
-    encodings: Arc<[String]>,
-    key_body: Option<usize>,
+    config: Arc<RouteConfig>,
 }
 
 impl std::fmt::Debug for CacheLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheLayer")
-            .field("namespace", &self.cache.namespace())
-            .field("ttl", &self.ttl)
-            .field("methods", &self.methods)
-            .field("statuses", &self.statuses)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        std::fmt::Debug::fmt(&self.config, f)
     }
 }
 
@@ -57,31 +27,13 @@ impl CacheLayer {
     /// default TTL, the [default key](crate::key::DefaultKey).
     pub fn new(cache: Cache) -> Self {
         Self {
-            cache,
-            ttl: None,
-            key: Arc::new(DefaultKey),
-            methods: vec![Method::GET, Method::HEAD],
-            statuses: vec![StatusCode::OK],
-            max_body_bytes: 1 << 20,
-            name: Arc::from("tower-valkey-cache"),
-            status_header: true,
-            allow_credentials: false,
-            tags: Vec::new(),
-            tag_headers: true,
-            respect_cache_control: false,
-            swr: Duration::ZERO,
-            sie: Duration::ZERO,
-            handler_timeout: None,
-            refresh_timeout: Duration::from_secs(30),
-            coalesce: true,
-            coalesce_wait: Duration::from_secs(10),
-            lock_lease: None,
-            ttl_jitter: 0.0,
-            early_refresh_beta: 0.0,
-            eviction: None,
-            encodings: super::vary::served_encodings(super::vary::DEFAULT_ENCODINGS).into(),
-            key_body: None,
+            config: Arc::new(RouteConfig::new(cache)),
         }
+    }
+
+    /// The route's configuration, to change (copied first if a service already shares it).
+    fn cfg(&mut self) -> &mut RouteConfig {
+        Arc::make_mut(&mut self.config)
     }
 
     /// Takes each response's freshness from its own `Cache-Control` (`s-maxage`, then
@@ -89,7 +41,7 @@ impl CacheLayer {
     /// stored. (`no-store`, `private` and `no-cache` responses are never stored, with or without
     /// this option.) Default off.
     pub fn respect_cache_control(mut self, enable: bool) -> Self {
-        self.respect_cache_control = enable;
+        self.cfg().respect_cache_control = enable;
         self
     }
 
@@ -97,7 +49,7 @@ impl CacheLayer {
     /// once (`Cache-Status: ...; hit; ttl=-N`) while one background request per key refreshes it.
     /// A refresh that fails leaves the stale entry in place. Default off.
     pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
-        self.swr = window;
+        self.cfg().swr = window;
         self
     }
 
@@ -106,20 +58,20 @@ impl CacheLayer {
     /// entry (`...; hit; ttl=-N; detail=stale-if-error`). Past the window the failure passes
     /// through unchanged. Default off.
     pub fn stale_if_error(mut self, window: Duration) -> Self {
-        self.sie = window;
+        self.cfg().sie = window;
         self
     }
 
     /// How long the handler may take when a stale entry could stand in for it
     /// ([`stale_if_error`](Self::stale_if_error)). Default: no limit.
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
-        self.handler_timeout = Some(timeout);
+        self.cfg().handler_timeout = Some(timeout);
         self
     }
 
     /// Time limit of one background refresh. Default 30 s.
     pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
-        self.refresh_timeout = timeout;
+        self.cfg().refresh_timeout = timeout;
         self
     }
 
@@ -127,8 +79,8 @@ impl CacheLayer {
     /// others answer with its entry (`fwd=uri-miss; collapsed`), waiting at most `max_wait`
     /// before running the handler themselves. Default on, 10 s.
     pub fn coalesce(mut self, enable: bool, max_wait: Duration) -> Self {
-        self.coalesce = enable;
-        self.coalesce_wait = max_wait;
+        self.cfg().coalesce = enable;
+        self.cfg().coalesce_wait = max_wait;
         self
     }
 
@@ -137,14 +89,14 @@ impl CacheLayer {
     /// `lease`, then run the handler themselves. The lease expires if the holder dies.
     /// Default off.
     pub fn lock(mut self, lease: Duration) -> Self {
-        self.lock_lease = Some(lease);
+        self.cfg().lock_lease = Some(lease);
         self
     }
 
     /// Shortens each entry's TTL by a random fraction up to `fraction` (0.0 to 1.0), so entries
     /// written together do not expire together. Default 0.
     pub fn ttl_jitter(mut self, fraction: f64) -> Self {
-        self.ttl_jitter = fraction.clamp(0.0, 1.0);
+        self.cfg().ttl_jitter = fraction.clamp(0.0, 1.0);
         self
     }
 
@@ -152,7 +104,7 @@ impl CacheLayer {
     /// larger refreshes earlier): a hit may trigger one background refresh before expiry, more
     /// likely as expiry nears and the slower the handler. Default 0 (off).
     pub fn early_refresh(mut self, beta: f64) -> Self {
-        self.early_refresh_beta = beta.max(0.0);
+        self.cfg().early_refresh_beta = beta.max(0.0);
         self
     }
 
@@ -169,7 +121,8 @@ impl CacheLayer {
         T: AsRef<str>,
     {
         for t in templates {
-            self.tags
+            self.cfg()
+                .tags
                 .push(KeyTemplate::parse(t.as_ref()).unwrap_or_else(|e| panic!("{e}")));
         }
         self
@@ -179,13 +132,13 @@ impl CacheLayer {
     /// `Cache-Tag` (comma-separated) response headers, which are then removed from the response.
     /// Default on.
     pub fn tags_from_headers(mut self, enable: bool) -> Self {
-        self.tag_headers = enable;
+        self.cfg().tag_headers = enable;
         self
     }
 
     /// How long responses stay fresh. Defaults to the cache's TTL.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.cfg().ttl = Some(ttl);
         self
     }
 
@@ -204,7 +157,7 @@ impl CacheLayer {
 
     /// Any [`KeyStrategy`]: a [`KeyTemplate`] or a closure over `&http::request::Parts`.
     pub fn key_with(mut self, strategy: impl KeyStrategy) -> Self {
-        self.key = Arc::new(strategy);
+        self.cfg().key = Arc::new(strategy);
         self
     }
 
@@ -213,13 +166,13 @@ impl CacheLayer {
     /// (POST for query-style APIs) are cached only with [`key_body`](Self::key_body) as well;
     /// without it they pass through (`fwd=method`).
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
-        self.methods = methods.into_iter().collect();
+        self.cfg().methods = methods.into_iter().collect();
         self
     }
 
     /// The response statuses that are stored. Default 200 only.
     pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
-        self.statuses = statuses.into_iter().collect();
+        self.cfg().statuses = statuses.into_iter().collect();
         self
     }
 
@@ -254,7 +207,7 @@ impl CacheLayer {
     /// );
     /// ```
     pub fn key_body(mut self, max_bytes: usize) -> Self {
-        self.key_body = Some(max_bytes);
+        self.cfg().key_body = Some(max_bytes);
         self
     }
 
@@ -269,13 +222,13 @@ impl CacheLayer {
         I: IntoIterator<Item = T>,
         T: AsRef<str>,
     {
-        self.encodings = super::vary::served_encodings(encodings).into();
+        self.cfg().encodings = super::vary::served_encodings(encodings).into();
         self
     }
 
     /// Bodies larger than this are streamed to the client and not stored. Default 1 MiB.
     pub fn max_body_bytes(mut self, n: usize) -> Self {
-        self.max_body_bytes = n;
+        self.cfg().max_body_bytes = n;
         self
     }
 
@@ -292,13 +245,13 @@ impl CacheLayer {
                     .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)),
             "cache name `{name}` must be a token"
         );
-        self.name = Arc::from(name);
+        self.cfg().name = Arc::from(name);
         self
     }
 
     /// Whether responses carry a `Cache-Status` header. Default on.
     pub fn cache_status_header(mut self, enable: bool) -> Self {
-        self.status_header = enable;
+        self.cfg().status_header = enable;
         self
     }
 
@@ -307,7 +260,7 @@ impl CacheLayer {
     /// principal: otherwise one user's response would be served to another. Templates that use
     /// `{header.authorization}` or `{header.cookie}` need no opt-in.
     pub fn allow_credentials(mut self, allow: bool) -> Self {
-        self.allow_credentials = allow;
+        self.cfg().allow_credentials = allow;
         self
     }
 }
@@ -316,36 +269,7 @@ impl<S> Layer<S> for CacheLayer {
     type Service = CacheService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CacheService::new(
-            inner,
-            Arc::new(Shared {
-                cache: self.cache.clone(),
-                ttl: self.ttl.unwrap_or_else(|| self.cache.default_ttl()),
-                key: self.key.clone(),
-                methods: self.methods.clone(),
-                statuses: self.statuses.clone(),
-                max_body_bytes: self.max_body_bytes,
-                name: self.name.clone(),
-                status_header: self.status_header,
-                allow_credentials: self.allow_credentials,
-                tags: self.tags.clone(),
-                tag_headers: self.tag_headers,
-                respect_cache_control: self.respect_cache_control,
-                swr: self.swr,
-                sie: self.sie,
-                handler_timeout: self.handler_timeout,
-                refresh_timeout: self.refresh_timeout,
-                coalesce: self.coalesce,
-                coalesce_wait: self.coalesce_wait,
-                lock_lease: self.lock_lease,
-                ttl_jitter: self.ttl_jitter,
-                early_refresh_beta: self.early_refresh_beta,
-                key_error_reported: AtomicBool::new(false),
-                eviction: self.eviction.clone(),
-                encodings: self.encodings.clone(),
-                key_body: self.key_body,
-            }),
-        )
+        CacheService::new(inner, self.config.clone())
     }
 }
 
@@ -380,13 +304,13 @@ impl CacheLayer {
     ///
     /// [`Store::ranked`]: crate::store::Store::ranked
     pub fn eviction(mut self, policy: impl crate::eviction::EvictionPolicy) -> Self {
-        let eviction = self.cache.route_eviction(Arc::new(policy)).unwrap_or_else(|| {
+        let eviction = self.config.cache.route_eviction(Arc::new(policy)).unwrap_or_else(|| {
             panic!(
                 "CacheLayer::eviction needs a store with bounded namespaces (Store::ranked), not {}",
-                self.cache.store().name()
+                self.config.cache.store().name()
             )
         });
-        self.eviction = Some(Arc::new(eviction));
+        self.cfg().eviction = Some(Arc::new(eviction));
         self
     }
 }

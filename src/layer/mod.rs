@@ -92,15 +92,22 @@
 
 mod body;
 mod conditional;
+mod config;
+mod future;
 #[allow(clippy::module_inception)]
 mod layer;
+mod lookup;
+mod miss;
 mod policy;
+mod refresh;
 mod request_body;
+mod response;
 mod service;
 mod status;
 mod vary;
 
 pub use body::CacheBody;
+pub use future::ResponseFuture;
 pub use layer::CacheLayer;
 pub use request_body::CacheRequestBody;
-pub use service::{CacheService, ResponseFuture};
+pub use service::CacheService;

@@ -1,0 +1,132 @@
+//! [`RouteConfig`]: everything a [`CacheLayer`](super::CacheLayer) was told, declared once.
+//!
+//! The layer's builder methods write it (copy-on-write through `Arc::make_mut`), the service
+//! holds the same `Arc`, and every stage of a request (lookup, miss, fill, refresh) reads it from
+//! there: no field is copied into a second struct.
+
+use crate::entry::Entry;
+use crate::eviction::RouteEviction;
+use crate::key::{DefaultKey, KeyStrategy, KeyTemplate};
+use crate::Cache;
+use http::{Method, StatusCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A route's cache configuration.
+#[derive(Clone)]
+pub(crate) struct RouteConfig {
+    pub(crate) cache: Cache,
+    /// The route's TTL; the cache's default when None.
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) key: Arc<dyn KeyStrategy>,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) statuses: Vec<StatusCode>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) name: Arc<str>,
+    pub(crate) status_header: bool,
+    pub(crate) allow_credentials: bool,
+    pub(crate) tags: Vec<KeyTemplate>,
+    pub(crate) tag_headers: bool,
+    pub(crate) respect_cache_control: bool,
+    pub(crate) swr: Duration,
+    pub(crate) sie: Duration,
+    pub(crate) handler_timeout: Option<Duration>,
+    pub(crate) refresh_timeout: Duration,
+    pub(crate) coalesce: bool,
+    pub(crate) coalesce_wait: Duration,
+    pub(crate) lock_lease: Option<Duration>,
+    pub(crate) ttl_jitter: f64,
+    pub(crate) early_refresh_beta: f64,
+    pub(crate) eviction: Option<Arc<RouteEviction>>,
+    /// The content codings `Accept-Encoding` is reduced to for `Vary` (sorted).
+    pub(crate) encodings: Arc<[String]>,
+    /// `key_body`: methods other than GET and HEAD are cached, keyed by their body up to this.
+    pub(crate) key_body: Option<usize>,
+    /// Whether a key configuration error was logged already (once per route).
+    key_error_reported: Arc<AtomicBool>,
+}
+
+impl RouteConfig {
+    /// The defaults of [`CacheLayer::new`](super::CacheLayer::new).
+    pub(crate) fn new(cache: Cache) -> Self {
+        Self {
+            cache,
+            ttl: None,
+            key: Arc::new(DefaultKey),
+            methods: vec![Method::GET, Method::HEAD],
+            statuses: vec![StatusCode::OK],
+            max_body_bytes: 1 << 20,
+            name: Arc::from("tower-valkey-cache"),
+            status_header: true,
+            allow_credentials: false,
+            tags: Vec::new(),
+            tag_headers: true,
+            respect_cache_control: false,
+            swr: Duration::ZERO,
+            sie: Duration::ZERO,
+            handler_timeout: None,
+            refresh_timeout: Duration::from_secs(30),
+            coalesce: true,
+            coalesce_wait: Duration::from_secs(10),
+            lock_lease: None,
+            ttl_jitter: 0.0,
+            early_refresh_beta: 0.0,
+            eviction: None,
+            encodings: super::vary::served_encodings(super::vary::DEFAULT_ENCODINGS).into(),
+            key_body: None,
+            key_error_reported: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// How long this route's responses stay fresh.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl.unwrap_or_else(|| self.cache.default_ttl())
+    }
+
+    /// How long past freshness entries are kept (for stale-while-revalidate or stale-if-error).
+    pub(crate) fn stale_for(&self) -> Duration {
+        self.swr.max(self.sie)
+    }
+
+    /// Whether a request carrying credential header `h` may use the cache: the route's key
+    /// covers it, or the route opted in.
+    pub(crate) fn covers_credential(&self, h: &http::HeaderName) -> bool {
+        self.allow_credentials || self.key.covers_credential(h)
+    }
+
+    /// Whether path parameters must be read for the key or the tags.
+    pub(crate) fn needs_path_params(&self) -> bool {
+        self.key.needs_path_params() || self.tags.iter().any(|t| t.needs_path_params())
+    }
+
+    /// True the first time it is called for this route (to log configuration errors once).
+    pub(crate) fn first_key_error(&self) -> bool {
+        !self.key_error_reported.swap(true, Ordering::Relaxed)
+    }
+
+    /// XFetch (Vattani et al.): refresh a fresh entry early with a probability that grows as
+    /// expiry nears and with how long the value took to compute, so a hot key is refreshed once
+    /// before it expires instead of stampeding after.
+    pub(crate) fn early_refresh_due(&self, entry: &Entry, now: u64) -> bool {
+        if self.early_refresh_beta <= 0.0 {
+            return false;
+        }
+        let r = fastrand::f64().max(f64::MIN_POSITIVE);
+        let head_start = entry.compute_ms as f64 * self.early_refresh_beta * -r.ln();
+        now as f64 + head_start >= entry.fresh_until_ms as f64
+    }
+}
+
+impl std::fmt::Debug for RouteConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("namespace", &self.cache.namespace())
+            .field("ttl", &self.ttl)
+            .field("methods", &self.methods)
+            .field("statuses", &self.statuses)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}

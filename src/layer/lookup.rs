@@ -1,0 +1,74 @@
+//! Lookups: the entry a request selects (through a variant marker when the resource varies),
+//! and what this route accepts as one of its own entries.
+
+use super::config::RouteConfig;
+use super::vary::Marker;
+use crate::entry::{now_ms, DecodeError, Entry, Freshness};
+use crate::store::{Lookup, StoreError};
+use bytes::Bytes;
+use http::{header, HeaderMap, StatusCode};
+
+/// What a lookup through a possible variant marker found.
+pub(crate) struct Resolved {
+    /// The entry for this request (the variant's, when `base` holds a marker), with the clock of
+    /// the first read: the earlier clock guards the fill that follows more strictly.
+    pub(crate) lookup: Lookup,
+    /// Where the entry lives: `base`, or the variant key.
+    pub(crate) key: String,
+    /// The marker found at `base`, if any.
+    pub(crate) marker: Option<Marker>,
+}
+
+/// Reads `base`; when it holds a variant marker, reads the variant `headers` select (a second
+/// round trip). `touch`: through the route's eviction ranking (the request's own lookup; a
+/// double-check or a refresh does not count as a use).
+pub(crate) async fn resolve(
+    cfg: &RouteConfig,
+    base: &str,
+    headers: &HeaderMap,
+    touch: bool,
+) -> Result<Resolved, StoreError> {
+    let eviction = cfg.eviction.as_deref().filter(|_| touch);
+    let first = cfg.cache.read(base, eviction).await?;
+    let Some(marker) = first.value.as_ref().and_then(Marker::decode) else {
+        return Ok(Resolved {
+            lookup: first,
+            key: base.to_owned(),
+            marker: None,
+        });
+    };
+    let key = marker.variant_key(base, headers, &cfg.encodings);
+    let second = cfg.cache.read(&key, eviction).await?;
+    Ok(Resolved {
+        lookup: Lookup {
+            value: second.value,
+            clock: first.clock,
+        },
+        key,
+        marker: Some(marker),
+    })
+}
+
+/// The entry `headers` select at `base` if the store has it and it is fresh, and where it lives.
+pub(crate) async fn fresh_entry(
+    cfg: &RouteConfig,
+    base: &str,
+    headers: &HeaderMap,
+) -> Option<(Entry, String)> {
+    let r = resolve(cfg, base, headers, false).await.ok()?;
+    let entry = decode_for(cfg, &r.lookup.value?).ok()?;
+    matches!(entry.freshness(now_ms()), Freshness::Fresh(_)).then_some((entry, r.key))
+}
+
+/// Decodes a stored value for this route: undecodable values and entries this route's own
+/// fills cannot produce (a status it does not cache, a header the cache never keeps: written by
+/// someone else) are both errors, so a miss, never replayed.
+pub(crate) fn decode_for(cfg: &RouteConfig, raw: &Bytes) -> Result<Entry, DecodeError> {
+    let e = Entry::decode(raw)?;
+    let status_ok = StatusCode::from_u16(e.status).is_ok_and(|s| cfg.statuses.contains(&s));
+    if status_ok && !e.headers.iter().any(|(n, _)| n == header::SET_COOKIE) {
+        Ok(e)
+    } else {
+        Err(DecodeError::foreign())
+    }
+}

@@ -1,0 +1,582 @@
+//! A miss: single-flight, the fill lock, the handler, and storing its response through a
+//! [`Fill`], the guard that owns a fill's flight and lock.
+
+use super::body::{CacheBody, Tee};
+use super::conditional;
+use super::config::RouteConfig;
+use super::lookup::fresh_entry;
+use super::policy;
+use super::request_body::CacheRequestBody;
+use super::response::{from_entry, Answer};
+use super::vary::{Marker, Vary};
+use crate::cache::flight::{follow, Join, Landing, Lead, Stamp};
+use crate::entry::{now_ms, Entry, Freshness};
+use crate::outcome::{Outcome, PendingStore};
+use crate::store::{Write, Written};
+use crate::Cache;
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower_service::Service;
+
+/// What a request's lookup leaves for [`miss`].
+pub(crate) struct Missed {
+    pub(crate) is_head: bool,
+    pub(crate) revalidate: bool,
+    /// The route's key.
+    pub(crate) base: String,
+    /// Where the entry lives (the variant's key when a marker was found).
+    pub(crate) key: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) marker: Option<Marker>,
+    /// The invalidation clock the lookup read, and this process's epoch then.
+    pub(crate) stamp: (u64, u64),
+    /// A stale entry that may stand in for a failing handler (stale-if-error).
+    pub(crate) stale: Option<(Entry, Duration)>,
+    pub(crate) detail: Option<&'static str>,
+}
+
+/// The answer for a request served with the entry another request's fill produced: collapsed
+/// when it is fresh, stale-if-error when the leader stood in a stale entry for its failing
+/// handler; None once the entry is past even its stale window.
+fn shared_answer<B: Body>(entry: &Entry, is_head: bool) -> Option<Answer<B>> {
+    let now = now_ms();
+    let outcome = match entry.freshness(now) {
+        Freshness::Fresh(_) => Outcome::Collapsed,
+        Freshness::Stale(past) => Outcome::stale(past, Some("stale-if-error")),
+        Freshness::Expired => return None,
+    };
+    Some(from_entry(entry, is_head, outcome, now))
+}
+
+/// A miss: single-flight, fill lock, the handler, and storing its response.
+pub(crate) async fn miss<S, ReqB, ResB>(
+    cfg: Arc<RouteConfig>,
+    mut inner: S,
+    req: Request<CacheRequestBody<ReqB>>,
+    missed: Missed,
+) -> Result<Answer<ResB>, S::Error>
+where
+    S: Service<Request<CacheRequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    ReqB: Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Send + 'static,
+{
+    let Missed {
+        is_head,
+        revalidate,
+        base,
+        key,
+        mut tags,
+        marker,
+        stamp: (clock, epoch),
+        stale,
+        detail,
+    } = missed;
+    let counters = cfg.cache.counters();
+    let headers = req.headers().clone();
+    let stamp: Stamp = (Some(clock), epoch);
+
+    // Single-flight: one handler run per key in this process; the others wait for its entry.
+    let mut lead = None;
+    if cfg.coalesce && !is_head {
+        let mut attempts = 0;
+        loop {
+            match cfg.cache.flights().join(&key) {
+                Join::Lead(l) => {
+                    lead = Some(l);
+                    break;
+                }
+                Join::Follow(rx) => match follow(rx, cfg.coalesce_wait, counters).await {
+                    Landing::Entry(e, s) if s == stamp => match shared_answer(&e, is_head) {
+                        Some(answer) => return Ok(answer),
+                        None => break,
+                    },
+                    // Cancelled, or landed from before an invalidation this request saw: lead.
+                    Landing::Cancelled | Landing::Entry(..) if attempts < 3 => attempts += 1,
+                    _ => break,
+                },
+            }
+        }
+    }
+
+    // Fill lock: one handler run per key across every instance sharing the store.
+    let mut lock = LockGuard::none(&cfg.cache, &key);
+    if let (Some(lease), false) = (cfg.lock_lease, is_head) {
+        let token = random_token();
+        match cfg.cache.try_lock(&key, &token, lease).await {
+            Ok(true) => lock.token = Some(token),
+            Ok(false) => {
+                counters.lock_waits();
+                let waited = {
+                    let _waiting = counters.waiting();
+                    wait_for_entry(&cfg, (&base, &key), &headers, lease, &token).await
+                };
+                match waited {
+                    // A request asking to revalidate must not be answered with the cached copy.
+                    Waited::Entry(entry, from) if !revalidate => {
+                        let entry = Arc::new(entry);
+                        if let Some(l) = lead {
+                            // Followers share this request's key, not necessarily its variant.
+                            l.land(match from == key {
+                                true => Landing::Entry(entry.clone(), stamp),
+                                false => Landing::Unshareable,
+                            });
+                        }
+                        return Ok(from_entry(&entry, is_head, Outcome::Collapsed, now_ms()));
+                    }
+                    Waited::Entry(..) => {}
+                    // The holder's lease ran out (it died): we hold the lock now.
+                    Waited::Locked => lock.token = Some(token),
+                    Waited::TimedOut => counters.lock_timeouts(),
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    let variant = Variant {
+        base,
+        marker,
+        headers,
+    };
+    let mut fill = Fill::new(&cfg, key, (clock, epoch), variant, lead, lock);
+
+    // Double-check now that this request leads (and holds the fill lock, if any): a flight that
+    // landed, or a lock holder that released, between our lookup and taking the lead has already
+    // stored the entry. Without this a late miss runs the handler a second time.
+    if !revalidate && fill.leads() {
+        if let Some((entry, from)) =
+            fresh_entry(&cfg, &fill.variant.base, &fill.variant.headers).await
+        {
+            let entry = Arc::new(entry);
+            let landing = match from == fill.key {
+                true => Landing::Entry(entry.clone(), stamp),
+                false => Landing::Unshareable,
+            };
+            fill.finish(landing).await;
+            return Ok(from_entry(&entry, is_head, Outcome::Collapsed, now_ms()));
+        }
+    }
+
+    let res = match stale {
+        // Stale-if-error: a stale entry may stand in for a failing or slow handler.
+        Some((entry, past)) => {
+            let call = inner.call(req);
+            let ran = match cfg.handler_timeout {
+                Some(t) => tokio::time::timeout(t, call).await.ok(),
+                None => Some(call.await),
+            };
+            match ran {
+                Some(Ok(res)) if !res.status().is_server_error() => res,
+                _ => {
+                    let entry = Arc::new(entry);
+                    let outcome = Outcome::stale(past, Some("stale-if-error"));
+                    fill.finish(Landing::Entry(entry.clone(), stamp)).await;
+                    return Ok(from_entry(&entry, is_head, outcome, now_ms()));
+                }
+            }
+        }
+        None => inner.call(req).await?,
+    };
+    let mut res = res;
+    if cfg.tag_headers {
+        take_header_tags(res.headers_mut(), &mut tags);
+    }
+    fill.tags = tags;
+    if is_head {
+        // A HEAD response has no body to store; the GET that follows will fill the entry.
+        fill.decline();
+        let outcome = Outcome::Miss {
+            stored: false,
+            detail: Some("head"),
+        };
+        return Ok((res.map(CacheBody::stream), outcome));
+    }
+    if let Some(reason) = policy::response_unstorable(&res, &cfg.statuses).or_else(|| {
+        (cfg.respect_cache_control
+            && conditional::response_ttl(res.headers()) == Some(Duration::ZERO))
+        .then_some("cache-control")
+    }) {
+        fill.decline();
+        let outcome = Outcome::Miss {
+            stored: false,
+            detail: Some(reason),
+        };
+        return Ok((res.map(CacheBody::stream), outcome));
+    }
+    // Followers joined on this request's key: they may take the entry only if it is stored under
+    // that key for them too (same vary headers as the lookup went by).
+    let vary = Vary::of(res.headers());
+    let (parts, body) = res.into_parts();
+    let hint = body.size_hint();
+    if hint.lower() > cfg.max_body_bytes as u64 {
+        fill.decline();
+        let outcome = Outcome::Miss {
+            stored: false,
+            detail: Some("too-large"),
+        };
+        return Ok((
+            Response::from_parts(parts, CacheBody::stream(body)),
+            outcome,
+        ));
+    }
+    if hint.exact().is_some() {
+        // Known length within the limit (axum's usual bodies): collect, store, then answer, so
+        // `Cache-Status` can say whether it was stored and the next request hits.
+        let bytes = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                fill.decline();
+                let outcome = Outcome::Miss {
+                    stored: false,
+                    detail: detail.or(Some("body-error")),
+                };
+                return Ok((Response::from_parts(parts, CacheBody::failed(e)), outcome));
+            }
+        };
+        let mut parts = parts;
+        let entry = fill.entry(parts.status, &mut parts.headers, bytes.clone());
+        let stored = fill.store(&entry, &vary).await;
+        let landing = match fill.shares(&vary) {
+            true => Landing::Entry(Arc::new(entry), fill.stamp()),
+            false => Landing::Unshareable,
+        };
+        fill.finish(landing).await;
+        let outcome = Outcome::Miss {
+            stored: stored == Some(Written::Stored),
+            detail: match stored {
+                Some(Written::Superseded) => Some("invalidated"),
+                None => Some("store-unavailable"),
+                Some(_) => None,
+            },
+        };
+        return Ok((Response::from_parts(parts, CacheBody::full(bytes)), outcome));
+    }
+    // Unknown length: stream it through and store a copy once it completes within the limit.
+    // Followers wait for the landing at the end; if the body is dropped or too large, the fill
+    // is dropped with it, which releases them and the lock.
+    let status = parts.status;
+    let mut headers = parts.headers.clone();
+    let (pending, report) = PendingStore::new();
+    let tee = Tee::new(
+        cfg.max_body_bytes,
+        Box::new(move |bytes| {
+            tokio::spawn(async move {
+                let entry = fill.entry(status, &mut headers, bytes);
+                let stored = fill.store(&entry, &vary).await;
+                report.report(stored == Some(Written::Stored));
+                let landing = match fill.shares(&vary) {
+                    true => Landing::Entry(Arc::new(entry), fill.stamp()),
+                    false => Landing::Unshareable,
+                };
+                fill.finish(landing).await;
+            });
+        }),
+    );
+    let mut res = Response::from_parts(parts, CacheBody::tee(body, tee));
+    res.extensions_mut().insert(pending);
+    let outcome = Outcome::Miss {
+        stored: false,
+        detail,
+    };
+    Ok((res, outcome))
+}
+
+/// What waiting on another instance's fill lock ended with.
+enum Waited {
+    /// The holder stored a fresh entry (for this request's variant), at this key.
+    Entry(Entry, String),
+    /// The holder's lease expired without an entry (it died): this request took the lock.
+    Locked,
+    /// Neither within `lease`: run the handler without the lock.
+    TimedOut,
+}
+
+/// Polls the store until `key` holds a fresh entry, or the lock frees up (the holder's lease
+/// expired), or `lease` passes (another instance holds the fill lock and runs the handler).
+/// `base` is the route's key, `key` the lock's (the variant's, when known).
+async fn wait_for_entry(
+    cfg: &RouteConfig,
+    (base, key): (&str, &str),
+    headers: &HeaderMap,
+    lease: Duration,
+    token: &str,
+) -> Waited {
+    let deadline = Instant::now() + lease;
+    let mut pause = Duration::from_millis(5);
+    while Instant::now() + pause < deadline {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(Duration::from_millis(100));
+        if let Some((e, from)) = fresh_entry(cfg, base, headers).await {
+            return Waited::Entry(e, from);
+        }
+        if let Ok(true) = cfg.cache.try_lock(key, token, lease).await {
+            return Waited::Locked;
+        }
+    }
+    Waited::TimedOut
+}
+
+/// The fill lock held by a request: released when the fill finishes, or, on any other exit
+/// (an early return, a panic, the request future dropped), by a task spawned when it drops.
+pub(crate) struct LockGuard {
+    cache: Cache,
+    key: String,
+    pub(crate) token: Option<String>,
+}
+
+impl LockGuard {
+    pub(crate) fn none(cache: &Cache, key: &str) -> Self {
+        Self {
+            cache: cache.clone(),
+            key: key.to_owned(),
+            token: None,
+        }
+    }
+
+    async fn release(&mut self) {
+        if let Some(t) = self.token.take() {
+            let _ = self.cache.unlock(&self.key, &t).await;
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(t) = self.token.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let (cache, key) = (self.cache.clone(), std::mem::take(&mut self.key));
+                rt.spawn(async move {
+                    let _ = cache.unlock(&key, &t).await;
+                });
+            }
+        }
+    }
+}
+
+/// Which variant of the route's key a fill is for.
+pub(crate) struct Variant {
+    /// The route's key (where the marker, or a response without `Vary`, lives).
+    pub(crate) base: String,
+    /// The marker the lookup found there, if any.
+    pub(crate) marker: Option<Marker>,
+    /// The request's headers, to key the variant once the response names its vary headers.
+    pub(crate) headers: HeaderMap,
+}
+
+/// A fill in progress: what is needed to store the handler's response once it is complete, and
+/// the guard of its single-flight lead and fill lock.
+///
+/// [`finish`](Self::finish) releases the lock and hands the followers their landing;
+/// [`decline`](Self::decline) tells them the response is not shareable. Dropping a fill any other
+/// way (an early return, a panic, the request future dropped) releases the lock from a spawned
+/// task and tells the followers the leader is gone, so they elect a new one: no exit can leave
+/// them waiting or the lock held.
+pub(crate) struct Fill {
+    cfg: Arc<RouteConfig>,
+    /// The key the lookup read the entry at (the variant's when a marker was found): the
+    /// single-flight and fill-lock key.
+    pub(crate) key: String,
+    pub(crate) variant: Variant,
+    pub(crate) tags: Vec<String>,
+    ttl: Duration,
+    since: u64,
+    epoch: u64,
+    started: Instant,
+    lead: Option<Lead>,
+    lock: LockGuard,
+}
+
+impl Fill {
+    pub(crate) fn new(
+        cfg: &Arc<RouteConfig>,
+        key: String,
+        (since, epoch): (u64, u64),
+        variant: Variant,
+        lead: Option<Lead>,
+        lock: LockGuard,
+    ) -> Self {
+        let ttl = cfg.ttl();
+        let ttl = if cfg.ttl_jitter > 0.0 {
+            // Only ever shorten: an entry must not outlive the freshness the route promises.
+            ttl.mul_f64(1.0 - cfg.ttl_jitter * fastrand::f64())
+        } else {
+            ttl
+        };
+        Self {
+            cfg: cfg.clone(),
+            key,
+            variant,
+            tags: Vec::new(),
+            ttl,
+            since,
+            epoch,
+            started: Instant::now(),
+            lead,
+            lock,
+        }
+    }
+
+    /// Whether this fill leads a flight or holds the fill lock (others may be waiting on it).
+    pub(crate) fn leads(&self) -> bool {
+        self.lead.is_some() || self.lock.token.is_some()
+    }
+
+    pub(crate) fn stamp(&self) -> Stamp {
+        (Some(self.since), self.epoch)
+    }
+
+    /// Releases the fill lock, then hands `landing` to the followers.
+    pub(crate) async fn finish(mut self, landing: Landing) {
+        self.lock.release().await;
+        if let Some(l) = self.lead.take() {
+            l.land(landing);
+        }
+    }
+
+    /// The response is not shareable: followers run on their own; the lock is released.
+    pub(crate) fn decline(mut self) {
+        if let Some(l) = self.lead.take() {
+            l.land(Landing::Unshareable);
+        }
+    }
+
+    /// The entry for a response; adds a strong content-hash `ETag` to `headers` when the
+    /// handler set none, so clients can revalidate (`If-None-Match` → 304).
+    pub(crate) fn entry(&self, status: StatusCode, headers: &mut HeaderMap, body: Bytes) -> Entry {
+        if !headers.contains_key(header::ETAG) {
+            headers.insert(header::ETAG, conditional::etag_for(&body));
+        }
+        let ttl = match self.cfg.respect_cache_control {
+            true => conditional::response_ttl(headers).unwrap_or(self.ttl),
+            false => self.ttl,
+        };
+        Entry::from_response(status, headers, body, now_ms(), ttl, self.cfg.stale_for())
+            .with_compute_time(self.started.elapsed())
+    }
+
+    /// Whether requests that joined this fill's key (single-flight followers) may take its
+    /// entry: only if the response varies on exactly what the lookup keyed by.
+    pub(crate) fn shares(&self, vary: &Vary) -> bool {
+        self.variant.marker.as_ref().map(|m| &m.names[..]) == vary.names()
+    }
+
+    /// Stores the entry; None when the store failed or the fill outlived the invalidation
+    /// window (its guard can no longer be checked, so it is dropped).
+    ///
+    /// A response with `Vary` first writes the variant marker at the route's key (reusing the
+    /// generation found there when the header list matches), guarded like any fill, and only
+    /// then the variant: a fill that read the key before an invalidation cannot restore the old
+    /// generation, and a variant written after an invalidation is unreachable.
+    pub(crate) async fn store(&self, entry: &Entry, vary: &Vary) -> Option<Written> {
+        if self.started.elapsed() >= self.cfg.cache.invalidation_window() {
+            tracing::debug!("fill took longer than the invalidation window; not stored");
+            return None;
+        }
+        let base = &self.variant.base;
+        let Some(names) = vary.names() else {
+            return self.put(base, entry, self.since).await;
+        };
+        // The marker outlives the variants written under it (a shorter-lived marker only costs
+        // hits: its variants become unreachable).
+        let ttl = entry
+            .store_ttl(now_ms())
+            .max(self.ttl.saturating_add(self.cfg.stale_for()));
+        let mut marker = match &self.variant.marker {
+            // Reusing a generation is guarded by the clock that generation began at.
+            Some(m) if m.names == names => m.clone(),
+            _ => Marker::new(names.to_vec(), self.since),
+        };
+        let mut written = self
+            .put(base, &marker.entry(ttl)?, marker.since.min(self.since))
+            .await?;
+        if written == Written::Superseded && marker.since < self.since {
+            // Something covering the key was invalidated since the generation began, though
+            // not since this fill's read: start a new generation (its variants are all new).
+            marker = Marker::new(names.to_vec(), self.since);
+            written = self.put(base, &marker.entry(ttl)?, self.since).await?;
+        }
+        if written != Written::Stored {
+            return Some(written);
+        }
+        let key = marker.variant_key(base, &self.variant.headers, &self.cfg.encodings);
+        self.put(&key, entry, self.since).await
+    }
+
+    /// Encodes and writes one entry at `key` with the fill's tags, guarded by clock `since`.
+    async fn put(&self, key: &str, entry: &Entry, since: u64) -> Option<Written> {
+        let value = match entry.encode() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "response cannot be encoded; not stored");
+                return None;
+            }
+        };
+        let write = Write {
+            key,
+            value,
+            ttl: entry.store_ttl(now_ms()),
+            tags: &self.tags,
+            since: Some(since),
+        };
+        self.cfg
+            .cache
+            .write(write, self.cfg.eviction.as_deref())
+            .await
+            .ok()
+    }
+}
+
+/// Moves tags from `Surrogate-Key` (space-separated) and `Cache-Tag` (comma-separated) into
+/// `tags`, removing the headers so they never reach the client.
+pub(crate) fn take_header_tags(headers: &mut HeaderMap, tags: &mut Vec<String>) {
+    for (name, sep) in [("surrogate-key", ' '), ("cache-tag", ',')] {
+        if let http::header::Entry::Occupied(e) = headers.entry(name) {
+            for v in e.remove_entry_mult().1 {
+                if let Ok(v) = v.to_str() {
+                    tags.extend(
+                        v.split(sep)
+                            .map(str::trim)
+                            .filter(|t| !t.is_empty())
+                            .map(str::to_owned),
+                    );
+                }
+            }
+        }
+    }
+    tags.sort_unstable();
+    tags.dedup();
+}
+
+/// The whole body if it completes without error, trailers, or growing past `max`.
+pub(crate) async fn collect_limited<B: Body<Data = Bytes>>(
+    mut body: Pin<Box<B>>,
+    max: usize,
+) -> Option<Bytes> {
+    let mut chunks = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let data = frame.ok()?.into_data().ok()?;
+        len += data.len();
+        if len > max {
+            return None;
+        }
+        chunks.push(data);
+    }
+    Some(if chunks.len() == 1 {
+        chunks.pop().unwrap_or_default()
+    } else {
+        chunks.concat().into()
+    })
+}
+
+pub(crate) fn random_token() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}

@@ -1,0 +1,123 @@
+//! Background refreshes: stale-while-revalidate and probabilistic early refresh.
+
+use super::config::RouteConfig;
+use super::lookup::{decode_for, resolve};
+use super::miss::{collect_limited, random_token, take_header_tags, Fill, LockGuard, Variant};
+use super::policy;
+use super::vary::{Marker, Vary};
+use crate::cache::flight::Landing;
+use crate::entry::{now_ms, Freshness};
+use crate::store::Written;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use std::sync::Arc;
+use tower_service::Service;
+
+/// What a refresh needs from the request that triggered it.
+pub(crate) struct Trigger {
+    /// The route's key, and where the entry lives (the variant's key when a marker was found).
+    pub(crate) base: String,
+    pub(crate) key: String,
+    pub(crate) marker: Option<Marker>,
+    pub(crate) tags: Vec<String>,
+    /// The clock and epoch the triggering lookup read.
+    pub(crate) stamp: (u64, u64),
+    /// The `stored_at` of the entry the request was served.
+    pub(crate) seen_stored_at: u64,
+}
+
+/// Refreshes an entry in the background: at most one refresh per key in this process (and,
+/// with a fill lock, across instances), bounded by the refresh timeout. A refresh that fails
+/// leaves the old entry in place; one the guard refuses (the key was invalidated meanwhile) is
+/// counted as superseded, not as a failure.
+pub(crate) fn spawn<S, ReqB, ResB>(
+    cfg: Arc<RouteConfig>,
+    trigger: Trigger,
+    mut inner: S,
+    req: Request<ReqB>,
+) where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+{
+    let Some(lead) = cfg.cache.flights().try_lead(&trigger.key) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut lock = LockGuard::none(&cfg.cache, &trigger.key);
+        if let Some(lease) = cfg.lock_lease {
+            let token = random_token();
+            if !matches!(
+                cfg.cache.try_lock(&trigger.key, &token, lease).await,
+                Ok(true)
+            ) {
+                return; // another instance is refreshing it
+            }
+            lock.token = Some(token);
+        }
+        let variant = Variant {
+            base: trigger.base,
+            marker: trigger.marker,
+            headers: req.headers().clone(),
+        };
+        let mut fill = Fill::new(&cfg, trigger.key, trigger.stamp, variant, Some(lead), lock);
+        fill.tags = trigger.tags;
+        // Double-check: a refresh that landed between the read that triggered this one and
+        // taking the lead has already replaced the entry this request saw.
+        let found = resolve(&cfg, &fill.variant.base, &fill.variant.headers, false).await;
+        if let Some((raw, true)) = found
+            .ok()
+            .and_then(|r| Some((r.lookup.value?, r.key == fill.key)))
+        {
+            if let Ok(e) = decode_for(&cfg, &raw) {
+                if e.stored_at_ms != trigger.seen_stored_at {
+                    let landing = match e.freshness(now_ms()) {
+                        Freshness::Fresh(_) => Landing::Entry(Arc::new(e), fill.stamp()),
+                        _ => Landing::Unshareable,
+                    };
+                    fill.finish(landing).await;
+                    return;
+                }
+            }
+        }
+        let work = async {
+            let mut res = inner.call(req).await.ok()?;
+            if cfg.tag_headers {
+                take_header_tags(res.headers_mut(), &mut fill.tags);
+            }
+            if policy::response_unstorable(&res, &cfg.statuses).is_some() {
+                return None;
+            }
+            let vary = Vary::of(res.headers());
+            let (mut parts, body) = res.into_parts();
+            let bytes = collect_limited(Box::pin(body), cfg.max_body_bytes).await?;
+            let entry = fill.entry(parts.status, &mut parts.headers, bytes);
+            let written = fill.store(&entry, &vary).await?;
+            Some((written, entry, fill.shares(&vary)))
+        };
+        let counters = cfg.cache.counters();
+        match tokio::time::timeout(cfg.refresh_timeout, work).await {
+            Ok(Some((Written::Stored, entry, shareable))) => {
+                counters.refreshes();
+                let landing = match shareable {
+                    true => Landing::Entry(Arc::new(entry), fill.stamp()),
+                    false => Landing::Unshareable,
+                };
+                fill.finish(landing).await;
+            }
+            Ok(Some((_, _, _))) => {
+                // Refused by the guard: the key was invalidated while the refresh ran (the store
+                // counted it as superseded); the next request fills it anew.
+                tracing::debug!(namespace = %cfg.cache.namespace(), "background refresh superseded by an invalidation");
+                fill.decline();
+            }
+            _ => {
+                counters.refresh_failures();
+                tracing::debug!(namespace = %cfg.cache.namespace(), "background refresh failed; the stale entry stays");
+                fill.decline();
+            }
+        }
+    });
+}
