@@ -20,6 +20,7 @@ use tower_valkey_cache::entry::Entry;
 use tower_valkey_cache::key::{
     escape, glob_escape, DefaultKey, KeyContext, KeyStrategy, KeyTemplate, MAX_KEY_LEN,
 };
+use tower_valkey_cache::store::glob_match;
 use tower_valkey_cache::{Cache, CacheLayer, MemoryStore};
 
 /// `cases` per property, unless `PROPTEST_CASES` asks for more (scripts/fuzz's fallback).
@@ -71,56 +72,6 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Valkey's `stringmatchlen` (util.c), case-sensitive: the semantics of `SCAN MATCH` / `KEYS`.
-fn valkey_glob(p: &[u8], s: &[u8]) -> bool {
-    match p.first() {
-        None => s.is_empty(),
-        Some(b'*') => {
-            let rest = &p[1..];
-            (0..=s.len()).any(|k| valkey_glob(rest, &s[k..]))
-        }
-        Some(b'?') => !s.is_empty() && valkey_glob(&p[1..], &s[1..]),
-        Some(b'[') => {
-            let Some(&c) = s.first() else { return false };
-            let mut i = 1;
-            let not = p.get(i) == Some(&b'^');
-            if not {
-                i += 1;
-            }
-            let mut matched = false;
-            loop {
-                match p.get(i) {
-                    None => {
-                        i -= 1; // unterminated: Valkey treats the end as the close
-                        break;
-                    }
-                    Some(b']') => break,
-                    Some(b'\\') if i + 1 < p.len() => {
-                        i += 1;
-                        matched |= p[i] == c;
-                    }
-                    Some(&lo) if p.get(i + 1) == Some(&b'-') && i + 2 < p.len() => {
-                        let hi = p[i + 2];
-                        let (lo, hi) = if lo > hi { (hi, lo) } else { (lo, hi) };
-                        matched |= (lo..=hi).contains(&c);
-                        i += 2;
-                    }
-                    Some(&x) => matched |= x == c,
-                }
-                i += 1;
-            }
-            if not {
-                matched = !matched;
-            }
-            matched && valkey_glob(p.get(i + 1..).unwrap_or(&[]), &s[1..])
-        }
-        Some(b'\\') if p.len() >= 2 => {
-            !s.is_empty() && p[1] == s[0] && valkey_glob(&p[2..], &s[1..])
-        }
-        Some(&c) => !s.is_empty() && c == s[0] && valkey_glob(&p[1..], &s[1..]),
-    }
-}
-
 /// Strings over a small alphabet rich in separators, glob metacharacters, escapes and bytes that
 /// escape to look like others (`%`, `2`, `A`), so random pairs collide often if they can.
 fn tricky() -> impl Strategy<Value = String> {
@@ -168,18 +119,18 @@ proptest! {
     fn escaped_values_are_literal_globs(a in tricky(), b in tricky()) {
         let (ea, eb) = (escape(&a), escape(&b));
         prop_assert!(!ea.contains(['*', '?', '[', ']', '\\']));
-        prop_assert!(valkey_glob(ea.as_bytes(), ea.as_bytes()));
-        prop_assert_eq!(valkey_glob(ea.as_bytes(), eb.as_bytes()), a == b);
+        prop_assert!(glob_match(ea.as_bytes(), ea.as_bytes()));
+        prop_assert_eq!(glob_match(ea.as_bytes(), eb.as_bytes()), a == b);
         // Nor does it match the raw value of another (unless it is that value, unescaped).
-        prop_assert_eq!(valkey_glob(ea.as_bytes(), b.as_bytes()), ea == b);
+        prop_assert_eq!(glob_match(ea.as_bytes(), b.as_bytes()), ea == b);
     }
 
     /// `glob_escape(x)` matches exactly `x` (Valkey semantics), whatever `x` holds.
     #[test]
     fn glob_escape_matches_only_itself(a in any_string(), b in tricky()) {
         let p = glob_escape(&a);
-        prop_assert!(valkey_glob(p.as_bytes(), a.as_bytes()), "{:?}", p);
-        prop_assert_eq!(valkey_glob(p.as_bytes(), b.as_bytes()), a == b, "{:?} vs {:?}", p, b);
+        prop_assert!(glob_match(p.as_bytes(), a.as_bytes()), "{:?}", p);
+        prop_assert_eq!(glob_match(p.as_bytes(), b.as_bytes()), a == b, "{:?} vs {:?}", p, b);
     }
 }
 

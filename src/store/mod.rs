@@ -33,7 +33,7 @@ pub use memory::MemoryStore;
 pub use ranked::RankedStore;
 pub use valkey::{ValkeyConfig, ValkeyStore};
 
-pub(crate) use glob::glob_match;
+pub use glob::glob_match;
 
 use bytes::Bytes;
 use std::fmt;
@@ -232,7 +232,8 @@ pub enum Target<'a> {
     Keys(&'a [String]),
     /// Every entry carrying one of these tags.
     Tags(&'a [String]),
-    /// Every key matching this glob (relative to the namespace; already escaped as needed).
+    /// Every key matching this glob (relative to the namespace; already escaped as needed), as
+    /// [`glob_match`] reads it.
     Pattern(&'a str),
 }
 

@@ -229,7 +229,8 @@ impl ValkeyStore {
     }
 }
 
-const GLOB_TO_LUA: &str = include_str!("lua/glob_to_lua.lua");
+/// `glob_match` (the fill guard's pattern check, a port of `store/glob.rs`) and `now_ms`.
+const GLOB: &str = include_str!("lua/glob.lua");
 const FILL: &str = include_str!("lua/fill.lua");
 const FILL_MANY: &str = include_str!("lua/fill_many.lua");
 const INVALIDATE_KEYS: &str = include_str!("lua/invalidate_keys.lua");
@@ -250,11 +251,11 @@ fn scripts() -> &'static Scripts {
     static S: OnceLock<Scripts> = OnceLock::new();
     S.get_or_init(|| Scripts {
         unlock: redis::Script::new(UNLOCK),
-        fill_many: redis::Script::new(&format!("{GLOB_TO_LUA}{FILL_MANY}")),
-        fill: redis::Script::new(&format!("{GLOB_TO_LUA}{FILL}")),
+        fill_many: redis::Script::new(&format!("{GLOB}{FILL_MANY}")),
+        fill: redis::Script::new(&format!("{GLOB}{FILL}")),
         keys: redis::Script::new(INVALIDATE_KEYS),
         tags: redis::Script::new(INVALIDATE_TAGS),
-        pattern: redis::Script::new(&format!("{GLOB_TO_LUA}{RECORD_PATTERN}")),
+        pattern: redis::Script::new(&format!("{GLOB}{RECORD_PATTERN}")),
     })
 }
 

@@ -13,7 +13,7 @@ if since >= 0 then
     local now = now_ms()
     for _, m in ipairs(pats) do
       local exp, pat = m:match('^(%d+)|(.*)$')
-      if exp and tonumber(exp) > now and string.match(KEYS[1], glob_to_lua(pat)) then return 0 end
+      if exp and tonumber(exp) > now and glob_match(pat, KEYS[1]) then return 0 end
     end
   end
 end

@@ -21,7 +21,7 @@ while a <= #ARGV do
       if pats == nil then pats = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'); now = now_ms() end
       for p = 1, #pats, 2 do
         local exp, pat = pats[p]:match('^(%d+)|(.*)$')
-        if tonumber(pats[p + 1]) > since and exp and tonumber(exp) > now and string.match(entry, glob_to_lua(pat)) then ok = false; break end
+        if tonumber(pats[p + 1]) > since and exp and tonumber(exp) > now and glob_match(pat, entry) then ok = false; break end
       end
     end
   end
