@@ -80,6 +80,13 @@ impl WarmOptions {
 }
 
 /// Whether a `Cache-Status` value says "hit" with a positive `ttl` and no detail.
+/// The last member of a `Cache-Status` list: the cache closest to the client (RFC 9211), the
+/// outermost `CacheLayer`; an inner cache's members come before it. Members of this crate hold no
+/// comma.
+fn last_member(status: &str) -> &str {
+    status.rsplit(',').next().unwrap_or(status)
+}
+
 fn is_fresh_hit(status: &str) -> bool {
     let mut parts = status.split(';').map(str::trim).skip(1);
     parts.next() == Some("hit")
@@ -139,11 +146,13 @@ impl Cache {
         while let Some(r) = results.next().await {
             match r {
                 // A fresh hit (positive ttl); stale hits warmed nothing and count as failed.
-                Some((Some(s), true)) if s.to_str().is_ok_and(is_fresh_hit) => {
+                Some((Some(s), true)) if s.to_str().is_ok_and(|s| is_fresh_hit(last_member(s))) => {
                     report.already_fresh += 1;
                     self.counters().warm("already_fresh");
                 }
-                Some((Some(s), true)) if s.to_str().is_ok_and(|s| s.contains("stored")) => {
+                Some((Some(s), true))
+                    if s.to_str().is_ok_and(|s| last_member(s).contains("stored")) =>
+                {
                     report.warmed += 1;
                     self.counters().warm("warmed");
                 }
@@ -167,5 +176,28 @@ impl Cache {
             "cache warming finished"
         );
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judges_the_member_closest_to_the_client() {
+        let ours = "tower-valkey-cache; hit; ttl=5";
+        assert!(is_fresh_hit(last_member(ours)));
+        assert!(is_fresh_hit(last_member(&format!(
+            "inner; fwd=uri-miss, {ours}"
+        ))));
+        assert!(!is_fresh_hit(last_member(
+            "inner; hit; ttl=5, tower-valkey-cache; fwd=uri-miss; stored"
+        )));
+        assert!(!is_fresh_hit(last_member(
+            "tower-valkey-cache; hit; ttl=-2"
+        )));
+        assert!(
+            last_member("inner; hit, tower-valkey-cache; fwd=uri-miss; stored").contains("stored")
+        );
     }
 }

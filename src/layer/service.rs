@@ -60,6 +60,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Whether the route's key includes the request's `Range`: only then is a `206` stored.
+    fn covers_range(&self) -> bool {
+        self.key.covers_header(&header::RANGE)
+    }
+
     /// XFetch (Vattani et al.): refresh a fresh entry early with a probability that grows as
     /// expiry nears and with how long the value took to compute, so a hot key is refreshed once
     /// before it expires instead of stampeding after.
@@ -208,8 +213,8 @@ fn forward_outcome<B: Body>(
     #[cfg(feature = "metrics")]
     crate::metrics::record_request(sh.cache.counters(), outcome.served());
     if sh.status_header {
-        res.headers_mut()
-            .insert(CACHE_STATUS, outcome.header(&sh.name));
+        // RFC 9211: appended after an inner cache's members, never replacing them.
+        crate::headers::append_member(res.headers_mut(), CACHE_STATUS, outcome.header(&sh.name));
     }
     res
 }
@@ -240,7 +245,7 @@ where
         ));
     }
     if let Some(reason) = policy::request_bypass(&req, |h| {
-        sh.allow_credentials || sh.key.covers_credential(h)
+        sh.key.covers_header(h) || (sh.allow_credentials && crate::headers::is_credential(h))
     }) {
         counters.bypass();
         let res = Box::pin(inner.call(req.map(CacheRequestBody::new))).await?;
@@ -592,8 +597,10 @@ where
         None => inner.call(req).await?,
     };
     let mut res = res;
-    if sh.tag_headers {
-        take_header_tags(res.headers_mut(), &mut tags);
+    // Tags that do not parse: not stored (an entry missing a tag escapes its invalidation).
+    let mut unparsable_tags = None;
+    if sh.tag_headers && crate::headers::take_tags(res.headers_mut(), &mut tags).is_err() {
+        unparsable_tags = Some("unparsable-tags");
     }
     let fill = Fill { tags, ..fill };
     let unshareable = |lead: Option<Lead>| {
@@ -612,11 +619,14 @@ where
             },
         ));
     }
-    if let Some(reason) = policy::response_unstorable(&res, &sh.statuses).or_else(|| {
-        (sh.respect_cache_control
-            && conditional::response_ttl(res.headers()) == Some(Duration::ZERO))
-        .then_some("cache-control")
-    }) {
+    if let Some(reason) = policy::response_unstorable(&res, &sh.statuses, sh.covers_range())
+        .or(unparsable_tags)
+        .or_else(|| {
+            (sh.respect_cache_control
+                && conditional::response_ttl(res.headers()) == Some(Duration::ZERO))
+            .then_some("cache-control")
+        })
+    {
         unshareable(lead);
         lock.release().await;
         return Ok(forward_outcome(
@@ -813,7 +823,9 @@ fn decode_for(sh: &Shared, raw: &Bytes) -> Result<Entry, crate::entry::DecodeErr
 
 /// Refuses decoded entries that this route's own fills cannot produce.
 fn plausible(sh: &Shared, e: Entry) -> Result<Entry, crate::entry::DecodeError> {
-    let status_ok = StatusCode::from_u16(e.status).is_ok_and(|s| sh.statuses.contains(&s));
+    let status_ok = StatusCode::from_u16(e.status).is_ok_and(|s| {
+        sh.statuses.contains(&s) && (s != StatusCode::PARTIAL_CONTENT || sh.covers_range())
+    });
     if status_ok && !e.headers.iter().any(|(n, _)| n == header::SET_COOKIE) {
         Ok(e)
     } else {
@@ -941,10 +953,12 @@ fn spawn_refresh<S, ReqB, ResB>(
         let mut fill = fill;
         let work = async {
             let mut res = inner.call(req).await.ok()?;
-            if sh.tag_headers {
-                take_header_tags(res.headers_mut(), &mut fill.tags);
+            if sh.tag_headers
+                && crate::headers::take_tags(res.headers_mut(), &mut fill.tags).is_err()
+            {
+                return None;
             }
-            if policy::response_unstorable(&res, &sh.statuses).is_some() {
+            if policy::response_unstorable(&res, &sh.statuses, sh.covers_range()).is_some() {
                 return None;
             }
             let vary = Vary::of(res.headers());
@@ -1130,27 +1144,6 @@ impl Fill {
         .await
         .ok()
     }
-}
-
-/// Moves tags from `Surrogate-Key` (space-separated) and `Cache-Tag` (comma-separated) into
-/// `tags`, removing the headers so they never reach the client.
-fn take_header_tags(headers: &mut http::HeaderMap, tags: &mut Vec<String>) {
-    for (name, sep) in [("surrogate-key", ' '), ("cache-tag", ',')] {
-        if let http::header::Entry::Occupied(e) = headers.entry(name) {
-            for v in e.remove_entry_mult().1 {
-                if let Ok(v) = v.to_str() {
-                    tags.extend(
-                        v.split(sep)
-                            .map(str::trim)
-                            .filter(|t| !t.is_empty())
-                            .map(str::to_owned),
-                    );
-                }
-            }
-        }
-    }
-    tags.sort_unstable();
-    tags.dedup();
 }
 
 fn entry_response<B: Body>(
