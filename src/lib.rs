@@ -39,6 +39,7 @@ mod cache;
 pub mod entry;
 pub mod eviction;
 pub mod function;
+mod headers;
 pub mod invalidate;
 pub mod key;
 pub mod l1;
@@ -64,3 +65,14 @@ pub use seal::Compression;
 pub use seal::Keyring;
 pub use stats::Stats;
 pub use store::{MemoryStore, ValkeyConfig, ValkeyStore};
+
+/// Entry points for the fuzz targets in `fuzz/` (built only under `cargo fuzz`, which sets
+/// `--cfg fuzzing`); not part of the API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod __fuzz {
+    /// The header parsers' checks on arbitrary bytes (`src/headers/check.rs`).
+    pub fn headers(data: &[u8]) {
+        crate::headers::check::check_parsers(data);
+    }
+}

@@ -129,11 +129,13 @@ pub trait KeyStrategy: Send + Sync + 'static {
     /// The key for this request, relative to the cache's namespace.
     fn key(&self, ctx: &KeyContext<'_>) -> Result<String, KeyError>;
 
-    /// Whether the key includes the request's credential header `header` (`Authorization`,
-    /// `Cookie` or `Proxy-Authorization`), which makes it safe to cache requests that carry it:
-    /// each caller then has entries of their own. Checked per header, so a key over
+    /// Whether the key includes request header `header`, which makes it safe to cache requests
+    /// that carry it: each value then has entries of its own. The layer asks it about the
+    /// credential headers (`Authorization`, `Cookie`, `Proxy-Authorization`: each caller then has
+    /// entries of their own) and `Range` (a request with `Range` bypasses the cache, and a `206`
+    /// is never stored, unless the key includes it). Checked per header, so a key over
     /// `Authorization` does not make requests authenticated by `Cookie` shareable.
-    fn covers_credential(&self, header: &http::HeaderName) -> bool {
+    fn covers_header(&self, header: &http::HeaderName) -> bool {
         let _ = header;
         false
     }

@@ -43,9 +43,7 @@ impl fmt::Display for TemplateError {
 impl std::error::Error for TemplateError {}
 
 fn is_credential(h: &HeaderName) -> bool {
-    h == http::header::AUTHORIZATION
-        || h == http::header::COOKIE
-        || h == http::header::PROXY_AUTHORIZATION
+    crate::headers::is_credential(h)
 }
 
 impl KeyTemplate {
@@ -206,10 +204,10 @@ impl KeyStrategy for KeyTemplate {
         Ok(bound_length(out))
     }
 
-    fn covers_credential(&self, header: &HeaderName) -> bool {
+    fn covers_header(&self, header: &HeaderName) -> bool {
         self.parts
             .iter()
-            .any(|p| matches!(p, Part::Header(h) if h == header && is_credential(h)))
+            .any(|p| matches!(p, Part::Header(h) if h == header))
     }
 
     fn needs_path_params(&self) -> bool {
@@ -291,7 +289,13 @@ mod tests {
         assert_ne!(k, other);
         assert!(KeyTemplate::parse("me:{header.Authorization}")
             .unwrap()
-            .covers_credential(&http::header::AUTHORIZATION));
+            .covers_header(&http::header::AUTHORIZATION));
+        assert!(KeyTemplate::parse("f:{path}:{header.Range}")
+            .unwrap()
+            .covers_header(&http::header::RANGE));
+        assert!(!KeyTemplate::parse("f:{path}")
+            .unwrap()
+            .covers_header(&http::header::RANGE));
     }
 
     #[test]

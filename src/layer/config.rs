@@ -89,10 +89,15 @@ impl RouteConfig {
         self.swr.max(self.sie)
     }
 
-    /// Whether a request carrying credential header `h` may use the cache: the route's key
-    /// covers it, or the route opted in.
-    pub(crate) fn covers_credential(&self, h: &http::HeaderName) -> bool {
-        self.allow_credentials || self.key.covers_credential(h)
+    /// Whether a request carrying header `h` (a credential, `Range`) may use the cache: the
+    /// route's key covers it, or, for a credential, the route opted in.
+    pub(crate) fn covers_header(&self, h: &http::HeaderName) -> bool {
+        self.key.covers_header(h) || (self.allow_credentials && crate::headers::is_credential(h))
+    }
+
+    /// Whether the route's key includes the request's `Range`: only then is a `206` stored.
+    pub(crate) fn covers_range(&self) -> bool {
+        self.key.covers_header(&http::header::RANGE)
     }
 
     /// Whether path parameters must be read for the key or the tags.

@@ -170,7 +170,9 @@ impl CacheLayer {
         self
     }
 
-    /// The response statuses that are stored. Default 200 only.
+    /// The response statuses that are stored. Default 200 only. A `206 Partial Content` is
+    /// stored only if the key includes the request's `Range` (`{header.range}`); without such a
+    /// key, requests with `Range` bypass the cache.
     pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.cfg().statuses = statuses.into_iter().collect();
         self

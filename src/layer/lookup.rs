@@ -65,7 +65,9 @@ pub(crate) async fn fresh_entry(
 /// someone else) are both errors, so a miss, never replayed.
 pub(crate) fn decode_for(cfg: &RouteConfig, raw: &Bytes) -> Result<Entry, DecodeError> {
     let e = Entry::decode(raw)?;
-    let status_ok = StatusCode::from_u16(e.status).is_ok_and(|s| cfg.statuses.contains(&s));
+    let status_ok = StatusCode::from_u16(e.status).is_ok_and(|s| {
+        cfg.statuses.contains(&s) && (s != StatusCode::PARTIAL_CONTENT || cfg.covers_range())
+    });
     if status_ok && !e.headers.iter().any(|(n, _)| n == header::SET_COOKIE) {
         Ok(e)
     } else {

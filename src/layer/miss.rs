@@ -186,8 +186,10 @@ where
         None => inner.call(req).await?,
     };
     let mut res = res;
-    if cfg.tag_headers {
-        take_header_tags(res.headers_mut(), &mut tags);
+    // Tags that do not parse: not stored (an entry missing a tag escapes its invalidation).
+    let mut unparsable_tags = None;
+    if cfg.tag_headers && crate::headers::take_tags(res.headers_mut(), &mut tags).is_err() {
+        unparsable_tags = Some("unparsable-tags");
     }
     fill.tags = tags;
     if is_head {
@@ -199,11 +201,14 @@ where
         };
         return Ok((res.map(CacheBody::stream), outcome));
     }
-    if let Some(reason) = policy::response_unstorable(&res, &cfg.statuses).or_else(|| {
-        (cfg.respect_cache_control
-            && conditional::response_ttl(res.headers()) == Some(Duration::ZERO))
-        .then_some("cache-control")
-    }) {
+    if let Some(reason) = policy::response_unstorable(&res, &cfg.statuses, cfg.covers_range())
+        .or(unparsable_tags)
+        .or_else(|| {
+            (cfg.respect_cache_control
+                && conditional::response_ttl(res.headers()) == Some(Duration::ZERO))
+            .then_some("cache-control")
+        })
+    {
         fill.decline();
         let outcome = Outcome::Miss {
             stored: false,
@@ -532,27 +537,6 @@ impl Fill {
             .await
             .ok()
     }
-}
-
-/// Moves tags from `Surrogate-Key` (space-separated) and `Cache-Tag` (comma-separated) into
-/// `tags`, removing the headers so they never reach the client.
-pub(crate) fn take_header_tags(headers: &mut HeaderMap, tags: &mut Vec<String>) {
-    for (name, sep) in [("surrogate-key", ' '), ("cache-tag", ',')] {
-        if let http::header::Entry::Occupied(e) = headers.entry(name) {
-            for v in e.remove_entry_mult().1 {
-                if let Ok(v) = v.to_str() {
-                    tags.extend(
-                        v.split(sep)
-                            .map(str::trim)
-                            .filter(|t| !t.is_empty())
-                            .map(str::to_owned),
-                    );
-                }
-            }
-        }
-    }
-    tags.sort_unstable();
-    tags.dedup();
 }
 
 /// The whole body if it completes without error, trailers, or growing past `max`.

@@ -25,14 +25,20 @@
 //!    (`Cache-Status: ...; fwd=method`); so do methods other than GET and HEAD unless
 //!    [`key_body`](CacheLayer::key_body) keys them by their body (a body over its bound, or that
 //!    fails, passes through with `fwd=bypass; detail=body-too-large | body-error`, intact).
-//! 2. Requests with `Cache-Control: no-store`, and requests carrying `Authorization` or `Cookie`
-//!    on a route whose key does not identify the caller, pass through (`fwd=bypass`).
+//! 2. Requests with `Cache-Control: no-store` (or a `Cache-Control` / `Pragma` that does not
+//!    parse), requests carrying `Authorization` or `Cookie` on a route whose key does not
+//!    identify the caller, and requests carrying `Range` on a route whose key does not include it
+//!    (`{header.range}`), pass through (`fwd=bypass`). Serving ranges from a stored `200` is not
+//!    implemented.
 //! 3. The key is derived ([`key`](crate::key)); a template that does not fit the route is logged
 //!    once and the request is served uncached (`fwd=bypass; detail=key-error`).
 //! 4. A fresh entry is a hit (`hit; ttl=N`, with `Age`); HEAD is answered from the GET entry.
 //! 5. Otherwise the handler runs. Its response is stored if its status is configured (200 by
-//!    default) and it has no `Set-Cookie`, no `Cache-Control: private | no-store | no-cache` and
-//!    is not `Vary: *` (a `Vary` list is stored per variant, see [below](#vary)). Bodies over
+//!    default; a `206` only under a key that includes `Range`) and it has no `Set-Cookie`, no
+//!    `Cache-Control: private | no-store | no-cache` and is not `Vary: *` (a `Vary` list is
+//!    stored per variant, see [below](#vary)). Header fields are parsed from their bytes and fail
+//!    closed: a `Cache-Control`, `Vary` or tag header line that does not parse is not stored
+//!    (`detail=unparsable-cache-control | unparsable-vary | unparsable-tags`). Bodies over
 //!    `max_body_bytes` stream through unstored; bodies of unknown length stream to the client
 //!    while a copy is kept, and are stored once complete.
 //! 6. When the store fails or is slow (every operation has a timeout), the handler answers
@@ -105,6 +111,9 @@ mod response;
 mod service;
 mod status;
 mod vary;
+
+#[cfg(any(test, fuzzing))]
+pub(crate) use policy::storable_200;
 
 pub use body::CacheBody;
 pub use future::ResponseFuture;

@@ -1,84 +1,113 @@
-//! What is cached, and what never is.
+//! What is cached, and what never is. The header fields are read by [`crate::headers`], which
+//! fails closed: a field that does not parse never reads as "no directive".
 
-use http::{header, HeaderMap, Request, Response, StatusCode};
-
-/// Whether a `Cache-Control` header list carries one of `directives` (case-insensitive).
-pub(crate) fn has_directive(headers: &HeaderMap, directives: &[&str]) -> bool {
-    headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|d| d.split('=').next().unwrap_or("").trim())
-        .any(|d| directives.iter().any(|x| d.eq_ignore_ascii_case(x)))
-}
+use crate::headers::{self, CacheControl, Delta, VaryField};
+use http::{header, Request, Response, StatusCode};
 
 /// Why a request must skip the cache, if it must. `covered(h)`: the route's key includes
-/// credential header `h`, so requests carrying it have entries of their own.
+/// request header `h` (a credential, or `Range`), so requests carrying it have entries of their
+/// own.
 pub(crate) fn request_bypass<B>(
     req: &Request<B>,
     covered: impl Fn(&header::HeaderName) -> bool,
 ) -> Option<&'static str> {
     let h = req.headers();
-    if has_directive(h, &["no-store"]) {
-        return Some("no-store");
+    match CacheControl::of(h, header::CACHE_CONTROL) {
+        Err(_) => return Some("unparsable-cache-control"),
+        Ok(cc) if cc.has("no-store") => return Some("no-store"),
+        Ok(_) => {}
     }
-    for (name, reason) in [
-        (header::AUTHORIZATION, "authorization"),
-        (header::COOKIE, "cookie"),
-        (header::PROXY_AUTHORIZATION, "proxy-authorization"),
-    ] {
-        if h.contains_key(&name) && !covered(&name) {
+    if CacheControl::of(h, header::PRAGMA).is_err() {
+        return Some("unparsable-pragma");
+    }
+    for (name, reason) in &headers::CREDENTIALS {
+        if h.contains_key(name) && !covered(name) {
             return Some(reason);
         }
+    }
+    // A stored response answers a range request only under a key that includes the range
+    // (serving ranges from a stored 200 is not implemented).
+    if h.contains_key(header::RANGE) && !covered(&header::RANGE) {
+        return Some("range");
     }
     None
 }
 
 /// Whether the request asks for a fresh response (`Cache-Control: no-cache` or `max-age=0`, or
-/// `Pragma: no-cache`): the lookup is skipped, the response is still stored.
+/// `Pragma: no-cache`): the lookup is skipped, the response is still stored. A `max-age` that
+/// is not delta-seconds counts as `0`, and a field that does not parse as asking (such a request
+/// already bypasses the cache in [`request_bypass`]).
 pub(crate) fn request_revalidate<B>(req: &Request<B>) -> bool {
     let h = req.headers();
-    has_directive(h, &["no-cache"])
-        || h.get_all(header::CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|d| d.trim().eq_ignore_ascii_case("max-age=0"))
-        || h.get(header::PRAGMA)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"))
+    let cc = CacheControl::of(h, header::CACHE_CONTROL).map_or(true, |cc| {
+        cc.has("no-cache") || matches!(cc.delta("max-age"), Some(Delta::Secs(0) | Delta::Invalid))
+    });
+    cc || CacheControl::of(h, header::PRAGMA).map_or(true, |p| p.has("no-cache"))
 }
 
-/// Why a response must not be stored, if it must not.
+/// Why a response must not be stored, if it must not. `covers_range`: the route's key includes
+/// the request's `Range`, the only case in which a `206 Partial Content` may be stored.
 pub(crate) fn response_unstorable<B>(
     res: &Response<B>,
     statuses: &[StatusCode],
+    covers_range: bool,
 ) -> Option<&'static str> {
     let h = res.headers();
     if !statuses.contains(&res.status()) {
         return Some("status");
     }
+    if res.status() == StatusCode::PARTIAL_CONTENT && !covers_range {
+        return Some("partial-content");
+    }
     if h.contains_key(header::SET_COOKIE) {
         return Some("set-cookie");
     }
-    if has_directive(h, &["no-store", "private", "no-cache"]) {
-        return Some("cache-control");
+    match CacheControl::of(h, header::CACHE_CONTROL) {
+        Err(_) => return Some("unparsable-cache-control"),
+        Ok(cc) if cc.forbids_storing() => return Some("cache-control"),
+        Ok(_) => {}
     }
-    if h.contains_key(header::VARY) && super::vary::Vary::of(h) == super::vary::Vary::Unstorable {
-        // `Vary: *` (or a malformed list): no request could ever be known to select it.
-        return Some("vary");
+    if h.contains_key(header::VARY) {
+        match headers::vary(h) {
+            // No request could ever be known to select it.
+            Ok(VaryField::Star) => return Some("vary"),
+            Err(_) => return Some("unparsable-vary"),
+            Ok(VaryField::Names(_)) => {}
+        }
     }
     None
+}
+
+/// Whether a `200` with `headers` would be stored on a route that caches `200` (the header
+/// parser's property tests and fuzz target check the fail-closed rules through it).
+#[cfg(any(test, fuzzing))]
+pub(crate) fn storable_200(headers: &http::HeaderMap) -> bool {
+    let mut res = Response::new(());
+    *res.headers_mut() = headers.clone();
+    response_unstorable(&res, &[StatusCode::OK], false).is_none()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn res(headers: &[(&str, &str)]) -> Response<()> {
-        let mut b = Response::builder();
+    fn res_bytes(status: u16, headers: &[(&str, &[u8])]) -> Response<()> {
+        let mut b = Response::builder().status(status);
         for (k, v) in headers {
-            b = b.header(*k, *v);
+            b = b.header(*k, http::HeaderValue::from_bytes(v).unwrap());
+        }
+        b.body(()).unwrap()
+    }
+
+    fn res(headers: &[(&str, &str)]) -> Response<()> {
+        let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        res_bytes(200, &h)
+    }
+
+    fn req(headers: &[(&str, &[u8])]) -> Request<()> {
+        let mut b = Request::get("/");
+        for (k, v) in headers {
+            b = b.header(*k, http::HeaderValue::from_bytes(v).unwrap());
         }
         b.body(()).unwrap()
     }
@@ -86,9 +115,9 @@ mod tests {
     #[test]
     fn never_stores_private_or_cookie_responses() {
         let ok = [StatusCode::OK];
-        assert_eq!(response_unstorable(&res(&[]), &ok), None);
+        assert_eq!(response_unstorable(&res(&[]), &ok, false), None);
         assert_eq!(
-            response_unstorable(&res(&[("set-cookie", "a=b")]), &ok),
+            response_unstorable(&res(&[("set-cookie", "a=b")]), &ok, false),
             Some("set-cookie")
         );
         for cc in [
@@ -98,50 +127,142 @@ mod tests {
             "max-age=5, private=\"x\"",
         ] {
             assert_eq!(
-                response_unstorable(&res(&[("cache-control", cc)]), &ok),
+                response_unstorable(&res(&[("cache-control", cc)]), &ok, false),
                 Some("cache-control"),
                 "{cc}"
             );
         }
         assert_eq!(
-            response_unstorable(&res(&[("cache-control", "public, max-age=60")]), &ok),
+            response_unstorable(&res(&[("cache-control", "public, max-age=60")]), &ok, false),
             None
         );
         assert_eq!(
-            response_unstorable(&res(&[("vary", "*")]), &ok),
+            response_unstorable(&res(&[("vary", "*")]), &ok, false),
             Some("vary")
         );
         // A list of header names is stored, one entry per variant.
         assert_eq!(
-            response_unstorable(&res(&[("vary", "Accept-Language")]), &ok),
+            response_unstorable(&res(&[("vary", "Accept-Language")]), &ok, false),
             None
+        );
+        assert_eq!(
+            response_unstorable(&res(&[("vary", "a b")]), &ok, false),
+            Some("unparsable-vary")
+        );
+    }
+
+    /// The lines that used to be dropped before parsing (any byte that is not visible ASCII).
+    #[test]
+    fn non_ascii_cache_control_lines_never_make_a_response_storable() {
+        let ok = [StatusCode::OK];
+        let cc =
+            |v: &[u8]| response_unstorable(&res_bytes(200, &[("cache-control", v)]), &ok, false);
+        // obs-text inside a quoted string is legal: the line parses and is private.
+        assert_eq!(
+            cc("private, ext=\"café\"".as_bytes()),
+            Some("cache-control")
+        );
+        assert_eq!(cc(b"no-store, x=\"\xff\""), Some("cache-control"));
+        // Outside a quoted string it is not: the line does not parse, and is not stored either.
+        assert_eq!(
+            cc(b"no-store, caf\xc3\xa9"),
+            Some("unparsable-cache-control")
+        );
+        assert_eq!(cc(b"public, \x80"), Some("unparsable-cache-control"));
+        assert_eq!(
+            cc(b"max-age=60, ext=\"unterminated"),
+            Some("unparsable-cache-control")
+        );
+        assert_eq!(cc(b"max-age=60, ext=\"\xe9\""), None);
+    }
+
+    #[test]
+    fn partial_content_is_stored_only_under_a_key_covering_range() {
+        let statuses = [StatusCode::OK, StatusCode::PARTIAL_CONTENT];
+        let partial = res_bytes(206, &[("content-range", b"bytes 0-1/10")]);
+        assert_eq!(
+            response_unstorable(&partial, &statuses, false),
+            Some("partial-content")
+        );
+        assert_eq!(response_unstorable(&partial, &statuses, true), None);
+        // Not among the statuses: never, whatever the key.
+        assert_eq!(
+            response_unstorable(&partial, &[StatusCode::OK], true),
+            Some("status")
         );
     }
 
     #[test]
     fn credentials_bypass_unless_keyed_by_caller() {
-        let r = Request::get("/")
-            .header("authorization", "Bearer x")
-            .body(())
-            .unwrap();
+        let r = req(&[("authorization", b"Bearer x")]);
         assert_eq!(request_bypass(&r, |_| false), Some("authorization"));
         assert_eq!(request_bypass(&r, |_| true), None);
-        let r = Request::get("/").header("cookie", "s=1").body(()).unwrap();
+        let r = req(&[("cookie", b"s=1")]);
         assert_eq!(request_bypass(&r, |_| false), Some("cookie"));
         // A key over Authorization does not make cookie-authenticated requests shareable.
         assert_eq!(
             request_bypass(&r, |h| h == header::AUTHORIZATION),
             Some("cookie")
         );
-        let r = Request::get("/")
-            .header("proxy-authorization", "Basic x")
-            .body(())
-            .unwrap();
+        let r = req(&[("proxy-authorization", b"Basic x")]);
         assert_eq!(request_bypass(&r, |_| false), Some("proxy-authorization"));
-        let r = Request::get("/")
-            .header("cache-control", "no-store")
-            .body(())
-            .unwrap();
+        let r = req(&[("cache-control", b"no-store")]);
         assert_eq!(request_bypass(&r, |_| true), Some("no-store"));
+    }
+
+    #[test]
+    fn range_requests_bypass_unless_keyed_by_range() {
+        let r = req(&[("range", b"bytes=0-1")]);
+        assert_eq!(request_bypass(&r, |_| false), Some("range"));
+        assert_eq!(request_bypass(&r, |h| h == header::RANGE), None);
+        // Covering a credential does not cover Range.
+        assert_eq!(
+            request_bypass(&r, |h| h == header::AUTHORIZATION),
+            Some("range")
+        );
+    }
+
+    #[test]
+    fn unparsable_request_fields_bypass() {
+        for (name, v, reason) in [
+            (
+                "cache-control",
+                &b"no-store\xff"[..],
+                "unparsable-cache-control",
+            ),
+            ("cache-control", b"max-age=\"1", "unparsable-cache-control"),
+            ("cache-control", b"a b", "unparsable-cache-control"),
+            ("pragma", b"no-cache; x", "unparsable-pragma"),
+        ] {
+            assert_eq!(request_bypass(&req(&[(name, v)]), |_| true), Some(reason));
+        }
+        assert_eq!(
+            request_bypass(
+                &req(&[("cache-control", b"max-age=5, ext=\"\xe9\"")]),
+                |_| true
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn revalidation_requests() {
+        for (name, v) in [
+            ("cache-control", &b"no-cache"[..]),
+            ("cache-control", b"MAX-AGE=0"),
+            ("cache-control", b"max-age=\"0\""),
+            ("cache-control", b"max-age=soon"),
+            ("cache-control", b"x=\"a,b\", No-Cache"),
+            ("pragma", b"no-cache"),
+        ] {
+            assert!(request_revalidate(&req(&[(name, v)])), "{name}: {v:?}");
+        }
+        for (name, v) in [
+            ("cache-control", &b"max-age=10"[..]),
+            ("cache-control", b"x=\"no-cache\""),
+            ("pragma", b"x-other"),
+        ] {
+            assert!(!request_revalidate(&req(&[(name, v)])), "{name}: {v:?}");
+        }
     }
 }

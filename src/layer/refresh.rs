@@ -2,7 +2,7 @@
 
 use super::config::RouteConfig;
 use super::lookup::{decode_for, resolve};
-use super::miss::{collect_limited, random_token, take_header_tags, Fill, LockGuard, Variant};
+use super::miss::{collect_limited, random_token, Fill, LockGuard, Variant};
 use super::policy;
 use super::vary::{Marker, Vary};
 use crate::cache::flight::Landing;
@@ -84,10 +84,12 @@ pub(crate) fn spawn<S, ReqB, ResB>(
         }
         let work = async {
             let mut res = inner.call(req).await.ok()?;
-            if cfg.tag_headers {
-                take_header_tags(res.headers_mut(), &mut fill.tags);
+            if cfg.tag_headers
+                && crate::headers::take_tags(res.headers_mut(), &mut fill.tags).is_err()
+            {
+                return None;
             }
-            if policy::response_unstorable(&res, &cfg.statuses).is_some() {
+            if policy::response_unstorable(&res, &cfg.statuses, cfg.covers_range()).is_some() {
                 return None;
             }
             let vary = Vary::of(res.headers());

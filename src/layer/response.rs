@@ -29,8 +29,11 @@ pub(crate) fn finish<B: Body>(
     tracing::Span::current().record("outcome", outcome.label());
     cfg.cache.counters().record(&outcome, scope);
     if cfg.status_header {
-        res.headers_mut()
-            .append(CACHE_STATUS, status::header(&outcome, &cfg.name));
+        crate::headers::append_member(
+            res.headers_mut(),
+            CACHE_STATUS,
+            status::header(&outcome, &cfg.name),
+        );
     }
     res.extensions_mut().insert(outcome);
     res

@@ -97,7 +97,7 @@ where
                 // Methods with a body are cached only keyed by it (`key_body`).
                 Some(Outcome::Method)
             } else {
-                policy::request_bypass(&req, |h| cfg.covers_credential(h)).map(Outcome::Bypass)
+                policy::request_bypass(&req, |h| cfg.covers_header(h)).map(Outcome::Bypass)
             };
         if let Some(outcome) = pass {
             let fut = {

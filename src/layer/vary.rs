@@ -13,6 +13,7 @@
 //! an invalidation cannot put back the old generation.
 
 use crate::entry::{now_ms, Entry};
+use crate::headers::{list_elements, trim_ows, VaryField};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
@@ -35,29 +36,14 @@ pub(crate) enum Vary {
 }
 
 impl Vary {
-    /// Parses every `Vary` field of `headers`.
+    /// Reads every `Vary` field of `headers` (parsed by [`crate::headers::vary`]): `*` or a
+    /// field that is not a list of header names is never stored.
     pub(crate) fn of(headers: &HeaderMap) -> Self {
-        let mut names = Vec::new();
-        for value in headers.get_all(http::header::VARY) {
-            let Ok(value) = value.to_str() else {
-                return Vary::Unstorable;
-            };
-            for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if name == "*" {
-                    return Vary::Unstorable;
-                }
-                match HeaderName::from_bytes(name.as_bytes()) {
-                    Ok(n) => names.push(n.as_str().to_owned()),
-                    Err(_) => return Vary::Unstorable,
-                }
-            }
+        match crate::headers::vary(headers) {
+            Ok(VaryField::Names(names)) if names.is_empty() => Vary::None,
+            Ok(VaryField::Names(names)) => Vary::Names(names),
+            Ok(VaryField::Star) | Err(_) => Vary::Unstorable,
         }
-        if names.is_empty() {
-            return Vary::None;
-        }
-        names.sort_unstable();
-        names.dedup();
-        Vary::Names(names)
     }
 
     /// The header names, if any.
@@ -161,8 +147,11 @@ impl Marker {
 
 /// Appends the normalised value of request header `name` to `out`: `0` when absent (distinct from
 /// an empty header, `1` followed by nothing); otherwise `1` and the fields' comma-separated
-/// elements, each trimmed with inner white space collapsed, joined by `,`. `Accept-Encoding` is
-/// reduced to the accepted codings among `encodings` (sorted), or `identity`.
+/// elements ([`list_elements`]: commas inside quoted strings do not separate), each trimmed with
+/// runs of white space outside quoted strings collapsed to one space (quoted strings are kept
+/// byte for byte), joined by `,`. Bytes are compared as they are: no line is dropped for holding
+/// bytes that are not ASCII. `Accept-Encoding` is reduced to the accepted codings among
+/// `encodings` (sorted), or `identity`.
 pub(crate) fn normalise(name: &str, req: &HeaderMap, encodings: &[String], out: &mut Vec<u8>) {
     let mut values = req.get_all(name).iter().peekable();
     if values.peek().is_none() {
@@ -176,32 +165,49 @@ pub(crate) fn normalise(name: &str, req: &HeaderMap, encodings: &[String], out: 
     }
     let mut first = true;
     for v in values {
-        for element in v.as_bytes().split(|&b| b == b',') {
-            let mut words = element
-                .split(|b| b.is_ascii_whitespace())
-                .filter(|w| !w.is_empty())
-                .peekable();
-            if words.peek().is_none() {
-                continue;
-            }
+        for element in list_elements(v.as_bytes()) {
             if !first {
                 out.push(b',');
             }
             first = false;
-            let mut first_word = true;
-            for w in words {
-                if !first_word {
-                    out.push(b' ');
-                }
-                first_word = false;
-                out.extend_from_slice(w);
-            }
+            collapse_white_space(element, out);
         }
     }
 }
 
+/// Appends `element` (already trimmed) with each run of white space outside quoted strings
+/// replaced by one space.
+fn collapse_white_space(element: &[u8], out: &mut Vec<u8>) {
+    let (mut in_quotes, mut escaped, mut space) = (false, false, false);
+    for &b in element {
+        if in_quotes {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_quotes = false;
+            }
+            continue;
+        }
+        if b.is_ascii_whitespace() {
+            space = true;
+            continue;
+        }
+        if space {
+            out.push(b' ');
+            space = false;
+        }
+        in_quotes = b == b'"';
+        out.push(b);
+    }
+}
+
 /// The codings among `served` (sorted) that the `Accept-Encoding` fields accept: `q=0` refuses a
-/// coding, `*` stands for every served coding not named, `x-gzip` is `gzip`. `identity` if none.
+/// coding (as does a `q` that is not a number), `*` stands for every served coding not named,
+/// `x-gzip` is `gzip`. `identity` if none. Read as bytes: an element that is not ASCII is a
+/// coding this cache does not serve, and the other elements of its line still count.
 fn accepted_encodings<'a>(
     values: impl Iterator<Item = &'a HeaderValue>,
     served: &[String],
@@ -211,23 +217,30 @@ fn accepted_encodings<'a>(
     let mut named: Vec<Option<bool>> = vec![None; served.len()];
     let mut star = false;
     for v in values {
-        let Ok(v) = v.to_str() else { continue };
-        for element in v.split(',') {
-            let mut params = element.split(';');
-            let coding = params.next().unwrap_or("").trim().to_ascii_lowercase();
-            let coding = if coding == "x-gzip" {
-                "gzip".to_owned()
+        for element in list_elements(v.as_bytes()) {
+            let mut params = element.split(|&b| b == b';');
+            let coding = trim_ows(params.next().unwrap_or_default()).to_ascii_lowercase();
+            let coding: &[u8] = if coding == b"x-gzip" {
+                b"gzip"
             } else {
-                coding
+                &coding
             };
             let q = params
-                .filter_map(|p| p.split_once('='))
-                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
-                .map_or(1.0, |(_, v)| v.trim().parse::<f32>().unwrap_or(0.0));
+                .filter_map(|p| {
+                    let eq = p.iter().position(|&b| b == b'=')?;
+                    Some((trim_ows(&p[..eq]), trim_ows(&p[eq + 1..])))
+                })
+                .find(|(k, _)| k.eq_ignore_ascii_case(b"q"))
+                .map_or(1.0, |(_, v)| {
+                    std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|v| v.parse::<f32>().ok())
+                        .unwrap_or(0.0)
+                });
             let accepted = q > 0.0;
-            if coding == "*" {
+            if coding == b"*" {
                 star = accepted;
-            } else if let Some(i) = served.iter().position(|s| *s == coding) {
+            } else if let Some(i) = served.iter().position(|s| s.as_bytes() == coding) {
                 named[i] = Some(accepted);
             }
         }
@@ -305,6 +318,13 @@ mod tests {
             Vary::Unstorable
         );
         assert_eq!(Vary::of(&headers(&[("vary", "a b")])), Vary::Unstorable);
+        assert_eq!(Vary::of(&headers(&[("vary", " , ,")])), Vary::None);
+        let mut h = HeaderMap::new();
+        h.append(
+            "vary",
+            HeaderValue::from_bytes(b"accept, caf\xc3\xa9").unwrap(),
+        );
+        assert_eq!(Vary::of(&h), Vary::Unstorable);
     }
 
     #[test]
@@ -329,6 +349,30 @@ mod tests {
             "1en-GB,fr;q=0.5"
         );
         assert_eq!(norm("x-a", &[("x-a", "a \t  b")]), "1a b");
+        // Quoted strings are kept byte for byte, commas inside them do not separate.
+        assert_eq!(norm("x-a", &[("x-a", "\"a  b\"")]), "1\"a  b\"");
+        assert_ne!(
+            norm("x-a", &[("x-a", "\"a  b\"")]),
+            norm("x-a", &[("x-a", "\"a b\"")])
+        );
+        assert_eq!(
+            norm("x-a", &[("x-a", " x=\"a, b\" ,  y ")]),
+            "1x=\"a, b\",y"
+        );
+    }
+
+    #[test]
+    fn non_ascii_values_are_distinct_variants() {
+        let raw = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.append("x-a", HeaderValue::from_bytes(v).unwrap());
+            let mut out = Vec::new();
+            normalise("x-a", &h, &[], &mut out);
+            out
+        };
+        assert_ne!(raw(b"caf\xc3\xa9"), raw(b"caf\xc3\xa8"));
+        assert_ne!(raw(b"\xff"), raw(b""));
+        assert_eq!(raw(b"\xff  a"), b"1\xff a");
     }
 
     #[test]
@@ -342,6 +386,20 @@ mod tests {
         assert_eq!(ae("*"), "1br,deflate,gzip,zstd");
         assert_eq!(ae("*, zstd;q=0"), "1br,deflate,gzip");
         assert_eq!(ae(""), "1identity");
+        // A line with a byte that is not ASCII is not dropped: its other codings still count.
+        let mut h = HeaderMap::new();
+        h.append(
+            "accept-encoding",
+            HeaderValue::from_bytes(b"gzip, caf\xc3\xa9").unwrap(),
+        );
+        let mut out = Vec::new();
+        normalise(
+            "accept-encoding",
+            &h,
+            &served_encodings(DEFAULT_ENCODINGS),
+            &mut out,
+        );
+        assert_eq!(out, b"1gzip");
         assert_eq!(norm("accept-encoding", &[]), "0");
     }
 
