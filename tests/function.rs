@@ -757,3 +757,137 @@ async fn postcard_codec_round_trips_on_valkey() {
     let (j, b) = (size("pc:rate:false").await, size("pc:rate:true").await);
     assert!(b < j, "postcard {b} bytes vs JSON {j} bytes");
 }
+
+// ---------------------------------------------------------------------------------------------
+// get_or_set_if: values returned but not stored (both stores)
+// ---------------------------------------------------------------------------------------------
+
+/// A value `store_if` declines is returned, not stored, and never replaced by a stale value
+/// (stale-if-error is for loader errors only); an accepted one is stored as by `get_or_set_with`.
+async fn declined_values_are_returned_not_stored(cache: Cache) {
+    let opts = Options::new()
+        .ttl(Duration::from_millis(300))
+        .stale_if_error(Duration::from_secs(60));
+    let runs = AtomicUsize::new(0);
+    let load = |v: &'static str| {
+        let runs = &runs;
+        move || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<String, UpstreamError>(v.to_owned())
+        }
+    };
+    let declined = |v: &String| !v.starts_with("partial");
+
+    // 1. Declined on a cold key: returned, not stored, the next call loads again.
+    for n in 1..=2 {
+        let v = cache
+            .get_or_set_if("k", &opts, declined, load("partial-1"))
+            .await;
+        assert_eq!(v.as_deref(), Ok("partial-1"));
+        assert_eq!(runs.load(Ordering::SeqCst), n, "call {n} ran the loader");
+    }
+    assert_eq!(cache.get::<String>("k").await.expect("get"), None);
+    assert_eq!(cache.stats().stores, 0, "a declined value was stored");
+
+    // 2. Accepted: stored; a hit does not run the loader.
+    let v = cache.get_or_set_if("k", &opts, declined, load("v1")).await;
+    assert_eq!(v.as_deref(), Ok("v1"));
+    let v = cache.get_or_set_if("k", &opts, declined, load("v2")).await;
+    assert_eq!(v.as_deref(), Ok("v1"), "hit");
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    assert_eq!(cache.stats().stores, 1);
+
+    // 3. Past its freshness, with the stale window open: a declined value is still what the
+    //    caller gets (not the stale `v1`), and `v1` stays the stored entry.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v = cache
+        .get_or_set_if("k", &opts, declined, load("partial-2"))
+        .await;
+    assert_eq!(
+        v.as_deref(),
+        Ok("partial-2"),
+        "declined value replaced by stale"
+    );
+    assert_eq!(cache.stats().stale_if_error, 0);
+    assert_eq!(cache.stats().stores, 1);
+    let failing = || async { Err::<String, _>(UpstreamError(503)) };
+    let v = cache.get_or_set_with("k", &opts, failing).await;
+    assert_eq!(
+        v.as_deref(),
+        Ok("v1"),
+        "the stored entry is still v1 (stale-if-error)"
+    );
+    assert_eq!(cache.stats().stale_if_error, 1);
+}
+
+/// 50 concurrent callers on a cold key, the loader's value declined: the loader runs once (it
+/// waits until every caller has looked up and joined the flight), every caller gets the value,
+/// nothing is stored.
+async fn declined_values_are_shared_with_waiting_callers(cache: Cache) {
+    const N: u64 = 50;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let calls = (0..N).map(|_| {
+        let (cache, runs) = (cache.clone(), runs.clone());
+        tokio::spawn(async move {
+            let probe = cache.clone();
+            cache
+                .get_or_set_if("absent", &Options::new(), Option::is_some, || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    // Every other caller has looked up and waits on this flight (the `waiting`
+                    // gauge counts them).
+                    eventually(Duration::from_secs(10), "every caller waiting", || {
+                        let probe = probe.clone();
+                        async move { (probe.stats().waiting == N - 1).then_some(()) }
+                    })
+                    .await;
+                    Ok::<Option<u32>, UpstreamError>(None)
+                })
+                .await
+        })
+    });
+    let results = futures_util::future::join_all(calls).await;
+    for r in results {
+        assert_eq!(r.expect("task"), Ok(None));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let s = cache.stats();
+    assert_eq!((s.coalesced, s.stores), (N - 1, 0), "{s:?}");
+    assert_eq!(cache.get::<Option<u32>>("absent").await.expect("get"), None);
+}
+
+mod store_if {
+    use super::*;
+
+    #[tokio::test]
+    async fn declined_values_are_returned_not_stored_on_valkey() {
+        let server = ValkeyServer::start();
+        declined_values_are_returned_not_stored(
+            builder(valkey_store(&server, VALKEY), "fn_if").build(),
+        )
+        .await;
+        assert_eq!(server.keys("fn_if:*").await, ["fn_if:k"]);
+    }
+
+    #[tokio::test]
+    async fn declined_values_are_returned_not_stored_on_memory() {
+        declined_values_are_returned_not_stored(builder(MemoryStore::new(), "fn_if").build()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn declined_values_are_shared_with_waiting_callers_on_valkey() {
+        let server = ValkeyServer::start();
+        declined_values_are_shared_with_waiting_callers(
+            builder(valkey_store(&server, VALKEY), "fn_if_flight").build(),
+        )
+        .await;
+        assert!(server.keys("fn_if_flight:*").await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn declined_values_are_shared_with_waiting_callers_on_memory() {
+        declined_values_are_shared_with_waiting_callers(
+            builder(MemoryStore::new(), "fn_if_flight").build(),
+        )
+        .await;
+    }
+}

@@ -174,6 +174,48 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.get_or_set_if(key, opts, |_| true, loader).await
+    }
+
+    /// [`get_or_set_with`](Self::get_or_set_with) that stores the loaded value only when
+    /// `store_if(&value)` holds. Otherwise the value is returned as it is (and handed to the
+    /// concurrent callers waiting on this load, as any loaded value) but not stored, so the next
+    /// call runs the loader again. It is never replaced by a stale value: unlike a loader error,
+    /// a value that is not stored does not trigger stale-if-error.
+    ///
+    /// For values that must reach the caller but not the cache: `None` from a lookup that found
+    /// nothing yet, a partial or degraded answer. `#[cached(unless = ..)]` and
+    /// `#[cached(cache_none = false)]` expand to this.
+    ///
+    /// ```
+    /// use tower_valkey_cache::{Cache, MemoryStore};
+    /// use tower_valkey_cache::function::Options;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache = Cache::new(MemoryStore::new());
+    /// let found: Result<Option<String>, std::io::Error> = cache
+    ///     .get_or_set_if("user:7", &Options::new(), Option::is_some, || async {
+    ///         Ok(None) // not in the database yet: do not cache the absence
+    ///     })
+    ///     .await;
+    /// assert_eq!(found.unwrap(), None);
+    /// assert_eq!(cache.get::<Option<String>>("user:7").await.unwrap(), None, "not stored");
+    /// # }
+    /// ```
+    pub async fn get_or_set_if<T, E, P, F, Fut>(
+        &self,
+        key: &str,
+        opts: &Options,
+        store_if: P,
+        loader: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        P: FnOnce(&T) -> bool,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let key = bound_length(key.to_owned());
         // Records the call's outcome once, when it ends (however it ends).
         let mut call = Call::new(self);
@@ -261,6 +303,8 @@ impl Cache {
                 return Err(e);
             }
         };
+        // Declined: still returned, and landed for the callers waiting on this load, not stored.
+        let keep = store_if(&value);
         let entry = opts.codec.encode(&value).map(|body| {
             Entry::new(
                 0,
@@ -277,7 +321,7 @@ impl Cache {
             return Ok(value);
         };
         // Without a clock (store unreachable at the read) the fill cannot be guarded: skip it.
-        if let Some(since) = clock {
+        if let Some(since) = clock.filter(|_| keep) {
             if started.elapsed() < self.invalidation_window() {
                 if let Ok(encoded) = entry.encode() {
                     let _ = self
