@@ -1,18 +1,29 @@
 //! Bounded namespaces on Valkey ([`RankedStore`] for [`ValkeyStore`]): one Lua script per
 //! operation (`EVALSHA`, reloaded when missing).
 //!
-//! Every scoring script includes `ranked_lib.lua`, which reads the policy from `KEYS[1..2]` and
-//! `ARGV[1..6]`; each script's own keys and arguments follow.
+//! Every scoring script includes `ranked_trim.lua` and `ranked_lib.lua`, which read the policy
+//! from `KEYS[1..3]` (index, counter, expiry index) and `ARGV[1..7]`; each script's own keys and
+//! arguments follow. Scripts that remove members (delete, keys, the invalidations in
+//! `super::Store::invalidate`) include `ranked_forget.lua`.
 
 use super::ValkeyStore;
-use crate::store::ranked::{Evict, RankedSpace as Space, RankedStore, Spec, Touch};
+use crate::store::ranked::{Evict, RankedSpace as Space, RankedStore, Spec, Touch, TRIM_BATCH};
 use crate::store::{KeySpace, Lookup, StoreError, StoreFuture};
 use bytes::Bytes;
 use deadpool_redis::redis;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+const TRIM: &str = include_str!("lua/ranked_trim.lua");
+
 const LIB: &str = include_str!("lua/ranked_lib.lua");
+
+/// `forget(idx, seq, exp, members)`: removes members from a bounded namespace's indexes.
+pub(super) const FORGET: &str = include_str!("lua/ranked_forget.lua");
+
+const INVALIDATE_MEMBERS: &str = include_str!("lua/invalidate_members.lua");
+
+const LEN: &str = include_str!("lua/ranked_len.lua");
 
 const GET_FAST: &str = include_str!("lua/ranked_get_fast.lua");
 
@@ -40,20 +51,24 @@ struct Scripts {
     route_read: redis::Script,
     route_record: redis::Script,
     delete: redis::Script,
+    len: redis::Script,
     keys: redis::Script,
     clear: redis::Script,
+    forget: redis::Script,
 }
 
 fn scripts() -> &'static Scripts {
     static S: OnceLock<Scripts> = OnceLock::new();
     S.get_or_init(|| Scripts {
-        get: redis::Script::new(&format!("{GET_FAST}{LIB}{GET_SLOW}")),
-        set: redis::Script::new(&format!("{LIB}{SET}")),
-        route_read: redis::Script::new(&format!("{ROUTE_READ_FAST}{LIB}{ROUTE_READ_SLOW}")),
-        route_record: redis::Script::new(&format!("{LIB}{ROUTE_RECORD}")),
-        delete: redis::Script::new(DELETE),
-        keys: redis::Script::new(KEYS_SCRIPT),
+        get: redis::Script::new(&format!("{GET_FAST}{TRIM}{LIB}{GET_SLOW}")),
+        set: redis::Script::new(&format!("{TRIM}{LIB}{SET}")),
+        route_read: redis::Script::new(&format!("{ROUTE_READ_FAST}{TRIM}{LIB}{ROUTE_READ_SLOW}")),
+        route_record: redis::Script::new(&format!("{TRIM}{LIB}{ROUTE_RECORD}")),
+        delete: redis::Script::new(&format!("{FORGET}{DELETE}")),
+        len: redis::Script::new(&format!("{TRIM}{LEN}")),
+        keys: redis::Script::new(&format!("{FORGET}{KEYS_SCRIPT}")),
         clear: redis::Script::new(CLEAR),
+        forget: redis::Script::new(&format!("{FORGET}{INVALIDATE_MEMBERS}")),
     })
 }
 
@@ -73,12 +88,37 @@ fn high(spec: &Spec) -> u8 {
 fn policy_args(inv: &mut redis::ScriptInvocation<'_>, space: &Space, spec: &Spec) {
     inv.key(&space.index)
         .key(&space.seq)
+        .key(&space.expiry)
         .arg(touch_code(spec.scoring.on_set))
         .arg(touch_code(spec.scoring.on_get))
         .arg(high(spec))
         .arg(spec.capacity)
         .arg(spec.stamp_bits)
-        .arg(&space.value_prefix);
+        .arg(&space.value_prefix)
+        .arg(TRIM_BATCH);
+}
+
+/// Adds the keys of `space`'s route index (index, counter, expiry index) to an invalidation
+/// script that includes [`FORGET`]: it removes the members of the entries it deletes.
+pub(super) fn route_index_keys(inv: &mut redis::ScriptInvocation<'_>, space: &KeySpace) {
+    let route = Space::route(space);
+    inv.key(route.index).key(route.seq).key(route.expiry);
+}
+
+/// After a pattern invalidation unlinked `entries` (full store keys of `space`): removes their
+/// members from the route index. One round trip; on a cluster, to the namespace's slot.
+pub(super) async fn forget_unlinked(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    space: &Space,
+    entries: &[String],
+) -> redis::RedisResult<u64> {
+    let mut inv = scripts().forget.prepare_invoke();
+    inv.key(&space.index)
+        .key(&space.seq)
+        .key(&space.expiry)
+        .arg(&space.value_prefix)
+        .arg(entries);
+    inv.invoke_async(conn).await
 }
 
 fn ttl_ms(ttl: Option<Duration>) -> u64 {
@@ -118,6 +158,7 @@ async fn delete(store: &ValkeyStore, space: &Space, key: &str) -> Result<bool, S
     let mut inv = scripts().delete.prepare_invoke();
     inv.key(&space.index)
         .key(&space.seq)
+        .key(&space.expiry)
         .key(space.value(key))
         .arg(key);
     let n: u64 = store.run(async |c| inv.invoke_async(c).await).await?;
@@ -125,15 +166,16 @@ async fn delete(store: &ValkeyStore, space: &Space, key: &str) -> Result<bool, S
 }
 
 async fn len(store: &ValkeyStore, space: &Space) -> Result<usize, StoreError> {
-    store
-        .run(async |c| redis::cmd("ZCARD").arg(&space.index).query_async(c).await)
-        .await
+    let mut inv = scripts().len.prepare_invoke();
+    inv.key(&space.index).key(&space.expiry);
+    store.run(async |c| inv.invoke_async(c).await).await
 }
 
 async fn keys(store: &ValkeyStore, space: &Space, spec: Spec) -> Result<Vec<String>, StoreError> {
     let mut inv = scripts().keys.prepare_invoke();
     inv.key(&space.index)
         .key(&space.seq)
+        .key(&space.expiry)
         .arg(high(&spec))
         .arg(&space.value_prefix);
     store.run(async |c| inv.invoke_async(c).await).await
@@ -146,6 +188,7 @@ async fn clear(store: &ValkeyStore, space: &Space) -> Result<u64, StoreError> {
         let mut inv = scripts().clear.prepare_invoke();
         inv.key(&space.index)
             .key(&space.seq)
+            .key(&space.expiry)
             .arg(&space.value_prefix)
             .arg(CLEAR_BATCH);
         let (n, left): (u64, u64) = store.run(async |c| inv.invoke_async(c).await).await?;
@@ -178,16 +221,17 @@ async fn route_read(
     })
 }
 
+/// The expiry index records the entry's remaining lifetime (`PTTL`), so `_ttl` is not sent.
 async fn route_record(
     store: &ValkeyStore,
     space: &Space,
     key: &str,
-    ttl: Duration,
+    _ttl: Duration,
     spec: Spec,
 ) -> Result<Vec<String>, StoreError> {
     let mut inv = scripts().route_record.prepare_invoke();
     policy_args(&mut inv, space, &spec);
-    inv.key(space.value(key)).arg(key).arg(ttl_ms(Some(ttl)));
+    inv.key(space.value(key)).arg(key);
     store.run(async |c| inv.invoke_async(c).await).await
 }
 
