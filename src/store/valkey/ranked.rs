@@ -21,8 +21,6 @@ const LIB: &str = include_str!("lua/ranked_lib.lua");
 /// `forget(idx, seq, exp, members)`: removes members from a bounded namespace's indexes.
 pub(super) const FORGET: &str = include_str!("lua/ranked_forget.lua");
 
-const INVALIDATE_MEMBERS: &str = include_str!("lua/invalidate_members.lua");
-
 const LEN: &str = include_str!("lua/ranked_len.lua");
 
 const GET_FAST: &str = include_str!("lua/ranked_get_fast.lua");
@@ -54,7 +52,6 @@ struct Scripts {
     len: redis::Script,
     keys: redis::Script,
     clear: redis::Script,
-    forget: redis::Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -68,7 +65,6 @@ fn scripts() -> &'static Scripts {
         len: redis::Script::new(&format!("{TRIM}{LEN}")),
         keys: redis::Script::new(&format!("{FORGET}{KEYS_SCRIPT}")),
         clear: redis::Script::new(CLEAR),
-        forget: redis::Script::new(&format!("{FORGET}{INVALIDATE_MEMBERS}")),
     })
 }
 
@@ -106,19 +102,30 @@ pub(super) fn route_index_keys(inv: &mut redis::ScriptInvocation<'_>, space: &Ke
 }
 
 /// After a pattern invalidation unlinked `entries` (full store keys of `space`): removes their
-/// members from the route index. One round trip; on a cluster, to the namespace's slot.
+/// members from the route index and the expiry index: two single-key `ZREM`s, neither a script
+/// nor a pipeline, so on a cluster whose slot is migrating each follows its own redirect (a
+/// multi-key script is refused with `TRYAGAIN`, a cluster pipeline does not follow `MOVED`). The
+/// counter is left to its TTL (route entries always have one).
 pub(super) async fn forget_unlinked(
     conn: &mut (impl redis::aio::ConnectionLike + Send),
     space: &Space,
     entries: &[String],
-) -> redis::RedisResult<u64> {
-    let mut inv = scripts().forget.prepare_invoke();
-    inv.key(&space.index)
-        .key(&space.seq)
-        .key(&space.expiry)
-        .arg(&space.value_prefix)
-        .arg(entries);
-    inv.invoke_async(conn).await
+) -> redis::RedisResult<()> {
+    let members: Vec<&str> = entries
+        .iter()
+        .filter_map(|k| k.strip_prefix(space.value_prefix.as_str()))
+        .collect();
+    if members.is_empty() {
+        return Ok(());
+    }
+    for key in [&space.index, &space.expiry] {
+        let _: u64 = redis::cmd("ZREM")
+            .arg(key)
+            .arg(&members)
+            .query_async(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 fn ttl_ms(ttl: Option<Duration>) -> u64 {
