@@ -207,20 +207,14 @@ impl Ns {
         self.index.remove(key).is_some()
     }
 
-    /// `trim` in `ranked_trim.lua`: drops up to `limit` members whose expiry passed; a value that
-    /// still lives (rewritten behind the index's back) keeps its member with its real expiry.
-    /// Returns how many expired members it looked at.
-    fn trim(&mut self, limit: usize, now: Instant, values: Values<'_>) -> usize {
+    /// `trim` in `ranked_trim.lua`: drops up to `limit` members whose expiry passed; returns
+    /// how many.
+    fn trim(&mut self, limit: usize, now: Instant) -> usize {
         let due = self.expiry.due(now, limit);
         for k in &due {
-            match self.life(k, now, values) {
-                None => {
-                    self.forget(k);
-                    if let Values::Own = values {
-                        self.values.remove(k);
-                    }
-                }
-                Some(at) => self.expiry.set(k, at),
+            self.forget(k);
+            if !self.route {
+                self.values.remove(k);
             }
         }
         due.len()
@@ -239,7 +233,7 @@ impl Ns {
         let mut evicted = Vec::new();
         let mut looks = TRIM_BATCH;
         while self.index.len() >= spec.capacity {
-            if more_dead && looks > 0 && self.trim(1, now, values) == 1 {
+            if more_dead && looks > 0 && self.trim(1, now) == 1 {
                 looks -= 1;
                 continue;
             }
@@ -351,7 +345,7 @@ impl Registry {
         let now = Instant::now();
         let mut s = self.lock();
         let ns = s.live_or_new(&space.index, now, false);
-        let more_dead = ns.trim(TRIM_BATCH, now, Values::Own) >= TRIM_BATCH;
+        let more_dead = ns.trim(TRIM_BATCH, now) >= TRIM_BATCH;
         // A member whose value expired is a ghost: the key starts over as a new entry.
         let old = ns
             .index
@@ -472,11 +466,12 @@ impl Registry {
         let mut s = self.lock();
         let ns = s.live_or_new(&space.index, now, true);
         let values = Values::Store(store, space);
-        // The entry this write replaced had expired: the key starts over as a new entry.
-        if ns.expiry.at.get(key).is_some_and(|at| *at <= now) {
+        // An expired member is dropped, so a key rewritten after its entry expired starts over
+        // as a new entry; past a batch, this key is looked up on its own.
+        let more_dead = ns.trim(TRIM_BATCH, now) >= TRIM_BATCH;
+        if more_dead && ns.expiry.at.get(key).is_some_and(|at| *at <= now) {
             ns.forget(key);
         }
-        let more_dead = ns.trim(TRIM_BATCH, now, values) >= TRIM_BATCH;
         let old = ns.index.remove(key);
         let Some(ttl) = store.live_ttl(&space.value(key)) else {
             // Invalidated since it was written.

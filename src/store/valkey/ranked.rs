@@ -1,10 +1,13 @@
 //! Bounded namespaces on Valkey ([`RankedStore`] for [`ValkeyStore`]): one Lua script per
 //! operation (`EVALSHA`, reloaded when missing).
 //!
-//! Every scoring script includes `ranked_trim.lua` and `ranked_lib.lua`, which read the policy
-//! from `KEYS[1..3]` (index, counter, expiry index) and `ARGV[1..7]`; each script's own keys and
-//! arguments follow. Scripts that remove members (delete, keys, the invalidations in
-//! `super::Store::invalidate`) include `ranked_forget.lua`.
+//! Every scoring script includes `ranked_rank.lua`, which reads the policy from `KEYS[1..3]`
+//! (index, counter, expiry index) and `ARGV[1..7]`; each script's own keys and arguments follow.
+//! Writes (and a route read that indexes an entry) also include `ranked_trim.lua` (the clock and
+//! the trimming of expired members) and `ranked_write.lua` (eviction, the keys' lifetime); a get
+//! includes neither, so reads cost what they did before the expiry index. Scripts that remove
+//! members (delete, keys, the invalidations in `super::Store::invalidate`) include
+//! `ranked_forget.lua`.
 
 use super::ValkeyStore;
 use crate::store::ranked::{Evict, RankedSpace as Space, RankedStore, Spec, Touch, TRIM_BATCH};
@@ -16,7 +19,9 @@ use std::time::Duration;
 
 const TRIM: &str = include_str!("lua/ranked_trim.lua");
 
-const LIB: &str = include_str!("lua/ranked_lib.lua");
+const RANK: &str = include_str!("lua/ranked_rank.lua");
+
+const WRITE: &str = include_str!("lua/ranked_write.lua");
 
 /// `forget(idx, seq, exp, members)`: removes members from a bounded namespace's indexes.
 pub(super) const FORGET: &str = include_str!("lua/ranked_forget.lua");
@@ -57,10 +62,12 @@ struct Scripts {
 fn scripts() -> &'static Scripts {
     static S: OnceLock<Scripts> = OnceLock::new();
     S.get_or_init(|| Scripts {
-        get: redis::Script::new(&format!("{GET_FAST}{TRIM}{LIB}{GET_SLOW}")),
-        set: redis::Script::new(&format!("{TRIM}{LIB}{SET}")),
-        route_read: redis::Script::new(&format!("{ROUTE_READ_FAST}{TRIM}{LIB}{ROUTE_READ_SLOW}")),
-        route_record: redis::Script::new(&format!("{TRIM}{LIB}{ROUTE_RECORD}")),
+        get: redis::Script::new(&format!("{GET_FAST}{RANK}{GET_SLOW}")),
+        set: redis::Script::new(&format!("{TRIM}{RANK}{WRITE}{SET}")),
+        route_read: redis::Script::new(&format!(
+            "{ROUTE_READ_FAST}{TRIM}{RANK}{WRITE}{ROUTE_READ_SLOW}"
+        )),
+        route_record: redis::Script::new(&format!("{TRIM}{RANK}{WRITE}{ROUTE_RECORD}")),
         delete: redis::Script::new(&format!("{FORGET}{DELETE}")),
         len: redis::Script::new(&format!("{TRIM}{LEN}")),
         keys: redis::Script::new(&format!("{FORGET}{KEYS_SCRIPT}")),
@@ -80,7 +87,7 @@ fn high(spec: &Spec) -> u8 {
     u8::from(spec.scoring.evict == Evict::Highest)
 }
 
-/// Adds the keys and arguments [`LIB`] reads.
+/// Adds the keys and arguments [`RANK`] reads.
 fn policy_args(inv: &mut redis::ScriptInvocation<'_>, space: &Space, spec: &Spec) {
     inv.key(&space.index)
         .key(&space.seq)

@@ -1,7 +1,7 @@
 -- KEYS: +value. ARGV: +member. Returns the value (nil if absent).
 --
 -- The common cases (a miss, a policy that does not touch on reads, a plain stamp) finish before
--- [`LIB`] runs: defining its functions costs about as much as the bookkeeping itself.
+-- [`RANK`] runs: defining its functions costs about as much as the bookkeeping itself.
 local v = redis.call('GET', KEYS[4])
 if not v then
   if redis.call('ZREM', KEYS[1], ARGV[8]) == 1 then

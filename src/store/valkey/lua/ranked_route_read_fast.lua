@@ -1,5 +1,5 @@
 -- KEYS: +entry, clock. ARGV: +member. Returns {entry, clock} like the route cache's MGET.
--- Common cases finish before [`LIB`], as in [`GET_FAST`].
+-- Common cases finish before [`RANK`], as in [`GET_FAST`].
 local r = redis.call('MGET', KEYS[4], KEYS[5])
 if not r[1] then
   if redis.call('ZREM', KEYS[1], ARGV[8]) == 1 then

@@ -1,4 +1,5 @@
--- After [`ROUTE_READ_FAST`], [`TRIM`] and [`LIB`]: a touch that counts, or an entry to index.
+-- After [`ROUTE_READ_FAST`], [`TRIM`], [`RANK`] and [`WRITE`]: a touch that counts, or an entry
+-- to index.
 local m = ARGV[8]
 local old = redis.call('ZSCORE', IDX, m)
 if old then

@@ -1,4 +1,5 @@
--- KEYS: +value. ARGV: +member, value, ttl ms (0: none). Returns the evicted members.
+-- After [`TRIM`], [`RANK`] and [`WRITE`]. KEYS: +value. ARGV: +member, value, ttl ms (0: none).
+-- Returns the evicted members.
 local m, ttl = ARGV[8], tonumber(ARGV[10])
 trim_batch()
 local old = redis.call('ZSCORE', IDX, m)
