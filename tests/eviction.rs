@@ -1185,7 +1185,8 @@ async fn measure_bookkeeping_cost() {
             .collect();
         let ttl = if ttl.is_some() { "ttl" } else { "no ttl" };
         println!(
-            "  {concurrency:>2} in flight, {ttl:>6}: plain SET {plain:.0}/s ({plain_us:.1} us) | {}",
+            "  {concurrency:>2} in flight, {ttl:>6}: plain SET {plain:.0}/s ({plain_us:.1} us) \
+             | {}",
             line.join(" | ")
         );
     }

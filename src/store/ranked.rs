@@ -88,9 +88,9 @@ pub enum Evict {
 pub const STAMP_BITS: u8 = 33;
 
 /// The most expired members one write (a set, a route record) removes from a namespace's
-/// indexes before doing its own work; a set that must make room looks for up
-/// to as many more before evicting a live entry. Bounds each script's extra work to about
-/// `TRIM_BATCH` sorted-set removals and `PTTL`s.
+/// indexes before doing its own work (one `ZRANGEBYSCORE` and two `ZREM`s of at most this many
+/// members); a write that must make room then looks for up to as many more, one at a time,
+/// before evicting a live entry.
 pub const TRIM_BATCH: usize = 100;
 
 /// Everything a store needs to apply a policy to one operation.
@@ -177,8 +177,10 @@ impl RankedSpace {
 /// expiry index) or was removed ([`delete`](Self::delete), or an invalidation through
 /// [`Store::invalidate`](super::Store::invalidate), which removes the members of the entries it
 /// deletes from [`RankedSpace::route`]) is never evicted in place of a live one: every write
-/// first drops up to [`TRIM_BATCH`] expired members, and a write that must make room drops an
-/// expired member before it evicts a live one. [`len`](Self::len) counts live entries only.
+/// first drops up to [`TRIM_BATCH`] expired members, and a write that must make room drops
+/// expired members before it evicts a live one. [`len`](Self::len) counts live entries only. A
+/// value removed behind the index's back (Valkey's `maxmemory`) is a ghost until it is read,
+/// comes up as the victim or its TTL would have ended.
 pub trait RankedStore: Send + Sync + fmt::Debug + 'static {
     /// The value of `key`, touching its rank ([`Scoring::on_get`]); a member whose value is gone
     /// leaves the index.
@@ -223,8 +225,8 @@ pub trait RankedStore: Send + Sync + fmt::Debug + 'static {
     ) -> StoreFuture<'a, Lookup>;
 
     /// After a route write stored `key`: ranks it and evicts to stay within capacity; returns
-    /// the evicted keys. The expiry index records the entry's remaining lifetime as the store
-    /// reads it (`ttl`, what it was written with, when the store cannot).
+    /// the evicted keys. The expiry index records the entry's remaining lifetime, which both
+    /// stores read from the entry itself (`ttl` is what it was written with).
     fn route_record<'a>(
         &'a self,
         space: &'a RankedSpace,

@@ -526,7 +526,8 @@ fn glob(pattern: &str, key: &str) -> bool {
 }
 
 fn is_even(key: &str) -> bool {
-    key.bytes().last().is_some_and(|b| (b - b'0') % 2 == 0)
+    let id: u8 = key.strip_prefix("item:").unwrap().parse().unwrap();
+    id.is_multiple_of(2)
 }
 
 /// A router over `cache` with `/long/{id}` and `/short/{id}`, both keyed `item:{id}` and bounded
@@ -586,7 +587,7 @@ async fn route_attempt<S: Store, P: EvictionPolicy>(
     let spec = Spec::new(policy.scoring(), policy.capacity(), STAMP_BITS);
     let mut model = Model::new(policy.scoring(), policy.capacity());
     let cache = Cache::builder(store)
-        .namespace(&unique(ns))
+        .namespace(unique(ns))
         .timeout(Duration::from_secs(5))
         .build();
     let app = bounded_router(&cache, make, short);
