@@ -1,11 +1,13 @@
 //! Bounded namespaces (`tower_valkey_cache::eviction`): every policy against a plain reference
-//! model on real Valkey and on `MemoryStore`, concurrency, TTLs, leftovers, Valkey Cluster and a
-//! bounded route.
+//! model ([`model`]: TTLs, deletes, invalidations, overwrites, standalone and route) on real
+//! Valkey and on `MemoryStore`, the reported regressions (dead members pinning capacity),
+//! concurrency, leftovers, Valkey Cluster and a bounded route.
 
+#[path = "eviction/model.rs"]
+mod model;
 mod support;
 
-use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use model::{unique, Raw};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,125 +16,9 @@ use support::{valkey_store, StoreTimeouts, ValkeyServer};
 use tower_valkey_cache::eviction::{
     BoundedCache, BoundedStore, Evict, EvictionPolicy, Fifo, Lfu, Lifo, Lru, Mru, Scoring, Touch,
 };
+use tower_valkey_cache::store::ranked::{RankedSpace, Spec, STAMP_BITS, TRIM_BATCH};
+use tower_valkey_cache::store::Store;
 use tower_valkey_cache::{MemoryStore, ValkeyStore};
-
-// ---------------------------------------------------------------------------------------------
-// The reference model: a plain list, linear scans, no cleverness.
-
-#[derive(Clone, Copy, Debug)]
-enum Op {
-    Set(u8),
-    Get(u8),
-    Delete(u8),
-}
-
-struct ModelEntry {
-    key: String,
-    uses: u64,
-    stamp: u64,
-    value: u32,
-}
-
-struct Model {
-    scoring: Scoring,
-    capacity: usize,
-    seq: u64,
-    entries: Vec<ModelEntry>,
-}
-
-impl Model {
-    fn new(scoring: Scoring, capacity: usize) -> Self {
-        Self {
-            scoring,
-            capacity,
-            seq: 0,
-            entries: Vec::new(),
-        }
-    }
-
-    fn position(&self, key: &str) -> Option<usize> {
-        self.entries.iter().position(|e| e.key == key)
-    }
-
-    fn touch(&mut self, i: usize, touch: Touch) {
-        match touch {
-            Touch::Keep => {}
-            Touch::Stamp => {
-                self.seq += 1;
-                self.entries[i].stamp = self.seq;
-            }
-            Touch::Count => {
-                self.seq += 1;
-                self.entries[i].uses += 1;
-                self.entries[i].stamp = self.seq;
-            }
-        }
-    }
-
-    fn victim(&self) -> usize {
-        let ranks = self
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| ((e.uses, e.stamp), i));
-        match self.scoring.evict {
-            Evict::Lowest => ranks.min().unwrap().1,
-            Evict::Highest => ranks.max().unwrap().1,
-        }
-    }
-
-    /// Returns the evicted keys.
-    fn set(&mut self, key: &str, value: u32) -> Vec<String> {
-        if let Some(i) = self.position(key) {
-            self.entries[i].value = value;
-            self.touch(i, self.scoring.on_set);
-            return Vec::new();
-        }
-        let mut evicted = Vec::new();
-        while self.entries.len() >= self.capacity {
-            let i = self.victim();
-            evicted.push(self.entries.remove(i).key);
-        }
-        self.seq += 1;
-        self.entries.push(ModelEntry {
-            key: key.to_owned(),
-            uses: 1,
-            stamp: self.seq,
-            value,
-        });
-        evicted
-    }
-
-    fn get(&mut self, key: &str) -> Option<u32> {
-        let i = self.position(key)?;
-        self.touch(i, self.scoring.on_get);
-        Some(self.entries[i].value)
-    }
-
-    fn delete(&mut self, key: &str) -> bool {
-        match self.position(key) {
-            Some(i) => {
-                self.entries.remove(i);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Keys in eviction order, next victim first.
-    fn keys(&self) -> Vec<String> {
-        let mut ranked: Vec<_> = self
-            .entries
-            .iter()
-            .map(|e| ((e.uses, e.stamp), e.key.clone()))
-            .collect();
-        ranked.sort();
-        if self.scoring.evict == Evict::Highest {
-            ranked.reverse();
-        }
-        ranked.into_iter().map(|(_, k)| k).collect()
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Custom policies, as a user would write them.
@@ -188,99 +74,40 @@ impl EvictionPolicy for ReadLfu {
     }
 }
 
+/// Any scoring, as a policy.
+#[derive(Clone, Debug)]
+struct Custom(usize, Scoring);
+
+impl EvictionPolicy for Custom {
+    fn capacity(&self) -> usize {
+        self.0
+    }
+    fn scoring(&self) -> Scoring {
+        self.1
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Harness.
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// The Valkey stores' timeouts: generous (debug builds of parallel tests on a busy machine).
 const VALKEY: StoreTimeouts = StoreTimeouts::all(Duration::from_secs(5));
 
-fn unique(prefix: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!("{prefix}-{}", N.fetch_add(1, Ordering::Relaxed))
-}
-
-fn ops() -> impl Strategy<Value = Vec<Op>> {
-    let op = prop_oneof![
-        5 => (0u8..6).prop_map(Op::Set),
-        4 => (0u8..6).prop_map(Op::Get),
-        1 => (0u8..6).prop_map(Op::Delete),
-    ];
-    prop::collection::vec(op, 1..50)
-}
-
+/// Random cases per model test.
 const CASES: u32 = 40;
+/// Random cases per route model test (each step is an HTTP request and a few store reads).
+const ROUTE_CASES: u32 = 24;
 
-/// Runs random operation sequences on `store` under the policy `make(capacity)` and compares
-/// every answer and the eviction order after every step with the model.
-fn check_against_model<P>(store: BoundedStore, make: fn(usize) -> P, stamp_bits: Option<u8>)
-where
-    P: EvictionPolicy + Clone,
-{
-    let rt = runtime();
-    let mut runner = TestRunner::new(Config {
-        cases: CASES,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let result = runner.run(&(1usize..=4, ops()), |(capacity, ops)| {
-        let policy = make(capacity);
-        let mut model = Model::new(policy.scoring(), capacity);
-        let mut cache = BoundedCache::<u32, P>::new(store.clone(), &unique(policy.name()), policy);
-        if let Some(bits) = stamp_bits {
-            cache = cache.stamp_bits(bits);
-        }
-        rt.block_on(async {
-            for (n, op) in ops.iter().enumerate() {
-                let value = n as u32;
-                match *op {
-                    Op::Set(k) => {
-                        let key = format!("k{k}");
-                        let evicted = cache.set(&key, &value).await.unwrap();
-                        prop_assert_eq!(
-                            evicted,
-                            model.set(&key, value),
-                            "evicted by op {}: {:?}",
-                            n,
-                            op
-                        );
-                    }
-                    Op::Get(k) => {
-                        let key = format!("k{k}");
-                        let got = cache.get(&key).await.unwrap();
-                        prop_assert_eq!(got, model.get(&key), "value read by op {}: {:?}", n, op);
-                    }
-                    Op::Delete(k) => {
-                        let key = format!("k{k}");
-                        let gone = cache.delete(&key).await.unwrap();
-                        prop_assert_eq!(gone, model.delete(&key), "deleted by op {}: {:?}", n, op);
-                    }
-                }
-                prop_assert_eq!(
-                    cache.keys().await.unwrap(),
-                    model.keys(),
-                    "keys after op {}: {:?}",
-                    n,
-                    op
-                );
-                prop_assert_eq!(cache.len().await.unwrap(), model.entries.len());
-            }
-            prop_assert_eq!(cache.clear().await.unwrap(), model.entries.len() as u64);
-            prop_assert_eq!(cache.len().await.unwrap(), 0);
-            Ok::<(), TestCaseError>(())
-        })
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+/// Reads `server`'s values around the index.
+fn raw(server: &ValkeyServer) -> Raw {
+    Some(server.url())
 }
 
+/// Every policy and three custom ones against the model ([`model`]): random sets (with and
+/// without TTLs, overwrites), reads, deletes, expiry and invalidations, on both paths
+/// (`BoundedCache`, a bounded route) and both stores. After every step the live entries,
+/// `len()`, the eviction order and the evictions equal the model's, where a dead entry is
+/// absent: no set evicts a live entry while a dead one is indexed.
 macro_rules! model_tests {
     ($($name:ident: $make:expr;)*) => {
         mod model_valkey {
@@ -289,7 +116,8 @@ macro_rules! model_tests {
                 #[test]
                 fn $name() {
                     let server = ValkeyServer::start();
-                    check_against_model(valkey_store(&server, VALKEY).into(), $make, None);
+                    let store = valkey_store(&server, VALKEY);
+                    model::check_standalone(store.into(), raw(&server), $make, None, CASES);
                 }
             )*
         }
@@ -298,7 +126,27 @@ macro_rules! model_tests {
             $(
                 #[test]
                 fn $name() {
-                    check_against_model(MemoryStore::new().into(), $make, None);
+                    model::check_standalone(MemoryStore::new().into(), None, $make, None, CASES);
+                }
+            )*
+        }
+        mod route_model_valkey {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    let server = ValkeyServer::start();
+                    let store = valkey_store(&server, VALKEY);
+                    model::check_route(store, "route", $make, ROUTE_CASES);
+                }
+            )*
+        }
+        mod route_model_memory {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    model::check_route(MemoryStore::new(), "route", $make, ROUTE_CASES);
                 }
             )*
         }
@@ -316,24 +164,329 @@ model_tests! {
     custom_read_lfu: ReadLfu;
 }
 
+/// The route model on Valkey Cluster: the invalidation scripts and the pattern scan remove
+/// index members in the namespace's slot.
+#[test]
+fn route_model_cluster() {
+    // A store per run: each run has its own runtime, which the store's connections live on.
+    let (_, store, sfx) = support::shared_cluster_store(Duration::from_secs(5));
+    model::check_route(store, &format!("rc-lfu{sfx}"), Lfu::with_capacity, 8);
+    let (_, store, sfx) = support::shared_cluster_store(Duration::from_secs(5));
+    model::check_route(store, &format!("rc-lifo{sfx}"), Lifo::with_capacity, 8);
+}
+
 /// With 5 stamp bits the counting policies renumber their stamps every ~28 operations: the order
 /// must not change.
 #[test]
 fn stamp_renumbering_keeps_the_order_on_valkey() {
     let server = ValkeyServer::start();
-    check_against_model(
-        valkey_store(&server, VALKEY).into(),
-        Lfu::with_capacity,
-        Some(5),
+    let store = || BoundedStore::from(valkey_store(&server, VALKEY));
+    model::check_standalone(store(), raw(&server), Lfu::with_capacity, Some(5), CASES);
+    model::check_standalone(store(), raw(&server), Mfu, Some(5), CASES);
+    model::check_standalone(store(), raw(&server), ReadLfu, Some(5), CASES);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dead members never pin capacity: the reported shapes, and the bounds.
+
+const SHORT: Duration = Duration::from_millis(150);
+/// Past `SHORT`, with room for Valkey's millisecond expiry.
+const PAST_SHORT: Duration = Duration::from_millis(250);
+
+/// Reported: an LFU namespace whose popular keys expired kept about one live entry (the dead
+/// ones, ranked high, were never the victim; every set evicted the one live entry).
+async fn lfu_whose_popular_keys_expired_keeps_its_capacity(store: BoundedStore) {
+    let lfu = BoundedCache::<u32, Lfu>::new(store, &unique("reg-lfu"), Lfu::with_capacity(4));
+    for k in ["p0", "p1", "p2"] {
+        lfu.set_with_ttl(k, &1, Some(SHORT)).await.unwrap();
+        for _ in 0..5 {
+            lfu.get(k).await.unwrap();
+        }
+    }
+    lfu.set("c0", &2).await.unwrap();
+    tokio::time::sleep(PAST_SHORT).await;
+    for k in ["n0", "n1", "n2"] {
+        assert_eq!(lfu.set(k, &3).await.unwrap(), Vec::<String>::new(), "{k}");
+    }
+    assert_eq!(lfu.len().await.unwrap(), 4);
+    assert_eq!(lfu.keys().await.unwrap(), ["c0", "n0", "n1", "n2"]);
+    // Full of live entries: now a live one goes, the least frequently (then recently) used.
+    assert_eq!(lfu.set("n3", &4).await.unwrap(), ["c0"]);
+    assert_eq!(lfu.len().await.unwrap(), 4);
+}
+
+/// Reported: a LIFO namespace with TTLs shrank to one or two live entries while `len()` said
+/// full (the dead sat at the old end; every set evicted the newest live entry). A long-lived
+/// entry keeps the index alive past the short ones.
+async fn lifo_with_ttls_keeps_its_capacity(store: BoundedStore) {
+    let lifo = BoundedCache::<u32, Lifo>::new(store, &unique("reg-lifo"), Lifo::with_capacity(5));
+    lifo.set("keep", &0).await.unwrap();
+    for i in 0..4 {
+        lifo.set_with_ttl(&format!("a{i}"), &i, Some(SHORT))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(PAST_SHORT).await;
+    for i in 0..10u32 {
+        let evicted = lifo.set(&format!("b{i}"), &i).await.unwrap();
+        let want: Vec<String> = if i < 4 {
+            vec![]
+        } else {
+            vec![format!("b{}", i - 1)]
+        };
+        assert_eq!(evicted, want, "b{i}");
+    }
+    assert_eq!(lifo.keys().await.unwrap(), ["b9", "b2", "b1", "b0", "keep"]);
+    assert_eq!(lifo.len().await.unwrap(), 5);
+}
+
+/// More dead members than one write trims ([`TRIM_BATCH`]): `len` is exact at once, and no set
+/// evicts a live entry while dead ones remain (a set that must make room finds them first).
+async fn more_dead_members_than_a_trim_batch(store: BoundedStore) {
+    const DEAD: usize = 2 * TRIM_BATCH + 40;
+    const CAP: usize = DEAD + 10;
+    let cache =
+        BoundedCache::<u32, Mru>::new(store.clone(), &unique("batch"), Mru::with_capacity(CAP));
+    for i in 0..10u32 {
+        cache.set(&format!("live{i}"), &i).await.unwrap();
+    }
+    for i in 0..DEAD as u32 {
+        cache
+            .set_with_ttl(&format!("dead{i}"), &i, Some(Duration::from_millis(300)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(cache.len().await.unwrap(), CAP);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(cache.len().await.unwrap(), 10, "exact before any trim");
+    for i in 0..DEAD as u32 {
+        let evicted = cache.set(&format!("new{i}"), &i).await.unwrap();
+        assert_eq!(evicted, Vec::<String>::new(), "new{i}: a live entry went");
+    }
+    assert_eq!(cache.len().await.unwrap(), CAP);
+    // Full of live entries: MRU evicts the most recently used.
+    let last = format!("new{}", DEAD - 1);
+    assert_eq!(cache.set("one-more", &0).await.unwrap(), [last]);
+
+    // Capacity lowered below what is indexed, with more dead than a batch: the dead go first.
+    let ns = unique("shrink-dead");
+    let wide = BoundedCache::<u32, Lifo>::new(store.clone(), &ns, Lifo::with_capacity(DEAD + 3));
+    for i in 0..3u32 {
+        wide.set(&format!("keep{i}"), &i).await.unwrap();
+    }
+    for i in 0..DEAD as u32 {
+        wide.set_with_ttl(&format!("dead{i}"), &i, Some(Duration::from_millis(300)))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let narrow = BoundedCache::<u32, Lifo>::new(store, &ns, Lifo::with_capacity(4));
+    assert_eq!(narrow.set("k", &9).await.unwrap(), Vec::<String>::new());
+    assert_eq!(
+        narrow.keys().await.unwrap(),
+        ["k", "keep2", "keep1", "keep0"]
     );
-    check_against_model(valkey_store(&server, VALKEY).into(), Mfu, Some(5));
-    check_against_model(valkey_store(&server, VALKEY).into(), ReadLfu, Some(5));
+}
+
+/// The same two shapes through a bounded route (`CacheLayer::eviction`), where entries also
+/// leave by invalidation.
+async fn route_lfu_whose_popular_keys_expired_keeps_its_capacity(store: impl Store) {
+    let cache = route_cache(store, &unique("reg-route-lfu"));
+    let app = model::bounded_router(&cache, || Lfu::with_capacity(4), SHORT);
+    let ranked = cache.store().ranked().unwrap();
+    let index = RankedSpace::route(cache.key_space());
+    for id in 0..3 {
+        assert!(!support::get(&app, &format!("/short/{id}")).await.is_hit());
+        for _ in 0..5 {
+            assert!(support::get(&app, &format!("/short/{id}")).await.is_hit());
+        }
+    }
+    assert!(!support::get(&app, "/long/3").await.is_hit());
+    // One popular entry invalidated, the others expired.
+    assert_eq!(cache.invalidate_key("item:0").await.unwrap(), 1);
+    tokio::time::sleep(PAST_SHORT).await;
+    for id in 10..13 {
+        assert!(!support::get(&app, &format!("/long/{id}")).await.is_hit());
+    }
+    assert_eq!(cache.stats().evictions, 0, "no live entry went");
+    for id in [3, 10, 11, 12] {
+        let key = format!("item:{id}");
+        assert!(support::has_entry(&cache, &key).await, "{key} was evicted");
+    }
+    assert_eq!(ranked.len(&index).await.unwrap(), 4);
+}
+
+async fn route_lifo_with_ttls_keeps_its_capacity(store: impl Store) {
+    let cache = route_cache(store, &unique("reg-route-lifo"));
+    let app = model::bounded_router(&cache, || Lifo::with_capacity(5), SHORT);
+    let ranked = cache.store().ranked().unwrap();
+    let index = RankedSpace::route(cache.key_space());
+    assert!(!support::get(&app, "/long/100").await.is_hit());
+    for id in 0..4 {
+        assert!(!support::get(&app, &format!("/short/{id}")).await.is_hit());
+    }
+    tokio::time::sleep(PAST_SHORT).await;
+    for id in 10..20 {
+        assert!(!support::get(&app, &format!("/long/{id}")).await.is_hit());
+    }
+    // 10..13 filled the room the dead left; 14..19 each evicted the newest.
+    assert_eq!(cache.stats().evictions, 6);
+    for id in [100, 10, 11, 12, 19] {
+        let key = format!("item:{id}");
+        assert!(support::has_entry(&cache, &key).await, "{key} was evicted");
+    }
+    assert_eq!(ranked.len(&index).await.unwrap(), 5);
+}
+
+/// Every invalidation (key, tag, pattern; `Cache::invalidate_*` and `InvalidateLayer`) removes
+/// the members of the entries it deletes, so they never pin capacity.
+async fn invalidation_removes_index_members(store: impl Store) {
+    use tower_valkey_cache::InvalidateLayer;
+    let cache = route_cache(store, &unique("inv-members"));
+    let app = model::bounded_router(&cache, || Fifo::with_capacity(6), SHORT).route(
+        "/write/{id}",
+        axum::routing::put(|| async { "ok" })
+            .layer(InvalidateLayer::new(cache.clone()).keys(["item:{id}"])),
+    );
+    let ranked = cache.store().ranked().unwrap();
+    let index = RankedSpace::route(cache.key_space());
+    let spec = Spec::new(Scoring::FIFO, 6, STAMP_BITS);
+    let fill = async |ids: std::ops::Range<u32>| {
+        for id in ids {
+            assert!(!support::get(&app, &format!("/long/{id}")).await.is_hit());
+        }
+    };
+    fill(0..6).await;
+    assert_eq!(ranked.keys(&index, spec).await.unwrap().len(), 6);
+
+    assert_eq!(cache.invalidate_key("item:0").await.unwrap(), 1);
+    let put = support::send(&app, support::request("PUT", "/write/1", &[])).await;
+    assert_eq!(put.text(), "ok");
+    assert_eq!(cache.invalidate_tag("even").await.unwrap(), 2); // item:2, item:4
+    assert_eq!(cache.invalidate_pattern("item:[35]").await.unwrap(), 2);
+    assert_eq!(ranked.len(&index).await.unwrap(), 0);
+    assert_eq!(
+        ranked.keys(&index, spec).await.unwrap(),
+        Vec::<String>::new()
+    );
+
+    // A full namespace again, then one more: one eviction, and only then.
+    fill(10..16).await;
+    assert_eq!(cache.stats().evictions, 0);
+    fill(16..17).await;
+    assert_eq!(cache.stats().evictions, 1);
+    assert!(!support::has_entry(&cache, "item:10").await);
+}
+
+/// A value removed behind the index's back (Valkey's `maxmemory` eviction, a stray `DEL`) is a
+/// ghost: counted by `len` until its TTL would have ended, never evicted in place of a live entry
+/// once that has passed, and dropped silently whenever it comes up as the victim.
+#[tokio::test]
+async fn ghosts_of_values_removed_behind_the_index_are_bounded_by_their_ttl() {
+    let server = ValkeyServer::start();
+    let store = valkey_store(&server, VALKEY);
+    let lifo = BoundedCache::<u32, Lifo>::new(store, "ghosts", Lifo::with_capacity(3));
+    lifo.set_with_ttl("a", &1, Some(SHORT)).await.unwrap();
+    lifo.set("b", &2).await.unwrap();
+    lifo.set("c", &3).await.unwrap();
+    let _: u64 = server.cli(&["DEL", "{ghosts}:a"]).await;
+    assert_eq!(lifo.len().await.unwrap(), 3, "a ghost counts until its TTL");
+    tokio::time::sleep(PAST_SHORT).await;
+    assert_eq!(lifo.len().await.unwrap(), 2);
+    assert_eq!(lifo.set("d", &4).await.unwrap(), Vec::<String>::new());
+    // Without a TTL: a ghost at the victim end is dropped without counting as an eviction.
+    let _: u64 = server.cli(&["DEL", "{ghosts}:d"]).await;
+    assert_eq!(lifo.set("e", &5).await.unwrap(), Vec::<String>::new());
+    assert_eq!(lifo.keys().await.unwrap(), ["e", "c", "b"]);
+}
+
+/// Invalidating a namespace that is not bounded leaves no trace of the route index's keys.
+#[tokio::test]
+async fn invalidating_an_unbounded_namespace_creates_no_index_keys() {
+    let server = ValkeyServer::start();
+    let cache = route_cache(valkey_store(&server, VALKEY), "plain");
+    let app = axum::Router::new().route(
+        "/item/{id}",
+        axum::routing::get(|| async { ([("surrogate-key", "t")], "x") })
+            .route_layer(tower_valkey_cache::CacheLayer::new(cache.clone()).key("item:{id}")),
+    );
+    for id in 0..3 {
+        support::get(&app, &format!("/item/{id}")).await;
+    }
+    assert_eq!(cache.invalidate_key("item:0").await.unwrap(), 1);
+    assert_eq!(cache.invalidate_tag("t").await.unwrap(), 2);
+    support::get(&app, "/item/5").await;
+    assert_eq!(cache.invalidate_pattern("item:*").await.unwrap(), 1);
+    assert_eq!(server.keys("*evict*").await, Vec::<String>::new());
+}
+
+/// A standalone scenario on Valkey and on a `MemoryStore`.
+macro_rules! on_both_stores {
+    ($($name:ident => $body:ident;)*) => {
+        $(
+            mod $name {
+                use super::*;
+
+                #[tokio::test]
+                async fn valkey() {
+                    let server = ValkeyServer::start();
+                    $body(valkey_store(&server, VALKEY).into()).await;
+                }
+
+                #[tokio::test]
+                async fn memory() {
+                    $body(MemoryStore::new().into()).await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_stores! {
+    lfu_whose_popular_keys_expired => lfu_whose_popular_keys_expired_keeps_its_capacity;
+    lifo_with_ttls => lifo_with_ttls_keeps_its_capacity;
+    dead_beyond_a_trim_batch => more_dead_members_than_a_trim_batch;
+    ttl => expired_entries_leave_the_index_before_live_ones;
+}
+
+/// A route scenario on Valkey, a `MemoryStore` and Valkey Cluster.
+macro_rules! on_every_route_store {
+    ($($name:ident => $body:ident;)*) => {
+        $(
+            mod $name {
+                use super::*;
+
+                #[tokio::test]
+                async fn valkey() {
+                    let server = ValkeyServer::start();
+                    $body(valkey_store(&server, VALKEY)).await;
+                }
+
+                #[tokio::test]
+                async fn memory() {
+                    $body(MemoryStore::new()).await;
+                }
+
+                #[tokio::test]
+                async fn cluster() {
+                    let (_, store, _) = support::shared_cluster_store(Duration::from_secs(5));
+                    $body(store).await;
+                }
+            }
+        )*
+    };
+}
+
+on_every_route_store! {
+    route_lfu_whose_popular_keys_expired => route_lfu_whose_popular_keys_expired_keeps_its_capacity;
+    route_lifo_with_ttls => route_lifo_with_ttls_keeps_its_capacity;
+    route_invalidation => invalidation_removes_index_members;
 }
 
 // ---------------------------------------------------------------------------------------------
 // TTLs, leftovers.
 
-async fn expired_entries_leave_the_index_lazily(store: BoundedStore) {
+async fn expired_entries_leave_the_index_before_live_ones(store: BoundedStore) {
     let cache = BoundedCache::<u32, Lru>::new(store.clone(), &unique("ttl"), Lru::with_capacity(3));
     cache
         .set_with_ttl("short", &1, Some(Duration::from_millis(100)))
@@ -343,9 +496,9 @@ async fn expired_entries_leave_the_index_lazily(store: BoundedStore) {
     cache.set("c", &3).await.unwrap();
     assert_eq!(cache.len().await.unwrap(), 3);
     tokio::time::sleep(Duration::from_millis(250)).await;
-    // Still counted: nothing has looked at it yet.
-    assert_eq!(cache.len().await.unwrap(), 3);
-    // "short" is the LRU victim: it is dropped as a ghost, not reported as evicted.
+    // Not counted once expired, although nothing has removed it yet.
+    assert_eq!(cache.len().await.unwrap(), 2);
+    // The set removes it first: no eviction.
     assert_eq!(cache.set("d", &4).await.unwrap(), Vec::<String>::new());
     assert_eq!(cache.keys().await.unwrap(), ["b", "c", "d"]);
     // The next eviction evicts a live entry.
@@ -357,7 +510,7 @@ async fn expired_entries_leave_the_index_lazily(store: BoundedStore) {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(cache.len().await.unwrap(), 3);
+    assert_eq!(cache.len().await.unwrap(), 2);
     assert_eq!(cache.get("c").await.unwrap(), None);
     assert_eq!(cache.len().await.unwrap(), 2);
 
@@ -374,17 +527,6 @@ async fn expired_entries_leave_the_index_lazily(store: BoundedStore) {
     lfu.set("hot", &3).await.unwrap(); // one use again, newer than "cold"
     assert_eq!(lfu.keys().await.unwrap(), ["cold", "hot"]);
     assert_eq!(lfu.set("new", &4).await.unwrap(), ["cold"]);
-}
-
-#[tokio::test]
-async fn ttl_valkey() {
-    let server = ValkeyServer::start();
-    expired_entries_leave_the_index_lazily(valkey_store(&server, VALKEY).into()).await;
-}
-
-#[tokio::test]
-async fn ttl_memory() {
-    expired_entries_leave_the_index_lazily(MemoryStore::new().into()).await;
 }
 
 async fn pttl(server: &ValkeyServer, key: &str) -> i64 {
@@ -942,7 +1084,8 @@ async fn measure_bookkeeping_cost() {
         );
     }
 
-    // Sets that evict: capacity 1,000, 20,000 distinct keys (19,000 evictions).
+    // Sets that evict: capacity 1,000, 20,000 distinct keys (19,000 evictions), without and with
+    // a TTL (a TTL also maintains the expiry index).
     println!("sets with eviction (capacity 1000, {N} distinct keys, 64-byte value):");
     let small = "y".repeat(62);
     /// ops/s, and server time per set script.
@@ -952,8 +1095,12 @@ async fn measure_bookkeeping_cost() {
         policy: P,
         value: &str,
         concurrency: usize,
+        ttl: Option<Duration>,
     ) -> (f64, f64) {
-        let cache = BoundedCache::<String, P>::new(store.clone(), &unique("m-set"), policy);
+        let mut cache = BoundedCache::<String, P>::new(store.clone(), &unique("m-set"), policy);
+        if let Some(ttl) = ttl {
+            cache = cache.ttl(ttl);
+        }
         reset_stats(admin).await;
         let start = Instant::now();
         let next = Arc::new(AtomicUsize::new(0));
@@ -983,64 +1130,26 @@ async fn measure_bookkeeping_cost() {
         cache.clear().await.unwrap();
         (N as f64 / took.as_secs_f64(), usec)
     }
-    for concurrency in [1, 32] {
-        let r = [
-            (
-                "fifo",
-                sets(
-                    &store,
-                    &mut admin,
-                    Fifo::with_capacity(1000),
-                    &small,
-                    concurrency,
-                )
-                .await,
-            ),
-            (
-                "lifo",
-                sets(
-                    &store,
-                    &mut admin,
-                    Lifo::with_capacity(1000),
-                    &small,
-                    concurrency,
-                )
-                .await,
-            ),
-            (
-                "lru",
-                sets(
-                    &store,
-                    &mut admin,
-                    Lru::with_capacity(1000),
-                    &small,
-                    concurrency,
-                )
-                .await,
-            ),
-            (
-                "mru",
-                sets(
-                    &store,
-                    &mut admin,
-                    Mru::with_capacity(1000),
-                    &small,
-                    concurrency,
-                )
-                .await,
-            ),
-            (
-                "lfu",
-                sets(
-                    &store,
-                    &mut admin,
-                    Lfu::with_capacity(1000),
-                    &small,
-                    concurrency,
-                )
-                .await,
-            ),
-        ];
+    for (concurrency, ttl) in [
+        (1, None),
+        (32, None),
+        (1, Some(Duration::from_secs(600))),
+        (32, Some(Duration::from_secs(600))),
+    ] {
+        let mut r = Vec::new();
+        for (name, scoring) in [
+            ("fifo", Scoring::FIFO),
+            ("lifo", Scoring::LIFO),
+            ("lru", Scoring::LRU),
+            ("mru", Scoring::MRU),
+            ("lfu", Scoring::LFU),
+        ] {
+            let policy = Custom(1000, scoring);
+            r.push((
+                name,
+                sets(&store, &mut admin, policy, &small, concurrency, ttl).await,
+            ));
+        }
         reset_stats(&mut admin).await;
         let plain = {
             let start = Instant::now();
@@ -1074,8 +1183,10 @@ async fn measure_bookkeeping_cost() {
             .iter()
             .map(|(n, (ops, us))| format!("{n} {ops:.0}/s ({us:.1} us)"))
             .collect();
+        let ttl = if ttl.is_some() { "ttl" } else { "no ttl" };
         println!(
-            "  {concurrency:>2} in flight: plain SET {plain:.0}/s ({plain_us:.1} us) | {}",
+            "  {concurrency:>2} in flight, {ttl:>6}: plain SET {plain:.0}/s ({plain_us:.1} us) \
+             | {}",
             line.join(" | ")
         );
     }

@@ -29,7 +29,7 @@ const ACL_RULE: &str = "on >s3cret resetkeys ~app:* ~app|* ~{recent}* resetchann
     -@all +ping +unwatch +client|setinfo \
     +get +mget +set +del +unlink +exists +incr +pttl +pexpire +persist +scan \
     +sadd +srem +smembers +srandmember \
-    +zadd +zcard +zrange +zrangebyscore +zrevrange +zrem +zscore +zpopmin +zpopmax \
+    +zadd +zcard +zcount +zrange +zrangebyscore +zrevrange +zrem +zscore +zpopmin +zpopmax \
     +time +evalsha +script|load +publish +subscribe";
 
 fn store(url: &str) -> ValkeyStore {
@@ -145,7 +145,15 @@ async fn least_privilege_acl_user_runs_every_feature() {
     }
     assert_eq!(recent.get("z").await.unwrap(), Some(3));
     assert!(recent.delete("y").await.unwrap());
-    assert_eq!(recent.keys().await.unwrap(), ["z"]);
+    // A TTL: the expiry index, the exact `len`, and a set that trims the expired entry.
+    recent
+        .set_with_ttl("t", &4, Some(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(recent.len().await.unwrap(), 1);
+    assert_eq!(recent.set("w", &5).await.unwrap(), Vec::<String>::new());
+    assert_eq!(recent.keys().await.unwrap(), ["z", "w"]);
     recent.clear().await.unwrap();
 
     for c in [&cache, &bounded] {

@@ -212,8 +212,10 @@ where
         Ok(self.store.0.delete(&self.space, key).await?)
     }
 
-    /// How many entries the namespace counts, O(1). Entries that expired by TTL are counted until
-    /// a read, an eviction or [`keys`](Self::keys) notices them; never more than the capacity.
+    /// How many live entries the namespace holds, O(log n) and read-only: entries that expired,
+    /// were deleted or evicted are not counted (a value Valkey's `maxmemory` policy removed is,
+    /// until its TTL would have ended: see the [module docs](super)). Never more than the
+    /// capacity.
     pub async fn len(&self) -> Result<usize, BoundedError> {
         Ok(self.store.0.len(&self.space).await?)
     }

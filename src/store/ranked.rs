@@ -87,6 +87,12 @@ pub enum Evict {
 /// Bits of a counting rank that hold the stamp by default (the rest hold the use count).
 pub const STAMP_BITS: u8 = 33;
 
+/// The most expired members one write (a set, a route record) removes from a namespace's
+/// indexes before doing its own work (one `ZRANGEBYSCORE` and two `ZREM`s of at most this many
+/// members); a write that must make room then looks for up to as many more, one at a time,
+/// before evicting a live entry.
+pub const TRIM_BATCH: usize = 100;
+
 /// Everything a store needs to apply a policy to one operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Spec {
@@ -124,6 +130,9 @@ pub struct RankedSpace {
     pub index: String,
     /// The stamp counter.
     pub seq: String,
+    /// The expiry index (a sorted set of the members whose values have a TTL, scored by when
+    /// they expire).
+    pub expiry: String,
 }
 
 impl RankedSpace {
@@ -134,10 +143,13 @@ impl RankedSpace {
             value_prefix: format!("{{{namespace}}}:"),
             index: format!("{{{namespace}}}|idx"),
             seq: format!("{{{namespace}}}|seq"),
+            expiry: format!("{{{namespace}}}|exp"),
         }
     }
 
-    /// The bounded entries of a route cache's namespace (they are the namespace's entries).
+    /// The bounded entries of a route cache's namespace (they are the namespace's entries). Its
+    /// names derive from `space` alone, so a store's invalidation finds the index of the entries
+    /// it removes (and removes their members: a no-op when the namespace is not bounded).
     pub fn route(space: &KeySpace) -> Self {
         let prefix = space.entry_prefix();
         let ns = prefix.strip_suffix(':').unwrap_or(prefix);
@@ -145,6 +157,7 @@ impl RankedSpace {
             value_prefix: prefix.to_owned(),
             index: format!("{ns}|evict:idx"),
             seq: format!("{ns}|evict:seq"),
+            expiry: format!("{ns}|evict:exp"),
         }
     }
 
@@ -159,6 +172,15 @@ impl RankedSpace {
 
 /// A store that can hold count-bounded namespaces (see the [module docs](self)). Every operation
 /// is atomic on the store's side.
+///
+/// **Dead members never pin capacity.** A member whose value expired (its TTL, recorded in the
+/// expiry index) or was removed ([`delete`](Self::delete), or an invalidation through
+/// [`Store::invalidate`](super::Store::invalidate), which removes the members of the entries it
+/// deletes from [`RankedSpace::route`]) is never evicted in place of a live one: every write
+/// first drops up to [`TRIM_BATCH`] expired members, and a write that must make room drops
+/// expired members before it evicts a live one. [`len`](Self::len) counts live entries only. A
+/// value removed behind the index's back (Valkey's `maxmemory`) is a ghost until it is read,
+/// comes up as the victim or its TTL would have ended.
 pub trait RankedStore: Send + Sync + fmt::Debug + 'static {
     /// The value of `key`, touching its rank ([`Scoring::on_get`]); a member whose value is gone
     /// leaves the index.
@@ -183,7 +205,7 @@ pub trait RankedStore: Send + Sync + fmt::Debug + 'static {
     /// Removes `key`; true if a live value was removed.
     fn delete<'a>(&'a self, space: &'a RankedSpace, key: &'a str) -> StoreFuture<'a, bool>;
 
-    /// How many members the index holds.
+    /// How many live entries the index holds: expired members are not counted. Read-only.
     fn len<'a>(&'a self, space: &'a RankedSpace) -> StoreFuture<'a, usize>;
 
     /// The live keys in eviction order, next victim first, without touching them.
@@ -203,7 +225,8 @@ pub trait RankedStore: Send + Sync + fmt::Debug + 'static {
     ) -> StoreFuture<'a, Lookup>;
 
     /// After a route write stored `key`: ranks it and evicts to stay within capacity; returns
-    /// the evicted keys.
+    /// the evicted keys. The expiry index records the entry's remaining lifetime, which both
+    /// stores read from the entry itself (`ttl` is what it was written with).
     fn route_record<'a>(
         &'a self,
         space: &'a RankedSpace,

@@ -3,7 +3,7 @@
 mod ranked;
 
 use super::bus::{InvalidationBus, LocalBus};
-use super::ranked::RankedStore;
+use super::ranked::{RankedSpace, RankedStore};
 use super::{glob_match, KeySpace, Lookup, LookupMany, Store, StoreFuture, Target, Write, Written};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -239,6 +239,61 @@ impl MemoryStore {
         st.insert(full, w.value, now + w.ttl, tag_sets, self);
         Written::Stored
     }
+
+    /// [`Store::invalidate`] on the entries: returns how many live entries it removed and the
+    /// keys (relative to the namespace) of every entry it removed.
+    fn invalidate_locked(&self, space: &KeySpace, target: Target<'_>) -> (u64, Vec<String>) {
+        let now = Instant::now();
+        let ttl = space.tombstone_ttl();
+        let mut s = self.lock();
+        let clock = s.tick(space);
+        let mut removed = 0u64;
+        let mut gone = Vec::new();
+        let prefix = space.entry_prefix();
+        let mut relative = |full: &str| {
+            if let Some(k) = full.strip_prefix(prefix) {
+                gone.push(k.to_owned());
+            }
+        };
+        match target {
+            Target::Keys(keys) => {
+                for k in keys {
+                    s.tombstone(space.key_tombstone(k), clock, ttl);
+                    removed += s.remove_live(&space.entry(k), now) as u64;
+                }
+                gone.extend(keys.iter().cloned());
+            }
+            Target::Tags(tags) => {
+                for t in tags {
+                    s.tombstone(space.tag_tombstone(t), clock, ttl);
+                    let members = s.tags.remove(&space.tag_set(t)).unwrap_or_default();
+                    for m in members {
+                        removed += s.remove_live(&m, now) as u64;
+                        relative(&m);
+                    }
+                }
+            }
+            Target::Pattern(p) => {
+                let full = space.entry(p);
+                let list = s.patterns.entry(space.patterns()).or_default();
+                while list.front().is_some_and(|(_, exp, _)| *exp <= now) {
+                    list.pop_front();
+                }
+                list.push_back((clock, now + ttl, full.clone()));
+                let doomed: Vec<String> = s
+                    .entries
+                    .keys()
+                    .filter(|k| glob_match(full.as_bytes(), k.as_bytes()))
+                    .cloned()
+                    .collect();
+                for k in doomed {
+                    removed += s.remove_live(&k, now) as u64;
+                    relative(&k);
+                }
+            }
+        }
+        (removed, gone)
+    }
 }
 
 impl Store for MemoryStore {
@@ -289,45 +344,11 @@ impl Store for MemoryStore {
     }
 
     fn invalidate<'a>(&'a self, space: &'a KeySpace, target: Target<'a>) -> StoreFuture<'a, u64> {
-        let now = Instant::now();
-        let ttl = space.tombstone_ttl();
-        let mut s = self.lock();
-        let clock = s.tick(space);
-        let mut removed = 0u64;
-        match target {
-            Target::Keys(keys) => {
-                for k in keys {
-                    s.tombstone(space.key_tombstone(k), clock, ttl);
-                    removed += s.remove_live(&space.entry(k), now) as u64;
-                }
-            }
-            Target::Tags(tags) => {
-                for t in tags {
-                    s.tombstone(space.tag_tombstone(t), clock, ttl);
-                    let members = s.tags.remove(&space.tag_set(t)).unwrap_or_default();
-                    for m in members {
-                        removed += s.remove_live(&m, now) as u64;
-                    }
-                }
-            }
-            Target::Pattern(p) => {
-                let full = space.entry(p);
-                let list = s.patterns.entry(space.patterns()).or_default();
-                while list.front().is_some_and(|(_, exp, _)| *exp <= now) {
-                    list.pop_front();
-                }
-                list.push_back((clock, now + ttl, full.clone()));
-                let doomed: Vec<String> = s
-                    .entries
-                    .keys()
-                    .filter(|k| glob_match(full.as_bytes(), k.as_bytes()))
-                    .cloned()
-                    .collect();
-                for k in doomed {
-                    removed += s.remove_live(&k, now) as u64;
-                }
-            }
-        }
+        // The members of the removed entries leave the namespace's route index in the same step
+        // (a no-op when the namespace is not bounded), as on Valkey.
+        let removed = self.bounded.invalidate(&RankedSpace::route(space), || {
+            self.invalidate_locked(space, target)
+        });
         Box::pin(std::future::ready(Ok(removed)))
     }
 

@@ -253,8 +253,8 @@ fn scripts() -> &'static Scripts {
         unlock: redis::Script::new(UNLOCK),
         fill_many: redis::Script::new(&format!("{GLOB}{FILL_MANY}")),
         fill: redis::Script::new(&format!("{GLOB}{FILL}")),
-        keys: redis::Script::new(INVALIDATE_KEYS),
-        tags: redis::Script::new(INVALIDATE_TAGS),
+        keys: redis::Script::new(&format!("{}{INVALIDATE_KEYS}", ranked::FORGET)),
+        tags: redis::Script::new(&format!("{}{INVALIDATE_TAGS}", ranked::FORGET)),
         pattern: redis::Script::new(&format!("{GLOB}{RECORD_PATTERN}")),
     })
 }
@@ -395,19 +395,21 @@ impl Store for ValkeyStore {
                 Target::Keys(keys) => {
                     let mut inv = scripts().keys.prepare_invoke();
                     inv.key(space.clock());
+                    ranked::route_index_keys(&mut inv, space);
                     for k in keys {
                         inv.key(space.entry(k)).key(space.key_tombstone(k));
                     }
-                    inv.arg(ttl);
+                    inv.arg(ttl).arg(keys);
                     self.run(async |c| inv.invoke_async(c).await).await
                 }
                 Target::Tags(tags) => {
                     let mut inv = scripts().tags.prepare_invoke();
                     inv.key(space.clock());
+                    ranked::route_index_keys(&mut inv, space);
                     for t in tags {
                         inv.key(space.tag_set(t)).key(space.tag_tombstone(t));
                     }
-                    inv.arg(ttl);
+                    inv.arg(ttl).arg(space.entry_prefix());
                     self.run(async |c| inv.invoke_async(c).await).await
                 }
                 Target::Pattern(p) => {
@@ -418,7 +420,8 @@ impl Store for ValkeyStore {
                         .arg(ttl)
                         .arg(&full);
                     let _clock: u64 = self.run(async |c| inv.invoke_async(c).await).await?;
-                    self.scan_unlink(&full).await
+                    self.scan_unlink(&full, &super::ranked::RankedSpace::route(space))
+                        .await
                 }
             }
         })

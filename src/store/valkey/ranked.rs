@@ -1,18 +1,32 @@
 //! Bounded namespaces on Valkey ([`RankedStore`] for [`ValkeyStore`]): one Lua script per
 //! operation (`EVALSHA`, reloaded when missing).
 //!
-//! Every scoring script includes `ranked_lib.lua`, which reads the policy from `KEYS[1..2]` and
-//! `ARGV[1..6]`; each script's own keys and arguments follow.
+//! Every scoring script includes `ranked_rank.lua`, which reads the policy from `KEYS[1..3]`
+//! (index, counter, expiry index) and `ARGV[1..7]`; each script's own keys and arguments follow.
+//! Writes (and a route read that indexes an entry) also include `ranked_trim.lua` (the clock and
+//! the trimming of expired members) and `ranked_write.lua` (eviction, the keys' lifetime); a get
+//! includes neither, so reads cost what they did before the expiry index. Scripts that remove
+//! members (delete, keys, the invalidations in `super::Store::invalidate`) include
+//! `ranked_forget.lua`.
 
 use super::ValkeyStore;
-use crate::store::ranked::{Evict, RankedSpace as Space, RankedStore, Spec, Touch};
+use crate::store::ranked::{Evict, RankedSpace as Space, RankedStore, Spec, Touch, TRIM_BATCH};
 use crate::store::{KeySpace, Lookup, StoreError, StoreFuture};
 use bytes::Bytes;
 use deadpool_redis::redis;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-const LIB: &str = include_str!("lua/ranked_lib.lua");
+const TRIM: &str = include_str!("lua/ranked_trim.lua");
+
+const RANK: &str = include_str!("lua/ranked_rank.lua");
+
+const WRITE: &str = include_str!("lua/ranked_write.lua");
+
+/// `forget(idx, seq, exp, members)`: removes members from a bounded namespace's indexes.
+pub(super) const FORGET: &str = include_str!("lua/ranked_forget.lua");
+
+const LEN: &str = include_str!("lua/ranked_len.lua");
 
 const GET_FAST: &str = include_str!("lua/ranked_get_fast.lua");
 
@@ -40,6 +54,7 @@ struct Scripts {
     route_read: redis::Script,
     route_record: redis::Script,
     delete: redis::Script,
+    len: redis::Script,
     keys: redis::Script,
     clear: redis::Script,
 }
@@ -47,12 +62,15 @@ struct Scripts {
 fn scripts() -> &'static Scripts {
     static S: OnceLock<Scripts> = OnceLock::new();
     S.get_or_init(|| Scripts {
-        get: redis::Script::new(&format!("{GET_FAST}{LIB}{GET_SLOW}")),
-        set: redis::Script::new(&format!("{LIB}{SET}")),
-        route_read: redis::Script::new(&format!("{ROUTE_READ_FAST}{LIB}{ROUTE_READ_SLOW}")),
-        route_record: redis::Script::new(&format!("{LIB}{ROUTE_RECORD}")),
-        delete: redis::Script::new(DELETE),
-        keys: redis::Script::new(KEYS_SCRIPT),
+        get: redis::Script::new(&format!("{GET_FAST}{RANK}{GET_SLOW}")),
+        set: redis::Script::new(&format!("{TRIM}{RANK}{WRITE}{SET}")),
+        route_read: redis::Script::new(&format!(
+            "{ROUTE_READ_FAST}{TRIM}{RANK}{WRITE}{ROUTE_READ_SLOW}"
+        )),
+        route_record: redis::Script::new(&format!("{TRIM}{RANK}{WRITE}{ROUTE_RECORD}")),
+        delete: redis::Script::new(&format!("{FORGET}{DELETE}")),
+        len: redis::Script::new(&format!("{TRIM}{LEN}")),
+        keys: redis::Script::new(&format!("{FORGET}{KEYS_SCRIPT}")),
         clear: redis::Script::new(CLEAR),
     })
 }
@@ -69,16 +87,52 @@ fn high(spec: &Spec) -> u8 {
     u8::from(spec.scoring.evict == Evict::Highest)
 }
 
-/// Adds the keys and arguments [`LIB`] reads.
+/// Adds the keys and arguments [`RANK`] reads.
 fn policy_args(inv: &mut redis::ScriptInvocation<'_>, space: &Space, spec: &Spec) {
     inv.key(&space.index)
         .key(&space.seq)
+        .key(&space.expiry)
         .arg(touch_code(spec.scoring.on_set))
         .arg(touch_code(spec.scoring.on_get))
         .arg(high(spec))
         .arg(spec.capacity)
         .arg(spec.stamp_bits)
-        .arg(&space.value_prefix);
+        .arg(&space.value_prefix)
+        .arg(TRIM_BATCH);
+}
+
+/// Adds the keys of `space`'s route index (index, counter, expiry index) to an invalidation
+/// script that includes [`FORGET`]: it removes the members of the entries it deletes.
+pub(super) fn route_index_keys(inv: &mut redis::ScriptInvocation<'_>, space: &KeySpace) {
+    let route = Space::route(space);
+    inv.key(route.index).key(route.seq).key(route.expiry);
+}
+
+/// After a pattern invalidation unlinked `entries` (full store keys of `space`): removes their
+/// members from the route index and the expiry index: two single-key `ZREM`s, neither a script
+/// nor a pipeline, so on a cluster whose slot is migrating each follows its own redirect (a
+/// multi-key script is refused with `TRYAGAIN`, a cluster pipeline does not follow `MOVED`). The
+/// counter is left to its TTL (route entries always have one).
+pub(super) async fn forget_unlinked(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    space: &Space,
+    entries: &[String],
+) -> redis::RedisResult<()> {
+    let members: Vec<&str> = entries
+        .iter()
+        .filter_map(|k| k.strip_prefix(space.value_prefix.as_str()))
+        .collect();
+    if members.is_empty() {
+        return Ok(());
+    }
+    for key in [&space.index, &space.expiry] {
+        let _: u64 = redis::cmd("ZREM")
+            .arg(key)
+            .arg(&members)
+            .query_async(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 fn ttl_ms(ttl: Option<Duration>) -> u64 {
@@ -118,6 +172,7 @@ async fn delete(store: &ValkeyStore, space: &Space, key: &str) -> Result<bool, S
     let mut inv = scripts().delete.prepare_invoke();
     inv.key(&space.index)
         .key(&space.seq)
+        .key(&space.expiry)
         .key(space.value(key))
         .arg(key);
     let n: u64 = store.run(async |c| inv.invoke_async(c).await).await?;
@@ -125,15 +180,16 @@ async fn delete(store: &ValkeyStore, space: &Space, key: &str) -> Result<bool, S
 }
 
 async fn len(store: &ValkeyStore, space: &Space) -> Result<usize, StoreError> {
-    store
-        .run(async |c| redis::cmd("ZCARD").arg(&space.index).query_async(c).await)
-        .await
+    let mut inv = scripts().len.prepare_invoke();
+    inv.key(&space.index).key(&space.expiry);
+    store.run(async |c| inv.invoke_async(c).await).await
 }
 
 async fn keys(store: &ValkeyStore, space: &Space, spec: Spec) -> Result<Vec<String>, StoreError> {
     let mut inv = scripts().keys.prepare_invoke();
     inv.key(&space.index)
         .key(&space.seq)
+        .key(&space.expiry)
         .arg(high(&spec))
         .arg(&space.value_prefix);
     store.run(async |c| inv.invoke_async(c).await).await
@@ -146,6 +202,7 @@ async fn clear(store: &ValkeyStore, space: &Space) -> Result<u64, StoreError> {
         let mut inv = scripts().clear.prepare_invoke();
         inv.key(&space.index)
             .key(&space.seq)
+            .key(&space.expiry)
             .arg(&space.value_prefix)
             .arg(CLEAR_BATCH);
         let (n, left): (u64, u64) = store.run(async |c| inv.invoke_async(c).await).await?;
@@ -178,16 +235,17 @@ async fn route_read(
     })
 }
 
+/// The expiry index records the entry's remaining lifetime (`PTTL`), so `_ttl` is not sent.
 async fn route_record(
     store: &ValkeyStore,
     space: &Space,
     key: &str,
-    ttl: Duration,
+    _ttl: Duration,
     spec: Spec,
 ) -> Result<Vec<String>, StoreError> {
     let mut inv = scripts().route_record.prepare_invoke();
     policy_args(&mut inv, space, &spec);
-    inv.key(space.value(key)).arg(key).arg(ttl_ms(Some(ttl)));
+    inv.key(space.value(key)).arg(key);
     store.run(async |c| inv.invoke_async(c).await).await
 }
 

@@ -1,18 +1,27 @@
 //! Pattern invalidation: `SCAN MATCH` + `UNLINK` in batches, on one server or on every primary
-//! of a cluster.
+//! of a cluster. After each batch, the members of the entries it unlinked leave the namespace's
+//! route index ([`RankedSpace::route`]; a no-op when the namespace is not bounded), so they never
+//! pin a bounded namespace's capacity.
 
 use super::conn::{pool_error, redis_error, Conn, Conns};
+use super::ranked::forget_unlinked;
 use super::ValkeyStore;
+use crate::store::ranked::RankedSpace;
 use crate::store::{StoreError, StoreErrorKind};
 use deadpool_redis::cluster::ClusterConnection;
 use deadpool_redis::redis;
 use deadpool_redis::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 impl ValkeyStore {
-    pub(super) async fn scan_unlink(&self, pattern: &str) -> Result<u64, StoreError> {
+    /// Unlinks every key matching `pattern` and removes their members from `index`.
+    pub(super) async fn scan_unlink(
+        &self,
+        pattern: &str,
+        index: &RankedSpace,
+    ) -> Result<u64, StoreError> {
         let pool = match &self.inner.conns {
             Conns::Single { pool, .. } => pool,
-            Conns::Cluster { .. } => return self.scan_unlink_cluster(pattern).await,
+            Conns::Cluster { .. } => return self.scan_unlink_cluster(pattern, index).await,
         };
         let mut conn = pool.get().await.map_err(pool_error)?;
         let mut cursor: u64 = 0;
@@ -30,6 +39,9 @@ impl ValkeyStore {
                     .await
                     .map_err(redis_error)?;
                 removed += n;
+                forget_unlinked(&mut *conn, index, &keys)
+                    .await
+                    .map_err(redis_error)?;
             }
             if next == 0 {
                 return Ok(removed);
@@ -51,7 +63,11 @@ impl ValkeyStore {
     /// `SCAN` on every primary (from `CLUSTER NODES`), so keys of a slot that is migrating
     /// between two primaries are found on both; the keys found are unlinked through the cluster
     /// connection, routed by slot (`ASK`/`MOVED` followed).
-    async fn scan_unlink_cluster(&self, pattern: &str) -> Result<u64, StoreError> {
+    async fn scan_unlink_cluster(
+        &self,
+        pattern: &str,
+        index: &RankedSpace,
+    ) -> Result<u64, StoreError> {
         let Conn::Cluster(mut conn) = self.lane().await?.2 else {
             return Err(StoreError::new(StoreErrorKind::Server, "not a cluster"));
         };
@@ -91,6 +107,9 @@ impl ValkeyStore {
                     .map_err(|e| StoreError::new(StoreErrorKind::Server, format!("SCAN: {e}")))?;
                 if !keys.is_empty() {
                     removed += unlink_cluster(&mut conn, &keys).await?;
+                    forget_unlinked(&mut conn, index, &keys)
+                        .await
+                        .map_err(redis_error)?;
                 }
                 if next == 0 {
                     break;

@@ -1,6 +1,5 @@
--- KEYS: index, counter, value. ARGV: member. Returns whether a value was removed.
-local n = redis.call('UNLINK', KEYS[3])
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 and redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[2])
-end
+-- After [`FORGET`]. KEYS: index, counter, expiry index, value. ARGV: member. Returns whether a
+-- value was removed.
+local n = redis.call('UNLINK', KEYS[4])
+forget(KEYS[1], KEYS[2], KEYS[3], {ARGV[1]})
 return n

@@ -1,11 +1,12 @@
--- KEYS: index, counter. ARGV: on_set, on_get (0 keep, 1 stamp, 2 count), evict highest (0/1),
--- capacity, stamp bits, value prefix.
-local IDX, SEQ = KEYS[1], KEYS[2]
+-- KEYS: index, counter, expiry index. ARGV: on_set, on_get (0 keep, 1 stamp, 2 count), evict
+-- highest (0/1), capacity, stamp bits, value prefix, trim batch. Ranks; what reads need.
+local IDX, SEQ, EXP = KEYS[1], KEYS[2], KEYS[3]
 local ON_SET, ON_GET = tonumber(ARGV[1]), tonumber(ARGV[2])
 local HIGH = ARGV[3] == '1'
 local CAP = tonumber(ARGV[4])
 local BITS = tonumber(ARGV[5])
 local PREFIX = ARGV[6]
+local TRIM = tonumber(ARGV[7])
 local COUNTING = ON_SET == 2 or ON_GET == 2
 local SB = 2 ^ BITS
 local MAXC = 2 ^ (53 - BITS) - 1
@@ -43,34 +44,4 @@ local function rescore(old, touch)
   local c = uses(old)
   if touch == 2 and c < MAXC then c = c + 1 end
   return rank(c, stamp())
-end
--- Evicts until there is room for one more; ghosts (values already gone) are dropped silently.
-local function make_room(evicted)
-  local pop = HIGH and 'ZPOPMAX' or 'ZPOPMIN'
-  while redis.call('ZCARD', IDX) >= CAP do
-    local p = redis.call(pop, IDX)
-    if #p == 0 then break end
-    if redis.call('UNLINK', PREFIX .. p[1]) == 1 then evicted[#evicted + 1] = p[1] end
-  end
-end
--- The index and counter live as long as the longest-lived entry (forever if one has no TTL).
-local function keep_alive(ttl, fresh)
-  if ttl <= 0 then
-    redis.call('PERSIST', IDX)
-    redis.call('PERSIST', SEQ)
-  else
-    local t = fresh and -2 or redis.call('PTTL', IDX)
-    if fresh or (t >= 0 and t < ttl) then
-      redis.call('PEXPIRE', IDX, ttl)
-      redis.call('PEXPIRE', SEQ, ttl)
-    end
-  end
-end
-local function drained()
-  if redis.call('EXISTS', IDX) == 0 then redis.call('DEL', SEQ) end
-end
-local function add(m, score, ttl)
-  local fresh = redis.call('EXISTS', IDX) == 0
-  redis.call('ZADD', IDX, score, m)
-  keep_alive(ttl, fresh)
 end
