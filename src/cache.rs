@@ -524,9 +524,14 @@ impl Cache {
         self.invalidate_keys(&[key.to_owned()]).await
     }
 
-    /// Invalidates exact keys (relative to the namespace).
+    /// Invalidates exact keys (relative to the namespace). Keys are bounded as they were when
+    /// stored ([`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN)), so a long key names its entry.
     pub async fn invalidate_keys(&self, keys: &[String]) -> Result<u64, StoreError> {
-        self.invalidate(Target::Keys(keys)).await
+        let keys: Vec<String> = keys
+            .iter()
+            .map(|k| crate::key::bound_length(k.clone()))
+            .collect();
+        self.invalidate(Target::Keys(&keys)).await
     }
 
     /// Invalidates every entry carrying `tag`.

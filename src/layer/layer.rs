@@ -1,5 +1,5 @@
 use super::service::{CacheService, Shared};
-use crate::key::{DefaultKey, KeyStrategy, KeyTemplate};
+use crate::key::{DefaultKey, KeyStrategy, KeyTemplate, Keyer};
 use crate::Cache;
 use http::{Method, StatusCode};
 use std::sync::atomic::AtomicBool;
@@ -15,7 +15,7 @@ use tower_layer::Layer;
 pub struct CacheLayer {
     cache: Cache,
     ttl: Option<Duration>,
-    key: Arc<dyn KeyStrategy>,
+    key: Keyer,
     methods: Vec<Method>,
     statuses: Vec<StatusCode>,
     max_body_bytes: usize,
@@ -59,7 +59,7 @@ impl CacheLayer {
         Self {
             cache,
             ttl: None,
-            key: Arc::new(DefaultKey),
+            key: Keyer::strategy(DefaultKey),
             methods: vec![Method::GET, Method::HEAD],
             statuses: vec![StatusCode::OK],
             max_body_bytes: 1 << 20,
@@ -204,7 +204,55 @@ impl CacheLayer {
 
     /// Any [`KeyStrategy`]: a [`KeyTemplate`] or a closure over `&http::request::Parts`.
     pub fn key_with(mut self, strategy: impl KeyStrategy) -> Self {
-        self.key = Arc::new(strategy);
+        self.key = Keyer::strategy(strategy);
+        self
+    }
+
+    /// Keys each request by what an axum extractor reads from it: `f` gets the extracted value
+    /// (`Path<u64>`, `Query<Filter>`, your own `CurrentTenant`, a tuple of them) and returns the
+    /// key, a `String` or an `Option<String>` (`None`: do not cache this request). The key
+    /// names what the handler sees, so `/users/0501` and `/users/501` share an entry.
+    ///
+    /// An extractor that rejects the request (the handler would reject it too) serves it
+    /// uncached (`Cache-Status: ...; fwd=bypass; detail=key-rejected`), and the handler answers
+    /// as it would. The key is used as it is, bounded to [`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN)
+    /// bytes: escape text that is not a parsed number with [`escape`](crate::key::escape). A
+    /// key built this way never counts as covering credentials: a route keyed by the caller
+    /// this way needs [`allow_credentials`](Self::allow_credentials). See
+    /// [keys from extractors](crate::key#keys-from-extractors).
+    ///
+    /// ```
+    /// use axum::{extract::Path, routing::get, Router};
+    /// use tower_valkey_cache::{Cache, CacheLayer, MemoryStore};
+    ///
+    /// let cache = Cache::new(MemoryStore::new());
+    /// let app: Router = Router::new().route(
+    ///     "/users/{id}",
+    ///     get(|Path(id): Path<u64>| async move { format!("user {id}") })
+    ///         .route_layer(CacheLayer::new(cache).key_from(|Path(id): Path<u64>| format!("user:{id}"))),
+    /// );
+    /// ```
+    #[cfg(feature = "axum")]
+    pub fn key_from<E, F, K>(self, f: F) -> Self
+    where
+        E: axum::extract::FromRequestParts<()> + 'static,
+        F: Fn(E) -> K + Send + Sync + 'static,
+        K: Into<Option<String>> + 'static,
+    {
+        self.key_from_with_state((), f)
+    }
+
+    /// [`key_from`](Self::key_from) for extractors that need the application's state
+    /// (`FromRequestParts<S>`): pass the state the router is built with.
+    #[cfg(feature = "axum")]
+    pub fn key_from_with_state<S, E, F, K>(mut self, state: S, f: F) -> Self
+    where
+        S: Send + Sync + 'static,
+        E: axum::extract::FromRequestParts<S> + 'static,
+        F: Fn(E) -> K + Send + Sync + 'static,
+        K: Into<Option<String>> + 'static,
+    {
+        self.key = Keyer::Extract(Arc::new(crate::key::ExtractKey::new(state, f)));
         self
     }
 

@@ -6,7 +6,6 @@ use super::status::Outcome;
 use super::vary::{Marker, Vary};
 use crate::entry::{now_ms, Entry, Freshness};
 use crate::flight::{follow, Join, Landing, Lead};
-use crate::key::{KeyContext, KeyStrategy};
 use crate::store::{Lookup, StoreError, Write, Written};
 use crate::Cache;
 use bytes::Bytes;
@@ -32,7 +31,7 @@ pub struct CacheService<S> {
 pub(crate) struct Shared {
     pub(crate) cache: Cache,
     pub(crate) ttl: Duration,
-    pub(crate) key: Arc<dyn KeyStrategy>,
+    pub(crate) key: crate::key::Keyer,
     pub(crate) methods: Vec<Method>,
     pub(crate) statuses: Vec<StatusCode>,
     pub(crate) max_body_bytes: usize,
@@ -274,22 +273,8 @@ where
         },
         _ => (CacheRequestBody::new(body), None),
     };
-    // Tag templates may name path parameters even when the key does not (the default key).
-    let params = if sh.key.needs_path_params() || sh.tags.iter().any(|t| t.needs_path_params()) {
-        crate::key::path_params(&mut parts)
-    } else {
-        Vec::new()
-    };
-    let ctx = KeyContext::new(&parts).with_path_params(params);
-    let key_and_tags = sh.key.key(&ctx).and_then(|k| {
-        let tags = sh
-            .tags
-            .iter()
-            .map(|t| t.key(&ctx))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((k, tags))
-    });
-    drop(ctx);
+    // The key and the tags (tag templates may name path parameters the key does not use).
+    let key_and_tags = sh.key.derive(&sh.tags, &mut parts).await;
     let (mut key, tags) = match key_and_tags {
         Ok(kt) => kt,
         Err(e) => {
@@ -300,19 +285,15 @@ where
             }
             counters.bypass();
             let res = Box::pin(inner.call(Request::from_parts(parts, body))).await?;
-            let detail = match e {
-                crate::key::KeyError::MissingPathParam(_) => "key-error",
-                crate::key::KeyError::Declined => "key-declined",
-            };
             return Ok(forward_outcome(
                 &sh,
                 res.map(CacheBody::stream),
-                Outcome::Bypass(detail),
+                Outcome::Bypass(e.detail()),
             ));
         }
     };
     if let Some(suffix) = body_suffix {
-        key.push_str(&suffix);
+        key = crate::key::with_suffix(key, &suffix);
     }
     let span = tracing::Span::current();
     if !span.is_disabled() {
@@ -397,6 +378,8 @@ where
                     _ => {}
                 }
             }
+            // Written by an older version under keys of another meaning: a plain miss.
+            Err(e) if e.is_outdated() => {}
             Err(e) => {
                 counters.decode_failure();
                 detail = Some("undecodable-entry");
