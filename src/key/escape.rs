@@ -40,11 +40,13 @@ pub fn escape(value: &str) -> String {
 }
 
 /// Escapes `value`'s bytes into `out` (bytes, not text: header values that are not UTF-8 stay
-/// distinct); with `keep_slash`, `/` is kept too (paths).
-pub(crate) fn escape_into(out: &mut String, value: impl AsRef<[u8]>, keep_slash: bool) {
+/// distinct). With `path`, the bytes a path holds unescaped in practice are kept too, for
+/// readable keys: `/` and RFC 3986's other unreserved characters `-`, `.`, `_`, `~`
+/// ([`in_path`]); still injective, since `%` is always escaped.
+pub(crate) fn escape_into(out: &mut String, value: impl AsRef<[u8]>, path: bool) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in value.as_ref() {
-        if b.is_ascii_alphanumeric() || (keep_slash && b == b'/') {
+        if b.is_ascii_alphanumeric() || (path && in_path(b)) {
             out.push(b as char);
         } else {
             out.push('%');
@@ -52,6 +54,11 @@ pub(crate) fn escape_into(out: &mut String, value: impl AsRef<[u8]>, keep_slash:
             out.push(HEX[usize::from(b & 0xF)] as char);
         }
     }
+}
+
+/// The bytes besides letters and digits that an escaped path keeps: `/ - . _ ~`.
+pub(crate) fn in_path(b: u8) -> bool {
+    matches!(b, b'/' | b'-' | b'.' | b'_' | b'~')
 }
 
 /// Escapes a value for use inside a glob pattern (`SCAN MATCH`), so it matches only itself.
@@ -138,8 +145,8 @@ mod tests {
         assert_eq!(escape("a_b.c-d~e,f/g#h"), "a%5Fb%2Ec%2Dd%7Ee%2Cf%2Fg%23h");
         assert_eq!(escape("AZaz09"), "AZaz09");
         let mut path = String::new();
-        escape_into(&mut path, "/a_b/c", true);
-        assert_eq!(path, "/a%5Fb/c");
+        escape_into(&mut path, "/a_b/c-d.e~f:g%h*", true);
+        assert_eq!(path, "/a_b/c-d.e~f%3Ag%25h%2A");
     }
 
     #[test]
@@ -169,15 +176,22 @@ mod tests {
         assert_eq!(bound_length(once.clone()), once);
     }
 
-    /// A kept key that looks like a shortened one (a prefix, `#` and the hash of a long key)
-    /// is not one: kept keys are at most `KEEP_LEN` bytes, shortened ones longer.
+    /// Shortened keys are longer than any kept key, so a key that is kept can never equal a
+    /// shortened one. (With the old rule, keys up to 256 bytes kept and long ones cut to 200
+    /// bytes + `#` + hash, the 233-byte key `long[..200] + "#" + hash(long)` was kept as it was
+    /// and named the entry of `long`.)
     #[test]
     fn a_kept_key_never_equals_a_shortened_one() {
+        for n in KEEP_LEN + 1..600 {
+            for long in ["x".repeat(n), format!("{}é{}", "x".repeat(n % 230), "x".repeat(n - n % 230))] {
+                let s = bound_length(long.clone());
+                assert!(s.len() > KEEP_LEN && s.len() <= MAX_KEY_LEN, "{n}: {}", s.len());
+                assert!(is_shortened(&s));
+            }
+        }
         let long = "x".repeat(400);
-        let shortened = bound_length(long.clone());
-        let forged = format!("{}#{}", &long[..KEEP_LEN - 1 - HASH_HEX], short_hash(long.as_bytes()));
-        assert!(forged.len() <= KEEP_LEN);
-        assert_ne!(bound_length(forged), shortened);
+        let forged = format!("{}#{}", &long[..200], short_hash(long.as_bytes()));
+        assert_ne!(bound_length(forged), bound_length(long));
     }
 
     #[test]

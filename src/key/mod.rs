@@ -50,14 +50,15 @@
 //!    injective.
 //! 2. An absent value is `~`, which escaping never produces. The values of a hole given several
 //!    times (a repeated query parameter, a header sent in several lines) are joined by `,`,
-//!    which escaping never produces either. `{path}` keeps `/` between its escaped bytes.
+//!    which escaping never produces either. `{path}` also keeps `/ - . _ ~` (readable paths;
+//!    still injective, since `%` is escaped).
 //! 3. So each hole renders to a string over a small alphabet: letters, digits, `%`, plus `~`
-//!    and `,` for query and header holes, plus `/` for `{path}`. Reading a key left to right
+//!    and `,` for query and header holes, plus `/ - . _ ~` for `{path}`. Reading a key left to right
 //!    against its template, the end of a hole's value is found at the first byte of the text
 //!    that follows the hole (up to the next hole) that is outside that alphabet: `:` in
 //!    `user:{id}:posts`, `_` in `post_{user}_{id}`. When nothing outside the alphabet separates
-//!    a hole from the next one (`{a}{b}`, `{a}x{b}`, `{a}~{b}`), the parser inserts a `.` right
-//!    after the first hole (`{a}{b}` renders `1.2`). The last hole needs no separator: the text
+//!    a hole from the next one (`{a}{b}`, `{a}x{b}`, `{a}~{b}`), the parser inserts a `:`
+//!    (which no hole renders) right after the first hole: `{a}{b}` renders `1:2`. The last hole needs no separator: the text
 //!    after it is fixed.
 //!
 //! Each hole's value can therefore be read back from the key, and two different values give two
@@ -104,7 +105,7 @@
 //!
 //! # The default key
 //!
-//! [`DefaultKey`] is the method, `:`, the path as sent (escaped, `/` kept), then `?` and the
+//! [`DefaultKey`] is the method, `:`, the path as sent (escaped as `{path}` is), then `?` and the
 //! query's parameters decoded as `Query` decodes them, sorted by name (stably: the values of a
 //! repeated name keep their order), every value kept: `name=value&...`, names and values
 //! escaped. `?a=1&b=2` and `?b=2&a=1` share an entry; `?a=1&a=2` and `?a=2&a=1` do not.
@@ -464,7 +465,8 @@ mod tests {
         // The router tells these apart, so does the key.
         assert_ne!(default_key("/%61bout"), default_key("/about"));
         assert_ne!(default_key("/a%2Fb"), default_key("/a/b"));
-        assert_eq!(default_key("/a_b/c"), "GET:/a%5Fb/c");
+        assert_eq!(default_key("/a_b/c-d.e~f"), "GET:/a_b/c-d.e~f");
+        assert_eq!(default_key("/a%5Fb"), "GET:/a%255Fb");
     }
 
     #[test]

@@ -27,7 +27,7 @@ enum Part {
 
 impl Part {
     /// Whether byte `b` can appear in what this hole renders (escaped values: letters, digits,
-    /// `%`; an absent value `~`; several values joined by `,`; `/` in paths).
+    /// `%`; an absent value `~`; several values joined by `,`; `/ - . _ ~` in paths).
     fn renders(&self, b: u8) -> bool {
         if b.is_ascii_alphanumeric() || b == b'%' {
             return true;
@@ -35,7 +35,7 @@ impl Part {
         match self {
             Part::Query(_, None) | Part::Header(_) => b == b'~' || b == b',',
             Part::Query(_, Some(_)) => b == b'~',
-            Part::Path => b == b'/',
+            Part::Path => super::escape::in_path(b),
             Part::PathParam(..) | Part::Method | Part::Literal(_) => false,
         }
     }
@@ -134,6 +134,9 @@ impl fmt::Display for TemplateError {
 
 impl std::error::Error for TemplateError {}
 
+/// What the parser inserts between holes that nothing else separates: a byte no hole renders.
+const SEPARATOR: &str = ":";
+
 fn is_credential(h: &HeaderName) -> bool {
     h == http::header::AUTHORIZATION
         || h == http::header::COOKIE
@@ -189,10 +192,11 @@ fn hole(spec: &str) -> Result<Part, String> {
     ))
 }
 
-/// Puts a `.` right after each hole that nothing outside its rendered alphabet separates from
+/// Puts a `:` right after each hole that nothing outside its rendered alphabet separates from
 /// the next hole, so every hole's value can be read back from the key (see the
 /// [module docs](crate::key#why-keys-are-injective)).
 fn separate(parts: Vec<Part>) -> Vec<Part> {
+    debug_assert!(parts.iter().all(|p| !p.renders(SEPARATOR.as_bytes()[0])));
     let holes: Vec<usize> = (0..parts.len()).filter(|&i| parts[i].is_hole()).collect();
     let mut needs_sep = vec![false; parts.len()];
     for w in holes.windows(2) {
@@ -207,10 +211,10 @@ fn separate(parts: Vec<Part>) -> Vec<Part> {
     let mut pending_sep = false;
     for (i, p) in parts.into_iter().enumerate() {
         match p {
-            Part::Literal(l) if pending_sep => out.push(Part::Literal(format!(".{l}"))),
+            Part::Literal(l) if pending_sep => out.push(Part::Literal(format!("{SEPARATOR}{l}"))),
             p => {
                 if pending_sep {
-                    out.push(Part::Literal(".".into()));
+                    out.push(Part::Literal(SEPARATOR.into()));
                 }
                 out.push(p);
             }
@@ -490,14 +494,14 @@ mod tests {
         assert_eq!(post("a", "b_c").unwrap(), "post_a_b%5Fc");
         assert_ne!(post("a", "b_c"), post("a_b", "c"));
         let adj = |a: &str, b: &str| render("{a}{b}", "/", &[], &[("a", a), ("b", b)]);
-        assert_eq!(adj("1", "2").unwrap(), "1.2");
+        assert_eq!(adj("1", "2").unwrap(), "1:2");
         assert_ne!(adj("ab", "c"), adj("a", "bc"));
         let x = |a: &str, b: &str| render("{a}x{b}", "/", &[], &[("a", a), ("b", b)]);
         assert_ne!(x("a", "xb"), x("ax", "b"));
         let tilde = |uri: &str| render("{query.a}~{query.b}", uri, &[], &[]).unwrap();
         assert_ne!(tilde("/?b="), tilde("/?a="));
-        assert_eq!(tilde("/?b="), "~.~");
-        assert_eq!(tilde("/?a="), ".~~");
+        assert_eq!(tilde("/?b="), "~:~");
+        assert_eq!(tilde("/?a="), ":~~");
         let q = |uri: &str| render("s:{query.q}", uri, &[], &[]).unwrap();
         assert_eq!(q("/?%71=evil"), "s:evil");
         assert_ne!(q("/?%71=evil"), q("/"));
@@ -514,17 +518,22 @@ mod tests {
         let lit = |s: &str| Part::Literal(s.into());
         let p = |n: &str| Part::PathParam(n.into(), None);
         assert_eq!(parts("user:{id}"), [lit("user:"), p("id")]);
-        assert_eq!(parts("{a}{b}"), [p("a"), lit("."), p("b")]);
-        assert_eq!(parts("{a}x{b}y"), [p("a"), lit(".x"), p("b"), lit("y")]);
+        assert_eq!(parts("{a}{b}"), [p("a"), lit(":"), p("b")]);
+        assert_eq!(parts("{a}x{b}y"), [p("a"), lit(":x"), p("b"), lit("y")]);
         assert_eq!(parts("{a}_{b}"), [p("a"), lit("_"), p("b")]);
         assert_eq!(parts("{a}/{b}"), [p("a"), lit("/"), p("b")]);
         // `/` can be part of a path, `,` of a query hole's values.
-        assert_eq!(parts("{path}/{b}"), [Part::Path, lit("./"), p("b")]);
+        assert_eq!(parts("{path}/{b}"), [Part::Path, lit(":/"), p("b")]);
+        assert_eq!(parts("{path}.{b}"), [Part::Path, lit(":."), p("b")]);
+        assert_eq!(parts("{path}{b}"), [Part::Path, lit(":"), p("b")]);
+        assert_eq!(parts("{path}:{b}"), [Part::Path, lit(":"), p("b")]);
         assert_eq!(
             parts("{query.a},{b}"),
-            [Part::Query("a".into(), None), lit(".,"), p("b")]
+            [Part::Query("a".into(), None), lit(":,"), p("b")]
         );
-        assert_eq!(parts("{a}%{b}"), [p("a"), lit(".%"), p("b")]);
+        assert_eq!(parts("{a}%{b}"), [p("a"), lit(":%"), p("b")]);
+        assert_eq!(parts("{a}{b}{c}"), [p("a"), lit(":"), p("b"), lit(":"), p("c")]);
+        assert_eq!(parts("{a}{b}:"), [p("a"), lit(":"), p("b"), lit(":")]);
     }
 
     #[test]
