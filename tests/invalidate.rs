@@ -780,7 +780,11 @@ async fn separator_injection(b: Backend) {
     for id in &ids {
         for page in ["posts", "likes"] {
             let r = get_req(&app, &format!("/u/{}/{page}", encode(id))).await;
-            assert_eq!(r.cache_status(), STORED, "{id} {page} collided with another entry");
+            assert_eq!(
+                r.cache_status(),
+                STORED,
+                "{id} {page} collided with another entry"
+            );
         }
     }
     if let Some(server) = b.server() {
@@ -795,12 +799,20 @@ async fn separator_injection(b: Backend) {
     for writer_id in ids {
         let r = put_req(&app, &format!("/u/{}", encode(writer_id))).await;
         assert_eq!(r.status, StatusCode::OK, "{writer_id}");
-        assert_eq!(removed.take(), 2, "PUT /u/{writer_id} removes exactly its own two entries");
+        assert_eq!(
+            removed.take(),
+            2,
+            "PUT /u/{writer_id} removes exactly its own two entries"
+        );
         *versions.get_mut(writer_id).unwrap() += 1;
         for id in &ids {
             for page in ["posts", "likes"] {
                 let r = get_req(&app, &format!("/u/{}/{page}", encode(id))).await;
-                assert!(r.text().ends_with(&format!(" v{}", versions[id])), "{id}: {}", r.text());
+                assert!(
+                    r.text().ends_with(&format!(" v{}", versions[id])),
+                    "{id}: {}",
+                    r.text()
+                );
                 if *id == writer_id {
                     assert_eq!(r.cache_status(), STORED, "{id} after PUT {writer_id}");
                 } else {

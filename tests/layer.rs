@@ -411,7 +411,11 @@ async fn separator_values_keep_entries_apart(b: Backend) {
         let r = get_req(&app, uri).await;
         assert_eq!(r.text(), body, "{uri}");
         if uri != "/p/a/b%5Fc" {
-            assert_eq!(r.cache_status(), STORED, "{uri} was answered from another entry");
+            assert_eq!(
+                r.cache_status(),
+                STORED,
+                "{uri} was answered from another entry"
+            );
         } else {
             // The same value as `/p/a/b_c`, percent-encoded: the handler sees `b_c`.
             assert_hit(&r);
@@ -442,7 +446,11 @@ async fn query_keys_see_what_the_handler_sees(b: Backend) {
         "/s2",
         get(move |Query(q): Query<Vec<(String, String)>>| {
             c.inc();
-            let values: Vec<String> = q.into_iter().filter(|(k, _)| k == "q").map(|(_, v)| v).collect();
+            let values: Vec<String> = q
+                .into_iter()
+                .filter(|(k, _)| k == "q")
+                .map(|(_, v)| v)
+                .collect();
             async move {
                 if values.is_empty() {
                     "no q".to_owned()
@@ -473,7 +481,11 @@ async fn query_keys_see_what_the_handler_sees(b: Backend) {
         if same {
             assert_hit(&r);
         } else {
-            assert_eq!(r.cache_status(), STORED, "{uri} was answered from another entry");
+            assert_eq!(
+                r.cache_status(),
+                STORED,
+                "{uri} was answered from another entry"
+            );
         }
     }
     assert_eq!(calls.get(), cases.iter().filter(|c| !c.2).count());
@@ -516,38 +528,51 @@ async fn numeric_spellings_share_one_entry(b: Backend) {
             "/typed/{id}",
             get(read.clone())
                 .route_layer(layer(&cache).key("user:{id:u64}"))
-                .merge(axum::routing::put(write.clone()).route_layer(
-                    InvalidateLayer::new(cache.clone()).keys(["user:{id:u64}"]),
-                )),
+                .merge(
+                    axum::routing::put(write.clone())
+                        .route_layer(InvalidateLayer::new(cache.clone()).keys(["user:{id:u64}"])),
+                ),
         )
         .route(
             "/extracted/{id}",
             get(read)
                 .route_layer(layer(&cache).key_from(|Path(id): Path<u64>| format!("xuser:{id}")))
-                .merge(axum::routing::put(write).route_layer(
-                    InvalidateLayer::new(cache.clone()).keys(["xuser:{id:u64}"]),
-                )),
+                .merge(
+                    axum::routing::put(write)
+                        .route_layer(InvalidateLayer::new(cache.clone()).keys(["xuser:{id:u64}"])),
+                ),
         );
     let mut runs = 0;
     for route in ["typed", "extracted"] {
         let v = version.load(Ordering::SeqCst);
         let r = get_req(&app, &format!("/{route}/0501")).await;
-        assert_eq!((r.cache_status(), r.text()), (STORED, &*format!("user 501 v{v}")));
+        assert_eq!(
+            (r.cache_status(), r.text()),
+            (STORED, &*format!("user 501 v{v}"))
+        );
         runs += 1;
         for spelling in ["%2B501", "501", "00501", "%35%30%31"] {
             let r = get_req(&app, &format!("/{route}/{spelling}")).await;
             assert_hit(&r);
             assert_eq!(r.text(), format!("user 501 v{v}"), "{route}/{spelling}");
         }
-        assert_eq!(calls.get(), runs, "{route}: one handler run for every spelling");
+        assert_eq!(
+            calls.get(),
+            runs,
+            "{route}: one handler run for every spelling"
+        );
         // A write through another spelling invalidates the one entry.
         let r = send(&app, request("PUT", &format!("/{route}/+501"), &[])).await;
         assert_eq!(r.status, StatusCode::OK, "{route}");
         let r = get_req(&app, &format!("/{route}/501")).await;
-        assert_eq!((r.cache_status(), r.text()), (STORED, &*format!("user 501 v{}", v + 1)));
+        assert_eq!(
+            (r.cache_status(), r.text()),
+            (STORED, &*format!("user 501 v{}", v + 1))
+        );
         runs += 1;
         // What the handler rejects is never cached, and answered by the handler.
-        for bad in ["abc", "-1", "5%200"] {
+        // `%FF`: not UTF-8 once decoded, which `Path` rejects too.
+        for bad in ["abc", "-1", "5%200", "%FF"] {
             for _ in 0..2 {
                 let r = get_req(&app, &format!("/{route}/{bad}")).await;
                 assert_eq!(r.status, StatusCode::BAD_REQUEST, "{route}/{bad}");
@@ -589,14 +614,16 @@ async fn outdated_entries_are_plain_misses(b: Backend) {
         raw[3] = 1;
         raw
     };
-    b.put_raw(&cache.key_space().entry("o:1"), &old(b"from another key")).await;
+    b.put_raw(&cache.key_space().entry("o:1"), &old(b"from another key"))
+        .await;
     let r = get_req(&app, "/o/1").await;
     assert_eq!((r.cache_status(), r.text()), (STORED, "fresh"));
     assert_hit(&get_req(&app, "/o/1").await);
     let s = cache.stats();
     assert_eq!((s.decode_failures, s.misses, s.hits), (0, 1, 1), "{s:?}");
 
-    b.put_raw(&cache.key_space().entry("f:1"), &old(b"\"old\"")).await;
+    b.put_raw(&cache.key_space().entry("f:1"), &old(b"\"old\""))
+        .await;
     let v: Result<String, Infallible> = cache
         .get_or_set("f:1", || async { Ok("new".to_owned()) })
         .await;
@@ -614,7 +641,11 @@ async fn quickstart_rejects_bad_pages_on_every_request(b: Backend) {
     assert_eq!((r.status, r.cache_status()), (StatusCode::OK, STORED));
     let page1 = r.text().to_owned();
     assert!(page1.contains("\"page\":1"), "{page1}");
-    for uri in ["/users/1/posts?page=01", "/users/1/posts?page=%2B1", "/users/01/posts?page=1"] {
+    for uri in [
+        "/users/1/posts?page=01",
+        "/users/1/posts?page=%2B1",
+        "/users/01/posts?page=1",
+    ] {
         let r = get_req(&app, uri).await;
         assert_hit(&r);
         assert_eq!(r.text(), page1, "{uri}");
@@ -631,7 +662,11 @@ async fn quickstart_rejects_bad_pages_on_every_request(b: Backend) {
             assert_eq!(r.status, StatusCode::BAD_REQUEST, "{uri}: {}", r.text());
             assert!(r.text().contains("page"), "{uri}: {}", r.text());
             if let Some(d) = detail {
-                assert_eq!(r.cache_status(), format!("{NAME}; fwd=bypass; detail={d}"), "{uri}");
+                assert_eq!(
+                    r.cache_status(),
+                    format!("{NAME}; fwd=bypass; detail={d}"),
+                    "{uri}"
+                );
             } else {
                 assert!(!r.is_hit(), "{uri}");
             }
@@ -654,7 +689,11 @@ async fn quickstart_rejects_bad_pages_on_every_request(b: Backend) {
     assert_eq!(r.cache_status(), STORED);
     assert!(r.text().contains("\"version\":2"), "{}", r.text());
     let r = get_req(&app, "/users/1/posts?page=1").await;
-    assert_eq!(r.cache_status(), STORED, "the write invalidated the user's posts");
+    assert_eq!(
+        r.cache_status(),
+        STORED,
+        "the write invalidated the user's posts"
+    );
 }
 
 type Headers = &'static [(&'static str, &'static str)];

@@ -183,9 +183,16 @@ mod tests {
     #[test]
     fn a_kept_key_never_equals_a_shortened_one() {
         for n in KEEP_LEN + 1..600 {
-            for long in ["x".repeat(n), format!("{}é{}", "x".repeat(n % 230), "x".repeat(n - n % 230))] {
+            for long in [
+                "x".repeat(n),
+                format!("{}é{}", "x".repeat(n % 230), "x".repeat(n - n % 230)),
+            ] {
                 let s = bound_length(long.clone());
-                assert!(s.len() > KEEP_LEN && s.len() <= MAX_KEY_LEN, "{n}: {}", s.len());
+                assert!(
+                    s.len() > KEEP_LEN && s.len() <= MAX_KEY_LEN,
+                    "{n}: {}",
+                    s.len()
+                );
                 assert!(is_shortened(&s));
             }
         }

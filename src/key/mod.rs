@@ -122,9 +122,9 @@ mod extract;
 mod template;
 
 pub(crate) use escape::{bound_length, short_hash, with_suffix};
+pub use escape::{escape, glob_escape, KEEP_LEN, MAX_KEY_LEN};
 #[cfg(feature = "axum")]
 pub(crate) use extract::ExtractKey;
-pub use escape::{escape, glob_escape, KEEP_LEN, MAX_KEY_LEN};
 pub use template::{KeyTemplate, TemplateError};
 
 use http::request::Parts;
@@ -493,7 +493,10 @@ mod tests {
 
     #[test]
     fn key_errors_map_to_cache_status_details() {
-        assert_eq!(KeyError::MissingPathParam("id".into()).detail(), "key-error");
+        assert_eq!(
+            KeyError::MissingPathParam("id".into()).detail(),
+            "key-error"
+        );
         assert_eq!(KeyError::Declined.detail(), "key-declined");
         assert_eq!(KeyError::Rejected("x".into()).detail(), "key-rejected");
     }

@@ -532,7 +532,10 @@ mod tests {
             [Part::Query("a".into(), None), lit(":,"), p("b")]
         );
         assert_eq!(parts("{a}%{b}"), [p("a"), lit(":%"), p("b")]);
-        assert_eq!(parts("{a}{b}{c}"), [p("a"), lit(":"), p("b"), lit(":"), p("c")]);
+        assert_eq!(
+            parts("{a}{b}{c}"),
+            [p("a"), lit(":"), p("b"), lit(":"), p("c")]
+        );
         assert_eq!(parts("{a}{b}:"), [p("a"), lit(":"), p("b"), lit(":")]);
     }
 
@@ -550,7 +553,10 @@ mod tests {
         let page = |uri: &str| render("p:{query.page:u32}", uri, &[], &[]);
         assert_eq!(page("/?page=02").unwrap(), "p:2");
         assert_eq!(page("/").unwrap(), "p:~");
-        assert!(matches!(page("/?page=1&page=2"), Err(KeyError::Rejected(_))));
+        assert!(matches!(
+            page("/?page=1&page=2"),
+            Err(KeyError::Rejected(_))
+        ));
         assert!(matches!(page("/?page=%FF"), Err(KeyError::Rejected(_))));
         assert!(matches!(page("/?page=0x1"), Err(KeyError::Rejected(_))));
         let b = |uri: &str| render("b:{query.on:bool}", uri, &[], &[]);

@@ -189,7 +189,8 @@ impl CacheLayer {
         self
     }
 
-    /// The key template, e.g. `"user:{id}"` (see [`key`](crate::key) for the variables).
+    /// The key template, e.g. `"user:{id}"` or `"user:{id:u64}"` (see [`key`](crate::key) for
+    /// the holes, and why the keys are injective).
     ///
     /// # Panics
     ///
@@ -274,7 +275,9 @@ impl CacheLayer {
     /// Caches requests whose method is not GET or HEAD (add it to [`methods`](Self::methods),
     /// e.g. POST for GraphQL or search APIs) keyed by their body: the body is read up to
     /// `max_bytes`, and a 128-bit SHA-256 of it and of the request's `Content-Type` is appended
-    /// to the key as `#body:HASH`. The handler receives the same body, frame for frame.
+    /// to the key as `#body:HASH` (the whole key bounded to
+    /// [`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN)). The handler receives the same body, frame for
+    /// frame.
     ///
     /// A body over `max_bytes`, with trailers, or that fails to read bypasses the cache
     /// (`fwd=bypass; detail=body-too-large | body-trailers | body-error`); the handler still gets

@@ -359,7 +359,11 @@ mod tests {
         let long = "k".repeat(crate::key::MAX_KEY_LEN);
         let en_long = m.variant_key(&long, &headers(&[("accept-language", "en")]), &enc);
         let fr_long = m.variant_key(&long, &headers(&[("accept-language", "fr")]), &enc);
-        assert!(en_long.len() <= crate::key::MAX_KEY_LEN, "{}", en_long.len());
+        assert!(
+            en_long.len() <= crate::key::MAX_KEY_LEN,
+            "{}",
+            en_long.len()
+        );
         assert_ne!(en_long, fr_long);
         // Equivalent Accept-Encoding fields share a variant.
         let a = m.variant_key(

@@ -7,6 +7,8 @@
 //! are injective exactly when two requests share a key only if they share [`canonical`] values.
 #![allow(dead_code)]
 
+use tower_valkey_cache::key::KeyStrategy as _;
+
 /// One piece of a template.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Piece {
@@ -199,9 +201,12 @@ pub fn canonical(pieces: &[Piece], req: &Req) -> Option<Vec<Value>> {
     Some(out)
 }
 
+/// Method, path, decoded and sorted query pairs.
+pub type DefaultView = (String, String, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// The default key's view of a request: the method (HEAD as GET), the raw path, and the decoded
 /// query pairs stably sorted by the name the handler sees (so repeated names keep their order).
-pub fn default_view(req: &Req) -> (String, String, Vec<(Vec<u8>, Vec<u8>)>) {
+pub fn default_view(req: &Req) -> DefaultView {
     let method = if req.method == "HEAD" {
         "GET".to_owned()
     } else {
@@ -210,6 +215,135 @@ pub fn default_view(req: &Req) -> (String, String, Vec<(Vec<u8>, Vec<u8>)>) {
     let mut pairs = req.query.as_deref().map(query_pairs).unwrap_or_default();
     pairs.sort_by(|a, b| String::from_utf8_lossy(&a.0).cmp(&String::from_utf8_lossy(&b.0)));
     (method, req.path.clone(), pairs)
+}
+
+/// Requests close to `r`: a character moved across the boundary between the first two path
+/// parameters (either way), each query character percent-encoded in turn, a leading `0` or
+/// `+` on a parameter, the first two query pairs swapped and the first repeated, HEAD for GET.
+/// Where injectivity would break, it breaks between such neighbours.
+pub fn neighbours(r: &Req) -> Vec<Req> {
+    let mut out = Vec::new();
+    if r.params.len() >= 2 {
+        let (a, b) = (&r.params[0].1, &r.params[1].1);
+        if let Some(c) = a.chars().last() {
+            let mut n = r.clone();
+            n.params[0].1 = a[..a.len() - c.len_utf8()].to_owned();
+            n.params[1].1 = format!("{c}{b}");
+            out.push(n);
+        }
+        if let Some(c) = b.chars().next() {
+            let mut n = r.clone();
+            n.params[0].1 = format!("{a}{c}");
+            n.params[1].1 = b[c.len_utf8()..].to_owned();
+            out.push(n);
+        }
+    }
+    for (k, (_, v)) in r.params.iter().enumerate() {
+        for prefix in ["0", "+"] {
+            let mut n = r.clone();
+            n.params[k].1 = format!("{prefix}{v}");
+            out.push(n);
+        }
+    }
+    if let Some(q) = &r.query {
+        for (i, c) in q.char_indices() {
+            if c.is_ascii_alphanumeric() || c == '~' || c == '_' || c == '.' || c == '-' {
+                let mut n = r.clone();
+                n.query = Some(format!("{}%{:02X}{}", &q[..i], c as u8, &q[i + 1..]));
+                out.push(n);
+            }
+        }
+        let pairs: Vec<&str> = q.split('&').collect();
+        if pairs.len() >= 2 {
+            let mut swapped = pairs.clone();
+            swapped.swap(0, 1);
+            let mut n = r.clone();
+            n.query = Some(swapped.join("&"));
+            out.push(n);
+        }
+        let mut n = r.clone();
+        n.query = Some(format!("{}&{q}", pairs[0]));
+        out.push(n);
+    }
+    if r.method == "GET" {
+        let mut n = r.clone();
+        n.method = "HEAD".into();
+        out.push(n);
+    }
+    out
+}
+
+/// The request's parts as `http` parses them; None if it is not a valid request.
+pub fn parts_of(r: &Req) -> Option<http::request::Parts> {
+    let uri = match &r.query {
+        Some(q) => format!("{}?{q}", r.path),
+        None => r.path.clone(),
+    };
+    let uri: http::Uri = uri.parse().ok()?;
+    // What the handler is shown is what `http` parsed: the model must see the same.
+    if uri.path() != r.path || uri.query() != r.query.as_deref() {
+        return None;
+    }
+    let mut b = http::Request::builder().method(r.method.as_str()).uri(uri);
+    for (n, v) in &r.headers {
+        b = b.header(n.as_str(), http::HeaderValue::from_bytes(v).ok()?);
+    }
+    Some(b.body(()).ok()?.into_parts().0)
+}
+
+/// Renders `pieces` for every request and checks, over all of them at once, that two requests
+/// share a key exactly when they present the same values to the handler (the model in
+/// this file), that a key is declined exactly when the handler would reject
+/// the request, that keys stay within `MAX_KEY_LEN`, and that they hold a glob metacharacter only
+/// if the template's own text does.
+pub fn check_template(
+    pieces: &[Piece],
+    reqs: &[(Req, http::request::Parts)],
+) -> Result<(), String> {
+    use std::collections::HashMap;
+    let src = source(pieces);
+    let t = tower_valkey_cache::key::KeyTemplate::parse(&src)
+        .map_err(|e| format!("{src:?} does not parse: {e}"))?;
+    let glob_in_template = src.contains(['*', '?', '[', ']', '\\']);
+    let mut by_key: HashMap<String, (Vec<Value>, &Req)> = HashMap::new();
+    let mut by_values: HashMap<Vec<Value>, (String, &Req)> = HashMap::new();
+    for (r, parts) in reqs {
+        let ctx =
+            tower_valkey_cache::key::KeyContext::new(parts).with_path_params(r.params.clone());
+        let key = t.key(&ctx);
+        let values = canonical(pieces, r);
+        let (key, values) = match (key, values) {
+            (Ok(k), Some(v)) => (k, v),
+            (Err(_), None) => continue,
+            (k, v) => {
+                return Err(format!(
+                    "{src:?} {r:?}: key {k:?}, but the handler sees {v:?}"
+                ))
+            }
+        };
+        if key.len() > tower_valkey_cache::key::MAX_KEY_LEN
+            || (!glob_in_template && key.contains(['*', '?', '[', ']', '\\']))
+        {
+            return Err(format!("{src:?} {r:?}: key {key:?}"));
+        }
+        if let Some((other, o)) = by_key.get(&key) {
+            if *other != values {
+                return Err(format!(
+                    "template {src:?}: one key {key:?} for different values\n{r:?}\n{o:?}"
+                ));
+            }
+        }
+        if let Some((other, o)) = by_values.get(&values) {
+            if *other != key {
+                return Err(format!(
+                    "template {src:?}: the same values {values:?} under two keys {key:?} / {other:?}\n{r:?}\n{o:?}"
+                ));
+            }
+        }
+        by_key.insert(key.clone(), (values.clone(), r));
+        by_values.insert(values, (key, r));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
