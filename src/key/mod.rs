@@ -174,31 +174,42 @@ impl<'a> KeyContext<'a> {
         let Some(q) = self.parts.uri.query() else {
             return Vec::new();
         };
-        query_pairs(q)
-            .filter(|(n, _)| String::from_utf8_lossy(n) == name)
-            .map(|(_, v)| v)
+        raw_query_pairs(q)
+            .filter(|(n, _)| query_name(n) == name)
+            .map(|(_, v)| form_decode(v))
             .collect()
     }
 }
 
-/// The query's parameters as axum's `Query` (serde_urlencoded, form_urlencoded) reads them:
-/// split on `&`, empty pieces skipped, name and value split at the first `=` (a piece without
-/// one is a name with an empty value), `+` decoded as a space, then percent-escapes decoded.
-/// `Query` then decodes the bytes to text lossily (invalid UTF-8 as U+FFFD); names are compared
-/// that way, values are kept as bytes (so two values `Query` cannot tell apart may key apart,
-/// never the reverse).
-pub(crate) fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, [u8]>, Cow<'_, [u8]>)> {
+/// The query's parameters as axum's `Query` (serde_urlencoded, form_urlencoded) splits them, not
+/// yet decoded: on `&`, empty pieces skipped, name and value split at the first `=` (a piece
+/// without one is a name with an empty value). Decode each with [`form_decode`]; `Query` then
+/// reads the bytes as text lossily (invalid UTF-8 as U+FFFD): names are compared that way
+/// ([`query_name`]), values are kept as bytes (so two values `Query` cannot tell apart may key
+/// apart, never the reverse).
+pub(crate) fn raw_query_pairs(query: &str) -> impl Iterator<Item = (&[u8], &[u8])> {
     query
         .as_bytes()
         .split(|&b| b == b'&')
         .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (n, v) = match p.iter().position(|&b| b == b'=') {
-                Some(i) => (&p[..i], &p[i + 1..]),
-                None => (p, &p[p.len()..]),
-            };
-            (form_decode(n), form_decode(v))
+        .map(|p| match p.iter().position(|&b| b == b'=') {
+            Some(i) => (&p[..i], &p[i + 1..]),
+            None => (p, &p[p.len()..]),
         })
+}
+
+/// A raw query name as the handler's `Query` sees it: decoded, then read as text lossily.
+/// Borrowed from the query (no allocation) when there is nothing to decode.
+pub(crate) fn query_name(raw: &[u8]) -> Cow<'_, str> {
+    lossy(&form_decode(raw))
+}
+
+/// Decoded bytes as text, lossily, borrowing what the bytes borrow.
+fn lossy<'q>(decoded: &Cow<'q, [u8]>) -> Cow<'q, str> {
+    match decoded {
+        Cow::Borrowed(b) => String::from_utf8_lossy(b),
+        Cow::Owned(v) => Cow::Owned(String::from_utf8_lossy(v).into_owned()),
+    }
 }
 
 /// `application/x-www-form-urlencoded` decoding of one name or value, as form_urlencoded does it
@@ -304,18 +315,21 @@ impl KeyStrategy for DefaultKey {
         out.push(':');
         escape::escape_into(&mut out, uri.path(), true);
         if let Some(q) = uri.query() {
-            let mut pairs: Vec<_> = query_pairs(q)
-                .map(|(n, v)| (String::from_utf8_lossy(&n).into_owned(), n, v))
+            let mut pairs: Vec<_> = raw_query_pairs(q)
+                .map(|(n, v)| {
+                    let n = form_decode(n);
+                    (lossy(&n), n, v)
+                })
                 .collect();
-            // By the name the handler sees; stable, so the values of one name (as the handler
-            // sees it) keep their request order (`a=1&a=2` is not `a=2&a=1`).
+            // By the name the handler sees; stable, so the values of one name keep their
+            // request order (`a=1&a=2` is not `a=2&a=1`).
             pairs.sort_by(|a, b| a.0.cmp(&b.0));
             // `/p`, `/p?` and `/p?&` name the same resource: no parameters, no `?`.
             for (i, (_, n, v)) in pairs.into_iter().enumerate() {
                 out.push(if i == 0 { '?' } else { '&' });
                 escape::escape_into(&mut out, n, false);
                 out.push('=');
-                escape::escape_into(&mut out, v, false);
+                escape::escape_into(&mut out, form_decode(v), false);
             }
         }
         Ok(bound_length(out))
