@@ -93,6 +93,67 @@ mod tests {
         assert!(r.unwrap().len() <= super::super::MAX_KEY_LEN);
     }
 
+    /// A custom extractor over the application's state, which awaits before it answers.
+    #[derive(Clone)]
+    struct AppState {
+        tenants: std::sync::Arc<Vec<&'static str>>,
+    }
+
+    struct CurrentTenant(String);
+
+    impl FromRequestParts<AppState> for CurrentTenant {
+        type Rejection = http::StatusCode;
+
+        async fn from_request_parts(
+            parts: &mut Parts,
+            state: &AppState,
+        ) -> Result<Self, Self::Rejection> {
+            tokio::task::yield_now().await;
+            let t = parts
+                .headers
+                .get("x-tenant")
+                .and_then(|v| v.to_str().ok())
+                .filter(|t| state.tenants.contains(t))
+                .ok_or(http::StatusCode::UNAUTHORIZED)?;
+            Ok(CurrentTenant(t.to_owned()))
+        }
+    }
+
+    #[tokio::test]
+    async fn custom_extractors_with_state_and_tuples() {
+        let state = AppState {
+            tenants: std::sync::Arc::new(vec!["acme", "a_b"]),
+        };
+        let k = ExtractKey::new(
+            state,
+            |(CurrentTenant(t), Query(p)): (CurrentTenant, Query<Page>)| {
+                format!("t:{}:page:{}", super::super::escape(&t), p.page)
+            },
+        );
+        let run = |tenant: &'static str, uri: &'static str| {
+            let k = &k;
+            async move {
+                let mut p = http::Request::get(uri)
+                    .header("x-tenant", tenant)
+                    .body(())
+                    .unwrap()
+                    .into_parts()
+                    .0;
+                k.extract(&mut p).await
+            }
+        };
+        assert_eq!(run("acme", "/?page=02").await, Ok("t:acme:page:2".into()));
+        assert_eq!(run("a_b", "/?page=1").await, Ok("t:a%5Fb:page:1".into()));
+        assert!(matches!(
+            run("evil", "/?page=1").await,
+            Err(KeyError::Rejected(_))
+        ));
+        assert!(matches!(
+            run("acme", "/?page=x").await,
+            Err(KeyError::Rejected(_))
+        ));
+    }
+
     #[test]
     fn a_path_extractor_outside_a_route_rejects() {
         let k = ExtractKey::new((), |Path(id): Path<u64>| format!("user:{id}"));
