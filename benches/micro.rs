@@ -74,6 +74,38 @@ fn keys(c: &mut Criterion) {
         b.iter(|| escape(black_box("a:b*c?[d] e%f/ünï")))
     });
     g.finish();
+
+    // The same keys timed by this thread's CPU time (see `router-cpu`): steadier on a shared
+    // machine, for comparing versions.
+    let mut g = c.benchmark_group("key-cpu");
+    let params = || vec![("id".to_owned(), "7".to_owned())];
+    let cases: [(&str, &KeyTemplate, &http::request::Parts); 3] = [
+        ("template (path param, query, header)", &template, &parts),
+        ("template item:{id}", &simple, &parts),
+        ("template with a hashed credential", &hashed, &credential),
+    ];
+    for (name, t, p) in cases {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = thread_cpu_time();
+                for _ in 0..iters {
+                    let ctx = KeyContext::new(black_box(p)).with_path_params(params());
+                    black_box(t.key(&ctx).unwrap());
+                }
+                thread_cpu_time().saturating_sub(start)
+            })
+        });
+    }
+    g.bench_function("default key (sorted query)", |b| {
+        b.iter_custom(|iters| {
+            let start = thread_cpu_time();
+            for _ in 0..iters {
+                black_box(DefaultKey.key(&KeyContext::new(black_box(&parts))).unwrap());
+            }
+            thread_cpu_time().saturating_sub(start)
+        })
+    });
+    g.finish();
 }
 
 fn entry(size: usize) -> Entry {

@@ -16,8 +16,17 @@
 //! curl -i -X PUT localhost:3000/users/1 -H 'content-type: application/json' -d '{"name":"Ada L."}'
 //! curl -i localhost:3000/users/1                 # miss with version 2, then hits
 //! curl -i 'localhost:3000/users/1/posts?page=2'  # cached per user and page
+//! curl -i 'localhost:3000/users/01/posts?page=02' # the same entry: keys name values, not spellings
+//! curl -i 'localhost:3000/users/1/posts?page=0'  # 400: pages start at 1 (never cached)
+//! curl -i 'localhost:3000/users/1/posts?page=1&page=2'  # 400: one page at a time
 //! curl -i localhost:3000/me -H 'authorization: Bearer alice'   # cached per caller only
 //! ```
+//!
+//! The keys are built from what the handlers see: `key_from(Path<u64>)` for users and typed
+//! holes (`{id:u64}`, `{query.page:u32}`) for posts, so `/users/1`, `/users/01` and `/users/+1`
+//! share one entry that a write through any of them invalidates. A request a handler rejects
+//! (`page=0`, `page=x`, `page` twice) is answered by the handler every time: its 400 is not
+//! stored, and a typed hole that does not parse serves it uncached (`detail=key-rejected`).
 //!
 //! Ctrl-C stops it gracefully.
 
@@ -34,13 +43,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower_valkey_cache::{Cache, CacheLayer, InvalidateLayer, MemoryStore, ValkeyStore};
 
+/// The example's database: users by id, with a version bumped by every write.
 #[derive(Clone, Default)]
-struct Db {
+pub struct Db {
     users: Arc<Mutex<HashMap<u64, (String, u64)>>>,
 }
 
 impl Db {
-    fn seeded() -> Self {
+    /// Three users, at version 1.
+    pub fn seeded() -> Self {
         let db = Db::default();
         {
             let mut users = db.users.lock().expect("fresh lock");
@@ -85,18 +96,33 @@ async fn put_user(
     ))
 }
 
-#[derive(Deserialize)]
-struct Page {
-    page: Option<u32>,
+/// The `page` query parameter: absent means 1; otherwise given once, a whole number from 1.
+/// The handler decides what it accepts; the cache key (`{query.page:u32}`) parses the same way,
+/// so a request this rejects is never answered from the cache.
+fn page(query: &[(String, String)]) -> Result<u32, (StatusCode, String)> {
+    let bad = |msg: &str| (StatusCode::BAD_REQUEST, msg.to_owned());
+    let mut pages = query.iter().filter(|(k, _)| k == "page").map(|(_, v)| v);
+    match (pages.next(), pages.next()) {
+        (None, _) => Ok(1),
+        (Some(_), Some(_)) => Err(bad("give `page` once")),
+        (Some(p), None) => match p.parse::<u32>() {
+            Ok(p) if p >= 1 => Ok(p),
+            _ => Err(bad("`page` must be a whole number from 1")),
+        },
+    }
 }
 
-async fn user_posts(Path(id): Path<u64>, Query(p): Query<Page>) -> Json<Value> {
+async fn user_posts(
+    Path(id): Path<u64>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, (StatusCode, String)> {
+    let page = page(&query)?;
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let page = p.page.unwrap_or(1);
-    let posts: Vec<Value> = (0..5)
-        .map(|i| json!({ "id": (page - 1) * 5 + i + 1, "title": format!("Post {} by user {id}", (page - 1) * 5 + i + 1) }))
+    let first = (u64::from(page) - 1) * 5 + 1;
+    let posts: Vec<Value> = (first..first + 5)
+        .map(|n| json!({ "id": n, "title": format!("Post {n} by user {id}") }))
         .collect();
-    Json(json!({ "user": id, "page": page, "posts": posts }))
+    Ok(Json(json!({ "user": id, "page": page, "posts": posts })))
 }
 
 async fn me(headers: HeaderMap) -> Result<Json<Value>, StatusCode> {
@@ -109,24 +135,26 @@ async fn me(headers: HeaderMap) -> Result<Json<Value>, StatusCode> {
     Ok(Json(json!({ "caller": caller })))
 }
 
-fn app(cache: Cache, db: Db) -> Router {
+/// The example's router (also driven by `tests/layer.rs`).
+pub fn app(cache: Cache, db: Db) -> Router {
     Router::new()
         .route(
             "/users/{id}",
             get(get_user)
                 .route_layer(
                     CacheLayer::new(cache.clone())
-                        .key("user:{id}")
-                        .tags(["user:{id}"])
+                        // Keyed by the id the handler's `Path<u64>` sees: `/users/01` is user 1.
+                        .key_from(|Path(id): Path<u64>| format!("user:{id}"))
+                        .tags(["user:{id:u64}"])
                         .ttl(Duration::from_secs(60)),
                 )
                 // `merge` keeps each method's layers to itself: the PUT invalidates, the GET caches.
                 .merge(
                     put(put_user).route_layer(
                         InvalidateLayer::new(cache.clone())
-                            .keys(["user:{id}"])
-                            .patterns(["user_{id}_posts:*"])
-                            .tags(["user:{id}"]),
+                            .keys(["user:{id:u64}"])
+                            .patterns(["user_{id:u64}_posts:*"])
+                            .tags(["user:{id:u64}"]),
                     ),
                 ),
         )
@@ -134,8 +162,10 @@ fn app(cache: Cache, db: Db) -> Router {
             "/users/{id}/posts",
             get(user_posts).route_layer(
                 CacheLayer::new(cache.clone())
-                    .key("user_{id}_posts:page_{query.page}")
-                    .tags(["user:{id}"])
+                    // Typed holes: `page=02` is page 2; `page=x` or `page` twice is rejected by
+                    // the key as by the handler, and served uncached.
+                    .key("user_{id:u64}_posts:page_{query.page:u32}")
+                    .tags(["user:{id:u64}"])
                     .ttl(Duration::from_secs(60)),
             ),
         )

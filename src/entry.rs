@@ -5,10 +5,10 @@
 //! three instants (stored at, fresh until, stale until). Stores never look inside: they keep the
 //! encoded bytes and expire them at `stale_until`.
 //!
-//! # Format (version 1)
+//! # Format (version 3)
 //!
 //! ```text
-//! "TVC" 0x01                 magic and version
+//! "TVC" 0x03                 magic and version
 //! u8                         flags (reserved, 0)
 //! u64 stored_at_ms           Unix milliseconds, big endian
 //! u64 fresh_until_ms
@@ -22,6 +22,13 @@
 //! Compressed or encrypted entries (features `compression`, `encryption`) are stored in an
 //! envelope around this encoding (version byte 2): see [`seal`](crate::seal).
 //!
+//! Version 1 is the same layout, written by releases whose keys had another meaning (values
+//! escaped less, queries keyed raw, see the CHANGELOG): an entry found under a key of this
+//! version may have been stored for another request. Reading one is
+//! [outdated](DecodeError::is_outdated), a plain miss (not counted or logged as corrupt), and
+//! the next fill overwrites it. Version 3 (not 2) so that the first byte after the magic also
+//! tells a plain entry from a sealed envelope.
+//!
 //! Anything that does not decode (foreign data, truncation, another version, trailing bytes) is a
 //! [`DecodeError`]; callers treat it as a miss and overwrite the value.
 
@@ -30,7 +37,9 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAGIC: &[u8; 3] = b"TVC";
-const VERSION: u8 = 1;
+const VERSION: u8 = 3;
+/// Entries of this version were written under keys that meant something else: misses.
+const OUTDATED_VERSION: u8 = 1;
 const FIXED_LEN: usize = 3 + 1 + 1 + 8 * 3 + 4 + 2 + 2;
 
 /// A decoded cache entry.
@@ -67,6 +76,8 @@ pub enum Freshness {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecodeError(&'static str);
 
+const OUTDATED: &str = "entry written by an older version (keys changed meaning)";
+
 impl DecodeError {
     pub(crate) fn new(reason: &'static str) -> Self {
         DecodeError(reason)
@@ -76,6 +87,13 @@ impl DecodeError {
     /// route does not cache, or a `Set-Cookie` header): treated like an undecodable value.
     pub fn foreign() -> Self {
         DecodeError("entry the route could not have stored")
+    }
+
+    /// Whether the value is an entry written by an older version of the crate, whose keys meant
+    /// something else: a plain miss, neither corrupt nor foreign (callers do not count it in
+    /// `decode_failures` nor log it), overwritten by the next fill.
+    pub fn is_outdated(&self) -> bool {
+        self.0 == OUTDATED
     }
 }
 
@@ -230,8 +248,10 @@ impl Entry {
         if r.take(3)? != MAGIC {
             return Err(DecodeError("not an entry (bad magic)"));
         }
-        if r.u8()? != VERSION {
-            return Err(DecodeError("unsupported version"));
+        match r.u8()? {
+            VERSION => {}
+            OUTDATED_VERSION => return Err(DecodeError(OUTDATED)),
+            _ => return Err(DecodeError("unsupported version")),
         }
         let _flags = r.u8()?;
         let stored_at_ms = r.u64()?;
@@ -380,5 +400,27 @@ mod tests {
             Entry::decode(&Bytes::from(v2)),
             Err(DecodeError("unsupported version"))
         );
+    }
+
+    /// An entry of version 1 (keys of another meaning) is outdated: a miss, not corruption;
+    /// nothing else is outdated.
+    #[test]
+    fn older_versions_are_outdated_not_corrupt() {
+        let raw = sample().encode().unwrap();
+        assert_eq!(&raw[..4], b"TVC\x03");
+        let mut v1 = raw.to_vec();
+        v1[3] = 1;
+        assert_eq!(Entry::peek_status(&raw), Some(200));
+        assert_eq!(Entry::peek_status(&v1), None);
+        let e = Entry::decode(&Bytes::from(v1)).unwrap_err();
+        assert!(e.is_outdated(), "{e}");
+        for version in [0u8, 2, 4, 255] {
+            let mut v = raw.to_vec();
+            v[3] = version;
+            let e = Entry::decode(&Bytes::from(v)).unwrap_err();
+            assert!(!e.is_outdated(), "version {version}");
+        }
+        assert!(!DecodeError::foreign().is_outdated());
+        assert!(!Entry::decode(&raw.slice(..10)).unwrap_err().is_outdated());
     }
 }

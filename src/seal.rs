@@ -56,18 +56,20 @@
 //! # Format
 //!
 //! An entry that is neither compressed nor encrypted is stored as the plain
-//! [entry encoding](crate::entry) (version 1). A transformed one is an envelope:
+//! [entry encoding](crate::entry) (version 3; version 1 entries, written when keys meant
+//! something else, read as misses). A transformed one is an envelope:
 //!
 //! ```text
-//! "TVC" 0x02          magic and envelope version (version 1 readers reject it as a miss)
+//! "TVC" 0x02          magic and envelope version (entry readers reject it as a miss)
 //! u8 flags            0x01 LZ4, 0x02 AES-256-GCM; any other bit, or none, is an error
 //! if encrypted:
 //!   u32 key id          the Keyring key that sealed it
 //!   [12] nonce          random, from the operating system's CSPRNG
 //!   ciphertext, tag     16-byte tag; associated data: the 9 bytes above + the store key
 //! payload (the plaintext when encrypted):
-//!   if LZ4: u32 decoded length, LZ4 block of the version 1 encoding
-//!   else:   the version 1 encoding
+//!   if LZ4: u32 decoded length, LZ4 block of the entry encoding
+//!   else:   the entry encoding (an envelope around a version 1 entry opens to an outdated
+//!           entry: a miss)
 //! ```
 //!
 //! The whole encoding is compressed (headers too), then encrypted (ciphertext does not compress).

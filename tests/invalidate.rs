@@ -753,6 +753,76 @@ async fn glob_injection(b: Backend) {
     }
 }
 
+/// Issue 15: separators in values. `user_{id}_*` for id `1` used to match the entries of id
+/// `1_x` too (`_` was left unescaped, so `1_x` rendered `user_1_x_posts`); now `PUT /u/1`
+/// removes exactly the entries of user `1`, whatever the other ids hold.
+async fn separator_injection(b: Backend) {
+    let cache = b.cache("t_sep", OP);
+    let db = Db::default();
+    let app = Router::new()
+        .route(
+            "/u/{id}",
+            writer(&db, "u", MethodFilter::PUT).route_layer(inv(&cache).patterns(["user_{id}_*"])),
+        )
+        .route(
+            "/u/{id}/posts",
+            reader(&db, "u", TagHeader::None).route_layer(layer(&cache).key("user_{id}_posts")),
+        )
+        .route(
+            "/u/{id}/likes",
+            reader(&db, "u", TagHeader::None).route_layer(layer(&cache).key("user_{id}_likes")),
+        );
+    let ids = [
+        "1", "1_x", "1_posts", "1_x_y", "1.x", "1-x", "1~", "1,2", "1%5Fx", "1:x", "_", "1_",
+    ];
+    let mut removed = Removed::new(&cache);
+    let mut versions: HashMap<&str, u64> = ids.iter().map(|id| (*id, 1)).collect();
+    for id in &ids {
+        for page in ["posts", "likes"] {
+            let r = get_req(&app, &format!("/u/{}/{page}", encode(id))).await;
+            assert_eq!(
+                r.cache_status(),
+                STORED,
+                "{id} {page} collided with another entry"
+            );
+        }
+    }
+    if let Some(server) = b.server() {
+        // Every id has entries of its own: 2 per id.
+        assert_eq!(server.keys("t_sep:user_*").await.len(), 2 * ids.len());
+        assert_eq!(
+            server.keys("t_sep:user_1_*").await.len(),
+            2,
+            "the pattern of id 1 names only its own entries"
+        );
+    }
+    for writer_id in ids {
+        let r = put_req(&app, &format!("/u/{}", encode(writer_id))).await;
+        assert_eq!(r.status, StatusCode::OK, "{writer_id}");
+        assert_eq!(
+            removed.take(),
+            2,
+            "PUT /u/{writer_id} removes exactly its own two entries"
+        );
+        *versions.get_mut(writer_id).unwrap() += 1;
+        for id in &ids {
+            for page in ["posts", "likes"] {
+                let r = get_req(&app, &format!("/u/{}/{page}", encode(id))).await;
+                assert!(
+                    r.text().ends_with(&format!(" v{}", versions[id])),
+                    "{id}: {}",
+                    r.text()
+                );
+                if *id == writer_id {
+                    assert_eq!(r.cache_status(), STORED, "{id} after PUT {writer_id}");
+                } else {
+                    assert!(r.is_hit(), "{id} was invalidated by PUT {writer_id}");
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scenario: no stale re-fill, for each kind (deterministic)
 // ---------------------------------------------------------------------------------------------
@@ -1246,6 +1316,7 @@ mod valkey {
         invalidation_kinds,
         programmatic_counts,
         glob_injection,
+        separator_injection,
         no_stale_refill,
         queued_while_failing,
         large_pattern,
@@ -1258,6 +1329,7 @@ mod cluster {
         invalidation_kinds,
         programmatic_counts,
         glob_injection,
+        separator_injection,
         no_stale_refill,
         queued_while_failing,
     );
@@ -1268,6 +1340,7 @@ mod memory {
         invalidation_kinds,
         programmatic_counts,
         glob_injection,
+        separator_injection,
         no_stale_refill,
         queued_while_failing,
         large_pattern,

@@ -7,8 +7,12 @@
 
 mod support;
 
+#[allow(dead_code)]
+#[path = "../examples/quickstart.rs"]
+mod quickstart;
+
 use axum::body::Body;
-use axum::extract::Path;
+use axum::extract::{Path, Query};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, MethodRouter};
@@ -23,7 +27,9 @@ use support::{
     eventually, get as get_req, has_entry, request, send, stored, Backend, Resp, StoreTimeouts,
 };
 use tower_valkey_cache::entry::Entry;
-use tower_valkey_cache::{Cache, CacheLayer, MemoryStore, ValkeyConfig, ValkeyStore};
+use tower_valkey_cache::{
+    Cache, CacheLayer, InvalidateLayer, MemoryStore, ValkeyConfig, ValkeyStore,
+};
 
 const NAME: &str = "tower-valkey-cache";
 const STORED: &str = "tower-valkey-cache; fwd=uri-miss; stored";
@@ -364,6 +370,330 @@ async fn query_normalisation(b: Backend) {
         &["GET:/items?a=1&b=2", "GET:/items?a=1&b=3", "GET:/items"],
     )
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios: keys name what the handler sees (issue 15)
+// ---------------------------------------------------------------------------------------------
+
+/// `post_{user}_{id}` used to render one key for `/p/a/b_c` and `/p/a_b/c` (`_` was left
+/// unescaped), so the second request was answered with the first one's body; adjacent holes
+/// (`{a}{b}`) collided the same way.
+async fn separator_values_keep_entries_apart(b: Backend) {
+    let cache = b.cache("t_sep", OP);
+    let calls = Calls::default();
+    let (c1, c2) = (calls.clone(), calls.clone());
+    let app = Router::new()
+        .route(
+            "/p/{user}/{id}",
+            get(move |Path((user, id)): Path<(String, String)>| {
+                c1.inc();
+                async move { format!("post of {user}: {id}") }
+            })
+            .route_layer(layer(&cache).key("post_{user}_{id}")),
+        )
+        .route(
+            "/q/{a}/{b}",
+            get(move |Path((a, b)): Path<(String, String)>| {
+                c2.inc();
+                async move { format!("{a}|{b}") }
+            })
+            .route_layer(layer(&cache).key("q{a}{b}")),
+        );
+    let cases = [
+        ("/p/a/b_c", "post of a: b_c"),
+        ("/p/a_b/c", "post of a_b: c"),
+        ("/p/a/b%5Fc", "post of a: b_c"),
+        ("/q/ab/c", "ab|c"),
+        ("/q/a/bc", "a|bc"),
+    ];
+    for (uri, body) in cases {
+        let r = get_req(&app, uri).await;
+        assert_eq!(r.text(), body, "{uri}");
+        if uri != "/p/a/b%5Fc" {
+            assert_eq!(
+                r.cache_status(),
+                STORED,
+                "{uri} was answered from another entry"
+            );
+        } else {
+            // The same value as `/p/a/b_c`, percent-encoded: the handler sees `b_c`.
+            assert_hit(&r);
+        }
+    }
+    for (uri, body) in cases {
+        let r = get_req(&app, uri).await;
+        assert_hit(&r);
+        assert_eq!(r.text(), body, "{uri}");
+    }
+    assert_eq!(calls.get(), 4);
+    assert_entries(
+        &b,
+        &cache,
+        &["post_a_b%5Fc", "post_a%5Fb_c", "qab:c", "qa:bc"],
+    )
+    .await;
+}
+
+/// `?%71=evil` is `q=evil` to the handler's `Query`, but the key used to compare raw names and
+/// see no `q`, so the evil body was served to `/s2`; `?q=a&q=b` was keyed by its first value
+/// only.
+async fn query_keys_see_what_the_handler_sees(b: Backend) {
+    let cache = b.cache("t_qkey", OP);
+    let calls = Calls::default();
+    let c = calls.clone();
+    let app = Router::new().route(
+        "/s2",
+        get(move |Query(q): Query<Vec<(String, String)>>| {
+            c.inc();
+            let values: Vec<String> = q
+                .into_iter()
+                .filter(|(k, _)| k == "q")
+                .map(|(_, v)| v)
+                .collect();
+            async move {
+                if values.is_empty() {
+                    "no q".to_owned()
+                } else {
+                    format!("q={}", values.join("|"))
+                }
+            }
+        })
+        .route_layer(layer(&cache).key("s2:{query.q}")),
+    );
+    // (request, body, whether an earlier request presented the same values)
+    let cases = [
+        ("/s2?%71=evil", "q=evil", false),
+        ("/s2", "no q", false),
+        ("/s2?q=evil", "q=evil", true),
+        ("/s2?q=a&q=b", "q=a|b", false),
+        ("/s2?q=b", "q=b", false),
+        ("/s2?q=a", "q=a", false),
+        ("/s2?q=b&q=a", "q=b|a", false),
+        ("/s2?q=%61&%71=b", "q=a|b", true),
+        ("/s2?q=a+b", "q=a b", false),
+        ("/s2?q=a%20b", "q=a b", true),
+        ("/s2?q=a,b", "q=a,b", false),
+    ];
+    for (uri, body, same) in cases {
+        let r = get_req(&app, uri).await;
+        assert_eq!(r.text(), body, "{uri}");
+        if same {
+            assert_hit(&r);
+        } else {
+            assert_eq!(
+                r.cache_status(),
+                STORED,
+                "{uri} was answered from another entry"
+            );
+        }
+    }
+    assert_eq!(calls.get(), cases.iter().filter(|c| !c.2).count());
+    assert_entries(
+        &b,
+        &cache,
+        &[
+            "s2:evil", "s2:~", "s2:a,b", "s2:b", "s2:a", "s2:b,a", "s2:a%20b", "s2:a%2Cb",
+        ],
+    )
+    .await;
+}
+
+/// `/users/0501`, `/users/+501` and `/users/501` are one `Path<u64>` to the handler: with a
+/// typed hole (`user:{id:u64}`) or a key from the extractor (`key_from(Path<u64>)`) they share
+/// one entry, a write through any spelling invalidates it, and a spelling the handler rejects
+/// (`/users/abc`) is served uncached with the handler's own answer.
+async fn numeric_spellings_share_one_entry(b: Backend) {
+    use std::sync::atomic::AtomicU64;
+    let cache = b.cache("t_num", OP);
+    let version = Arc::new(AtomicU64::new(1));
+    let calls = Calls::default();
+    let read = {
+        let (version, calls) = (version.clone(), calls.clone());
+        move |Path(id): Path<u64>| {
+            calls.inc();
+            let v = version.load(Ordering::SeqCst);
+            async move { format!("user {id} v{v}") }
+        }
+    };
+    let write = {
+        let version = version.clone();
+        move |Path(id): Path<u64>| {
+            let v = version.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { format!("user {id} now v{v}") }
+        }
+    };
+    let app = Router::new()
+        .route(
+            "/typed/{id}",
+            get(read.clone())
+                .route_layer(layer(&cache).key("user:{id:u64}"))
+                .merge(
+                    axum::routing::put(write.clone())
+                        .route_layer(InvalidateLayer::new(cache.clone()).keys(["user:{id:u64}"])),
+                ),
+        )
+        .route(
+            "/extracted/{id}",
+            get(read)
+                .route_layer(layer(&cache).key_from(|Path(id): Path<u64>| format!("xuser:{id}")))
+                .merge(
+                    axum::routing::put(write)
+                        .route_layer(InvalidateLayer::new(cache.clone()).keys(["xuser:{id:u64}"])),
+                ),
+        );
+    let mut runs = 0;
+    for route in ["typed", "extracted"] {
+        let v = version.load(Ordering::SeqCst);
+        let r = get_req(&app, &format!("/{route}/0501")).await;
+        assert_eq!(
+            (r.cache_status(), r.text()),
+            (STORED, &*format!("user 501 v{v}"))
+        );
+        runs += 1;
+        for spelling in ["%2B501", "501", "00501", "%35%30%31"] {
+            let r = get_req(&app, &format!("/{route}/{spelling}")).await;
+            assert_hit(&r);
+            assert_eq!(r.text(), format!("user 501 v{v}"), "{route}/{spelling}");
+        }
+        assert_eq!(
+            calls.get(),
+            runs,
+            "{route}: one handler run for every spelling"
+        );
+        // A write through another spelling invalidates the one entry.
+        let r = send(&app, request("PUT", &format!("/{route}/+501"), &[])).await;
+        assert_eq!(r.status, StatusCode::OK, "{route}");
+        let r = get_req(&app, &format!("/{route}/501")).await;
+        assert_eq!(
+            (r.cache_status(), r.text()),
+            (STORED, &*format!("user 501 v{}", v + 1))
+        );
+        runs += 1;
+        // What the handler rejects is never cached, and answered by the handler.
+        // `%FF`: not UTF-8 once decoded, which `Path` rejects too.
+        for bad in ["abc", "-1", "5%200", "%FF"] {
+            for _ in 0..2 {
+                let r = get_req(&app, &format!("/{route}/{bad}")).await;
+                assert_eq!(r.status, StatusCode::BAD_REQUEST, "{route}/{bad}");
+                assert_eq!(
+                    r.cache_status(),
+                    format!("{NAME}; fwd=bypass; detail=key-rejected"),
+                    "{route}/{bad}"
+                );
+            }
+        }
+        assert_eq!(calls.get(), runs);
+    }
+    assert_entries(&b, &cache, &["user:501", "xuser:501"]).await;
+}
+
+/// An entry written by an older version of the crate (entry format 1, whose keys meant
+/// something else) is a plain miss: served fresh, overwritten, not counted as corrupt; the
+/// function cache treats it the same way.
+async fn outdated_entries_are_plain_misses(b: Backend) {
+    let cache = b.cache("t_old", OP);
+    let calls = Calls::default();
+    let app = Router::new().route(
+        "/o/{n}",
+        counted(&calls, || "fresh").route_layer(layer(&cache).key("o:{n}")),
+    );
+    let old = |body: &'static [u8]| {
+        let mut raw = Entry::new(
+            200,
+            vec![],
+            Bytes::from_static(body),
+            tower_valkey_cache::entry::now_ms(),
+            Duration::from_secs(3600),
+            Duration::ZERO,
+        )
+        .encode()
+        .unwrap()
+        .to_vec();
+        assert_eq!(raw[3], 3, "the current entry version");
+        raw[3] = 1;
+        raw
+    };
+    b.put_raw(&cache.key_space().entry("o:1"), &old(b"from another key"))
+        .await;
+    let r = get_req(&app, "/o/1").await;
+    assert_eq!((r.cache_status(), r.text()), (STORED, "fresh"));
+    assert_hit(&get_req(&app, "/o/1").await);
+    let s = cache.stats();
+    assert_eq!((s.decode_failures, s.misses, s.hits), (0, 1, 1), "{s:?}");
+
+    b.put_raw(&cache.key_space().entry("f:1"), &old(b"\"old\""))
+        .await;
+    let v: Result<String, Infallible> = cache
+        .get_or_set("f:1", || async { Ok("new".to_owned()) })
+        .await;
+    assert_eq!(v.unwrap(), "new");
+    assert_eq!(cache.stats().decode_failures, 0);
+}
+
+/// The quickstart example: `?page=0` used to underflow (`(page - 1) * 5`), and
+/// `?page=1&page=2` was a 400 on a miss but the cached `?page=1` on a hit. The handler now
+/// rejects both with a clear 400, and the cache never answers them with a stored success.
+async fn quickstart_rejects_bad_pages_on_every_request(b: Backend) {
+    let cache = b.cache("t_quickstart", OP);
+    let app = quickstart::app(cache.clone(), quickstart::Db::seeded());
+    let r = get_req(&app, "/users/1/posts?page=1").await;
+    assert_eq!((r.status, r.cache_status()), (StatusCode::OK, STORED));
+    let page1 = r.text().to_owned();
+    assert!(page1.contains("\"page\":1"), "{page1}");
+    for uri in [
+        "/users/1/posts?page=01",
+        "/users/1/posts?page=%2B1",
+        "/users/01/posts?page=1",
+    ] {
+        let r = get_req(&app, uri).await;
+        assert_hit(&r);
+        assert_eq!(r.text(), page1, "{uri}");
+    }
+    for _ in 0..2 {
+        for (uri, detail) in [
+            ("/users/1/posts?page=0", None),
+            ("/users/1/posts?page=1&page=2", Some("key-rejected")),
+            ("/users/1/posts?page=2&page=1", Some("key-rejected")),
+            ("/users/1/posts?page=x", Some("key-rejected")),
+            ("/users/1/posts?page=4294967296", Some("key-rejected")),
+        ] {
+            let r = get_req(&app, uri).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{uri}: {}", r.text());
+            assert!(r.text().contains("page"), "{uri}: {}", r.text());
+            if let Some(d) = detail {
+                assert_eq!(
+                    r.cache_status(),
+                    format!("{NAME}; fwd=bypass; detail={d}"),
+                    "{uri}"
+                );
+            } else {
+                assert!(!r.is_hit(), "{uri}");
+            }
+        }
+    }
+    // Users: every spelling of an id is one entry, and a write through any of them invalidates.
+    let r = get_req(&app, "/users/1").await;
+    assert_eq!(r.cache_status(), STORED);
+    assert_hit(&get_req(&app, "/users/0001").await);
+    let r = send(
+        &app,
+        axum::http::Request::put("/users/01")
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"name":"Ada L."}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = get_req(&app, "/users/+1").await;
+    assert_eq!(r.cache_status(), STORED);
+    assert!(r.text().contains("\"version\":2"), "{}", r.text());
+    let r = get_req(&app, "/users/1/posts?page=1").await;
+    assert_eq!(
+        r.cache_status(),
+        STORED,
+        "the write invalidated the user's posts"
+    );
 }
 
 type Headers = &'static [(&'static str, &'static str)];
@@ -1024,6 +1354,11 @@ mod valkey {
         key_templates,
         key_escaping,
         query_normalisation,
+        separator_values_keep_entries_apart,
+        query_keys_see_what_the_handler_sees,
+        numeric_spellings_share_one_entry,
+        outdated_entries_are_plain_misses,
+        quickstart_rejects_bad_pages_on_every_request,
         never_cached_responses,
         credentials_bypass,
         keyed_by_caller,
@@ -1064,6 +1399,11 @@ mod memory {
         key_templates,
         key_escaping,
         query_normalisation,
+        separator_values_keep_entries_apart,
+        query_keys_see_what_the_handler_sees,
+        numeric_spellings_share_one_entry,
+        outdated_entries_are_plain_misses,
+        quickstart_rejects_bad_pages_on_every_request,
         never_cached_responses,
         credentials_bypass,
         keyed_by_caller,

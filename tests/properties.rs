@@ -2,10 +2,14 @@
 //! decoding (never panics, round-trips) and Cache-Control / header handling through the public
 //! layer (never panics, `private` / `no-store` / `no-cache` never stored).
 //!
-//! Each property runs at most 256 cases so the file stays fast in CI; `scripts/fuzz` runs the same
-//! targets for as long as you like.
+//! Each property runs a few hundred cases (the cheap key properties a few thousand) so the file
+//! stays fast in CI; `PROPTEST_CASES=N` asks for more, and `scripts/fuzz` runs the same checks as
+//! fuzz targets for as long as you like.
 
 mod support;
+
+#[path = "support/key_model.rs"]
+mod key_model;
 
 use axum::body::Body;
 use axum::extract::Path;
@@ -18,7 +22,7 @@ use std::time::Duration;
 use support::{has_entry, send, ValkeyServer};
 use tower_valkey_cache::entry::Entry;
 use tower_valkey_cache::key::{
-    escape, glob_escape, DefaultKey, KeyContext, KeyStrategy, KeyTemplate, MAX_KEY_LEN,
+    escape, glob_escape, DefaultKey, KeyContext, KeyStrategy, KeyTemplate, KEEP_LEN, MAX_KEY_LEN,
 };
 use tower_valkey_cache::store::glob_match;
 use tower_valkey_cache::{Cache, CacheLayer, MemoryStore};
@@ -46,9 +50,9 @@ fn runtime() -> tokio::runtime::Runtime {
 // Reference helpers (independent of the crate's code)
 // ---------------------------------------------------------------------------------------------
 
-/// Inverts the crate's escaping: `%XX` back to a byte, `[A-Za-z0-9_.-/]` as themselves; None for
-/// anything escaping never produces.
-fn unescape(s: &str) -> Option<Vec<u8>> {
+/// Inverts the crate's escaping: `%XX` back to a byte, `[A-Za-z0-9]` (and in paths `/-._~`) as
+/// themselves; None for anything escaping never produces.
+fn unescape(s: &str, path: bool) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -62,7 +66,7 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
             }
-            c if c.is_ascii_alphanumeric() || b"_.-/".contains(&c) => {
+            c if c.is_ascii_alphanumeric() || (path && b"/-._~".contains(&c)) => {
                 out.push(c);
                 i += 1;
             }
@@ -96,14 +100,14 @@ fn any_string() -> impl Strategy<Value = String> {
 proptest! {
     #![proptest_config(config(256))]
 
-    /// `escape` is injective (it has an inverse) and its output uses only `[A-Za-z0-9_.%-]`: no
-    /// separator, white space or glob metacharacter.
+    /// `escape` is injective (it has an inverse) and its output uses only `[A-Za-z0-9%]`: no
+    /// separator a template could use (`_ . - : ~ , / #`), white space or glob metacharacter.
     #[test]
     fn escape_is_reversible_and_inert(s in any_string()) {
         let e = escape(&s);
-        prop_assert_eq!(unescape(&e), Some(s.as_bytes().to_vec()), "{:?} -> {:?}", s, e);
+        prop_assert_eq!(unescape(&e, false), Some(s.as_bytes().to_vec()), "{:?} -> {:?}", s, e);
         prop_assert!(
-            e.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.%-".contains(&c)),
+            e.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'%'),
             "{:?} -> {:?}", s, e
         );
     }
@@ -219,7 +223,7 @@ fn uri_text(max: usize) -> impl Strategy<Value = String> {
     prop::collection::vec(
         prop::sample::select(vec![
             "a", "B", "0", "%2A", "%25", "%3A", "%7E", "*", ":", "~", "-", ".", "_", "!", "$", "'",
-            "(", ")", "+", ",", ";", "@", "%20", "%C3%A9",
+            "(", ")", "+", ",", ";", "@", "%20", "%C3%A9", "%61", "%2B",
         ]),
         0..max,
     )
@@ -275,13 +279,14 @@ fn long_text() -> impl Strategy<Value = String> {
 proptest! {
     #![proptest_config(config(256))]
 
-    /// Distinct (path parameter, query value, header values) render distinct keys; equal ones
-    /// the same key.
+    /// Distinct (path parameter, decoded query value, header values) render distinct keys;
+    /// equal ones the same key (`%7E` and `~` are one query value to the handler).
     #[test]
     fn template_keys_are_injective(a in template_input(), b in template_input()) {
         let t = KeyTemplate::parse("t:{id}:{query.q}:{header.x-h}").unwrap();
         let (ka, kb) = (render(&t, &a), render(&t, &b));
-        prop_assert_eq!(a == b, ka == kb, "{:?} / {:?} -> {:?} / {:?}", a, b, ka, kb);
+        let decoded = |i: &TemplateInput| (i.id.clone(), i.query.as_deref().map(key_model::form_decode), i.headers.clone());
+        prop_assert_eq!(decoded(&a) == decoded(&b), ka == kb, "{:?} / {:?} -> {:?} / {:?}", a, b, ka, kb);
     }
 
     /// Each substituted value can be read back from the key: `:` separates only the template's
@@ -290,18 +295,18 @@ proptest! {
     fn template_parts_decode_back(a in template_input()) {
         let t = KeyTemplate::parse("t:{id}:{query.q}:{header.x-h}").unwrap();
         let k = render(&t, &a);
-        prop_assume!(k.len() < 200);
+        prop_assume!(k.len() <= KEEP_LEN);
         let parts: Vec<&str> = k.split(':').collect();
         prop_assert_eq!(parts.len(), 4, "{:?}", k);
-        prop_assert_eq!(unescape(parts[1]), Some(a.id.as_bytes().to_vec()));
+        prop_assert_eq!(unescape(parts[1], false), Some(a.id.as_bytes().to_vec()));
         match &a.query {
-            Some(q) => prop_assert_eq!(unescape(parts[2]), Some(q.as_bytes().to_vec())),
+            Some(q) => prop_assert_eq!(unescape(parts[2], false), Some(key_model::form_decode(q))),
             None => prop_assert_eq!(parts[2], "~"),
         }
         if a.headers.is_empty() {
             prop_assert_eq!(parts[3], "~");
         } else {
-            let values: Vec<Option<Vec<u8>>> = parts[3].split(',').map(unescape).collect();
+            let values: Vec<Option<Vec<u8>>> = parts[3].split(',').map(|v| unescape(v, false)).collect();
             let expect: Vec<Option<Vec<u8>>> = a.headers.iter().cloned().map(Some).collect();
             prop_assert_eq!(values, expect);
         }
@@ -325,7 +330,7 @@ proptest! {
     }
 
     /// Keys never exceed 256 bytes, whatever the template, values or closure strategy produce,
-    /// and long keys that differ anywhere stay distinct.
+    /// long keys that differ anywhere stay distinct, and bounding twice is bounding once.
     #[test]
     fn keys_are_bounded(prefix in "[a-z:]{0,300}", id in long_text(), other in long_text()) {
         let template = KeyTemplate::parse(&format!("{prefix}:{{id}}")).unwrap();
@@ -338,7 +343,14 @@ proptest! {
             .body(())
             .unwrap()
             .into_parts();
-        prop_assert!(closure.key(&KeyContext::new(&parts)).unwrap().len() <= MAX_KEY_LEN);
+        let k = closure.key(&KeyContext::new(&parts)).unwrap();
+        prop_assert!(k.len() <= MAX_KEY_LEN);
+        // A closure returning an already bounded key gets it back unchanged.
+        let again = {
+            let k = k.clone();
+            move |_: &http::request::Parts| Some(k.clone())
+        };
+        prop_assert_eq!(again.key(&KeyContext::new(&parts)).unwrap(), k);
     }
 }
 
@@ -364,91 +376,466 @@ fn non_utf8_header_values_render_distinct_keys() {
     );
 }
 
-/// A request as the default key sees it after normalisation: method, raw path, and the query's
-/// (name, value) pairs sorted by name (stably), `a` meaning `a=`, empty pairs dropped.
-fn normalized(
-    method: &str,
-    path: &str,
-    query: Option<&str>,
-) -> (String, String, Vec<(String, String)>) {
-    let method = if method == "HEAD" { "GET" } else { method };
-    let mut pairs: Vec<(String, String)> = query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (k.to_owned(), v.to_owned()),
-            None => (p.to_owned(), String::new()),
+// ---------------------------------------------------------------------------------------------
+// Injectivity on random templates: a key names exactly what the handler is shown
+// ---------------------------------------------------------------------------------------------
+
+use key_model::{check_template, parts_of, Piece, Req, Ty};
+
+/// Literal template text: every printable ASCII character but the braces (written doubled,
+/// `{{`) and `#` (reserved), some non-ASCII, and extra weight on the characters values are made
+/// of or that templates use as separators.
+fn literal() -> impl Strategy<Value = String> {
+    let ch = prop_oneof![
+        6 => (0x20u8..0x7F)
+            .prop_filter("braces and # are not literal text", |c| !b"{}#".contains(c))
+            .prop_map(|c| (c as char).to_string()),
+        3 => prop::sample::select(vec!["_", ":", ".", "-", "~", ",", "%", "/", "a", "1", "%5F"])
+            .prop_map(str::to_owned),
+        1 => prop::sample::select(vec!["{", "}", "é", "→", "\u{0}"]).prop_map(str::to_owned),
+    ];
+    prop::collection::vec(ch, 0..4).prop_map(|v| v.concat())
+}
+
+fn hole() -> impl Strategy<Value = Piece> {
+    prop_oneof![
+        // Path parameters a and b take values that shift across a boundary most easily.
+        3 => prop::sample::select(vec![
+            Piece::Param("a".into(), None),
+            Piece::Param("b".into(), None),
+        ]),
+        4 => prop::sample::select(vec![
+            Piece::Param("a".into(), Some(Ty::U32)),
+            Piece::Param("b".into(), Some(Ty::I8)),
+            Piece::Query("x".into(), None),
+            Piece::Query("y".into(), None),
+            Piece::Query("x".into(), Some(Ty::U32)),
+            Piece::Query("y".into(), Some(Ty::Bool)),
+            Piece::Header("x-h".into()),
+            Piece::Header("authorization".into()),
+            Piece::Path,
+            Piece::Method,
+        ]),
+    ]
+}
+
+/// Short literal text between two holes, mostly the characters values are made of or that
+/// templates separate holes with: where collisions would come from.
+fn between() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop::sample::select(vec![
+            "_", "_", ":", ".", "-", "~", "~", ",", ",", "%", "/", "a", "x", "1", "é", "{",
+        ]),
+        0..3,
+    )
+    .prop_map(|v| v.concat())
+}
+
+/// A hole of a close pair: mostly path parameters, whose values the shift mutation moves
+/// characters between.
+fn near_hole() -> impl Strategy<Value = Piece> {
+    prop_oneof![
+        2 => Just(Piece::Param("a".into(), None)),
+        2 => Just(Piece::Param("b".into(), None)),
+        3 => hole(),
+    ]
+}
+
+fn pieces() -> impl Strategy<Value = Vec<Piece>> {
+    prop_oneof![
+        // Anything.
+        prop::collection::vec(
+            prop_oneof![2 => literal().prop_map(Piece::Lit), 3 => hole()],
+            0..7,
+        ),
+        // Two or three holes close together, the shape separator collisions need.
+        (
+            literal(),
+            near_hole(),
+            between(),
+            near_hole(),
+            between(),
+            prop::option::of(hole()),
+            literal()
+        )
+            .prop_map(|(l0, h1, l1, h2, l2, h3, l3)| {
+                let mut v = vec![Piece::Lit(l0), h1, Piece::Lit(l1), h2];
+                if let Some(h3) = h3 {
+                    v.push(Piece::Lit(l2));
+                    v.push(h3);
+                }
+                v.push(Piece::Lit(l3));
+                v
+            }),
+    ]
+}
+
+/// Path parameter values (decoded): short, over characters that also appear in literals and in
+/// escapes, so values that shift a boundary (`a` + `b_c` / `a_b` + `c`) come up often.
+fn param_value() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop::sample::select(vec![
+            "a", "b", "1", "0", "+", "-", "_", "_", ":", ".", "~", "~", ",", "%", "%5F", "/", " ",
+            "é", "05", "true",
+        ]),
+        1..4,
+    )
+    .prop_map(|v| v.concat())
+}
+
+/// A query string as sent: names that decode alike (`x`, `%78`), `+` and `%20`, repeated and
+/// empty pieces, bytes that are not UTF-8.
+fn query() -> impl Strategy<Value = String> {
+    let name = prop::sample::select(vec!["x", "%78", "y", "%79", "x+", "z", ""]);
+    let value = prop::collection::vec(
+        prop::sample::select(vec![
+            "a", "%61", "1", "01", "+1", "%2B1", "-5", "%FF", "%FE", "+", "%20", ",", "%2C", "~",
+            "%7E", "true", "_", "%5F", "%", "=",
+        ]),
+        0..3,
+    )
+    .prop_map(|v| v.concat());
+    let pair = (name, prop::option::of(value)).prop_map(|(n, v)| match v {
+        Some(v) => format!("{n}={v}"),
+        None => n.to_owned(),
+    });
+    prop::collection::vec(pair, 0..4).prop_map(|p| p.join("&"))
+}
+
+fn request() -> impl Strategy<Value = Req> {
+    (
+        prop::sample::select(vec!["GET", "HEAD", "POST", "M-X"]),
+        prop::sample::select(vec![
+            "/p", "/p/a_b", "/p/a%5Fb", "/p/%61", "/p/a", "/~", "/p/a.b",
+        ]),
+        prop::option::of(query()),
+        (param_value(), prop::option::weighted(0.9, param_value())),
+        prop::collection::vec(
+            (
+                prop::sample::select(vec!["x-h", "X-H", "authorization"]),
+                header_bytes(),
+            ),
+            0..3,
+        ),
+    )
+        .prop_map(|(method, path, query, (a, b), headers)| {
+            let mut params = vec![("a".to_owned(), a)];
+            if let Some(b) = b {
+                params.push(("b".to_owned(), b));
+            }
+            Req {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                query,
+                params,
+                headers: headers
+                    .into_iter()
+                    .map(|(n, v)| (n.to_owned(), v))
+                    .collect(),
+            }
+        })
+}
+
+/// A request the handler may not tell apart from `r`, or that differs from it by a little:
+/// characters moved between parameters, a query character percent-encoded, pairs swapped or
+/// repeated, a number respelled, a header line split, GET and HEAD swapped.
+fn respelled(r: Req) -> impl Strategy<Value = Req> {
+    (0usize..9, any::<usize>(), any::<usize>()).prop_map(move |(kind, i, j)| {
+        let mut r = r.clone();
+        match kind {
+            0 | 7 | 8 => {
+                // Move a character across the boundary between parameters a and b.
+                if r.params.len() == 2 {
+                    let a: Vec<char> = r.params[0].1.chars().collect();
+                    let b: Vec<char> = r.params[1].1.chars().collect();
+                    if !a.is_empty() && i % 2 == 0 {
+                        let moved = a[a.len() - 1];
+                        r.params[0].1 = a[..a.len() - 1].iter().collect();
+                        r.params[1].1 = std::iter::once(moved).chain(b).collect();
+                    } else if !b.is_empty() {
+                        r.params[0].1 = a.into_iter().chain(std::iter::once(b[0])).collect();
+                        r.params[1].1 = b[1..].iter().collect();
+                    }
+                }
+            }
+            1 => {
+                // Percent-encode one query character.
+                if let Some(q) = &r.query {
+                    let chars: Vec<char> = q.chars().collect();
+                    if !chars.is_empty() {
+                        let k = i % chars.len();
+                        let c = chars[k];
+                        if c.is_ascii_alphanumeric() || c == '~' || c == '_' {
+                            let enc = if j % 2 == 0 {
+                                format!("%{:02X}", c as u8)
+                            } else {
+                                format!("%{:02x}", c as u8)
+                            };
+                            let s: String = chars[..k].iter().collect::<String>()
+                                + &enc
+                                + &chars[k + 1..].iter().collect::<String>();
+                            r.query = Some(s);
+                        }
+                    }
+                }
+            }
+            2 | 3 => {
+                // Swap two pairs, or repeat one.
+                if let Some(q) = &r.query {
+                    let mut pairs: Vec<&str> = q.split('&').collect();
+                    let n = pairs.len();
+                    if kind == 2 {
+                        pairs.swap(i % n, j % n);
+                    } else {
+                        let p = pairs[i % n];
+                        pairs.insert(j % (n + 1), p);
+                    }
+                    r.query = Some(pairs.join("&"));
+                }
+            }
+            4 => {
+                // Respell a number: a leading zero or plus.
+                let prefix = if j % 2 == 0 { "0" } else { "+" };
+                if !r.params.is_empty() {
+                    let k = i % r.params.len();
+                    r.params[k].1 = format!("{prefix}{}", r.params[k].1);
+                }
+            }
+            5 => {
+                // Split a header line in two.
+                if !r.headers.is_empty() {
+                    let k = i % r.headers.len();
+                    let (name, v) = r.headers[k].clone();
+                    if v.len() > 1 {
+                        let at = 1 + j % (v.len() - 1);
+                        r.headers[k].1 = v[..at].to_vec();
+                        r.headers.insert(k + 1, (name, v[at..].to_vec()));
+                    }
+                }
+            }
+            _ => {
+                r.method = match r.method.as_str() {
+                    "GET" => "HEAD".into(),
+                    "HEAD" => "GET".into(),
+                    m => m.to_owned(),
+                };
+            }
+        }
+        r
+    })
+}
+
+fn request_pair() -> impl Strategy<Value = (Req, Req)> {
+    prop_oneof![
+        1 => (request(), request()),
+        3 => request().prop_flat_map(|a| (Just(a.clone()), respelled(a))),
+        1 => request()
+            .prop_flat_map(|a| (Just(a.clone()), respelled(a)))
+            .prop_flat_map(|(a, b)| (Just(a), respelled(b))),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(1024))]
+
+    /// Random templates (literal text over every printable character, every hole kind, typed
+    /// holes) against a batch of random requests (respelled, shifted, re-encoded, repeated):
+    /// see [`check_template`].
+    #[test]
+    fn random_templates_key_exactly_what_the_handler_sees(
+        pieces in pieces(),
+        pairs in prop::collection::vec(request_pair(), 1..32),
+    ) {
+        let reqs: Vec<_> = pairs
+            .into_iter()
+            .flat_map(|(a, b)| [a, b])
+            .map(|r| { let p = parts_of(&r).expect("a valid request"); (r, p) })
+            .collect();
+        check_template(&pieces, &reqs).map_err(TestCaseError::fail)?;
+    }
+
+    /// The model's decoding of a query is axum's: `Query<Vec<(String, String)>>` sees the same
+    /// (lossily decoded) pairs, in order.
+    #[test]
+    fn the_model_decodes_queries_as_axum_does(q in query()) {
+        let uri: http::Uri = format!("/p?{q}").parse().unwrap();
+        let axum::extract::Query(pairs) =
+            axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri).unwrap();
+        prop_assert_eq!(key_model::handler_query_pairs(&q), pairs);
+    }
+}
+
+/// Every template `{h1}L{h2}` (two holes of every kind, `L` empty, one or two characters from
+/// the separators values are made of), against every combination of a small set of values for
+/// the two holes: exhaustive, where the random property samples.
+#[test]
+fn small_world_templates_are_injective() {
+    let holes = [
+        Piece::Param("a".into(), None),
+        Piece::Param("b".into(), None),
+        Piece::Param("a".into(), Some(Ty::U32)),
+        Piece::Query("x".into(), None),
+        Piece::Query("y".into(), Some(Ty::I8)),
+        Piece::Header("x-h".into()),
+        Piece::Path,
+        Piece::Method,
+    ];
+    let chars = ["_", ":", ".", "~", ",", "%", "/", "-", "x", "1", "é"];
+    let mut literals = vec![String::new()];
+    for a in chars {
+        literals.push(a.to_owned());
+        for b in ["_", "~", ",", "x", "%"] {
+            literals.push(format!("{a}{b}"));
+        }
+    }
+    let values = [
+        "", "x", "_", "x_", "_x", "~", ",", "%", "%5F", "1", "01", ":",
+    ];
+    let paths = ["/p", "/p/x", "/p/x_", "/p_x", "/p/~", "/p/%5F"];
+    let queries: Vec<String> = {
+        let mut q = vec![String::new()];
+        for v in values {
+            q.push(format!("x={}", v.replace('%', "%25")));
+            q.push(format!("y={}", v.replace('%', "%25")));
+        }
+        q.extend(
+            [
+                "x=1&x=2", "x=1,2", "x=1%2C2", "y=1&y=1", "%78=1", "x", "x=_&y=_",
+            ]
+            .map(String::from),
+        );
+        q
+    };
+    let req = |method: &str, path: &str, query: &str, a: &str, b: &str| Req {
+        method: method.into(),
+        path: path.into(),
+        query: Some(query.into()),
+        params: vec![("a".into(), a.into()), ("b".into(), b.into())],
+        headers: [a, b]
+            .iter()
+            .filter(|v| !v.is_empty())
+            .map(|v| ("x-h".to_owned(), v.as_bytes().to_vec()))
+            .collect(),
+    };
+    let mut reqs = Vec::new();
+    for (i, a) in values.iter().enumerate() {
+        for (j, b) in values.iter().enumerate() {
+            let n = i * values.len() + j;
+            reqs.push(req(
+                "GET",
+                paths[n % paths.len()],
+                &queries[n % queries.len()],
+                a,
+                b,
+            ));
+        }
+    }
+    for q in &queries {
+        reqs.push(req("GET", "/p", q, "1", "1"));
+    }
+    for m in ["HEAD", "M-X", "POST"] {
+        reqs.push(req(m, "/p", "", "1", "1"));
+    }
+    let reqs: Vec<_> = reqs
+        .into_iter()
+        .map(|r| {
+            let p = parts_of(&r).expect("a valid request");
+            (r, p)
         })
         .collect();
-    pairs.sort_by(|a, b| a.0.cmp(&b.0));
-    (method.to_owned(), path.to_owned(), pairs)
+    let mut checked = 0;
+    for h1 in &holes {
+        for h2 in &holes {
+            for l in &literals {
+                let pieces = [h1.clone(), Piece::Lit(l.clone()), h2.clone()];
+                if let Err(e) = check_template(&pieces, &reqs) {
+                    panic!("{e}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, holes.len() * holes.len() * literals.len());
 }
 
-#[derive(Clone, Debug)]
-struct DefaultInput {
-    method: &'static str,
-    path: String,
-    query: Option<String>,
+/// The examples of issue 15, as template keys.
+#[test]
+fn separator_and_query_collisions_of_issue_15_are_gone() {
+    let key = |t: &str, uri: &str, params: &[(&str, &str)]| {
+        let parts = Request::get(uri).body(()).unwrap().into_parts().0;
+        let ctx = KeyContext::new(&parts).with_path_params(
+            params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        KeyTemplate::parse(t).unwrap().key(&ctx)
+    };
+    let post = |u, i| key("post_{user}_{id}", "/", &[("user", u), ("id", i)]).unwrap();
+    assert_ne!(post("a", "b_c"), post("a_b", "c"));
+    assert_eq!(post("a", "b_c"), "post_a_b%5Fc");
+    let adj = |a, b| key("{a}{b}", "/", &[("a", a), ("b", b)]).unwrap();
+    assert_ne!(adj("a", "bc"), adj("ab", "c"));
+    let x = |a, b| key("{a}x{b}", "/", &[("a", a), ("b", b)]).unwrap();
+    assert_ne!(x("a", "xb"), x("ax", "b"));
+    let tilde = |uri| key("{query.a}~{query.b}", uri, &[]).unwrap();
+    assert_ne!(tilde("/?b="), tilde("/?a="));
+    let q = |uri| key("s:{query.q}", uri, &[]).unwrap();
+    assert_ne!(q("/?%71=evil"), q("/"));
+    assert_eq!(q("/?%71=evil"), q("/?q=evil"));
+    assert_ne!(q("/?q=a&q=b"), q("/?q=b"));
+    assert_eq!(q("/?q=%61"), q("/?q=a"));
+    let id = |v| key("user:{id:u64}", "/", &[("id", v)]).unwrap();
+    assert_eq!(id("0501"), id("501"));
+    assert_eq!(id("+501"), id("501"));
 }
 
-fn default_input() -> impl Strategy<Value = DefaultInput> {
+// ---------------------------------------------------------------------------------------------
+// The default key
+// ---------------------------------------------------------------------------------------------
+
+fn default_request() -> impl Strategy<Value = Req> {
     let segment = uri_text(3);
-    let pair = (
-        uri_text(2),
-        prop::option::of(prop_oneof![uri_text(3), Just("=".to_owned())]),
-    )
-        .prop_map(|(k, v)| match v {
-            Some(v) => format!("{k}={v}"),
-            None => k,
-        });
     (
         prop::sample::select(vec!["GET", "HEAD", "POST"]),
         prop::collection::vec(segment, 0..3),
-        prop::option::of(prop::collection::vec(pair, 0..4)),
+        prop::option::of(query()),
         0usize..300,
     )
-        .prop_map(|(method, segments, pairs, pad)| DefaultInput {
-            method,
+        .prop_map(|(method, segments, query, pad)| Req {
+            method: method.to_owned(),
             // Sometimes long enough to be shortened to a hash.
             path: format!(
                 "/{}{}",
                 "l".repeat(if pad > 250 { pad } else { 0 }),
                 segments.join("/")
             ),
-            query: pairs.map(|p| p.join("&")),
+            query,
+            params: Vec::new(),
+            headers: Vec::new(),
         })
 }
 
-fn default_key(i: &DefaultInput) -> Option<String> {
-    let uri = match &i.query {
-        Some(q) => format!("{}?{q}", i.path),
-        None => i.path.clone(),
-    };
-    let req = Request::builder()
-        .method(i.method)
-        .uri(&uri)
-        .body(())
-        .ok()?;
-    let (parts, _) = req.into_parts();
+fn default_key(r: &Req) -> String {
     // The URI as parsed is what both sides see.
-    assert_eq!(parts.uri.path(), i.path, "{uri}");
-    Some(DefaultKey.key(&KeyContext::new(&parts)).unwrap())
+    let parts = parts_of(r).expect("a valid request");
+    DefaultKey.key(&KeyContext::new(&parts)).unwrap()
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(1024))]
 
-    /// Distinct normalised requests get distinct default keys; equal ones share the key.
+    /// Two requests share a default key exactly when they have the same method (HEAD as GET),
+    /// the same path as sent, and the same decoded query pairs once stably sorted by name.
     #[test]
-    fn default_keys_are_injective_on_normalised_requests(a in default_input(), b in default_input()) {
-        let (Some(ka), Some(kb)) = (default_key(&a), default_key(&b)) else {
-            return Err(TestCaseError::reject("not a valid URI"));
-        };
-        let (na, nb) = (
-            normalized(a.method, &a.path, a.query.as_deref()),
-            normalized(b.method, &b.path, b.query.as_deref()),
-        );
+    fn default_keys_are_injective_on_normalised_requests(
+        (a, b) in prop_oneof![
+            (default_request(), default_request()),
+            default_request().prop_flat_map(|a| (Just(a.clone()), respelled(a))),
+        ],
+    ) {
+        let (ka, kb) = (default_key(&a), default_key(&b));
+        let (na, nb) = (key_model::default_view(&a), key_model::default_view(&b));
         prop_assert_eq!(na == nb, ka == kb, "{:?} / {:?} -> {:?} / {:?}", na, nb, ka, kb);
         prop_assert!(ka.len() <= MAX_KEY_LEN);
         // The only metacharacter is the one `?` the key puts before the query; every path and
@@ -459,12 +846,84 @@ proptest! {
 
     /// Reordering query parameters with distinct names never changes the key.
     #[test]
-    fn default_key_ignores_parameter_order(names in prop::collection::hash_set("[a-z%2A]{1,3}", 1..5)) {
+    fn default_key_ignores_parameter_order(names in prop::collection::hash_set("[a-z]{1,3}|%2A|%41", 1..5)) {
         let pairs: Vec<String> = names.iter().enumerate().map(|(i, n)| format!("{n}={i}")).collect();
         let mut reversed = pairs.clone();
         reversed.reverse();
-        let k = |q: &[String]| default_key(&DefaultInput { method: "GET", path: "/x".into(), query: Some(q.join("&")) });
+        let k = |q: &[String]| default_key(&Req {
+            method: "GET".into(),
+            path: "/x".into(),
+            query: Some(q.join("&")),
+            params: Vec::new(),
+            headers: Vec::new(),
+        });
         prop_assert_eq!(k(&pairs), k(&reversed));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every key the layer stores is within the bound
+// ---------------------------------------------------------------------------------------------
+
+/// How many entries of `cache` have keys longer than `MAX_KEY_LEN`, and how many it has at all
+/// (glob patterns over the keys relative to the namespace, on either store).
+async fn entries_over_the_bound(cache: &Cache) -> (u64, u64) {
+    let over = cache
+        .invalidate_pattern(&format!("{}*", "?".repeat(MAX_KEY_LEN + 1)))
+        .await
+        .unwrap();
+    let all = cache.invalidate_pattern("*").await.unwrap();
+    (over, all + over)
+}
+
+proptest! {
+    #![proptest_config(config(32))]
+
+    /// Through the layer (a template, the default key, an extractor key; GET, POST keyed by its
+    /// body, responses with `Vary`), with long literal text and long request values: every key
+    /// stored is at most `MAX_KEY_LEN` bytes, suffixes included.
+    #[test]
+    fn every_stored_key_is_within_the_bound(
+        prefix in "[a-z:_]{0,260}",
+        id in "[a-zA-Z0-9_]{1,200}",
+        q in "[a-z%]{0,200}",
+        body in "[a-z]{0,50}",
+        strategy in 0usize..3,
+        vary in any::<bool>(),
+    ) {
+        let rt = runtime();
+        rt.block_on(async {
+            let cache = Cache::builder(MemoryStore::new()).namespace("b").build();
+            let layer = CacheLayer::new(cache.clone())
+                .methods([http::Method::GET, http::Method::POST])
+                .key_body(1024);
+            let layer = match strategy {
+                0 => layer.key(&format!("{prefix}{{id}}:{{query.q}}")),
+                1 => layer,
+                _ => layer.key_from(move |Path(id): Path<String>| format!("{prefix}{id}{id}")),
+            };
+            let app: Router = Router::new().route(
+                "/r/{id}",
+                get(move || async move {
+                    let mut res = axum::response::Response::new(Body::from("r"));
+                    if vary {
+                        res.headers_mut().insert("vary", HeaderValue::from_static("accept-language"));
+                    }
+                    res
+                })
+                .post(|| async { "p" })
+                .route_layer(layer),
+            );
+            let uri = format!("/r/{id}?q={q}");
+            let r = send(&app, Request::get(&uri).header("accept-language", "fr").body(Body::empty()).unwrap()).await;
+            prop_assert_eq!(r.status, http::StatusCode::OK);
+            let r = send(&app, Request::post(&uri).body(Body::from(body.clone())).unwrap()).await;
+            prop_assert_eq!(r.status, http::StatusCode::OK);
+            let (over, all) = entries_over_the_bound(&cache).await;
+            prop_assert_eq!(over, 0);
+            prop_assert!(all >= 2, "stored {}", all);
+            Ok(())
+        })?;
     }
 }
 
@@ -527,7 +986,7 @@ proptest! {
     /// Any bytes decode to an entry or an error, never a panic.
     #[test]
     fn decode_arbitrary_bytes_never_panics(raw in prop::collection::vec(any::<u8>(), 0..200)) {
-        let mut with_magic = b"TVC\x01".to_vec();
+        let mut with_magic = b"TVC\x03".to_vec();
         with_magic.extend_from_slice(&raw);
         for bytes in [raw, with_magic] {
             if let Ok(e) = Entry::decode(&Bytes::from(bytes)) {

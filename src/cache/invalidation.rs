@@ -92,11 +92,18 @@ impl Invalidation {
         self.keys.is_empty() && self.tags.is_empty() && self.patterns.is_empty()
     }
 
-    /// The store operations: one for all keys, one for all tags, one per pattern.
+    /// The store operations: one for all keys, one for all tags, one per pattern. Keys are
+    /// bounded as they were when stored ([`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN)), so a long
+    /// key names its entry.
     pub(crate) fn into_jobs(self) -> Vec<Job> {
         let mut jobs = Vec::with_capacity(2 + self.patterns.len());
         if !self.keys.is_empty() {
-            jobs.push(Job::Keys(self.keys));
+            let keys = self
+                .keys
+                .into_iter()
+                .map(crate::key::bound_length)
+                .collect();
+            jobs.push(Job::Keys(keys));
         }
         if !self.tags.is_empty() {
             jobs.push(Job::Tags(self.tags));

@@ -240,6 +240,8 @@ impl Cache {
                             }
                             _ => {}
                         },
+                        // Written by an older version (keys changed meaning): a plain miss.
+                        Err(e) if e.is_outdated() => {}
                         Err(_) => self.counters().decode_failure(),
                     }
                 }

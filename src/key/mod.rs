@@ -1,4 +1,5 @@
-//! Cache keys: templates, the default key and the [`KeyStrategy`] extension point.
+//! Cache keys: templates, the default key, keys from axum extractors and the [`KeyStrategy`]
+//! extension point.
 //!
 //! Keys are relative to a [`Cache`](crate::Cache)'s namespace: the store sees
 //! `namespace:` followed by the key. This module is the one place that turns requests into keys;
@@ -6,51 +7,130 @@
 //!
 //! # Templates
 //!
-//! A [`KeyTemplate`] mixes literal text with `{...}` variables:
+//! A [`KeyTemplate`] mixes literal text with `{...}` holes:
 //!
-//! | variable | value |
+//! | hole | value |
 //! |---|---|
-//! | `{id}` (any bare name) | the axum path parameter of that name (the layer must sit on the route) |
-//! | `{query.page}` | the raw value of query parameter `page`, `~` when absent |
-//! | `{header.x-tenant}` | the request header's value, `~` when absent |
-//! | `{path}` | the request path |
+//! | `{id}` (any bare name) | the axum path parameter of that name, percent-decoded (the layer must sit on the route) |
+//! | `{id:u64}` | the same, parsed as a `u64` and written back (`0501`, `+501` and `501` are all `501`) |
+//! | `{query.page}` | every value of query parameter `page`, decoded as the handler's `Query` sees them, in request order, joined by `,`; `~` when absent |
+//! | `{query.page:u32}` | the one value of `page`, parsed as a `u32` and written back; `~` when absent |
+//! | `{header.x-tenant}` | the request header's values (bytes as sent, one per header line, joined by `,`); `~` when absent |
+//! | `{path}` | the request path as sent (the router matches it as sent) |
 //! | `{method}` | the request method (`HEAD` renders as `GET`: HEAD is answered from the GET entry) |
 //!
-//! Every substituted value is [escaped](escape): it cannot contain `:`, glob metacharacters or
-//! white space, so user input can neither collide with another key nor act as a pattern.
+//! Typed holes take `u8`, `u16`, `u32`, `u64`, `u128`, `usize`, `i8`, `i16`, `i32`, `i64`,
+//! `i128`, `isize` or `bool`, parsed the way axum's `Path` and `Query` parse them (`str::parse`).
+//! A value that does not parse, or a typed query parameter given more than once, is a request
+//! the handler would reject: no key is rendered ([`KeyError::Rejected`]) and the request is
+//! served uncached (`Cache-Status: ...; fwd=bypass; detail=key-rejected`).
+//!
 //! Credentials (`{header.authorization}`, `{header.cookie}`, `{header.proxy-authorization}`) are
-//! never written raw: they render as a hash. Keys over 256 bytes are shortened to a 200-byte prefix
-//! plus a 128-bit hash. Write `{{` and `}}` for literal braces.
+//! never written raw: they render as `h` and a 128-bit hash of the header's values. Write `{{`
+//! and `}}` for literal braces. `#` may not appear in a template: it starts the suffixes the cache
+//! appends to keys (`#body:`, `#vary:` and the hash of a shortened key).
 //!
 //! ```
 //! use tower_valkey_cache::key::{KeyContext, KeyStrategy, KeyTemplate};
 //!
-//! let template = KeyTemplate::parse("user_{id}_posts:page_{query.page}").unwrap();
-//! let req = http::Request::get("/users/7/posts?page=2").body(()).unwrap();
+//! let template = KeyTemplate::parse("user_{id}_posts:page_{query.page:u32}").unwrap();
+//! let req = http::Request::get("/users/b_c/posts?page=02").body(()).unwrap();
 //! let (parts, _) = req.into_parts();
-//! let ctx = KeyContext::new(&parts).with_path_params(vec![("id".into(), "7".into())]);
-//! assert_eq!(template.key(&ctx).unwrap(), "user_7_posts:page_2");
+//! let ctx = KeyContext::new(&parts).with_path_params(vec![("id".into(), "b_c".into())]);
+//! assert_eq!(template.key(&ctx).unwrap(), "user_b%5Fc_posts:page_2");
 //! ```
+//!
+//! # Why keys are injective
+//!
+//! Two requests that present different values to the handler never share a key, whatever the
+//! template's literal text. The rule that makes it so:
+//!
+//! 1. Every substituted value is [escaped](escape): each byte outside `[A-Za-z0-9]` becomes
+//!    `%XX`. An escaped value is made of letters, digits and `%` only, and escaping is
+//!    injective.
+//! 2. An absent value is `~`, which escaping never produces. The values of a hole given several
+//!    times (a repeated query parameter, a header sent in several lines) are joined by `,`,
+//!    which escaping never produces either. `{path}` also keeps `/ - . _ ~` (readable paths;
+//!    still injective, since `%` is escaped).
+//! 3. So each hole renders to a string over a small alphabet: letters, digits, `%`, plus `~`
+//!    and `,` for query and header holes, plus `/ - . _ ~` for `{path}`. Reading a key left to right
+//!    against its template, the end of a hole's value is found at the first byte of the text
+//!    that follows the hole (up to the next hole) that is outside that alphabet: `:` in
+//!    `user:{id}:posts`, `_` in `post_{user}_{id}`. When nothing outside the alphabet separates
+//!    a hole from the next one (`{a}{b}`, `{a}x{b}`, `{a}~{b}`), the parser inserts a `:`
+//!    (which no hole renders) right after the first hole: `{a}{b}` renders `1:2`. The last hole needs no separator: the text
+//!    after it is fixed.
+//!
+//! Each hole's value can therefore be read back from the key, and two different values give two
+//! different keys (`tests/properties.rs` checks this on random templates over every printable
+//! character and random request pairs). Long keys are shortened to a prefix and a hash
+//! ([`MAX_KEY_LEN`]), which keeps them distinct up to a collision of a 128-bit hash.
+//!
+//! # Keys by spelling, keys by value
+//!
+//! Plain holes key by **spelling**: `{id}` for `/users/0501` and `/users/501` are two keys,
+//! although a `Path<u64>` handler sees one number. That never serves a wrong response, but the
+//! spellings are cached apart (a write through one spelling leaves the others' entries in
+//! place). Typed holes (`{id:u64}`) and [keys from extractors](#keys-from-extractors) key by
+//! **value**: the spellings share one entry, which an invalidation of that value removes.
+//!
+//! Query values are decoded as axum's `Query` decodes them (`+` is a space, `%61` is `a`, names
+//! compared decoded), so `?q=%61` and `?q=a` share a key; a handler that reads the raw query
+//! string (`RawQuery`, `Uri`) tells those apart, so key it with a closure over the raw query.
+//! Headers are keyed byte for byte, and `{path}` as sent: the router matches the raw path, so
+//! `/%61bout` is not `/about` to it, nor to the key.
+//!
+//! # Keys from extractors
+//!
+//! [`CacheLayer::key_from`](crate::CacheLayer::key_from) runs an axum extractor
+//! (`FromRequestParts`) on the request and builds the key from what it extracted, the value the
+//! handler sees:
+//!
+//! ```
+//! use axum::{extract::Path, routing::get, Router};
+//! use tower_valkey_cache::{Cache, CacheLayer, MemoryStore};
+//!
+//! let cache = Cache::new(MemoryStore::new());
+//! let app: Router = Router::new().route(
+//!     "/users/{id}",
+//!     get(|Path(id): Path<u64>| async move { format!("user {id}") })
+//!         .route_layer(CacheLayer::new(cache).key_from(|Path(id): Path<u64>| format!("user:{id}"))),
+//! );
+//! ```
+//!
+//! An extractor that rejects the request means the handler rejects it too: the request is served
+//! uncached (`detail=key-rejected`) and the handler answers as it would. The closure returns a
+//! `String` or an `Option<String>` (`None`: do not cache this request). What it returns is used
+//! as it is, bounded like every key: escape text that is not a parsed number with [`escape`].
 //!
 //! # The default key
 //!
-//! [`DefaultKey`] is `GET:` + path + `?` + the query with its parameters sorted by name, so
-//! `?a=1&b=2` and `?b=2&a=1` share an entry.
+//! [`DefaultKey`] is the method, `:`, the path as sent (escaped as `{path}` is), then `?` and the
+//! query's parameters decoded as `Query` decodes them, sorted by name (stably: the values of a
+//! repeated name keep their order), every value kept: `name=value&...`, names and values
+//! escaped. `?a=1&b=2` and `?b=2&a=1` share an entry; `?a=1&a=2` and `?a=2&a=1` do not.
 //!
 //! # Your own strategy
 //!
 //! Any `Fn(&http::request::Parts) -> Option<String>` is a [`KeyStrategy`]; `None` means "do not
-//! cache this request". Its output is used as it is (escape user input with [`escape`]).
+//! cache this request". Its output is used as it is, only bounded in length: keeping different
+//! requests apart is its author's responsibility (escape user input with [`escape`]).
 
 mod escape;
+#[cfg(feature = "axum")]
+mod extract;
 mod template;
 
-pub(crate) use escape::{bound_length, short_hash};
-pub use escape::{escape, glob_escape, MAX_KEY_LEN};
+pub(crate) use escape::{bound_length, short_hash, with_suffix};
+pub use escape::{escape, glob_escape, KEEP_LEN, MAX_KEY_LEN};
+#[cfg(feature = "axum")]
+pub(crate) use extract::ExtractKey;
 pub use template::{KeyTemplate, TemplateError};
 
 use http::request::Parts;
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 /// The request data a key is derived from.
 #[derive(Debug)]
@@ -68,7 +148,7 @@ impl<'a> KeyContext<'a> {
         }
     }
 
-    /// Sets the path parameters (name, value); the layer reads them from axum.
+    /// Sets the path parameters (name, percent-decoded value); the layer reads them from axum.
     pub fn with_path_params(mut self, params: Vec<(String, String)>) -> Self {
         self.path_params = params;
         self
@@ -87,23 +167,91 @@ impl<'a> KeyContext<'a> {
             .map(|(_, v)| v.as_str())
     }
 
-    /// A query parameter's raw (still percent-encoded) value by name: the first occurrence.
-    pub fn query_param(&self, name: &str) -> Option<&'a str> {
-        self.parts.uri.query()?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then_some(v)
+    /// Every value of query parameter `name`, in request order, decoded as axum's `Query`
+    /// decodes them (`+` is a space, percent-escapes decoded, names compared decoded). Values
+    /// are bytes: a value that is not UTF-8 once decoded stays distinct from others.
+    pub fn query_values(&self, name: &str) -> Vec<Cow<'a, [u8]>> {
+        let Some(q) = self.parts.uri.query() else {
+            return Vec::new();
+        };
+        raw_query_pairs(q)
+            .filter(|(n, _)| query_name(n) == name)
+            .map(|(_, v)| form_decode(v))
+            .collect()
+    }
+}
+
+/// The query's parameters as axum's `Query` (serde_urlencoded, form_urlencoded) splits them, not
+/// yet decoded: on `&`, empty pieces skipped, name and value split at the first `=` (a piece
+/// without one is a name with an empty value). Decode each with [`form_decode`]; `Query` then
+/// reads the bytes as text lossily (invalid UTF-8 as U+FFFD): names are compared that way
+/// ([`query_name`]), values are kept as bytes (so two values `Query` cannot tell apart may key
+/// apart, never the reverse).
+pub(crate) fn raw_query_pairs(query: &str) -> impl Iterator<Item = (&[u8], &[u8])> {
+    query
+        .as_bytes()
+        .split(|&b| b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.iter().position(|&b| b == b'=') {
+            Some(i) => (&p[..i], &p[i + 1..]),
+            None => (p, &p[p.len()..]),
         })
+}
+
+/// A raw query name as the handler's `Query` sees it: decoded, then read as text lossily.
+/// Borrowed from the query (no allocation) when there is nothing to decode.
+pub(crate) fn query_name(raw: &[u8]) -> Cow<'_, str> {
+    lossy(&form_decode(raw))
+}
+
+/// Decoded bytes as text, lossily, borrowing what the bytes borrow.
+fn lossy<'q>(decoded: &Cow<'q, [u8]>) -> Cow<'q, str> {
+    match decoded {
+        Cow::Borrowed(b) => String::from_utf8_lossy(b),
+        Cow::Owned(v) => Cow::Owned(String::from_utf8_lossy(v).into_owned()),
+    }
+}
+
+/// `application/x-www-form-urlencoded` decoding of one name or value, as form_urlencoded does it
+/// (`+` to space, then percent-decoding; an invalid escape stays as it is), to bytes.
+fn form_decode(s: &[u8]) -> Cow<'_, [u8]> {
+    use percent_encoding::percent_decode;
+    if s.contains(&b'+') {
+        let spaced: Vec<u8> = s
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        Cow::Owned(percent_decode(&spaced).collect())
+    } else {
+        percent_decode(s).into()
     }
 }
 
 /// Why no key could be derived for a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KeyError {
     /// The template names a path parameter the request does not have: the template does not
     /// fit the route (a configuration error).
     MissingPathParam(String),
     /// The strategy declined to key this request: it is served uncached.
     Declined,
+    /// The request holds a value its handler would reject: a typed hole's value does not parse,
+    /// a typed query parameter is given several times, a path parameter is not UTF-8 once
+    /// decoded, or a key extractor rejected the request. It is served uncached, and the
+    /// handler answers it as it would. The text says which hole or extractor (never the value).
+    Rejected(String),
+}
+
+impl KeyError {
+    /// The `Cache-Status` detail of a request served uncached for this reason.
+    pub(crate) fn detail(&self) -> &'static str {
+        match self {
+            KeyError::MissingPathParam(_) => "key-error",
+            KeyError::Declined => "key-declined",
+            KeyError::Rejected(_) => "key-rejected",
+        }
+    }
 }
 
 impl fmt::Display for KeyError {
@@ -115,6 +263,7 @@ impl fmt::Display for KeyError {
                  (is the layer on the right route, with `.route_layer`?)"
             ),
             KeyError::Declined => f.write_str("key strategy declined the request"),
+            KeyError::Rejected(why) => write!(f, "request rejected by its key: {why}"),
         }
     }
 }
@@ -155,7 +304,8 @@ where
     }
 }
 
-/// The default key: `GET:` + path + `?` + query parameters sorted by name.
+/// The default key: method, `:`, the path as sent, `?` and the decoded query parameters sorted
+/// by name (see the [module docs](self#the-default-key)).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DefaultKey;
 
@@ -163,48 +313,121 @@ impl KeyStrategy for DefaultKey {
     fn key(&self, ctx: &KeyContext<'_>) -> Result<String, KeyError> {
         let uri = &ctx.parts.uri;
         let mut out = String::with_capacity(8 + uri.path().len() + uri.query().map_or(0, str::len));
-        out.push_str(method_name(&ctx.parts.method));
+        escape::escape_into(&mut out, method_name(&ctx.parts.method), false);
         out.push(':');
         escape::escape_into(&mut out, uri.path(), true);
         if let Some(q) = uri.query() {
-            let mut pairs: Vec<(&str, &str)> = q
-                .split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| p.split_once('=').unwrap_or((p, "")))
+            let mut pairs: Vec<_> = raw_query_pairs(q)
+                .map(|(n, v)| {
+                    let n = form_decode(n);
+                    (lossy(&n), n, v)
+                })
                 .collect();
-            // Stable: repeated parameters keep their relative order (`a=1&a=2` != `a=2&a=1`).
-            pairs.sort_by(|a, b| a.0.cmp(b.0));
+            // By the name the handler sees; stable, so the values of one name keep their
+            // request order (`a=1&a=2` is not `a=2&a=1`).
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
             // `/p`, `/p?` and `/p?&` name the same resource: no parameters, no `?`.
-            for (i, (k, v)) in pairs.into_iter().enumerate() {
+            for (i, (_, n, v)) in pairs.into_iter().enumerate() {
                 out.push(if i == 0 { '?' } else { '&' });
-                escape::escape_into(&mut out, k, false);
+                escape::escape_into(&mut out, n, false);
                 out.push('=');
-                escape::escape_into(&mut out, v, false);
+                escape::escape_into(&mut out, form_decode(v), false);
             }
         }
         Ok(bound_length(out))
     }
 }
 
+/// How a layer derives its keys: a [`KeyStrategy`], or an extractor
+/// ([`CacheLayer::key_from`](crate::CacheLayer::key_from)), which needs the request parts
+/// mutably and is asynchronous.
+#[derive(Clone)]
+pub(crate) enum Keyer {
+    Strategy(Arc<dyn KeyStrategy>),
+    #[cfg(feature = "axum")]
+    Extract(Arc<dyn extract::Extract>),
+}
+
+impl Keyer {
+    pub(crate) fn strategy(s: impl KeyStrategy) -> Self {
+        Keyer::Strategy(Arc::new(s))
+    }
+
+    /// See [`KeyStrategy::covers_header`]; an extractor's key never counts as covering one
+    /// (opt in with `allow_credentials`).
+    pub(crate) fn covers_header(&self, header: &http::HeaderName) -> bool {
+        match self {
+            Keyer::Strategy(s) => s.covers_header(header),
+            #[cfg(feature = "axum")]
+            Keyer::Extract(_) => false,
+        }
+    }
+
+    /// The request's key and its rendered tags: the one place the layer derives them.
+    pub(crate) async fn derive(
+        &self,
+        tags: &[KeyTemplate],
+        parts: &mut Parts,
+    ) -> Result<(String, Vec<String>), KeyError> {
+        let needs_params = match self {
+            Keyer::Strategy(s) => s.needs_path_params(),
+            #[cfg(feature = "axum")]
+            Keyer::Extract(_) => false,
+        } || tags.iter().any(|t| t.needs_path_params());
+        let params = if needs_params {
+            checked_path_params(parts)?
+        } else {
+            Vec::new()
+        };
+        let extracted = match self {
+            #[cfg(feature = "axum")]
+            Keyer::Extract(e) => Some(e.extract(parts).await?),
+            Keyer::Strategy(_) => None,
+        };
+        let ctx = KeyContext::new(parts).with_path_params(params);
+        let key = match (extracted, self) {
+            (Some(k), _) => k,
+            (None, Keyer::Strategy(s)) => s.key(&ctx)?,
+            #[cfg(feature = "axum")]
+            (None, Keyer::Extract(_)) => return Err(KeyError::Declined),
+        };
+        let tags = tags
+            .iter()
+            .map(|t| t.key(&ctx))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((key, tags))
+    }
+}
+
 /// The path parameters axum matched for this request (empty outside axum or without the
 /// `axum` feature).
-#[cfg(feature = "axum")]
 pub(crate) fn path_params(parts: &mut Parts) -> Vec<(String, String)> {
+    checked_path_params(parts).unwrap_or_default()
+}
+
+/// [`path_params`], but a parameter that is not UTF-8 once decoded is a request the handler's
+/// `Path` rejects: [`KeyError::Rejected`], not "no parameters".
+#[cfg(feature = "axum")]
+fn checked_path_params(parts: &mut Parts) -> Result<Vec<(String, String)>, KeyError> {
+    use axum::extract::rejection::RawPathParamsRejection;
     use axum::extract::{FromRequestParts, RawPathParams};
     use futures_util::FutureExt;
     // RawPathParams only reads request extensions: its future is ready at once.
     match RawPathParams::from_request_parts(parts, &()).now_or_never() {
-        Some(Ok(params)) => params
+        Some(Ok(params)) => Ok(params
             .iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
-        _ => Vec::new(),
+            .collect()),
+        Some(Err(RawPathParamsRejection::InvalidUtf8InPathParam(_))) => Err(KeyError::Rejected(
+            "a path parameter is not UTF-8 once percent-decoded".into(),
+        )),
+        _ => Ok(Vec::new()),
     }
 }
 
 #[cfg(not(feature = "axum"))]
-pub(crate) fn path_params(_parts: &mut Parts) -> Vec<(String, String)> {
-    Vec::new()
+fn checked_path_params(_parts: &mut Parts) -> Result<Vec<(String, String)>, KeyError> {
+    Ok(Vec::new())
 }
 
 /// The method as it appears in keys: HEAD shares GET's entry.
@@ -224,28 +447,55 @@ mod tests {
         http::Request::get(uri).body(()).unwrap().into_parts().0
     }
 
-    #[test]
-    fn default_key_sorts_query_parameters() {
-        let a = parts("/items?b=2&a=1");
-        let b = parts("/items?a=1&b=2");
-        let ka = DefaultKey.key(&KeyContext::new(&a)).unwrap();
-        assert_eq!(ka, "GET:/items?a=1&b=2");
-        assert_eq!(ka, DefaultKey.key(&KeyContext::new(&b)).unwrap());
-        let c = parts("/items?a=2&a=1");
-        let d = parts("/items?a=1&a=2");
-        assert_ne!(
-            DefaultKey.key(&KeyContext::new(&c)).unwrap(),
-            DefaultKey.key(&KeyContext::new(&d)).unwrap()
-        );
+    fn default_key(uri: &str) -> String {
+        DefaultKey.key(&KeyContext::new(&parts(uri))).unwrap()
     }
 
     #[test]
-    fn default_key_escapes_globs_in_path() {
-        let p = parts("/a*b/%5B");
-        assert_eq!(
-            DefaultKey.key(&KeyContext::new(&p)).unwrap(),
-            "GET:/a%2Ab/%255B"
-        );
+    fn default_key_sorts_query_parameters() {
+        let ka = default_key("/items?b=2&a=1");
+        assert_eq!(ka, "GET:/items?a=1&b=2");
+        assert_eq!(ka, default_key("/items?a=1&b=2"));
+        assert_ne!(default_key("/items?a=2&a=1"), default_key("/items?a=1&a=2"));
+        assert_eq!(default_key("/items?a=2&b=0&a=1"), "GET:/items?a=2&a=1&b=0");
+    }
+
+    #[test]
+    fn default_key_decodes_the_query_as_the_handler_does() {
+        // `%71` is `q` to `Query`; `+` is a space; `%61` is `a`.
+        assert_eq!(default_key("/s?%71=x"), default_key("/s?q=x"));
+        assert_eq!(default_key("/s?q=a+b"), default_key("/s?q=a%20b"));
+        assert_eq!(default_key("/s?q=%61"), default_key("/s?q=a"));
+        assert_eq!(default_key("/s?q=a+b"), "GET:/s?q=a%20b");
+        // `a` and `a=` are the same to `Query`; `/s?` and `/s?&` have no parameters.
+        assert_eq!(default_key("/s?a"), default_key("/s?a="));
+        assert_eq!(default_key("/s?"), "GET:/s");
+        assert_eq!(default_key("/s?&&"), "GET:/s");
+        // Bytes that are not UTF-8 stay distinct.
+        assert_ne!(default_key("/s?q=%FF"), default_key("/s?q=%FE"));
+    }
+
+    #[test]
+    fn default_key_keys_the_path_as_sent() {
+        assert_eq!(default_key("/a*b/%5B"), "GET:/a%2Ab/%255B");
+        // The router tells these apart, so does the key.
+        assert_ne!(default_key("/%61bout"), default_key("/about"));
+        assert_ne!(default_key("/a%2Fb"), default_key("/a/b"));
+        assert_eq!(default_key("/a_b/c-d.e~f"), "GET:/a_b/c-d.e~f");
+        assert_eq!(default_key("/a%5Fb"), "GET:/a%255Fb");
+    }
+
+    #[test]
+    fn query_values_are_decoded_and_all_kept() {
+        let p = parts("/s?q=a&%71=b&x=1&q=c+d&q");
+        let ctx = KeyContext::new(&p);
+        let v: Vec<Vec<u8>> = ctx
+            .query_values("q")
+            .into_iter()
+            .map(Cow::into_owned)
+            .collect();
+        assert_eq!(v, [&b"a"[..], b"b", b"c d", b""]);
+        assert!(ctx.query_values("y").is_empty());
     }
 
     #[test]
@@ -255,5 +505,15 @@ mod tests {
         assert_eq!(s.key(&KeyContext::new(&p)).unwrap(), "x:1");
         let q = parts("/y");
         assert_eq!(s.key(&KeyContext::new(&q)), Err(KeyError::Declined));
+    }
+
+    #[test]
+    fn key_errors_map_to_cache_status_details() {
+        assert_eq!(
+            KeyError::MissingPathParam("id".into()).detail(),
+            "key-error"
+        );
+        assert_eq!(KeyError::Declined.detail(), "key-declined");
+        assert_eq!(KeyError::Rejected("x".into()).detail(), "key-rejected");
     }
 }

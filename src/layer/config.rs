@@ -6,7 +6,7 @@
 
 use crate::entry::Entry;
 use crate::eviction::RouteEviction;
-use crate::key::{DefaultKey, KeyStrategy, KeyTemplate};
+use crate::key::{DefaultKey, KeyTemplate, Keyer};
 use crate::Cache;
 use http::{Method, StatusCode};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +19,7 @@ pub(crate) struct RouteConfig {
     pub(crate) cache: Cache,
     /// The route's TTL; the cache's default when None.
     pub(crate) ttl: Option<Duration>,
-    pub(crate) key: Arc<dyn KeyStrategy>,
+    pub(crate) key: Keyer,
     pub(crate) methods: Vec<Method>,
     pub(crate) statuses: Vec<StatusCode>,
     pub(crate) max_body_bytes: usize,
@@ -53,7 +53,7 @@ impl RouteConfig {
         Self {
             cache,
             ttl: None,
-            key: Arc::new(DefaultKey),
+            key: Keyer::strategy(DefaultKey),
             methods: vec![Method::GET, Method::HEAD],
             statuses: vec![StatusCode::OK],
             max_body_bytes: 1 << 20,
@@ -98,11 +98,6 @@ impl RouteConfig {
     /// Whether the route's key includes the request's `Range`: only then is a `206` stored.
     pub(crate) fn covers_range(&self) -> bool {
         self.key.covers_header(&http::header::RANGE)
-    }
-
-    /// Whether path parameters must be read for the key or the tags.
-    pub(crate) fn needs_path_params(&self) -> bool {
-        self.key.needs_path_params() || self.tags.iter().any(|t| t.needs_path_params())
     }
 
     /// True the first time it is called for this route (to log configuration errors once).

@@ -1,6 +1,6 @@
 use super::config::RouteConfig;
 use super::service::CacheService;
-use crate::key::{KeyStrategy, KeyTemplate};
+use crate::key::{KeyStrategy, KeyTemplate, Keyer};
 use crate::Cache;
 use http::{Method, StatusCode};
 use std::sync::Arc;
@@ -142,7 +142,8 @@ impl CacheLayer {
         self
     }
 
-    /// The key template, e.g. `"user:{id}"` (see [`key`](crate::key) for the variables).
+    /// The key template, e.g. `"user:{id}"` or `"user:{id:u64}"` (see [`key`](crate::key) for
+    /// the holes, and why the keys are injective).
     ///
     /// # Panics
     ///
@@ -157,7 +158,55 @@ impl CacheLayer {
 
     /// Any [`KeyStrategy`]: a [`KeyTemplate`] or a closure over `&http::request::Parts`.
     pub fn key_with(mut self, strategy: impl KeyStrategy) -> Self {
-        self.cfg().key = Arc::new(strategy);
+        self.cfg().key = Keyer::strategy(strategy);
+        self
+    }
+
+    /// Keys each request by what an axum extractor reads from it: `f` gets the extracted value
+    /// (`Path<u64>`, `Query<Filter>`, your own `CurrentTenant`, a tuple of them) and returns the
+    /// key, a `String` or an `Option<String>` (`None`: do not cache this request). The key
+    /// names what the handler sees, so `/users/0501` and `/users/501` share an entry.
+    ///
+    /// An extractor that rejects the request (the handler would reject it too) serves it
+    /// uncached (`Cache-Status: ...; fwd=bypass; detail=key-rejected`), and the handler answers
+    /// as it would. The key is used as it is, bounded to [`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN)
+    /// bytes: escape text that is not a parsed number with [`escape`](crate::key::escape). A
+    /// key built this way never counts as covering credentials: a route keyed by the caller
+    /// this way needs [`allow_credentials`](Self::allow_credentials). See
+    /// [keys from extractors](crate::key#keys-from-extractors).
+    ///
+    /// ```
+    /// use axum::{extract::Path, routing::get, Router};
+    /// use tower_valkey_cache::{Cache, CacheLayer, MemoryStore};
+    ///
+    /// let cache = Cache::new(MemoryStore::new());
+    /// let app: Router = Router::new().route(
+    ///     "/users/{id}",
+    ///     get(|Path(id): Path<u64>| async move { format!("user {id}") })
+    ///         .route_layer(CacheLayer::new(cache).key_from(|Path(id): Path<u64>| format!("user:{id}"))),
+    /// );
+    /// ```
+    #[cfg(feature = "axum")]
+    pub fn key_from<E, F, K>(self, f: F) -> Self
+    where
+        E: axum::extract::FromRequestParts<()> + 'static,
+        F: Fn(E) -> K + Send + Sync + 'static,
+        K: Into<Option<String>> + 'static,
+    {
+        self.key_from_with_state((), f)
+    }
+
+    /// [`key_from`](Self::key_from) for extractors that need the application's state
+    /// (`FromRequestParts<S>`): pass the state the router is built with.
+    #[cfg(feature = "axum")]
+    pub fn key_from_with_state<S, E, F, K>(mut self, state: S, f: F) -> Self
+    where
+        S: Send + Sync + 'static,
+        E: axum::extract::FromRequestParts<S> + 'static,
+        F: Fn(E) -> K + Send + Sync + 'static,
+        K: Into<Option<String>> + 'static,
+    {
+        self.cfg().key = Keyer::Extract(Arc::new(crate::key::ExtractKey::new(state, f)));
         self
     }
 
@@ -181,7 +230,9 @@ impl CacheLayer {
     /// Caches requests whose method is not GET or HEAD (add it to [`methods`](Self::methods),
     /// e.g. POST for GraphQL or search APIs) keyed by their body: the body is read up to
     /// `max_bytes`, and a 128-bit SHA-256 of it and of the request's `Content-Type` is appended
-    /// to the key as `#body:HASH`. The handler receives the same body, frame for frame.
+    /// to the key as `#body:HASH` (the whole key bounded to
+    /// [`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN)). The handler receives the same body, frame for
+    /// frame.
     ///
     /// A body over `max_bytes`, with trailers, or that fails to read bypasses the cache
     /// (`fwd=bypass; detail=body-too-large | body-trailers | body-error`); the handler still gets

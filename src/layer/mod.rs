@@ -31,7 +31,10 @@
 //!    (`{header.range}`), pass through (`fwd=bypass`). Serving ranges from a stored `200` is not
 //!    implemented.
 //! 3. The key is derived ([`key`](crate::key)); a template that does not fit the route is logged
-//!    once and the request is served uncached (`fwd=bypass; detail=key-error`).
+//!    once and the request is served uncached (`fwd=bypass; detail=key-error`), and so is a
+//!    request holding a value its handler would reject: a typed hole (`{id:u64}`) that does not
+//!    parse, an extractor key ([`key_from`](CacheLayer::key_from)) whose extractor rejects
+//!    (`fwd=bypass; detail=key-rejected`).
 //! 4. A fresh entry is a hit (`hit; ttl=N`, with `Age`); HEAD is answered from the GET entry.
 //! 5. Otherwise the handler runs. Its response is stored if its status is configured (200 by
 //!    default; a `206` only under a key that includes `Range`) and it has no `Set-Cookie`, no

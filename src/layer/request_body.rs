@@ -177,7 +177,8 @@ pub(crate) async fn buffer<B: Body<Data = Bytes>>(body: B, max: usize) -> Buffer
 }
 
 /// The key suffix for a request body: `#body:` and 128 bits of SHA-256 over the request's
-/// `Content-Type` (trimmed, lower-cased) and the body.
+/// `Content-Type` (trimmed, lower-cased) and the body. Appended with
+/// [`with_suffix`](crate::key::with_suffix), which bounds the whole key.
 pub(crate) fn body_suffix(content_type: Option<&http::HeaderValue>, body: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     use std::fmt::Write as _;

@@ -12,7 +12,6 @@ use super::refresh::{self, Trigger};
 use super::request_body::{self, Buffered, CacheRequestBody};
 use super::response::{finish, from_entry, Answer};
 use crate::entry::{now_ms, Entry, Freshness};
-use crate::key::{KeyContext, KeyStrategy};
 use crate::outcome::Outcome;
 use crate::stats::RequestScope;
 use crate::store::Lookup;
@@ -175,39 +174,18 @@ where
         },
         _ => (CacheRequestBody::new(body), None),
     };
-    // Tag templates may name path parameters even when the key does not (the default key).
-    let params = if cfg.needs_path_params() {
-        crate::key::path_params(&mut parts)
-    } else {
-        Vec::new()
-    };
-    let ctx = KeyContext::new(&parts).with_path_params(params);
-    let key_and_tags = cfg.key.key(&ctx).and_then(|k| {
-        let tags = cfg
-            .tags
-            .iter()
-            .map(|t| t.key(&ctx))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((k, tags))
-    });
-    drop(ctx);
-    let (mut key, tags) = match key_and_tags {
+    // The key and the tags (tag templates may name path parameters the key does not use).
+    let (mut key, tags) = match cfg.key.derive(&cfg.tags, &mut parts).await {
         Ok(kt) => kt,
         Err(e) => {
-            let detail = match e {
-                crate::key::KeyError::MissingPathParam(_) => {
-                    if cfg.first_key_error() {
-                        tracing::error!(namespace = %cfg.cache.namespace(), error = %e, "cache key configuration error; requests on this route are served uncached");
-                    }
-                    "key-error"
-                }
-                crate::key::KeyError::Declined => "key-declined",
-            };
-            pass!(parts, body, Outcome::Bypass(detail))
+            if matches!(e, crate::key::KeyError::MissingPathParam(_)) && cfg.first_key_error() {
+                tracing::error!(namespace = %cfg.cache.namespace(), error = %e, "cache key configuration error; requests on this route are served uncached");
+            }
+            pass!(parts, body, Outcome::Bypass(e.detail()))
         }
     };
     if let Some(suffix) = body_suffix {
-        key.push_str(&suffix);
+        key = crate::key::with_suffix(key, &suffix);
     }
     let span = tracing::Span::current();
     if !span.is_disabled() {
@@ -272,6 +250,8 @@ where
                     return Ok(answer);
                 }
             }
+            // Written by an older version under keys of another meaning: a plain miss.
+            Err(e) if e.is_outdated() => {}
             Err(e) => {
                 cfg.cache.counters().decode_failure();
                 detail = Some("undecodable-entry");

@@ -135,13 +135,13 @@ impl Marker {
             h.update(&buf);
         }
         let digest = h.finalize();
-        let mut key = String::with_capacity(base.len() + 60);
-        key.push_str(base);
-        let _ = write!(key, "#vary:{:016x}:", self.generation);
+        let mut suffix = String::with_capacity(6 + 17 + 32);
+        let _ = write!(suffix, "#vary:{:016x}:", self.generation);
         for b in &digest[..16] {
-            let _ = write!(key, "{b:02x}");
+            let _ = write!(suffix, "{b:02x}");
         }
-        key
+        // Bounded like every key: a long base plus the suffix is shortened as a whole.
+        crate::key::with_suffix(base.to_owned(), &suffix)
     }
 }
 
@@ -413,6 +413,16 @@ mod tests {
         let fr = m.variant_key("k", &headers(&[("accept-language", "fr")]), &enc);
         assert_ne!(en, fr);
         assert!(en.starts_with("k#vary:"));
+        // Bounded like every key, and still one key per variant.
+        let long = "k".repeat(crate::key::MAX_KEY_LEN);
+        let en_long = m.variant_key(&long, &headers(&[("accept-language", "en")]), &enc);
+        let fr_long = m.variant_key(&long, &headers(&[("accept-language", "fr")]), &enc);
+        assert!(
+            en_long.len() <= crate::key::MAX_KEY_LEN,
+            "{}",
+            en_long.len()
+        );
+        assert_ne!(en_long, fr_long);
         // Equivalent Accept-Encoding fields share a variant.
         let a = m.variant_key(
             "k",
