@@ -36,7 +36,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
+/// The stored entry format (feature `unstable`: outside semver).
+#[cfg(feature = "unstable")]
+#[cfg_attr(docsrs, doc(cfg(feature = "unstable")))]
 pub mod entry;
+#[cfg(not(feature = "unstable"))]
+#[allow(unreachable_pub)]
+mod entry;
 pub mod eviction;
 pub mod function;
 mod headers;

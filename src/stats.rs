@@ -8,6 +8,7 @@
 
 use crate::outcome::Outcome;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+#[cfg(feature = "metrics")]
 use std::time::Instant;
 
 /// A snapshot of a cache's counters since it was built.
@@ -274,6 +275,7 @@ impl Counters {
 /// `cache.request.duration`.
 #[derive(Clone, Debug)]
 pub(crate) struct RequestScope {
+    #[cfg(feature = "metrics")]
     started: Instant,
     /// The route template (axum's `MatchedPath`), `"unknown"` in a layer without one; None for
     /// function-cache calls.
@@ -287,6 +289,7 @@ impl RequestScope {
         #[cfg(not(feature = "metrics"))]
         let _ = route;
         Self {
+            #[cfg(feature = "metrics")]
             started: Instant::now(),
             #[cfg(feature = "metrics")]
             route: Some(crate::metrics::route_value(route)),
@@ -296,6 +299,7 @@ impl RequestScope {
     /// A function-cache call.
     pub(crate) fn call() -> Self {
         Self {
+            #[cfg(feature = "metrics")]
             started: Instant::now(),
             #[cfg(feature = "metrics")]
             route: None,

@@ -99,7 +99,10 @@ impl Cache {
         &self.inner.store
     }
 
-    /// The key space (store key names) of this cache's namespace.
+    /// The key space (store key names) of this cache's namespace (feature `unstable`: the key
+    /// layout is outside semver).
+    #[cfg(feature = "unstable")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "unstable")))]
     pub fn key_space(&self) -> &KeySpace {
         &self.inner.space
     }

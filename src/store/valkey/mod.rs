@@ -27,6 +27,8 @@ mod conn;
 mod pubsub;
 mod ranked;
 mod scan;
+#[cfg(feature = "unstable")]
+mod unstable;
 
 pub use config::ValkeyConfig;
 
@@ -36,9 +38,9 @@ use super::{
 };
 use bytes::Bytes;
 use config::{CLUSTER_RETRIES, CLUSTER_RETRY_WAIT_MAX_MS, CLUSTER_RETRY_WAIT_MIN_MS};
-use conn::{invalid_url, redact, Conn, Conns};
-use deadpool_redis::cluster::{ClusterClientBuilder, ClusterConnection};
-use deadpool_redis::redis::{self, aio::MultiplexedConnection, AsyncConnectionConfig};
+use conn::{invalid_url, redact, Conns};
+use deadpool_redis::cluster::ClusterClientBuilder;
+use deadpool_redis::redis::{self, AsyncConnectionConfig};
 use deadpool_redis::{Manager, Pool, Runtime};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -187,14 +189,6 @@ impl ValkeyStore {
     pub fn is_cluster(&self) -> bool {
         matches!(self.inner.conns, Conns::Cluster { .. })
     }
-    /// The underlying deadpool-redis pool, for your own commands; `None` on a cluster (use
-    /// [`cluster_connection`](Self::cluster_connection)).
-    pub fn pool(&self) -> Option<&Pool> {
-        match &self.inner.conns {
-            Conns::Single { pool, .. } => Some(pool),
-            Conns::Cluster { .. } => None,
-        }
-    }
     /// Clients for dedicated (pub/sub) connections: the server, or each cluster seed node.
     pub(crate) fn pubsub_clients(&self) -> &[redis::Client] {
         &self.inner.pubsub
@@ -203,29 +197,6 @@ impl ValkeyStore {
     /// The configured connect timeout.
     pub(crate) fn connect_timeout(&self) -> Duration {
         self.inner.connect_timeout
-    }
-    /// A multiplexed connection from one of the hot-path lanes (connecting if needed). An error
-    /// on a cluster store: use [`cluster_connection`](Self::cluster_connection).
-    pub async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
-        match self.lane().await?.2 {
-            Conn::Single(c) => Ok(c),
-            Conn::Cluster(_) => Err(StoreError::new(
-                StoreErrorKind::Server,
-                "a cluster store has no single-server connection: use cluster_connection()",
-            )),
-        }
-    }
-
-    /// A cluster connection from one of the hot-path lanes (connecting if needed), routing each
-    /// command by its keys' slot. An error on a single-server store.
-    pub async fn cluster_connection(&self) -> Result<ClusterConnection, StoreError> {
-        match self.lane().await?.2 {
-            Conn::Cluster(c) => Ok(c),
-            Conn::Single(_) => Err(StoreError::new(
-                StoreErrorKind::Server,
-                "not a cluster store: use connection()",
-            )),
-        }
     }
 }
 

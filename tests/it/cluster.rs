@@ -7,7 +7,7 @@
 //! (`support::ValkeyCluster::shared`). These tests start clusters of their own, since they kill
 //! or reconfigure nodes.
 
-mod support;
+use crate::support;
 
 use axum::extract::Path;
 use axum::routing::get;

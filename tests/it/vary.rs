@@ -3,7 +3,7 @@
 //! invalidating the route's key (by key, pattern or tag) removes every variant, and fills racing
 //! invalidations never bring a pre-invalidation variant back.
 
-mod support;
+use crate::support;
 
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};

@@ -5,7 +5,7 @@
 
 #[path = "eviction/model.rs"]
 mod model;
-mod support;
+use crate::support;
 
 use model::{unique, Raw};
 use std::collections::BTreeSet;

@@ -4,7 +4,7 @@
 //! and hostile compressed entries are misses (the handler or loader runs, never a 5xx); key
 //! rotation keeps old entries readable until the key leaves the ring; L1 keeps entries opened.
 
-mod support;
+use crate::support;
 
 use axum::extract::Path;
 use axum::routing::get;

@@ -1,7 +1,7 @@
 //! The circuit breaker against a real Valkey: what counts as a failure when one multiplexed
 //! connection carries every request (found by `scripts/chaos`, scenario `client-kill`).
 
-mod support;
+use crate::support;
 
 use axum::extract::Path;
 use axum::routing::get;

@@ -6,7 +6,7 @@
 //! stays fast in CI; `PROPTEST_CASES=N` asks for more, and `scripts/fuzz` runs the same checks as
 //! fuzz targets for as long as you like.
 
-mod support;
+use crate::support;
 
 #[path = "support/key_model.rs"]
 mod key_model;

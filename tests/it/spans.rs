@@ -4,7 +4,7 @@
 //! Alone in its test binary: `tracing` caches per-callsite interest process-wide, and tests in
 //! other threads without a subscriber could race this test's thread-local subscriber.
 
-mod support;
+use crate::support;
 
 use axum::routing::get;
 use axum::Router;

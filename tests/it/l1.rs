@@ -6,7 +6,7 @@
 //! Every test starts its own `valkey-server`. Cross-instance propagation is polled with a bound,
 //! never slept; once the new value is seen, the old one must never come back.
 
-mod support;
+use crate::support;
 
 use axum::extract::{Path, State};
 use axum::routing::{get, put};

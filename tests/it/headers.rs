@@ -4,7 +4,7 @@
 //! `Cache-Status` replaced an inner cache's; a `206` was stored under a key that ignores
 //! `Range`). Each scenario runs on real Valkey and on `MemoryStore`.
 
-mod support;
+use crate::support;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse;

@@ -5,7 +5,7 @@
 //! The "database" is an in-memory table that counts its reads, so each test asserts how often
 //! a function's body ran.
 
-mod support;
+use crate::support;
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

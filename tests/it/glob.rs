@@ -18,7 +18,7 @@
 //! select; see `glob_match`). For patterns that may hold such a range the test checks that Valkey's
 //! set is contained in the crate's; for all others it checks equality.
 
-mod support;
+use crate::support;
 
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
@@ -32,7 +32,7 @@ use tower_valkey_cache::store::{glob_match, KeySpace, Store, Target, Write, Writ
 use tower_valkey_cache::{MemoryStore, ValkeyStore};
 
 /// The fill guard's matcher, exactly as the store's scripts include it.
-const GLOB_LUA: &str = include_str!("../src/store/valkey/lua/glob.lua");
+const GLOB_LUA: &str = include_str!("../../src/store/valkey/lua/glob.lua");
 
 /// `EVALSHA sha 0 pattern key...` returns one 0/1 per key.
 const MATCH_EACH: &str = "

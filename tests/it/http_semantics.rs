@@ -2,7 +2,7 @@
 //! `Cache-Control` freshness from the handler, `Age`. Each scenario runs on real Valkey and on
 //! `MemoryStore`.
 
-mod support;
+use crate::support;
 
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;

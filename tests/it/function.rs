@@ -4,7 +4,7 @@
 //!
 //! Each Valkey test starts its own `valkey-server` (tests/support).
 
-mod support;
+use crate::support;
 
 use axum::body::Body;
 use axum::extract::Path;

@@ -6,7 +6,7 @@
 //! Scenarios written once over a [`Backend`] run twice (modules `valkey` and `memory` at the
 //! bottom). Each Valkey test starts its own `valkey-server`.
 
-mod support;
+use crate::support;
 
 use axum::extract::{Path, Query};
 use axum::http::{StatusCode, Uri};

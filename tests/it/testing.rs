@@ -3,7 +3,7 @@
 //! every outcome the layer writes, and `StatsDelta`. Mostly on `MemoryStore`; the last test runs
 //! the same faults over a real Valkey (tests/support).
 
-mod support;
+use crate::support;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, put};

@@ -5,10 +5,10 @@
 //! `valkey-server`; the cluster tests share one local Valkey Cluster, each in its own namespace.
 //! Scenarios that need the store to fail (stopped, frozen) only make sense on Valkey.
 
-mod support;
+use crate::support;
 
 #[allow(dead_code)]
-#[path = "../examples/quickstart.rs"]
+#[path = "../../examples/quickstart.rs"]
 mod quickstart;
 
 use axum::body::Body;

@@ -2,10 +2,10 @@
 //! against a real Valkey), the observability example's `/metrics` serves them in the Prometheus
 //! text format, and route attributes stay bounded. (Spans: tests/spans.rs.)
 
-mod support;
+use crate::support;
 
 #[allow(dead_code)]
-#[path = "../examples/observability.rs"]
+#[path = "../../examples/observability.rs"]
 mod example;
 
 use axum::extract::Path;

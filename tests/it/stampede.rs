@@ -13,7 +13,7 @@
 //! Every handler counts its runs (`Calls`), so an extra run fails an exact assertion. Concurrency
 //! tests run on a two-worker multi-threaded runtime so races between tasks are real.
 
-mod support;
+use crate::support;
 
 use axum::body::Body;
 use axum::extract::Path;

@@ -3,7 +3,7 @@
 //! namespaces and patterns cannot reach other keys, and what someone who can write to Valkey can
 //! (serve forged entries) and cannot (break requests) do.
 
-mod support;
+use crate::support;
 
 use axum::extract::Path;
 use axum::http::StatusCode;
@@ -548,7 +548,7 @@ mod tls {
         ]);
         let out = Command::new(std::env::current_exe().unwrap())
             .args([
-                "tls::tls_child",
+                "security::tls::tls_child",
                 "--exact",
                 "--ignored",
                 "--nocapture",

@@ -2,7 +2,7 @@
 //! (or another `Content-Type`) misses, the handler always sees the whole body (also when it is
 //! over the bound and bypasses, or fails mid-stream), and GET and POST never share an entry.
 
-mod support;
+use crate::support;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
