@@ -9,6 +9,8 @@ mod support;
 
 mod breaker;
 mod cluster;
+#[cfg(feature = "testing")]
+mod conformance;
 mod eviction;
 mod function;
 mod glob;
