@@ -9,6 +9,8 @@ mod support;
 
 mod breaker;
 mod cluster;
+#[cfg(all(feature = "axum", feature = "testing"))]
+mod composition;
 mod eviction;
 mod function;
 mod glob;
