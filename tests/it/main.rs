@@ -11,6 +11,8 @@ mod breaker;
 mod cluster;
 #[cfg(feature = "testing")]
 mod conformance;
+#[cfg(all(feature = "axum", feature = "testing"))]
+mod composition;
 mod eviction;
 mod function;
 mod glob;
