@@ -178,6 +178,35 @@ fn quoted_string(s: &[u8], i: usize) -> Result<(usize, Vec<u8>), Unparsable> {
     Err(Unparsable)
 }
 
+/// Where a field's bytes stand with respect to quoted strings (RFC 9110 §5.6.4: `"` opens and
+/// closes one, `\` inside escapes the next byte): the one scanner behind every rule that must
+/// not look inside them (list separators, white-space folding).
+#[derive(Default)]
+pub(crate) struct Quotes {
+    open: bool,
+    escaped: bool,
+}
+
+impl Quotes {
+    /// Whether the next byte is inside a quoted string (the closing quote counts as inside).
+    pub(crate) fn open(&self) -> bool {
+        self.open
+    }
+
+    /// Moves past byte `b`.
+    pub(crate) fn feed(&mut self, b: u8) {
+        if !self.open {
+            self.open = b == b'"';
+        } else if self.escaped {
+            self.escaped = false;
+        } else if b == b'\\' {
+            self.escaped = true;
+        } else if b == b'"' {
+            self.open = false;
+        }
+    }
+}
+
 /// The elements of a comma-separated list field line (RFC 9110 §5.6.1), `OWS`-trimmed, empty
 /// ones skipped. Commas inside quoted strings (with their `\` escapes) do not separate; an
 /// unterminated quoted string runs to the end of the line. For fields whose elements are then
@@ -188,24 +217,14 @@ pub(crate) fn list_elements(line: &[u8]) -> impl Iterator<Item = &[u8]> {
         if rest.is_empty() {
             return None;
         }
-        let mut in_quotes = false;
-        let mut escaped = false;
+        let mut quotes = Quotes::default();
         let mut end = rest.len();
         for (k, &b) in rest.iter().enumerate() {
-            if in_quotes {
-                if escaped {
-                    escaped = false;
-                } else if b == b'\\' {
-                    escaped = true;
-                } else if b == b'"' {
-                    in_quotes = false;
-                }
-            } else if b == b'"' {
-                in_quotes = true;
-            } else if b == b',' {
+            if b == b',' && !quotes.open() {
                 end = k;
                 break;
             }
+            quotes.feed(b);
         }
         let element = trim_ows(&rest[..end]);
         rest = rest.get(end + 1..).unwrap_or(&[]);

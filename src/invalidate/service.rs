@@ -75,20 +75,7 @@ impl<S> InvalidateService<S> {
         Self { inner, plan }
     }
 
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the layer's service, returning the wrapped one.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!();
 }
 
 /// The response future of [`InvalidateService`]: the handler, then the invalidation.

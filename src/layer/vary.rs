@@ -13,7 +13,7 @@
 //! an invalidation cannot put back the old generation.
 
 use crate::entry::{now_ms, Entry};
-use crate::headers::{list_elements, trim_ows, VaryField};
+use crate::headers::{list_elements, trim_ows, Quotes, VaryField};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
@@ -178,28 +178,19 @@ pub(crate) fn normalise(name: &str, req: &HeaderMap, encodings: &[String], out: 
 /// Appends `element` (already trimmed) with each run of white space outside quoted strings
 /// replaced by one space.
 fn collapse_white_space(element: &[u8], out: &mut Vec<u8>) {
-    let (mut in_quotes, mut escaped, mut space) = (false, false, false);
+    let (mut quotes, mut space) = (Quotes::default(), false);
     for &b in element {
-        if in_quotes {
-            out.push(b);
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_quotes = false;
+        if !quotes.open() {
+            if b.is_ascii_whitespace() {
+                space = true;
+                continue;
             }
-            continue;
+            if space {
+                out.push(b' ');
+                space = false;
+            }
         }
-        if b.is_ascii_whitespace() {
-            space = true;
-            continue;
-        }
-        if space {
-            out.push(b' ');
-            space = false;
-        }
-        in_quotes = b == b'"';
+        quotes.feed(b);
         out.push(b);
     }
 }
