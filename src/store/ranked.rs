@@ -26,37 +26,26 @@ pub struct Scoring {
 }
 
 impl Scoring {
+    /// A scoring: what a set and a read do to an existing entry's rank, and which end goes.
+    pub const fn new(on_set: Touch, on_get: Touch, evict: Evict) -> Self {
+        Self {
+            on_set,
+            on_get,
+            evict,
+        }
+    }
+
     /// First in, first out: sets stamp, reads do nothing, the lowest stamp goes.
-    pub const FIFO: Self = Self {
-        on_set: Touch::Stamp,
-        on_get: Touch::Keep,
-        evict: Evict::Lowest,
-    };
+    pub const FIFO: Self = Self::new(Touch::Stamp, Touch::Keep, Evict::Lowest);
     /// Last in, first out: sets stamp, reads do nothing, the highest stamp goes.
-    pub const LIFO: Self = Self {
-        on_set: Touch::Stamp,
-        on_get: Touch::Keep,
-        evict: Evict::Highest,
-    };
+    pub const LIFO: Self = Self::new(Touch::Stamp, Touch::Keep, Evict::Highest);
     /// Least recently used: sets and reads stamp, the lowest stamp goes.
-    pub const LRU: Self = Self {
-        on_set: Touch::Stamp,
-        on_get: Touch::Stamp,
-        evict: Evict::Lowest,
-    };
+    pub const LRU: Self = Self::new(Touch::Stamp, Touch::Stamp, Evict::Lowest);
     /// Most recently used: sets and reads stamp, the highest stamp goes.
-    pub const MRU: Self = Self {
-        on_set: Touch::Stamp,
-        on_get: Touch::Stamp,
-        evict: Evict::Highest,
-    };
+    pub const MRU: Self = Self::new(Touch::Stamp, Touch::Stamp, Evict::Highest);
     /// Least frequently used: sets and reads count a use and stamp; the fewest uses go, and among
     /// those the least recently used.
-    pub const LFU: Self = Self {
-        on_set: Touch::Count,
-        on_get: Touch::Count,
-        evict: Evict::Lowest,
-    };
+    pub const LFU: Self = Self::new(Touch::Count, Touch::Count, Evict::Lowest);
 
     /// Whether ranks carry a use count (some touch is [`Touch::Count`]).
     pub fn counts(&self) -> bool {
