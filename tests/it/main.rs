@@ -35,6 +35,7 @@ mod security;
 #[cfg(feature = "axum")]
 mod spans;
 mod stampede;
+mod tag_scale;
 #[cfg(feature = "testing")]
 mod testing;
 mod vary;
