@@ -58,6 +58,9 @@ fn micros(t: Instant) -> u64 {
 
 impl Breaker {
     pub(crate) fn new(threshold: u32, cool_down: Duration) -> Self {
+        // Fixes the epoch now, so every operation's start is after it (one taken before would
+        // read as 0 µs, the same as the loss it is compared with).
+        epoch();
         Self {
             threshold: threshold.max(1),
             cool_down_ms: cool_down.as_millis() as u64,
@@ -113,8 +116,9 @@ impl Breaker {
             if micros(started) < self.last_lost_us.load(Ordering::Acquire) {
                 return None;
             }
-            self.last_lost_us
-                .fetch_max(micros(Instant::now()), Ordering::AcqRel);
+            // Strictly after this operation's start, so the loss covers it.
+            let seen = micros(Instant::now()).max(micros(started) + 1);
+            self.last_lost_us.fetch_max(seen, Ordering::AcqRel);
         }
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if n >= self.threshold {

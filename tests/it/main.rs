@@ -18,10 +18,13 @@ mod invalidate;
 #[cfg(feature = "axum")]
 mod l1;
 mod layer;
+mod lost_state;
 #[cfg(feature = "macros")]
 mod macros;
 #[cfg(all(feature = "metrics", feature = "axum"))]
 mod observability;
+#[cfg(feature = "testing")]
+mod owed;
 mod post_body;
 mod properties;
 #[cfg(all(
