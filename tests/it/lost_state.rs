@@ -259,6 +259,55 @@ async fn a_fill_that_read_the_clock_before_a_failover_to_a_lagging_replica_is_re
     assert_eq!((text(&r), r.is_hit()), ("2", false), "stale after the failover");
 }
 
+/// The central race (`invalidate::consistency_workload`: 16 readers and 4 writers, no read after
+/// an acknowledged write may answer an older version) while Valkey is killed and restarted empty
+/// again and again: writes whose invalidation fails are owed and read around, fills that read the
+/// clock before a restart are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistency_through_restarts() {
+    let server = ValkeyServer::start();
+    let timeouts = StoreTimeouts {
+        connect: Duration::from_millis(300),
+        response: Duration::from_secs(1),
+        wait: Duration::from_millis(300),
+    };
+    let cache = Cache::builder(valkey_store(&server, timeouts))
+        .namespace("t_consistency_restarts")
+        .timeout(Duration::from_secs(1))
+        .circuit_breaker(3, Duration::from_millis(50))
+        .build();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let restarter = tokio::task::spawn_blocking({
+        let stop = stop.clone();
+        move || {
+            let mut server = server;
+            let mut restarts = 0;
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(400));
+                server.stop();
+                std::thread::sleep(Duration::from_millis(100));
+                server.restart();
+                restarts += 1;
+            }
+            (server, restarts)
+        }
+    });
+    let r = crate::invalidate::consistency_workload(cache.clone()).await;
+    stop.store(true, Ordering::SeqCst);
+    let (_server, restarts) = restarter.await.unwrap();
+    println!(
+        "{restarts} restarts: {} reads ({} hits), {} writes: {} violations; {:?}",
+        r.reads,
+        r.hits,
+        r.writes,
+        r.violations,
+        cache.stats()
+    );
+    assert!(restarts >= 2, "{restarts} restarts");
+    assert!(r.hits > 0 && r.writes > 100, "{r:?}");
+    assert_eq!(r.violations, 0, "{r:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The clock's rules, on every store
 // ---------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ impl ValkeyConfig {
         cfg
     }
 
-    /// Maximum pooled connections (the hot-path lanes are checked out of it; the rest serve [`ValkeyStore::pool`](super::ValkeyStore::pool) users, feature `unstable`). Default 8. Not used by a
+    /// Maximum pooled connections (the hot-path lanes are checked out of it; the rest serve users of `ValkeyStore::pool`, feature `unstable`). Default 8. Not used by a
     /// cluster store, whose cluster connections each hold one connection per node.
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = n.max(2);
