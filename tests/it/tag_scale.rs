@@ -87,8 +87,72 @@ async fn stats_of(server: &ValkeyServer, cmd: &str) -> (u64, f64) {
     (field("calls=") as u64, field("usec_per_call="))
 }
 
+/// Every script in the server's `SLOWLOG` (which must log every command): how many, and the
+/// longest one's duration on the server, in µs.
+async fn scripts_in_slowlog(server: &ValkeyServer) -> (usize, u64) {
+    type Logged = (u64, u64, u64, Vec<Vec<u8>>, String, String);
+    let log: Vec<Logged> = server.cli(&["SLOWLOG", "GET", "-1"]).await;
+    let scripts = log.iter().filter(|(_, _, _, args, _, _)| {
+        args.first()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"evalsha") || c.eq_ignore_ascii_case(b"eval"))
+    });
+    scripts.fold((0, 0), |(n, max), (_, _, us, _, _, _)| (n + 1, max.max(*us)))
+}
+
+/// The tag invalidation this crate ran before it removed tags in steps (`invalidate_tags.lua` of
+/// 0.1 up to issue 16, verbatim but for the clock's `INCR`): every member in one atomic script.
+/// `TVC_BEFORE=1` runs it instead of `Cache::invalidate_tag`, with the same 100 ms timeout the
+/// tag invalidation had then, to measure what it did to other clients.
+const ONE_SCRIPT: &str = concat!(
+    include_str!("../../src/store/valkey/lua/ranked_forget.lua"),
+    r#"
+local c, n = redis.call('INCR', KEYS[1]), 0
+local prefix, members = ARGV[2], {}
+for i = 5, #KEYS, 2 do
+  redis.call('SET', KEYS[i + 1], c, 'PX', ARGV[1])
+  local ms = redis.call('SMEMBERS', KEYS[i])
+  for j = 1, #ms, 1000 do
+    n = n + redis.call('UNLINK', unpack(ms, j, math.min(j + 999, #ms)))
+  end
+  for _, m in ipairs(ms) do
+    if m:sub(1, #prefix) == prefix then members[#members + 1] = m:sub(#prefix + 1) end
+  end
+  redis.call('UNLINK', KEYS[i])
+end
+forget(KEYS[2], KEYS[3], KEYS[4], members)
+return n
+"#
+);
+
+/// Runs [`ONE_SCRIPT`] for tag `big` of `cache`'s namespace on a connection of its own with a
+/// 100 ms response timeout (the per-operation timeout tags had).
+async fn one_script(server: &ValkeyServer, cache: &Cache) -> Result<u64, String> {
+    let space = cache.key_space();
+    let client = redis::Client::open(server.url()).unwrap();
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_millis(100)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    let route = tower_valkey_cache::store::ranked::RankedSpace::route(space);
+    redis::Script::new(ONE_SCRIPT)
+        .key("ts|old-clock")
+        .key(&route.index)
+        .key(&route.seq)
+        .key(&route.expiry)
+        .key(space.tag_set("big"))
+        .key(space.tag_tombstone("big"))
+        .arg(60_000)
+        .arg(space.entry_prefix())
+        .invoke_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// PING round trips on a connection of their own, and reads through another cache with the
-/// default 100 ms operation timeout, while one cache invalidates a 50,000-member tag.
+/// default 100 ms operation timeout, while one cache invalidates a 50,000-member tag
+/// (`TVC_BEFORE=1`: while the one-script invalidation of before runs, [`ONE_SCRIPT`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run with --ignored --nocapture"]
 async fn ping_latency_while_a_large_tag_is_invalidated() {
@@ -108,7 +172,13 @@ async fn ping_latency_while_a_large_tag_is_invalidated() {
     let _ = reader.store().read(reader.key_space(), "x").await;
 
     let client = redis::Client::open(server.url()).unwrap();
-    let ping = client.get_multiplexed_async_connection().await.unwrap();
+    // A response timeout far above any stall, so a PING's latency is measured, not cut.
+    let ping_config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    let ping = client
+        .get_multiplexed_async_connection_with_config(&ping_config)
+        .await
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     // Open loop: a PING sent every millisecond whatever the earlier ones are doing, as a client
     // with steady traffic sends them; each records when it was sent and how long it took.
@@ -147,9 +217,22 @@ async fn ping_latency_while_a_large_tag_is_invalidated() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let control = (control, control.elapsed());
     let () = server.cli(&["CONFIG", "RESETSTAT"]).await;
+    // Every command in the slow log, to read each script's time on the server.
+    let () = server
+        .cli(&["CONFIG", "SET", "slowlog-log-slower-than", "0", "slowlog-max-len", "100000"])
+        .await;
+    let () = server.cli(&["SLOWLOG", "RESET"]).await;
     let started = Instant::now();
-    let result = cache.invalidate_tag("big").await;
+    let before = std::env::var("TVC_BEFORE").is_ok_and(|v| v == "1");
+    let result = if before {
+        one_script(&server, &cache).await
+    } else {
+        cache.invalidate_tag("big").await.map_err(|e| e.to_string())
+    };
     let took = started.elapsed();
+    // The server may still be running the work a timed-out call left (the one script): the
+    // window lasts until it answers again, plus 100 ms.
+    let _: String = server.cli(&["PING"]).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let window = started.elapsed();
     stop.store(true, Ordering::SeqCst);
@@ -165,15 +248,18 @@ async fn ping_latency_while_a_large_tag_is_invalidated() {
     let (n, failed) = reads.await.unwrap();
     let (p50, p99, max) = percentiles(&mut samples);
     let (scripts, per_script) = stats_of(&server, "evalsha").await;
+    let (logged, longest) = scripts_in_slowlog(&server).await;
     let left: usize = server
         .cli(&["EVAL", "return #redis.call('KEYS', ARGV[1])", "0", "ts:t:*"])
         .await;
     println!(
-        "tag of {MEMBERS}: invalidate_tag -> {result:?} in {took:?}; {left} members left; \
+        "{}: tag of {MEMBERS}: invalidate_tag -> {result:?} in {took:?}; {left} members left; \
          PING every ms on a second connection ({} sent from its start to 100 ms after it returned): p50 {p50:?}, p99 {p99:?}, max {max:?}; \
          reads through another cache (100 ms timeout): {n}, failed {failed}; \
-         server side: {scripts} scripts, {per_script} µs each on average; \
+         server side: {scripts} scripts, {per_script} µs each on average, longest {longest} µs \
+         (of {logged} in the slow log); \
          control (500 ms, nothing else running): p50 {q50:?}, p99 {q99:?}, max {qmax:?}",
+        if before { "before (one script)" } else { "after (bounded steps)" },
         samples.len()
     );
 }
