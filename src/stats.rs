@@ -189,17 +189,17 @@ impl Counters {
     }
 
     /// A failed invalidation handed to the retry queue, and what the queue did with it.
-    pub(crate) fn retry_queued(&self, how: crate::cache::retry::Queued) {
-        use crate::cache::retry::Queued;
+    pub(crate) fn retry_queued(&self, how: crate::cache::retry::Pushed) {
+        use crate::cache::retry::Pushed;
         self.invalidations_queued.fetch_add(1, Relaxed);
         match how {
-            Queued::Queued => {
+            Pushed::Queued => {
                 otel!(self, m => m.retry("queued"));
             }
-            Queued::Merged => {
+            Pushed::Merged => {
                 otel!(self, m => m.retry("merged"));
             }
-            Queued::Floor => self.retry_floor(),
+            Pushed::Floor => self.retry_floor(),
         }
     }
     pub(crate) fn retry_succeeded(&self) {

@@ -96,8 +96,8 @@ impl Breaker {
     pub(crate) fn success(&self) -> Option<Transition> {
         // Reads first: on the hot path (closed, no failures) nothing is written, so concurrent
         // requests do not contend on these cache lines.
-        let recovered =
-            self.failures.load(Ordering::Relaxed) != 0 && self.failures.swap(0, Ordering::Relaxed) != 0;
+        let recovered = self.failures.load(Ordering::Relaxed) != 0
+            && self.failures.swap(0, Ordering::Relaxed) != 0;
         if self.open_until_ms.load(Ordering::Acquire) != 0
             && self.open_until_ms.swap(0, Ordering::AcqRel) != 0
         {

@@ -92,7 +92,7 @@ impl std::fmt::Display for Logged<'_> {
 
 /// What [`RetryQueue::push`] did with a failed invalidation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Queued {
+pub(crate) enum Pushed {
     /// Its targets are owed (some may have been owed already).
     Queued,
     /// Every target was owed already, or a namespace-wide invalidation that has not started
@@ -216,7 +216,7 @@ impl RetryQueue {
     /// Owes `job` (which failed with `error`) to the store: queued by target, merged with what is
     /// owed already, or replaced by a namespace-wide invalidation when the queue is full. Counted
     /// and logged here.
-    pub(crate) fn push(&self, cache: &Cache, job: Job, error: &StoreError) -> Queued {
+    pub(crate) fn push(&self, cache: &Cache, job: Job, error: &StoreError) -> Pushed {
         self.worker.get_or_init(|| {
             let inner = Arc::downgrade(&cache.inner);
             tokio::spawn(worker(inner, self.shared.clone(), self.give_up_after));
@@ -225,7 +225,7 @@ impl RetryQueue {
         let outcome = {
             let mut owed = self.shared.lock();
             let outcome = if owed.floor.is_some() {
-                Queued::Merged
+                Pushed::Merged
             } else {
                 let (map, names): (&HashMap<_, _>, Vec<&String>) = match &job {
                     Job::Keys(k) => (&owed.keys, k.iter().collect()),
@@ -241,9 +241,9 @@ impl RetryQueue {
                 new.dedup();
                 if matches!(job, Job::Floor) || owed.queued() + new.len() > self.capacity {
                     owed.raise_floor(now);
-                    Queued::Floor
+                    Pushed::Floor
                 } else if new.is_empty() {
-                    Queued::Merged
+                    Pushed::Merged
                 } else {
                     let map = match &job {
                         Job::Keys(_) => &mut owed.keys,
@@ -253,7 +253,7 @@ impl RetryQueue {
                     for n in new {
                         map.insert(n.clone(), now);
                     }
-                    Queued::Queued
+                    Pushed::Queued
                 }
             };
             self.shared.publish(&owed);
@@ -264,13 +264,13 @@ impl RetryQueue {
         counters.retry_queued(outcome);
         let job = Logged(&job, cache.logs_raw_keys());
         match outcome {
-            Queued::Queued => {
+            Pushed::Queued => {
                 tracing::warn!(%job, %error, "invalidation failed; queued for retry (reads skip the cache until it lands)");
             }
-            Queued::Merged => {
+            Pushed::Merged => {
                 tracing::warn!(%job, %error, "invalidation failed; already owed, retried with the earlier one (reads skip the cache until it lands)");
             }
-            Queued::Floor => {
+            Pushed::Floor => {
                 tracing::error!(%job, %error, capacity = self.capacity, "invalidation failed and the retry queue is full: the whole namespace will be invalidated once the store answers (reads skip the cache until then)");
             }
         }
@@ -313,7 +313,10 @@ struct Unfinished {
 
 impl Unfinished {
     fn is_empty(&self) -> bool {
-        self.floor.is_none() && self.keys.is_empty() && self.tags.is_empty() && self.patterns.is_empty()
+        self.floor.is_none()
+            && self.keys.is_empty()
+            && self.tags.is_empty()
+            && self.patterns.is_empty()
     }
 }
 
@@ -326,7 +329,9 @@ async fn run(c: &Cache, work: Work) -> Unfinished {
             c.counters().retry_succeeded();
             let logged = Logged(&job, logs_raw);
             match job {
-                Job::Floor => tracing::warn!(job = %logged, removed = n, "namespace-wide invalidation landed; reading from the cache again"),
+                Job::Floor => {
+                    tracing::warn!(job = %logged, removed = n, "namespace-wide invalidation landed; reading from the cache again")
+                }
                 _ => tracing::info!(job = %logged, removed = n, "queued invalidation succeeded"),
             }
             true
@@ -380,11 +385,7 @@ fn settle(c: &Cache, shared: &Shared, left: Unfinished, give_up_after: Duration,
     if let Some(since) = left.floor {
         owed.floor = Some(owed.floor.map_or(since, |f| f.min(since)));
     }
-    let groups = [
-        (left.keys, 0usize),
-        (left.tags, 1),
-        (left.patterns, 2),
-    ];
+    let groups = [(left.keys, 0usize), (left.tags, 1), (left.patterns, 2)];
     for (targets, group) in groups {
         for (name, since) in targets {
             if owed.floor.is_some() {

@@ -478,7 +478,8 @@ async fn lost_state(cx: Cx<'_>) -> Outcome {
         let one = cx.write(&s, "k", "k", &[], LONG, Some(since)).await?;
         let many = op(
             "write_many",
-            cx.store.write_many(&s, vec![batch_write("k", &[], Some(since))]),
+            cx.store
+                .write_many(&s, vec![batch_write("k", &[], Some(since))]),
         )
         .await?;
         expect_eq!(many, vec![one], "write_many of {what} (as write answered)");
@@ -493,9 +494,16 @@ async fn lost_state(cx: Cx<'_>) -> Outcome {
     );
     start_clock(&cx, &s).await?;
     let c = cx.clock(&s).await?;
-    ensure!(c > 0, "the clock did not start on the first invalidation ({c})");
+    ensure!(
+        c > 0,
+        "the clock did not start on the first invalidation ({c})"
+    );
     expect_eq!(
-        both(0, "a write guarded by clock 0 read before the first invalidation").await?,
+        both(
+            0,
+            "a write guarded by clock 0 read before the first invalidation"
+        )
+        .await?,
         Written::Superseded,
         "a write guarded by clock 0, read before the namespace's first invalidation"
     );

@@ -152,7 +152,11 @@ impl Broken {
         mut writes: Vec<Write<'a>>,
     ) -> Result<Vec<Write<'a>>, StoreError> {
         if self.fault == Fault::TrustsAheadClock {
-            let clock = self.inner.read(self.space(space), "clock-probe").await?.clock;
+            let clock = self
+                .inner
+                .read(self.space(space), "clock-probe")
+                .await?
+                .clock;
             for w in &mut writes {
                 w.since = w.since.map(|s| s.min(clock));
             }

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, Semaphore};
 use tower_valkey_cache::store::{Store, Target, Write, Written};
-use tower_valkey_cache::{Cache, CacheLayer, InvalidateLayer, MemoryStore, ValkeyConfig, ValkeyStore};
+use tower_valkey_cache::{
+    Cache, CacheLayer, InvalidateLayer, MemoryStore, ValkeyConfig, ValkeyStore,
+};
 
 const VALKEY: StoreTimeouts = StoreTimeouts::all(Duration::from_secs(2));
 const OP: Duration = Duration::from_secs(2);
@@ -49,12 +51,18 @@ fn slow_items(cache: &Cache) -> Slow {
     };
     let write = {
         let db = db.clone();
-        put(move |Path(_id): Path<u32>| async move { (db.fetch_add(1, Ordering::SeqCst) + 1).to_string() })
+        put(move |Path(_id): Path<u32>| async move {
+            (db.fetch_add(1, Ordering::SeqCst) + 1).to_string()
+        })
     };
     let app = Router::new().route(
         "/items/{id}",
-        read.route_layer(CacheLayer::new(cache.clone()).ttl(Duration::from_secs(600)).key("item:{id}"))
-            .merge(write.route_layer(InvalidateLayer::new(cache.clone()).keys(["item:{id}"]))),
+        read.route_layer(
+            CacheLayer::new(cache.clone())
+                .ttl(Duration::from_secs(600))
+                .key("item:{id}"),
+        )
+        .merge(write.route_layer(InvalidateLayer::new(cache.clone()).keys(["item:{id}"]))),
     );
     Slow { app, entered, gate }
 }
@@ -80,7 +88,10 @@ impl Slow {
     }
 
     async fn write(&self) {
-        assert_eq!(text(&send(&self.app, request("PUT", "/items/1", &[])).await), "2");
+        assert_eq!(
+            text(&send(&self.app, request("PUT", "/items/1", &[])).await),
+            "2"
+        );
     }
 
     /// The item as the next read serves it (opening the gate for a handler run).
@@ -134,9 +145,17 @@ async fn a_fill_that_read_the_clock_before_a_restart_is_refused() {
 
     let superseded = cache.stats().superseded;
     slow.finish_fill(fill).await;
-    assert_eq!(cache.stats().superseded, superseded + 1, "the fill was stored");
+    assert_eq!(
+        cache.stats().superseded,
+        superseded + 1,
+        "the fill was stored"
+    );
     let r = slow.read().await;
-    assert_eq!((text(&r), r.is_hit()), ("2", false), "stale after the restart");
+    assert_eq!(
+        (text(&r), r.is_hit()),
+        ("2", false),
+        "stale after the restart"
+    );
 }
 
 /// A fill reads the clock, the write's invalidation lands (its tombstone covers the fill), Valkey
@@ -168,9 +187,17 @@ async fn a_fill_is_refused_when_the_store_forgot_the_invalidation_covering_it() 
 
     let superseded = cache.stats().superseded;
     slow.finish_fill(fill).await;
-    assert_eq!(cache.stats().superseded, superseded + 1, "the fill was stored");
+    assert_eq!(
+        cache.stats().superseded,
+        superseded + 1,
+        "the fill was stored"
+    );
     let r = slow.read().await;
-    assert_eq!((text(&r), r.is_hit()), ("2", false), "stale after the restart");
+    assert_eq!(
+        (text(&r), r.is_hit()),
+        ("2", false),
+        "stale after the restart"
+    );
 }
 
 /// The node index of the replica of primary `primary` (`ROLE` names its primary's port).
@@ -247,16 +274,27 @@ async fn a_fill_that_read_the_clock_before_a_failover_to_a_lagging_replica_is_re
     })
     .await
     .clock;
-    assert!(lagged < read, "the replica had all invalidations: {lagged} >= {read}");
+    assert!(
+        lagged < read,
+        "the replica had all invalidations: {lagged} >= {read}"
+    );
     owed_nothing(&cache).await;
     slow.write().await;
     owed_nothing(&cache).await;
 
     let superseded = cache.stats().superseded;
     slow.finish_fill(fill).await;
-    assert_eq!(cache.stats().superseded, superseded + 1, "the fill was stored");
+    assert_eq!(
+        cache.stats().superseded,
+        superseded + 1,
+        "the fill was stored"
+    );
     let r = slow.read().await;
-    assert_eq!((text(&r), r.is_hit()), ("2", false), "stale after the failover");
+    assert_eq!(
+        (text(&r), r.is_hit()),
+        ("2", false),
+        "stale after the failover"
+    );
 }
 
 /// The central race (`invalidate::consistency_workload`: 16 readers and 4 writers, no read after
@@ -338,7 +376,11 @@ async fn clock_rules(b: Backend) {
         async move {
             let one = store.write(&space, fill(since)).await.unwrap();
             let many = store.write_many(&space, vec![fill(since)]).await.unwrap();
-            assert_eq!(vec![one], many, "write and write_many agree (since {since})");
+            assert_eq!(
+                vec![one],
+                many,
+                "write and write_many agree (since {since})"
+            );
             one
         }
     };
@@ -349,10 +391,16 @@ async fn clock_rules(b: Backend) {
 
     // The first invalidation starts the clock at the server's time.
     let before = now_us();
-    store.invalidate(&space, Target::Keys(&["other".into()])).await.unwrap();
+    store
+        .invalidate(&space, Target::Keys(&["other".into()]))
+        .await
+        .unwrap();
     let c1 = store.read(&space, "k").await.unwrap().clock;
     let skew = Duration::from_secs(60).as_micros() as u64;
-    assert!(c1 + skew >= before && c1 <= now_us() + skew, "clock {c1} vs time {before}");
+    assert!(
+        c1 + skew >= before && c1 <= now_us() + skew,
+        "clock {c1} vs time {before}"
+    );
     // A fill that read no clock began before the origin: refused once.
     assert_eq!(both(0).await, Written::Superseded);
     assert_eq!(both(c1).await, Written::Stored);
@@ -363,7 +411,10 @@ async fn clock_rules(b: Backend) {
     // It moves forward on every invalidation, however many run in the same microsecond.
     let mut last = c1;
     for _ in 0..20 {
-        store.invalidate(&space, Target::Keys(&["other".into()])).await.unwrap();
+        store
+            .invalidate(&space, Target::Keys(&["other".into()]))
+            .await
+            .unwrap();
         let c = store.read(&space, "k").await.unwrap().clock;
         assert!(c > last, "{c} after {last}");
         last = c;
@@ -371,7 +422,10 @@ async fn clock_rules(b: Backend) {
     // A fill that read an older clock, not covered by the tombstones since: stored.
     assert_eq!(both(c1).await, Written::Stored);
     // Covered: refused.
-    store.invalidate(&space, Target::Keys(&["k".into()])).await.unwrap();
+    store
+        .invalidate(&space, Target::Keys(&["k".into()]))
+        .await
+        .unwrap();
     assert_eq!(both(last).await, Written::Superseded);
     let now = store.read(&space, "k").await.unwrap().clock;
     assert_eq!(both(now).await, Written::Stored);

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tower_valkey_cache::store::{Store, StoreErrorKind};
-use tower_valkey_cache::testing::{FaultyStore, Faults, Op};
+use tower_valkey_cache::testing::{Faults, FaultyStore, Op};
 use tower_valkey_cache::{
     Cache, CacheBuilder, CacheLayer, InvalidateLayer, Invalidation, MemoryStore, ValkeyConfig,
     ValkeyStore,
@@ -55,8 +55,12 @@ fn items(cache: &Cache, n: usize) -> (Router, Arc<Vec<AtomicU64>>) {
     };
     let app = Router::new().route(
         "/items/{id}",
-        read.route_layer(CacheLayer::new(cache.clone()).ttl(Duration::from_secs(600)).key("item:{id}"))
-            .merge(write.route_layer(InvalidateLayer::new(cache.clone()).keys(["item:{id}"]))),
+        read.route_layer(
+            CacheLayer::new(cache.clone())
+                .ttl(Duration::from_secs(600))
+                .key("item:{id}"),
+        )
+        .merge(write.route_layer(InvalidateLayer::new(cache.clone()).keys(["item:{id}"]))),
     );
     (app, db)
 }
@@ -170,7 +174,11 @@ async fn outage_longer_than_the_queue(b: Backend, outage: Outage) {
     let s = cache.stats();
     assert_eq!(s.invalidations_queued, N as u64, "{s:?}");
     assert!(s.invalidation_floors >= 1, "the queue overflowed: {s:?}");
-    assert_eq!(cache.pending_invalidations(), 1, "one floor owed instead of the queue");
+    assert_eq!(
+        cache.pending_invalidations(),
+        1,
+        "one floor owed instead of the queue"
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     outage.end(&faults);
@@ -236,12 +244,24 @@ async fn a_retry_past_give_up_after_becomes_a_floor(b: Backend) {
     // Every entry of the namespace went (item 1's too), and fills start over.
     for (id, v) in [(0, 2), (1, 1)] {
         let r = get_req(&app, &format!("/items/{id}")).await;
-        assert_eq!((version(&r), r.is_hit()), (v, false), "item {id} after the floor");
+        assert_eq!(
+            (version(&r), r.is_hit()),
+            (v, false),
+            "item {id} after the floor"
+        );
         let r = get_req(&app, &format!("/items/{id}")).await;
-        assert_eq!((version(&r), r.is_hit()), (v, true), "item {id} cached again");
+        assert_eq!(
+            (version(&r), r.is_hit()),
+            (v, true),
+            "item {id} cached again"
+        );
     }
     let s = cache.stats();
-    assert_eq!((s.invalidation_floors, s.invalidations_dropped), (1, 0), "{s:?}");
+    assert_eq!(
+        (s.invalidation_floors, s.invalidations_dropped),
+        (1, 0),
+        "{s:?}"
+    );
 }
 
 /// The same target failing again and again is owed once: 50 writes of one item while the store
@@ -261,9 +281,17 @@ async fn duplicates_are_owed_once(b: Backend) {
     for _ in 0..10 {
         assert!(cache.invalidate(every_kind()).await.is_err());
     }
-    assert_eq!(cache.pending_invalidations(), 3, "item:0, tag t, pattern item:*");
+    assert_eq!(
+        cache.pending_invalidations(),
+        3,
+        "item:0, tag t, pattern item:*"
+    );
     let s = cache.stats();
-    assert_eq!((s.invalidations_queued, s.invalidation_floors), (50 + 30, 0), "{s:?}");
+    assert_eq!(
+        (s.invalidations_queued, s.invalidation_floors),
+        (50 + 30, 0),
+        "{s:?}"
+    );
 
     faults.heal(Op::Invalidate);
     eventually(POLL, "the owed invalidations to land", || async {
@@ -308,7 +336,11 @@ async fn a_store_that_answers_again_ends_the_retry_backoff() {
         tokio::task::yield_now().await;
         turns += 1;
     }
-    assert_eq!(cache.pending_invalidations(), 0, "still backing off after {turns} turns");
+    assert_eq!(
+        cache.pending_invalidations(),
+        0,
+        "still backing off after {turns} turns"
+    );
     assert_eq!(cache.stats().invalidations_retried, 1);
 }
 
@@ -319,7 +351,9 @@ async fn a_store_that_answers_again_ends_the_retry_backoff() {
 #[tokio::test]
 async fn a_connection_that_lost_its_authentication_reconnects() {
     let server = ValkeyServer::start();
-    let () = server.cli(&["CONFIG", "SET", "requirepass", "s3cret"]).await;
+    let () = server
+        .cli(&["CONFIG", "SET", "requirepass", "s3cret"])
+        .await;
     let url = format!("redis://:s3cret@127.0.0.1:{}/", server.port());
     let store = ValkeyStore::with_config(
         ValkeyConfig::from_url(url).response_timeout(Duration::from_secs(2)),

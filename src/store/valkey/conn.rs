@@ -27,8 +27,9 @@ pub(super) enum Conns {
         /// The bulk lane: a connection of its own (not pooled), whose responses may take
         /// [`ValkeyConfig::bulk_response_timeout`](super::ValkeyConfig::bulk_response_timeout).
         bulk: Mutex<Option<Held>>,
-        bulk_client: redis::Client,
-        bulk_config: redis::AsyncConnectionConfig,
+        // Boxed: the two are large, and a cluster store has neither.
+        bulk_client: Box<redis::Client>,
+        bulk_config: Box<redis::AsyncConnectionConfig>,
     },
     /// A cluster: lanes of cluster connections. A `ClusterConnection` already multiplexes one
     /// connection per node, follows `MOVED`/`ASK` redirects and refreshes the slot map itself,

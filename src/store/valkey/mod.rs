@@ -158,10 +158,12 @@ impl ValkeyStore {
                 pool,
                 lanes,
                 bulk: Mutex::new(None),
-                bulk_client: redis::Client::open(cfg.url.as_str()).map_err(invalid_url)?,
-                bulk_config: AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(cfg.connect_timeout))
-                    .set_response_timeout(Some(cfg.bulk_response_timeout)),
+                bulk_client: Box::new(redis::Client::open(cfg.url.as_str()).map_err(invalid_url)?),
+                bulk_config: Box::new(
+                    AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(cfg.connect_timeout))
+                        .set_response_timeout(Some(cfg.bulk_response_timeout)),
+                ),
             };
             (conns, pubsub, redact(&cfg.url))
         } else {
