@@ -26,7 +26,7 @@
 //! | `cache.lock.timeouts` | counter | `{timeout}` | `cache.namespace` | fill-lock waits that timed out |
 //! | `cache.invalidations` | counter | `{invalidation}` | `cache.namespace`, `cache.invalidation.kind` | invalidations applied |
 //! | `cache.invalidation.entries` | counter | `{entry}` | `cache.namespace`, `cache.invalidation.kind` | entries they removed |
-//! | `cache.invalidation.retries` | counter | `{invalidation}` | `cache.namespace`, `cache.retry.result` | failed invalidations queued, retried, dropped |
+//! | `cache.invalidation.retries` | counter | `{invalidation}` | `cache.namespace`, `cache.retry.result` | failed invalidations `queued`, `merged` with one owed already, retries `succeeded`, namespace-wide invalidations owed instead (`floor`) |
 //! | `cache.evictions` | counter | `{entry}` | `cache.namespace`, `cache.eviction.policy` | entries evicted to stay within capacity |
 //! | `cache.decode.failures` | counter | `{entry}` | `cache.namespace` | stored values that did not decode |
 //! | `cache.refreshes` | counter | `{refresh}` | `cache.namespace`, `cache.refresh.result` | background refreshes |
@@ -190,7 +190,7 @@ impl Metrics {
             retries: counter(
                 "cache.invalidation.retries",
                 "{invalidation}",
-                "Failed invalidations queued for retry, later succeeded, or dropped",
+                "Failed invalidations queued for retry or merged with an owed one, retries that succeeded, namespace-wide invalidations owed instead",
             ),
             evictions: counter(
                 "cache.evictions",

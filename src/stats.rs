@@ -40,12 +40,19 @@ pub struct Stats {
     pub breaker_opened: u64,
     /// Times the circuit breaker closed again.
     pub breaker_closed: u64,
-    /// Failed invalidations queued for retry.
+    /// Failed invalidations handed to the retry queue (queued, merged with an owed one, or
+    /// covered by a namespace-wide invalidation).
     pub invalidations_queued: u64,
-    /// Queued invalidations that later succeeded.
+    /// Retries that landed (one per store operation the retry queue ran successfully).
     pub invalidations_retried: u64,
-    /// Queued invalidations given up (queue full or retried past the limit).
+    /// Always 0: an invalidation is never dropped. One the retry queue cannot hold, or one still
+    /// failing after `give_up_after`, becomes a namespace-wide invalidation
+    /// ([`invalidation_floors`](Self::invalidation_floors)).
     pub invalidations_dropped: u64,
+    /// Namespace-wide invalidations owed because the retry queue was full or a queued
+    /// invalidation was still failing after `give_up_after` (see
+    /// [`CacheBuilder::invalidation_retry`](crate::CacheBuilder::invalidation_retry)).
+    pub invalidation_floors: u64,
     /// Requests that waited for another request's fill instead of running the handler.
     pub coalesced: u64,
     /// Requests that waited on another instance's fill lock.
@@ -103,6 +110,7 @@ pub(crate) struct Counters {
     invalidations_queued: AtomicU64,
     invalidations_retried: AtomicU64,
     invalidations_dropped: AtomicU64,
+    invalidation_floors: AtomicU64,
     coalesced: AtomicU64,
     lock_waits: AtomicU64,
     lock_timeouts: AtomicU64,
@@ -180,17 +188,28 @@ impl Counters {
         otel!(self, m => m.breaker("closed"));
     }
 
-    pub(crate) fn retry_queued(&self) {
+    /// A failed invalidation handed to the retry queue, and what the queue did with it.
+    pub(crate) fn retry_queued(&self, how: crate::cache::retry::Pushed) {
+        use crate::cache::retry::Pushed;
         self.invalidations_queued.fetch_add(1, Relaxed);
-        otel!(self, m => m.retry("queued"));
+        match how {
+            Pushed::Queued => {
+                otel!(self, m => m.retry("queued"));
+            }
+            Pushed::Merged => {
+                otel!(self, m => m.retry("merged"));
+            }
+            Pushed::Floor => self.retry_floor(),
+        }
     }
     pub(crate) fn retry_succeeded(&self) {
         self.invalidations_retried.fetch_add(1, Relaxed);
         otel!(self, m => m.retry("succeeded"));
     }
-    pub(crate) fn retry_dropped(&self) {
-        self.invalidations_dropped.fetch_add(1, Relaxed);
-        otel!(self, m => m.retry("dropped"));
+    /// A namespace-wide invalidation owed instead of what the retry queue could not hold.
+    pub(crate) fn retry_floor(&self) {
+        self.invalidation_floors.fetch_add(1, Relaxed);
+        otel!(self, m => m.retry("floor"));
     }
 
     /// `n` entries of a bounded namespace evicted by `policy` (the policy's name).
@@ -259,6 +278,7 @@ impl Counters {
             invalidations_queued: self.invalidations_queued.load(Relaxed),
             invalidations_retried: self.invalidations_retried.load(Relaxed),
             invalidations_dropped: self.invalidations_dropped.load(Relaxed),
+            invalidation_floors: self.invalidation_floors.load(Relaxed),
             coalesced: self.coalesced.load(Relaxed),
             lock_waits: self.lock_waits.load(Relaxed),
             lock_timeouts: self.lock_timeouts.load(Relaxed),

@@ -38,6 +38,8 @@ pub(crate) enum Permit {
 pub(crate) enum Transition {
     Opened,
     Closed,
+    /// A success after failures that had not opened the breaker.
+    Recovered,
 }
 
 fn epoch() -> Instant {
@@ -56,6 +58,9 @@ fn micros(t: Instant) -> u64 {
 
 impl Breaker {
     pub(crate) fn new(threshold: u32, cool_down: Duration) -> Self {
+        // Fixes the epoch now, so every operation's start is after it (one taken before would
+        // read as 0 µs, the same as the loss it is compared with).
+        epoch();
         Self {
             threshold: threshold.max(1),
             cool_down_ms: cool_down.as_millis() as u64,
@@ -86,18 +91,19 @@ impl Breaker {
         }
     }
 
+    /// A successful operation: [`Transition::Closed`] if it closed the breaker,
+    /// [`Transition::Recovered`] if it ended a run of failures that had not opened it.
     pub(crate) fn success(&self) -> Option<Transition> {
         // Reads first: on the hot path (closed, no failures) nothing is written, so concurrent
         // requests do not contend on these cache lines.
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
-        }
+        let recovered = self.failures.load(Ordering::Relaxed) != 0
+            && self.failures.swap(0, Ordering::Relaxed) != 0;
         if self.open_until_ms.load(Ordering::Acquire) != 0
             && self.open_until_ms.swap(0, Ordering::AcqRel) != 0
         {
             Some(Transition::Closed)
         } else {
-            None
+            recovered.then_some(Transition::Recovered)
         }
     }
 
@@ -110,8 +116,9 @@ impl Breaker {
             if micros(started) < self.last_lost_us.load(Ordering::Acquire) {
                 return None;
             }
-            self.last_lost_us
-                .fetch_max(micros(Instant::now()), Ordering::AcqRel);
+            // Strictly after this operation's start, so the loss covers it.
+            let seen = micros(Instant::now()).max(micros(started) + 1);
+            self.last_lost_us.fetch_max(seen, Ordering::AcqRel);
         }
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if n >= self.threshold {
@@ -144,6 +151,16 @@ mod tests {
         assert_eq!(b.permit(), Permit::Rejected, "only one probe per cool-down");
         assert_eq!(b.success(), Some(Transition::Closed));
         assert_eq!(b.permit(), Permit::Allowed);
+        assert_eq!(b.success(), None, "closed already");
+    }
+
+    #[test]
+    fn a_success_after_failures_below_the_threshold_is_a_recovery() {
+        let b = Breaker::new(5, Duration::from_secs(1));
+        assert_eq!(b.success(), None);
+        b.failure(Instant::now(), false);
+        assert_eq!(b.success(), Some(Transition::Recovered));
+        assert_eq!(b.success(), None, "recovered already");
     }
 
     #[test]

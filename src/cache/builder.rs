@@ -82,7 +82,9 @@ impl CacheBuilder {
         self
     }
 
-    /// Timeout of multi-step operations (pattern invalidation). Default 30 s.
+    /// Timeout of multi-step operations: tag and pattern invalidations, which run in bounded
+    /// steps on the store's bulk connection (each step a batch of a tag's members, or a `SCAN`
+    /// step), and batch reads and writes. Default 30 s.
     pub fn bulk_timeout(mut self, timeout: Duration) -> Self {
         self.bulk_timeout = timeout;
         self
@@ -103,9 +105,18 @@ impl CacheBuilder {
         self
     }
 
-    /// Invalidations that fail (store unreachable) are queued, up to `capacity`, and retried in
-    /// the background until they succeed or `give_up_after` passes. While any is pending, this
-    /// process serves requests from the handler, not from the cache. Default 1024, 10 minutes.
+    /// Invalidations that fail (store unreachable, slow, breaker open) are owed to the store and
+    /// retried in the background until they land; while any is owed, this process serves
+    /// requests from the handler, not from the cache. Default 1024, 10 minutes.
+    ///
+    /// They are owed by target: a key, tag or pattern is owed once however many failed
+    /// invalidations named it. When more than `capacity` targets would be owed, or one is still
+    /// failing `give_up_after` after it was queued, they are replaced by one **namespace-wide
+    /// invalidation** (every entry of the namespace removed, every fill in flight refused; counted
+    /// in [`Stats::invalidation_floors`](crate::Stats::invalidation_floors)), held until it lands
+    /// however long the store takes to come back. Nothing is dropped; the price of an outage
+    /// longer than the queue is a cold namespace afterwards. Retries back off up to 1 s, and start
+    /// again at once when the store answers another operation.
     pub fn invalidation_retry(mut self, capacity: usize, give_up_after: Duration) -> Self {
         self.retry_capacity = capacity;
         self.retry_give_up = give_up_after;

@@ -119,9 +119,11 @@ impl Cache {
     /// **Cancellation-safe**: the work runs in a task of its own (when a Tokio runtime runs
     /// this), so dropping the returned future (a client disconnect, a `TimeoutLayer`) does not
     /// stop it halfway. **Never lost**: a part the store does not accept now (unreachable, slow,
-    /// breaker open) is queued and retried in the background; until it lands this process reads
-    /// around the cache (see [`CacheBuilder::invalidation_retry`](crate::CacheBuilder::invalidation_retry)).
-    /// The result is then `Err` with the first failure, meaning "queued", not "lost".
+    /// breaker open) is owed to the store and retried in the background (merged with what is
+    /// owed already, or replaced by a namespace-wide invalidation when the retry queue is full);
+    /// until it lands this process reads around the cache (see
+    /// [`CacheBuilder::invalidation_retry`](crate::CacheBuilder::invalidation_retry)). The result
+    /// is then `Err` with the first failure, meaning "owed", not "lost".
     ///
     /// [`invalidate_key`](Self::invalidate_key), [`invalidate_tag`](Self::invalidate_tag),
     /// [`invalidate_pattern`](Self::invalidate_pattern) and their plural forms are shorthands
@@ -171,7 +173,10 @@ impl Cache {
             .await
     }
 
-    /// Invalidates every entry carrying `tag`. See [`invalidate`](Self::invalidate).
+    /// Invalidates every entry carrying `tag`. On Valkey a large tag is removed in bounded steps
+    /// (its tombstone first, then [`invalidation_batch`](crate::ValkeyConfig::invalidation_batch)
+    /// members per script), within [`bulk_timeout`](crate::CacheBuilder::bulk_timeout). See
+    /// [`invalidate`](Self::invalidate).
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, StoreError> {
         self.invalidate(Invalidation::new().tag(tag)).await
     }

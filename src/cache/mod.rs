@@ -117,8 +117,9 @@ impl Cache {
         self.inner.breaker.is_open()
     }
 
-    /// Invalidations this process owes the store (failed, queued for retry; see
-    /// [`CacheBuilder::invalidation_retry`]).
+    /// Invalidations this process owes the store: keys, tags and patterns whose invalidation
+    /// failed and is queued or being retried, plus one for a namespace-wide invalidation (see
+    /// [`CacheBuilder::invalidation_retry`]). While this is not 0, reads go around the cache.
     pub fn pending_invalidations(&self) -> usize {
         self.inner.retry.pending()
     }

@@ -4,8 +4,10 @@
 //!
 //! - the circuit breaker and the per-operation timeout ([`Cache::guarded`]);
 //! - reads around an owed invalidation: while this process owes the store an invalidation (it
-//!   failed and waits in the retry queue), every read fails as if the store were down, so no
-//!   caller serves an entry that invalidation is about to remove ([`Cache::owed`]);
+//!   failed and waits in the retry queue, or a namespace-wide invalidation replaced what the
+//!   queue could not hold), every read fails as if the store were down, so no caller serves an
+//!   entry that invalidation is about to remove ([`Cache::owed`]);
+//! - waking the retry queue when the store answers again after failures;
 //! - sealing (compression, encryption) on every write and opening on every read
 //!   ([`crate::seal`]);
 //! - the L1 tier: consulted and filled by reads, filled or dropped by writes, dropped and
@@ -125,12 +127,16 @@ impl Cache {
         }
         inner.counters.store_op(op, elapsed, error_type);
         match &result {
-            Ok(_) => {
-                if inner.breaker.success() == Some(Transition::Closed) {
+            Ok(_) => match inner.breaker.success() {
+                None | Some(Transition::Opened) => {}
+                Some(Transition::Closed) => {
                     inner.counters.breaker_closed();
                     tracing::info!(namespace = %inner.namespace, "cache store reachable again; circuit closed");
+                    // Owed invalidations are retried now, not at the end of their backoff.
+                    inner.retry.wake();
                 }
-            }
+                Some(Transition::Recovered) => inner.retry.wake(),
+            },
             Err(e) => {
                 inner.counters.store_error();
                 tracing::warn!(namespace = %inner.namespace, op, error = %e, "cache store operation failed");
@@ -353,16 +359,13 @@ impl Cache {
         }
     }
 
-    /// Runs an invalidation; if the store fails, queues it for retry and returns the error.
+    /// Runs an invalidation; if the store fails, owes it to the store (the retry queue: never
+    /// dropped, see [`super::retry`]) and returns the error.
     pub(crate) async fn invalidate_or_queue(&self, job: Job) -> Result<u64, StoreError> {
         match self.invalidate_target(job.target()).await {
             Ok(n) => Ok(n),
             Err(e) => {
-                if self.inner.retry.push(self, job) {
-                    self.inner.counters.retry_queued();
-                } else {
-                    self.inner.counters.retry_dropped();
-                }
+                self.inner.retry.push(self, job, &e);
                 Err(e)
             }
         }
@@ -374,9 +377,11 @@ impl Cache {
     pub(crate) async fn invalidate_target(&self, target: Target<'_>) -> Result<u64, StoreError> {
         let i = &self.inner;
         i.epoch.fetch_add(1, Ordering::AcqRel);
+        // Tags and patterns run in steps on the store's bulk connection (a large tag, a scan):
+        // the budget of multi-step operations, not the one of a hit.
         let (timeout, kind) = match target {
             Target::Pattern(_) => (i.bulk_timeout, "pattern"),
-            Target::Tags(_) => (i.op_timeout, "tag"),
+            Target::Tags(_) => (i.bulk_timeout, "tag"),
             _ => (i.op_timeout, "key"),
         };
         let r = self

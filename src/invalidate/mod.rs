@@ -31,13 +31,16 @@
 //! | | keys | patterns | tags |
 //! |---|---|---|---|
 //! | names | exact entries | every key matching a glob | every entry stored with the tag |
-//! | Valkey round trips | 1 (one script for all keys) | 1 + one per `SCAN` step (`COUNT` 1000) + one `UNLINK` per batch | 1 (one script) |
-//! | blocks Valkey | no (O(keys)) | no: `SCAN` steps, never `KEYS` | O(entries with the tag) in one script |
+//! | Valkey round trips | 1 (one script for all keys) | 1 + one per `SCAN` step (`COUNT` 1000) + one `UNLINK` per batch | 1, + one per further batch of 256 members ([`invalidation_batch`](crate::ValkeyConfig::invalidation_batch)) |
+//! | blocks Valkey | no (O(keys)) | no: `SCAN` steps, never `KEYS` | no: the tombstone first, then one short script per batch of members |
 //! | cost grows with | keys named | the **whole namespace** (every key is scanned) | entries carrying the tag |
-//! | Valkey Cluster | one script on the namespace's primary (`{ns}` hash tag) | `SCAN` on every primary, `UNLINK` by slot | one script on the namespace's primary |
+//! | Valkey Cluster | one script on the namespace's primary (`{ns}` hash tag) | `SCAN` on every primary, `UNLINK` by slot | the same steps, on the namespace's primary |
 //! | use when | you know the keys | keys follow a naming scheme you cannot enumerate, rarely | one write touches many entries (a user's pages, lists) |
 //!
-//! Prefer keys and tags on hot paths; keep patterns for rare, administrative invalidation.
+//! Prefer keys and tags on hot paths; keep patterns for rare, administrative invalidation. Tags
+//! and patterns run on the store's bulk connection, within
+//! [`bulk_timeout`](crate::CacheBuilder::bulk_timeout) (30 s), not the per-operation timeout of
+//! hits; the count they return is exact (each step counts what it removed).
 //! `CacheLayer` records tags from its [`tags`](crate::CacheLayer::tags) templates and from the
 //! response's `Surrogate-Key` (space-separated) or `Cache-Tag` (comma-separated) header, which it
 //! removes before the response leaves. Tag sets expire with their longest-lived entry, and dead
@@ -53,10 +56,21 @@
 //! [invalidation window](crate::CacheBuilder::invalidation_window); the fill is written by a script
 //! that refuses it if a tombstone newer than its clock covers it. Fills that outlive the window
 //! are not stored. **When the store is unreachable** the write's response is still the handler's;
-//! the invalidation is queued and retried in the background, and until it lands this process serves
-//! every request from the handler. Other processes keep serving what they cached until the store is
-//! back (they cannot read it meanwhile either, so in practice they serve from their handlers too)
-//! and at worst until the entry's TTL.
+//! the invalidation is owed to the store and retried in the background (by target: a key written
+//! many times is one retry), and until it lands this process serves every request from the
+//! handler. It is never dropped: when the retry queue is full, or a retry still fails after
+//! `give_up_after`, one namespace-wide invalidation replaces what is owed and is held until it
+//! lands ([`invalidation_retry`](crate::CacheBuilder::invalidation_retry)). Other processes keep
+//! serving what they cached until the store is back (they cannot read it meanwhile either, so in
+//! practice they serve from their handlers too) and at worst until the entry's TTL.
+//!
+//! **When the store loses its state** (restarted empty, failed over to a replica that had not
+//! received the latest writes) a fill that read the clock before the loss is refused: the clock
+//! follows the server's time, so it never restarts below a value it handed out, and a fill whose
+//! clock is ahead of the store's or older than the clock's origin is not stored (see
+//! [`store`](crate::store#the-invalidation-clock)). What no cache can recover is an invalidation
+//! the old primary acknowledged and a failover lost with asynchronous replication: the promoted
+//! replica may still hold that entry until its TTL.
 
 mod layer;
 mod service;

@@ -13,6 +13,23 @@
 //! Both built-in stores implement exactly these semantics, and the crate's tests run the same
 //! scenarios against each.
 //!
+//! # The invalidation clock
+//!
+//! Each namespace has one clock (`app|clock`). Every invalidation advances it to one more than its
+//! last value **and at least the store's time in microseconds**, and stamps its tombstones with
+//! the new value; every read returns it, and the fill that follows a miss passes it back as
+//! [`Write::since`]. Because the clock follows the server's time, a store that restarted empty, or
+//! failed over to a replica that had not received the latest invalidations, counts on from past
+//! every value it handed out before (unless its time runs behind by more than the outage lasted),
+//! so an invalidation after the restart still refuses a fill that read the clock before it.
+//!
+//! The clock's **origin** (`app|clock:origin`) is the value the clock was created with. A fill is
+//! also refused when the store lost its state since the fill's read: when the clock it read is
+//! ahead of the store's (restarted empty, failed over to a replica that lagged), or earlier than
+//! the origin (the store began counting again since, and the tombstones it forgot might have
+//! covered the fill). The first invalidation of a namespace creates both, so fills in flight at
+//! that moment are refused once.
+//!
 //! # Key layout
 //!
 //! For namespace `app`, an entry for key `user:1` lives at `app:user:1`. Bookkeeping lives beside
@@ -109,6 +126,7 @@ pub struct KeySpace {
     entry_prefix: String,
     meta_prefix: String,
     clock_key: String,
+    origin_key: String,
     tombstone_ttl: Duration,
 }
 
@@ -119,6 +137,7 @@ impl KeySpace {
             entry_prefix: format!("{namespace}:"),
             meta_prefix: format!("{namespace}|"),
             clock_key: format!("{namespace}|clock"),
+            origin_key: format!("{namespace}|clock:origin"),
             tombstone_ttl,
         }
     }
@@ -149,6 +168,13 @@ impl KeySpace {
         &self.clock_key
     }
 
+    /// The clock's origin: the clock value this store began counting at, so a fill that read a
+    /// clock from before it (the store lost its data meanwhile) is refused. See the
+    /// [module docs](self#the-invalidation-clock).
+    pub fn clock_origin(&self) -> &str {
+        &self.origin_key
+    }
+
     /// The tombstone left by invalidating `key`.
     pub fn key_tombstone(&self, key: &str) -> String {
         format!("{}inv:k:{key}", self.meta_prefix)
@@ -162,6 +188,11 @@ impl KeySpace {
     /// The set of entry keys carrying `tag`.
     pub fn tag_set(&self, tag: &str) -> String {
         format!("{}tag:{tag}", self.meta_prefix)
+    }
+
+    /// Where an invalidation of `tag` moves its set while it removes the members in steps.
+    pub fn tag_drain(&self, tag: &str) -> String {
+        format!("{}tag-drain:{tag}", self.meta_prefix)
     }
 
     /// The fill lock of `key`.
@@ -210,7 +241,9 @@ pub struct Write<'a> {
     pub ttl: Duration,
     /// Tags (surrogate keys) the entry carries.
     pub tags: &'a [String],
-    /// `Some(clock)`: store only if nothing covering this entry was invalidated after `clock`.
+    /// `Some(clock)`: store only if nothing covering this entry was invalidated after `clock`
+    /// and the store did not lose its state since (see the
+    /// [module docs](self#the-invalidation-clock)).
     pub since: Option<u64>,
 }
 

@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `read_write` | [`Store::read`] returns the value written (any bytes) **and** the namespace's invalidation clock, which writes do not move; an overwrite replaces the value; a value is gone once its TTL passed; [`Store::ping`] answers |
 //! | `namespaces` | namespaces share nothing: values, invalidations (key, tag, pattern) and the clock of one never reach another |
+//! | `lost_state` | a guarded write is refused when the store lost its state since the clock was read: the clock it read is ahead of the store's (restarted empty, failed over to a lagging replica), or from before the namespace's first invalidation (the clock began then); see [the invalidation clock](crate::store#the-invalidation-clock) |
 //! | `guarded_writes` | a write with [`Write::since`] is refused ([`Written::Superseded`], nothing stored) when its key, one of its tags or a pattern matching its key was invalidated after that clock; it is stored when the invalidation covered something else or came before the clock; every invalidation advances the clock; an unguarded write is always stored |
 //! | `tags` | a write records its tags; invalidating a tag removes exactly the entries carrying it, and leaves the others |
 //! | `batch` | [`Store::read_many`] answers in the order of the keys (misses and repeats included) with the clock; [`Store::write_many`] answers one [`Written`] per write in order, guards each as [`Store::write`] does and records its tags |
@@ -64,6 +65,7 @@ use std::time::Duration;
 pub const CHECKS: &[&str] = &[
     "read_write",
     "namespaces",
+    "lost_state",
     "guarded_writes",
     "tags",
     "batch",
@@ -180,6 +182,7 @@ impl<S: Store> Conformance<S> {
             let run = match name {
                 "read_write" => Some(boxed(read_write(cx))),
                 "namespaces" => Some(boxed(namespaces(cx))),
+                "lost_state" => Some(boxed(lost_state(cx))),
                 "guarded_writes" => Some(boxed(guarded_writes(cx))),
                 "tags" => Some(boxed(tags(cx))),
                 "batch" => Some(boxed(batch(cx))),
@@ -459,8 +462,69 @@ async fn namespaces(cx: Cx<'_>) -> Outcome {
     Ok(())
 }
 
+/// Starts `space`'s clock (an invalidation of a key no check uses): the first invalidation of a
+/// namespace refuses the writes guarded by a clock read before it (`lost_state`), which the
+/// checks of the guard's other rules must not trip over.
+async fn start_clock(cx: &Cx<'_>, space: &KeySpace) -> Outcome {
+    cx.invalidate(space, Target::Keys(&strings(&["clock-start"])))
+        .await?;
+    Ok(())
+}
+
+async fn lost_state(cx: Cx<'_>) -> Outcome {
+    let s = cx.space("lost_state");
+    // One guarded write through `write` and one through `write_many`, which must agree.
+    let both = async |since: u64, what: &str| -> Result<Written, String> {
+        let one = cx.write(&s, "k", "k", &[], LONG, Some(since)).await?;
+        let many = op(
+            "write_many",
+            cx.store
+                .write_many(&s, vec![batch_write("k", &[], Some(since))]),
+        )
+        .await?;
+        expect_eq!(many, vec![one], "write_many of {what} (as write answered)");
+        Ok(one)
+    };
+    let zero = cx.clock(&s).await?;
+    expect_eq!(zero, 0, "the clock of a namespace never invalidated");
+    expect_eq!(
+        both(0, "a write guarded by clock 0, nothing invalidated yet").await?,
+        Written::Stored,
+        "a write guarded by clock 0 in a namespace never invalidated"
+    );
+    start_clock(&cx, &s).await?;
+    let c = cx.clock(&s).await?;
+    ensure!(
+        c > 0,
+        "the clock did not start on the first invalidation ({c})"
+    );
+    expect_eq!(
+        both(
+            0,
+            "a write guarded by clock 0 read before the first invalidation"
+        )
+        .await?,
+        Written::Superseded,
+        "a write guarded by clock 0, read before the namespace's first invalidation"
+    );
+    expect_eq!(
+        both(c, "a write guarded by the current clock").await?,
+        Written::Stored,
+        "a write guarded by the current clock ({c})"
+    );
+    for ahead in [c + 1, c.saturating_add(1 << 40)] {
+        expect_eq!(
+            both(ahead, "a write guarded by a clock ahead of the store's").await?,
+            Written::Superseded,
+            "a write guarded by clock {ahead}, ahead of the store's {c} (the store lost its state since)"
+        );
+    }
+    Ok(())
+}
+
 async fn guarded_writes(cx: Cx<'_>) -> Outcome {
     let s = cx.space("guarded_writes");
+    start_clock(&cx, &s).await?;
     let keys = strings(&["k:1"]);
     let tags = strings(&["t1"]);
     // Each kind of invalidation, and a write (key, tags) it covers and one it does not.
@@ -586,6 +650,7 @@ async fn tags(cx: Cx<'_>) -> Outcome {
 
 async fn batch(cx: Cx<'_>) -> Outcome {
     let s = cx.space("batch");
+    start_clock(&cx, &s).await?;
     cx.put(&s, "a", &[]).await?;
     cx.put(&s, "c", &[]).await?;
     let clock = cx.clock(&s).await?;

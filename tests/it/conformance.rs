@@ -13,8 +13,8 @@ use std::time::Duration;
 use tower_valkey_cache::store::bus::{BusSink, Subscription};
 use tower_valkey_cache::store::ranked::{RankedSpace, Scoring, Spec};
 use tower_valkey_cache::store::{
-    InvalidationBus, KeySpace, Lookup, LookupMany, RankedStore, Store, StoreFuture, Target, Write,
-    Written,
+    InvalidationBus, KeySpace, Lookup, LookupMany, RankedStore, Store, StoreError, StoreFuture,
+    Target, Write, Written,
 };
 use tower_valkey_cache::testing::conformance::{self, Conformance, Failure, Passed, CHECKS};
 use tower_valkey_cache::testing::FaultyStore;
@@ -96,6 +96,8 @@ enum Fault {
     UnlockAnyToken,
     /// Bounded namespaces always evict first in, first out.
     FifoOnly,
+    /// Guarded writes trust a clock ahead of the store's (as if it could not lose its state).
+    TrustsAheadClock,
     /// A bounded route's read reports clock 0.
     RouteReadNoClock,
     /// The bus accepts publications and delivers none.
@@ -142,13 +144,37 @@ impl Broken {
     }
 }
 
+impl Broken {
+    /// [`Fault::TrustsAheadClock`]: a guard ahead of the store's clock is lowered to it.
+    async fn trusting<'a>(
+        &self,
+        space: &KeySpace,
+        mut writes: Vec<Write<'a>>,
+    ) -> Result<Vec<Write<'a>>, StoreError> {
+        if self.fault == Fault::TrustsAheadClock {
+            let clock = self
+                .inner
+                .read(self.space(space), "clock-probe")
+                .await?
+                .clock;
+            for w in &mut writes {
+                w.since = w.since.map(|s| s.min(clock));
+            }
+        }
+        Ok(writes)
+    }
+}
+
 impl Store for Broken {
     fn read<'a>(&'a self, space: &'a KeySpace, key: &'a str) -> StoreFuture<'a, Lookup> {
         self.inner.read(self.space(space), key)
     }
 
     fn write<'a>(&'a self, space: &'a KeySpace, w: Write<'a>) -> StoreFuture<'a, Written> {
-        self.inner.write(self.space(space), self.broken(w))
+        Box::pin(async move {
+            let w = self.trusting(space, vec![self.broken(w)]).await?.remove(0);
+            self.inner.write(self.space(space), w).await
+        })
     }
 
     fn read_many<'a>(
@@ -170,8 +196,11 @@ impl Store for Broken {
         space: &'a KeySpace,
         writes: Vec<Write<'a>>,
     ) -> StoreFuture<'a, Vec<Written>> {
-        let writes = writes.into_iter().map(|w| self.broken(w)).collect();
-        self.inner.write_many(self.space(space), writes)
+        Box::pin(async move {
+            let writes = writes.into_iter().map(|w| self.broken(w)).collect();
+            let writes = self.trusting(space, writes).await?;
+            self.inner.write_many(self.space(space), writes).await
+        })
     }
 
     fn invalidate<'a>(&'a self, space: &'a KeySpace, target: Target<'a>) -> StoreFuture<'a, u64> {
@@ -365,7 +394,7 @@ fn set(names: &[&'static str]) -> BTreeSet<&'static str> {
 /// Each fault is caught by the checks about it, and only by them; every check catches one.
 #[tokio::test]
 async fn every_check_fails_on_a_store_broken_its_way() {
-    let cases: [(Fault, &[&str]); 11] = [
+    let cases: [(Fault, &[&str]); 12] = [
         (Fault::IgnoresTtl, &["read_write", "invalidate_counts"]),
         // (`tags` too: entries an earlier check left carry its tag.)
         (
@@ -378,7 +407,8 @@ async fn every_check_fails_on_a_store_broken_its_way() {
                 "ranked_route",
             ],
         ),
-        (Fault::Unguarded, &["guarded_writes", "batch"]),
+        (Fault::Unguarded, &["lost_state", "guarded_writes", "batch"]),
+        (Fault::TrustsAheadClock, &["lost_state"]),
         (
             Fault::Tagless,
             &[

@@ -22,10 +22,13 @@ mod invalidate;
 #[cfg(feature = "axum")]
 mod l1;
 mod layer;
+mod lost_state;
 #[cfg(feature = "macros")]
 mod macros;
 #[cfg(all(feature = "metrics", feature = "axum"))]
 mod observability;
+#[cfg(feature = "testing")]
+mod owed;
 mod post_body;
 mod properties;
 #[cfg(all(
@@ -39,6 +42,7 @@ mod security;
 #[cfg(feature = "axum")]
 mod spans;
 mod stampede;
+mod tag_scale;
 #[cfg(feature = "testing")]
 mod testing;
 mod vary;

@@ -27,8 +27,8 @@ use tower_valkey_cache::{
 /// standalone bounded cache `recent` and L1 (the rule SECURITY.md documents).
 const ACL_RULE: &str = "on >s3cret resetkeys ~app:* ~app|* ~{recent}* resetchannels &app|inv \
     -@all +ping +unwatch +client|setinfo \
-    +get +mget +set +del +unlink +exists +incr +pttl +pexpire +persist +scan \
-    +sadd +srem +smembers +srandmember \
+    +get +mget +set +del +unlink +exists +incr +pttl +pexpire +persist +rename +scan \
+    +sadd +srem +smembers +srandmember +spop \
     +zadd +zcard +zcount +zrange +zrangebyscore +zrevrange +zrem +zscore +zpopmin +zpopmax \
     +time +evalsha +script|load +publish +subscribe";
 

@@ -41,6 +41,8 @@ struct State {
     bytes: usize,
     generation: u64,
     clocks: HashMap<String, u64>,
+    /// Each clock's origin, by the clock's key ([`KeySpace::clock`]).
+    origins: HashMap<String, u64>,
     tombstones: HashMap<String, (u64, Instant)>,
     tags: HashMap<String, HashSet<String>>,
     patterns: HashMap<String, VecDeque<(u64, Instant, String)>>,
@@ -210,10 +212,32 @@ impl State {
             .is_some_and(|(c, exp)| *c > since && *exp > now)
     }
 
-    fn tick(&mut self, space: &KeySpace) -> u64 {
-        let c = self.clocks.entry(space.clock().to_owned()).or_insert(0);
-        *c += 1;
-        *c
+    /// Advances the namespace's clock past its last value and to at least the time in
+    /// microseconds (see the [store docs](super#the-invalidation-clock)); a clock created here
+    /// starts its origin there. As `advance` in `valkey/lua/clock.lua`.
+    fn advance(&mut self, space: &KeySpace) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let last = self.clocks.get(space.clock()).copied();
+        let c = (last.unwrap_or(0) + 1).max(now);
+        self.clocks.insert(space.clock().to_owned(), c);
+        if last.is_none() || !self.origins.contains_key(space.clock()) {
+            self.origins.insert(space.clock().to_owned(), c);
+        }
+        c
+    }
+
+    /// The namespace's clock (0 before its first invalidation).
+    fn clock(&self, space: &KeySpace) -> u64 {
+        self.clocks.get(space.clock()).copied().unwrap_or(0)
+    }
+
+    /// Whether the store lost state since a fill read clock value `since`: the clock is behind
+    /// it, or began again after it. As `lost` in `valkey/lua/clock.lua`. (A `MemoryStore` never
+    /// loses its state while it lives; the rule is kept identical to Valkey's.)
+    fn lost(&self, space: &KeySpace, since: u64) -> bool {
+        since > self.clock(space) || self.origins.get(space.clock()).is_some_and(|o| since < *o)
     }
 }
 
@@ -222,7 +246,8 @@ impl MemoryStore {
         let full = space.entry(w.key);
         let now = Instant::now();
         if let Some(since) = w.since {
-            let superseded = st.invalidated_since(&space.key_tombstone(w.key), since, now)
+            let superseded = st.lost(space, since)
+                || st.invalidated_since(&space.key_tombstone(w.key), since, now)
                 || w.tags
                     .iter()
                     .any(|t| st.invalidated_since(&space.tag_tombstone(t), since, now))
@@ -246,7 +271,7 @@ impl MemoryStore {
         let now = Instant::now();
         let ttl = space.tombstone_ttl();
         let mut s = self.lock();
-        let clock = s.tick(space);
+        let clock = s.advance(space);
         let mut removed = 0u64;
         let mut gone = Vec::new();
         let prefix = space.entry_prefix();
@@ -301,7 +326,7 @@ impl Store for MemoryStore {
         let full = space.entry(key);
         let mut s = self.lock();
         let value = s.live(&full, Instant::now()).map(|slot| slot.value.clone());
-        let clock = s.clocks.get(space.clock()).copied().unwrap_or(0);
+        let clock = s.clock(space);
         drop(s);
         Box::pin(std::future::ready(Ok(Lookup { value, clock })))
     }
@@ -317,7 +342,7 @@ impl Store for MemoryStore {
             .iter()
             .map(|k| s.live(&space.entry(k), now).map(|slot| slot.value.clone()))
             .collect();
-        let clock = s.clocks.get(space.clock()).copied().unwrap_or(0);
+        let clock = s.clock(space);
         drop(s);
         Box::pin(std::future::ready(Ok(LookupMany { values, clock })))
     }

@@ -18,8 +18,10 @@ pub struct ValkeyConfig {
     pub(super) lanes: usize,
     pub(super) connect_timeout: Duration,
     pub(super) response_timeout: Duration,
+    pub(super) bulk_response_timeout: Duration,
     pub(super) wait_timeout: Duration,
     pub(super) scan_count: usize,
+    pub(super) invalidation_batch: usize,
 }
 
 impl ValkeyConfig {
@@ -33,8 +35,10 @@ impl ValkeyConfig {
             lanes: 1,
             connect_timeout: Duration::from_millis(250),
             response_timeout: Duration::from_millis(100),
+            bulk_response_timeout: Duration::from_secs(2),
             wait_timeout: Duration::from_millis(100),
             scan_count: 1000,
+            invalidation_batch: 256,
         }
     }
 
@@ -52,7 +56,7 @@ impl ValkeyConfig {
         cfg
     }
 
-    /// Maximum pooled connections (lanes plus connections for scans). Default 8. Not used by a
+    /// Maximum pooled connections (the hot-path lanes are checked out of it; the rest serve users of `ValkeyStore::pool`, feature `unstable`). Default 8. Not used by a
     /// cluster store, whose cluster connections each hold one connection per node.
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = n.max(2);
@@ -79,6 +83,14 @@ impl ValkeyConfig {
         self
     }
 
+    /// Timeout for one response on the bulk lane, the connection of multi-step invalidations
+    /// (each step of a large tag, each `SCAN` step of a pattern). Default 2 s. The whole
+    /// operation is bounded by [`CacheBuilder::bulk_timeout`](crate::CacheBuilder::bulk_timeout).
+    pub fn bulk_response_timeout(mut self, d: Duration) -> Self {
+        self.bulk_response_timeout = d;
+        self
+    }
+
     /// Timeout for waiting on a free pooled connection. Default 100 ms.
     pub fn wait_timeout(mut self, d: Duration) -> Self {
         self.wait_timeout = d;
@@ -88,6 +100,14 @@ impl ValkeyConfig {
     /// `COUNT` hint for each `SCAN` step of pattern invalidation. Default 1000.
     pub fn scan_count(mut self, n: usize) -> Self {
         self.scan_count = n.max(1);
+        self
+    }
+
+    /// How many members of a tag each step of a tag invalidation removes (one short script per
+    /// step, so no step holds the server for long whatever the tag's size). Default 256; between
+    /// 1 and 1000.
+    pub fn invalidation_batch(mut self, n: usize) -> Self {
+        self.invalidation_batch = n.clamp(1, 1000);
         self
     }
 }

@@ -1,5 +1,14 @@
-//! Hot-path connections: lanes held out of the pool (one server) or cluster connections, and
-//! how Valkey errors map to [`StoreError`]s.
+//! Connections: hot-path lanes held out of the pool (one server) or cluster connections, the
+//! bulk lane beside them, and how Valkey errors map to [`StoreError`]s.
+//!
+//! The **bulk lane** is one more held connection that carries the multi-step invalidations (tag
+//! drains, pattern scans), so their steps never queue in front of hot-path commands on a lane's
+//! socket, and a slow step never makes a hit wait.
+//!
+//! A connection whose commands fail because it is lost (I/O error, reset, refused) **or no
+//! longer authenticated** (`NOAUTH`, `WRONGPASS`: the server restarted with `requirepass`, an
+//! operator changed ACLs) is dropped, and the next operation connects again with the URL's
+//! credentials; both count as the store being unavailable.
 
 use super::ValkeyStore;
 use crate::store::{StoreError, StoreErrorKind};
@@ -15,6 +24,12 @@ pub(super) enum Conns {
     Single {
         pool: Pool,
         lanes: Box<[Mutex<Option<Held>>]>,
+        /// The bulk lane: a connection of its own (not pooled), whose responses may take
+        /// [`ValkeyConfig::bulk_response_timeout`](super::ValkeyConfig::bulk_response_timeout).
+        bulk: Mutex<Option<Held>>,
+        // Boxed: the two are large, and a cluster store has neither.
+        bulk_client: Box<redis::Client>,
+        bulk_config: Box<redis::AsyncConnectionConfig>,
     },
     /// A cluster: lanes of cluster connections. A `ClusterConnection` already multiplexes one
     /// connection per node, follows `MOVED`/`ASK` redirects and refreshes the slot map itself,
@@ -22,10 +37,23 @@ pub(super) enum Conns {
     Cluster {
         client: Box<ClusterClient>,
         lanes: Box<[ClusterLane]>,
+        /// The bulk lane, from a client whose responses may take
+        /// [`ValkeyConfig::bulk_response_timeout`](super::ValkeyConfig::bulk_response_timeout).
+        bulk: ClusterLane,
+        bulk_client: Box<ClusterClient>,
         /// Held while a lane connects: creating a cluster connection fetches the slot map and
         /// connects to every node, so a cold burst must not start one per request.
         connecting: Arc<tokio::sync::Mutex<()>>,
     },
+}
+
+/// Which held connection an operation ran on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// A hot-path lane, by index.
+    Hot(usize),
+    /// The bulk lane.
+    Bulk,
 }
 
 /// A cluster lane: the connection and its id.
@@ -34,8 +62,9 @@ pub(super) type ClusterLane = Mutex<Option<(u64, ClusterConnection)>>;
 pub(super) struct Held {
     pub(super) id: u64,
     pub(super) conn: MultiplexedConnection,
-    // Keeps the pool slot while the lane holds the connection.
-    pub(super) _pooled: deadpool_redis::Connection,
+    // Keeps the pool slot while the lane holds the connection (None: the bulk lane's, not
+    // pooled).
+    pub(super) _pooled: Option<deadpool_redis::Connection>,
 }
 
 /// A hot-path connection: to the server, or to the cluster (routed by key slot).
@@ -88,60 +117,104 @@ pub(super) fn invalid_url(e: RedisError) -> StoreError {
 }
 
 impl ValkeyStore {
-    pub(super) async fn lane(&self) -> Result<(usize, u64, Conn), StoreError> {
+    /// The next hot-path lane's connection (connecting if needed).
+    pub(super) async fn lane(&self) -> Result<(Lane, u64, Conn), StoreError> {
+        let idx = self.inner.next_lane.fetch_add(1, Ordering::Relaxed);
+        let n = match &self.inner.conns {
+            Conns::Single { lanes, .. } => lanes.len(),
+            Conns::Cluster { lanes, .. } => lanes.len(),
+        };
+        self.connection_of(Lane::Hot(idx % n)).await
+    }
+
+    /// The bulk lane's connection (connecting if needed).
+    pub(super) async fn bulk(&self) -> Result<(Lane, u64, Conn), StoreError> {
+        self.connection_of(Lane::Bulk).await
+    }
+
+    async fn connection_of(&self, lane: Lane) -> Result<(Lane, u64, Conn), StoreError> {
         let inner = &self.inner;
-        let idx = inner.next_lane.fetch_add(1, Ordering::Relaxed);
         match &inner.conns {
-            Conns::Single { pool, lanes } => {
-                let idx = idx % lanes.len();
-                if let Some(h) = lock(&lanes[idx]).as_ref() {
-                    return Ok((idx, h.id, Conn::Single(h.conn.clone())));
+            Conns::Single {
+                pool,
+                lanes,
+                bulk,
+                bulk_client,
+                bulk_config,
+            } => {
+                let slot = match lane {
+                    Lane::Hot(i) => &lanes[i],
+                    Lane::Bulk => bulk,
+                };
+                if let Some(h) = lock(slot).as_ref() {
+                    return Ok((lane, h.id, Conn::Single(h.conn.clone())));
                 }
-                let pooled = pool.get().await.map_err(pool_error)?;
-                let conn: MultiplexedConnection = (*pooled).clone();
+                let (conn, pooled) = match lane {
+                    Lane::Hot(_) => {
+                        let pooled = pool.get().await.map_err(pool_error)?;
+                        let conn: MultiplexedConnection = (*pooled).clone();
+                        (conn, Some(pooled))
+                    }
+                    Lane::Bulk => {
+                        let conn = bulk_client
+                            .get_multiplexed_async_connection_with_config(bulk_config)
+                            .await
+                            .map_err(redis_error)?;
+                        (conn, None)
+                    }
+                };
                 let id = inner.lane_ids.fetch_add(1, Ordering::Relaxed);
-                let mut slot = lock(&lanes[idx]);
+                let mut slot = lock(slot);
                 match slot.as_ref() {
                     // Another request filled the lane meanwhile: use it, give ours back.
-                    Some(h) => Ok((idx, h.id, Conn::Single(h.conn.clone()))),
+                    Some(h) => Ok((lane, h.id, Conn::Single(h.conn.clone()))),
                     None => {
                         *slot = Some(Held {
                             id,
                             conn: conn.clone(),
                             _pooled: pooled,
                         });
-                        Ok((idx, id, Conn::Single(conn)))
+                        Ok((lane, id, Conn::Single(conn)))
                     }
                 }
             }
             Conns::Cluster {
                 client,
                 lanes,
+                bulk,
+                bulk_client,
                 connecting,
             } => {
-                let idx = idx % lanes.len();
-                if let Some((id, c)) = lock(&lanes[idx]).as_ref() {
-                    return Ok((idx, *id, Conn::Cluster(c.clone())));
+                let (slot, client) = match lane {
+                    Lane::Hot(i) => (&lanes[i], client),
+                    Lane::Bulk => (bulk, bulk_client),
+                };
+                if let Some((id, c)) = lock(slot).as_ref() {
+                    return Ok((lane, *id, Conn::Cluster(c.clone())));
                 }
                 // Connect in a task of its own holding the lock: a request that stops waiting
                 // (its operation timed out) neither wastes the connection nor lets the next
                 // request start another one meanwhile.
                 let guard = connecting.clone().lock_owned().await;
-                if let Some((id, c)) = lock(&lanes[idx]).as_ref() {
-                    return Ok((idx, *id, Conn::Cluster(c.clone())));
+                if let Some((id, c)) = lock(slot).as_ref() {
+                    return Ok((lane, *id, Conn::Cluster(c.clone())));
                 }
                 let (inner, client) = (self.inner.clone(), ClusterClient::clone(client));
                 let task = tokio::spawn(async move {
                     let _guard = guard;
                     let conn = client.get_async_connection().await?;
                     let id = inner.lane_ids.fetch_add(1, Ordering::Relaxed);
-                    if let Conns::Cluster { lanes, .. } = &inner.conns {
-                        *lock(&lanes[idx]) = Some((id, conn.clone()));
+                    if let Conns::Cluster { lanes, bulk, .. } = &inner.conns {
+                        let slot = match lane {
+                            Lane::Hot(i) => &lanes[i],
+                            Lane::Bulk => bulk,
+                        };
+                        *lock(slot) = Some((id, conn.clone()));
                     }
                     Ok::<_, RedisError>((id, conn))
                 });
                 match task.await {
-                    Ok(Ok((id, conn))) => Ok((idx, id, Conn::Cluster(conn))),
+                    Ok(Ok((id, conn))) => Ok((lane, id, Conn::Cluster(conn))),
                     Ok(Err(e)) => Err(redis_error(e)),
                     Err(e) => Err(StoreError::new(
                         StoreErrorKind::Unavailable,
@@ -152,41 +225,54 @@ impl ValkeyStore {
         }
     }
 
-    /// Empties a lane whose connection failed (a single server's: detached from the pool).
+    /// Empties a lane whose connection failed (a single server's: detached from the pool), or
+    /// is no longer authenticated ([`auth_lost`]).
     ///
     /// A cluster connection reconnects to nodes and refreshes its slot map by itself (a failed
     /// primary's slots move to its replica), so it is only replaced when the client reports it
-    /// cannot reach the cluster at all.
-    pub(super) fn drop_lane(&self, idx: usize, id: u64, err: &RedisError) {
+    /// cannot reach the cluster at all, or a node no longer accepts its credentials.
+    pub(super) fn drop_lane(&self, lane: Lane, id: u64, err: &RedisError) {
         match &self.inner.conns {
-            Conns::Single { lanes, .. } => {
+            Conns::Single { lanes, bulk, .. } => {
                 if !(err.is_io_error()
                     || err.is_connection_dropped()
                     || err.is_connection_refusal()
-                    || err.is_unrecoverable_error())
+                    || err.is_unrecoverable_error()
+                    || auth_lost(err))
                 {
                     return;
                 }
+                let slot = match lane {
+                    Lane::Hot(i) => &lanes[i],
+                    Lane::Bulk => bulk,
+                };
                 let held = {
-                    let mut slot = lock(&lanes[idx]);
+                    let mut slot = lock(slot);
                     match slot.as_ref() {
                         Some(h) if h.id == id => slot.take(),
                         _ => None,
                     }
                 };
                 if let Some(h) = held {
-                    tracing::debug!(lane = idx, "valkey connection lost; lane will reconnect");
-                    drop(deadpool_redis::Connection::take(h._pooled));
+                    tracing::debug!(?lane, error = %err, "valkey connection lost; lane will reconnect");
+                    if let Some(pooled) = h._pooled {
+                        drop(deadpool_redis::Connection::take(pooled));
+                    }
                 }
             }
-            Conns::Cluster { lanes, .. } => {
-                if err.kind() != redis::ErrorKind::ClusterConnectionNotFound {
+            Conns::Cluster { lanes, bulk, .. } => {
+                if err.kind() != redis::ErrorKind::ClusterConnectionNotFound && !auth_lost(err) {
                     return;
                 }
-                let mut slot = lock(&lanes[idx]);
+                let slot = match lane {
+                    Lane::Hot(i) => &lanes[i],
+                    Lane::Bulk => bulk,
+                };
+                let mut slot = lock(slot);
                 if matches!(slot.as_ref(), Some((held, _)) if *held == id) {
                     tracing::debug!(
-                        lane = idx,
+                        ?lane,
+                        error = %err,
                         "valkey cluster unreachable; lane will reconnect"
                     );
                     *slot = None;
@@ -195,18 +281,20 @@ impl ValkeyStore {
         }
     }
 
+    /// Runs `f` on a hot-path lane; a failure that lost the connection empties the lane.
     pub(crate) async fn run<T: redis::FromRedisValue>(
         &self,
         f: impl AsyncFnOnce(&mut Conn) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
-        let (idx, id, mut conn) = self.lane().await?;
-        match f(&mut conn).await {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                self.drop_lane(idx, id, &e);
-                Err(redis_error(e))
-            }
-        }
+        let (lane, id, mut conn) = self.lane().await?;
+        f(&mut conn).await.map_err(|e| self.failed(lane, id, e))
+    }
+
+    /// The [`StoreError`] of a command that failed on `lane`, after emptying the lane if the
+    /// failure lost its connection.
+    pub(super) fn failed(&self, lane: Lane, id: u64, e: RedisError) -> StoreError {
+        self.drop_lane(lane, id, &e);
+        redis_error(e)
     }
 }
 
@@ -225,10 +313,23 @@ pub(super) fn pool_error(e: deadpool_redis::PoolError) -> StoreError {
     }
 }
 
+/// Whether the server refused the connection's credentials, or no longer considers it
+/// authenticated: `NOAUTH` (it now requires a password: restarted with `requirepass`, a changed
+/// ACL), `WRONGPASS`, or a failed `AUTH` while connecting. Only a new connection, which
+/// authenticates again, can recover; until then the store is unavailable.
+pub(super) fn auth_lost(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
 pub(super) fn redis_error(e: RedisError) -> StoreError {
     let kind = if e.is_timeout() {
         StoreErrorKind::Timeout
-    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+    } else if e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || auth_lost(&e)
+    {
         StoreErrorKind::Unavailable
     } else {
         StoreErrorKind::Server

@@ -11,8 +11,17 @@
 //! Requests clone a lane's `MultiplexedConnection` (a reference-count bump) and send their command
 //! at once. When a command fails with a connection error the lane is emptied and its connection
 //! detached from the pool; the next request on that lane checks out a fresh one, with the pool's
-//! connect timeout and size limit. Long multi-round-trip work (pattern `SCAN`s) checks out its own
-//! pooled connection so it never sits in front of hot-path commands.
+//! connect timeout and size limit. A connection that is no longer authenticated (`NOAUTH`,
+//! `WRONGPASS`) is dropped the same way. Multi-step invalidations (tag drains, pattern `SCAN`s)
+//! run on a **bulk lane** of their own, so they never sit in front of hot-path commands.
+//!
+//! # Large tags
+//!
+//! A tag invalidation first advances the clock and leaves the tag's tombstone (fills that read an
+//! older clock are refused from then on), then removes the tag's members in steps of
+//! [`ValkeyConfig::invalidation_batch`] (default 256), each one short script: no step holds the
+//! server for more than a few milliseconds, whatever the tag's size, and the count returned is
+//! the sum of what the steps removed.
 //!
 //! # Cluster
 //!
@@ -68,6 +77,8 @@ struct Inner {
     next_lane: AtomicUsize,
     lane_ids: AtomicU64,
     scan_count: usize,
+    /// Members removed per step of a tag invalidation.
+    invalidation_batch: usize,
     url_redacted: String,
     /// For the dedicated pub/sub connections of L1 tiers ([`crate::l1`]): the server, or each
     /// seed node of a cluster (a subscription on any node hears the whole cluster's `PUBLISH`).
@@ -143,19 +154,34 @@ impl ValkeyStore {
                 .map_err(|e| StoreError::new(StoreErrorKind::Server, e.to_string()))?;
             let pubsub = vec![redis::Client::open(cfg.url.as_str()).map_err(invalid_url)?];
             let lanes = (0..lanes).map(|_| Mutex::new(None)).collect();
-            (Conns::Single { pool, lanes }, pubsub, redact(&cfg.url))
+            let conns = Conns::Single {
+                pool,
+                lanes,
+                bulk: Mutex::new(None),
+                bulk_client: Box::new(redis::Client::open(cfg.url.as_str()).map_err(invalid_url)?),
+                bulk_config: Box::new(
+                    AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(cfg.connect_timeout))
+                        .set_response_timeout(Some(cfg.bulk_response_timeout)),
+                ),
+            };
+            (conns, pubsub, redact(&cfg.url))
         } else {
-            let client = ClusterClientBuilder::new(cfg.cluster.iter().map(String::as_str))
-                .connection_timeout(cfg.connect_timeout)
-                .response_timeout(cfg.response_timeout)
-                // The client's defaults (16 retries, waits from 1.28 s) suit a general-purpose
-                // client; a cache operation has a ~100 ms budget, and a retry the caller stopped
-                // waiting for only adds load while a primary is down.
-                .retries(CLUSTER_RETRIES)
-                .min_retry_wait(CLUSTER_RETRY_WAIT_MIN_MS)
-                .max_retry_wait(CLUSTER_RETRY_WAIT_MAX_MS)
-                .build()
-                .map_err(invalid_url)?;
+            let client = |response_timeout| {
+                ClusterClientBuilder::new(cfg.cluster.iter().map(String::as_str))
+                    .connection_timeout(cfg.connect_timeout)
+                    .response_timeout(response_timeout)
+                    // The client's defaults (16 retries, waits from 1.28 s) suit a general-purpose
+                    // client; a cache operation has a ~100 ms budget, and a retry the caller
+                    // stopped waiting for only adds load while a primary is down.
+                    .retries(CLUSTER_RETRIES)
+                    .min_retry_wait(CLUSTER_RETRY_WAIT_MIN_MS)
+                    .max_retry_wait(CLUSTER_RETRY_WAIT_MAX_MS)
+                    .build()
+                    .map_err(invalid_url)
+            };
+            let bulk_client = Box::new(client(cfg.bulk_response_timeout)?);
+            let client = client(cfg.response_timeout)?;
             let pubsub = cfg
                 .cluster
                 .iter()
@@ -167,6 +193,8 @@ impl ValkeyStore {
                 Conns::Cluster {
                     client: Box::new(client),
                     lanes,
+                    bulk: Mutex::new(None),
+                    bulk_client,
                     connecting: Arc::new(tokio::sync::Mutex::new(())),
                 },
                 pubsub,
@@ -179,6 +207,7 @@ impl ValkeyStore {
                 next_lane: AtomicUsize::new(0),
                 lane_ids: AtomicU64::new(1),
                 scan_count: cfg.scan_count,
+                invalidation_batch: cfg.invalidation_batch,
                 url_redacted,
                 pubsub,
                 connect_timeout: cfg.connect_timeout,
@@ -198,14 +227,74 @@ impl ValkeyStore {
     pub(crate) fn connect_timeout(&self) -> Duration {
         self.inner.connect_timeout
     }
+
+    /// Invalidates `tags` on the bulk lane: the first script advances the clock, leaves every
+    /// tombstone and removes up to a batch of members; each further script removes one more
+    /// batch of a tag with members left (see `lua/tag_step.lua`). Returns the entries removed.
+    async fn invalidate_tags(
+        &self,
+        space: &KeySpace,
+        tags: &[String],
+        ttl: u64,
+    ) -> Result<u64, StoreError> {
+        let batch = self.inner.invalidation_batch;
+        let route = super::ranked::RankedSpace::route(space);
+        let (lane, id, mut conn) = self.bulk().await?;
+        let mut inv = scripts().tags.prepare_invoke();
+        inv.key(space.clock()).key(space.clock_origin());
+        ranked::route_index_keys(&mut inv, space);
+        for t in tags {
+            inv.key(space.tag_set(t))
+                .key(space.tag_tombstone(t))
+                .key(space.tag_drain(t));
+        }
+        inv.arg(ttl).arg(space.entry_prefix()).arg(batch);
+        let first: Vec<u64> = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(lane, id, e))?;
+        let mut removed = first.first().copied().unwrap_or(0);
+        for left in first.get(1..).unwrap_or_default().chunks_exact(2) {
+            let Some(tag) = (left[0] as usize).checked_sub(1).and_then(|i| tags.get(i)) else {
+                continue;
+            };
+            let mut rename = left[1] == 1;
+            loop {
+                let mut inv = scripts().drain_tag.prepare_invoke();
+                inv.key(&route.index)
+                    .key(&route.seq)
+                    .key(&route.expiry)
+                    .key(space.tag_set(tag))
+                    .key(space.tag_drain(tag))
+                    .arg(space.entry_prefix())
+                    .arg(batch)
+                    .arg(u8::from(rename));
+                let (n, more, still): (u64, u8, u8) = inv
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.failed(lane, id, e))?;
+                removed += n;
+                rename = still == 1;
+                if more == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(removed)
+    }
 }
 
 /// `glob_match` (the fill guard's pattern check, a port of `store/glob.rs`) and `now_ms`.
 const GLOB: &str = include_str!("lua/glob.lua");
+/// `advance`, `clock_state` and `lost`: the invalidation clock and its origin.
+const CLOCK: &str = include_str!("lua/clock.lua");
+/// `step`: one bounded step of a tag invalidation.
+const TAG_STEP: &str = include_str!("lua/tag_step.lua");
 const FILL: &str = include_str!("lua/fill.lua");
 const FILL_MANY: &str = include_str!("lua/fill_many.lua");
 const INVALIDATE_KEYS: &str = include_str!("lua/invalidate_keys.lua");
 const INVALIDATE_TAGS: &str = include_str!("lua/invalidate_tags.lua");
+const DRAIN_TAG: &str = include_str!("lua/drain_tag.lua");
 const RECORD_PATTERN: &str = include_str!("lua/record_pattern.lua");
 const UNLOCK: &str = include_str!("lua/unlock.lua");
 
@@ -215,18 +304,21 @@ struct Scripts {
     fill: redis::Script,
     keys: redis::Script,
     tags: redis::Script,
+    drain_tag: redis::Script,
     pattern: redis::Script,
 }
 
 fn scripts() -> &'static Scripts {
     static S: OnceLock<Scripts> = OnceLock::new();
+    let forget = ranked::FORGET;
     S.get_or_init(|| Scripts {
         unlock: redis::Script::new(UNLOCK),
-        fill_many: redis::Script::new(&format!("{GLOB}{FILL_MANY}")),
-        fill: redis::Script::new(&format!("{GLOB}{FILL}")),
-        keys: redis::Script::new(&format!("{}{INVALIDATE_KEYS}", ranked::FORGET)),
-        tags: redis::Script::new(&format!("{}{INVALIDATE_TAGS}", ranked::FORGET)),
-        pattern: redis::Script::new(&format!("{GLOB}{RECORD_PATTERN}")),
+        fill_many: redis::Script::new(&format!("{GLOB}{CLOCK}{FILL_MANY}")),
+        fill: redis::Script::new(&format!("{GLOB}{CLOCK}{FILL}")),
+        keys: redis::Script::new(&format!("{CLOCK}{forget}{INVALIDATE_KEYS}")),
+        tags: redis::Script::new(&format!("{CLOCK}{forget}{TAG_STEP}{INVALIDATE_TAGS}")),
+        drain_tag: redis::Script::new(&format!("{forget}{TAG_STEP}{DRAIN_TAG}")),
+        pattern: redis::Script::new(&format!("{GLOB}{CLOCK}{RECORD_PATTERN}")),
     })
 }
 
@@ -275,7 +367,9 @@ impl Store for ValkeyStore {
             let mut inv = scripts().fill.prepare_invoke();
             inv.key(&entry)
                 .key(space.key_tombstone(w.key))
-                .key(space.patterns());
+                .key(space.patterns())
+                .key(space.clock())
+                .key(space.clock_origin());
             for t in w.tags {
                 inv.key(space.tag_tombstone(t));
             }
@@ -330,7 +424,9 @@ impl Store for ValkeyStore {
                 return Ok(Vec::new());
             }
             let mut inv = scripts().fill_many.prepare_invoke();
-            inv.key(space.patterns());
+            inv.key(space.patterns())
+                .key(space.clock())
+                .key(space.clock_origin());
             for w in &writes {
                 inv.key(space.entry(w.key)).key(space.key_tombstone(w.key));
                 for t in w.tags {
@@ -365,7 +461,7 @@ impl Store for ValkeyStore {
                 Target::Keys(keys) | Target::Tags(keys) if keys.is_empty() => Ok(0),
                 Target::Keys(keys) => {
                     let mut inv = scripts().keys.prepare_invoke();
-                    inv.key(space.clock());
+                    inv.key(space.clock()).key(space.clock_origin());
                     ranked::route_index_keys(&mut inv, space);
                     for k in keys {
                         inv.key(space.entry(k)).key(space.key_tombstone(k));
@@ -373,24 +469,20 @@ impl Store for ValkeyStore {
                     inv.arg(ttl).arg(keys);
                     self.run(async |c| inv.invoke_async(c).await).await
                 }
-                Target::Tags(tags) => {
-                    let mut inv = scripts().tags.prepare_invoke();
-                    inv.key(space.clock());
-                    ranked::route_index_keys(&mut inv, space);
-                    for t in tags {
-                        inv.key(space.tag_set(t)).key(space.tag_tombstone(t));
-                    }
-                    inv.arg(ttl).arg(space.entry_prefix());
-                    self.run(async |c| inv.invoke_async(c).await).await
-                }
+                Target::Tags(tags) => self.invalidate_tags(space, tags, ttl).await,
                 Target::Pattern(p) => {
                     let full = space.entry(p);
                     let mut inv = scripts().pattern.prepare_invoke();
                     inv.key(space.clock())
+                        .key(space.clock_origin())
                         .key(space.patterns())
                         .arg(ttl)
                         .arg(&full);
-                    let _clock: u64 = self.run(async |c| inv.invoke_async(c).await).await?;
+                    let (lane, id, mut conn) = self.bulk().await?;
+                    let _clock: u64 = inv
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(|e| self.failed(lane, id, e))?;
                     self.scan_unlink(&full, &super::ranked::RankedSpace::route(space))
                         .await
                 }

@@ -1,9 +1,10 @@
 //! Pattern invalidation: `SCAN MATCH` + `UNLINK` in batches, on one server or on every primary
-//! of a cluster. After each batch, the members of the entries it unlinked leave the namespace's
-//! route index ([`RankedSpace::route`]; a no-op when the namespace is not bounded), so they never
-//! pin a bounded namespace's capacity.
+//! of a cluster, on the bulk lane (never in front of hot-path commands). After each batch, the
+//! members of the entries it unlinked leave the namespace's route index
+//! ([`RankedSpace::route`]; a no-op when the namespace is not bounded), so they never pin a
+//! bounded namespace's capacity.
 
-use super::conn::{pool_error, redis_error, Conn, Conns};
+use super::conn::{redis_error, Conn, Conns};
 use super::ranked::forget_unlinked;
 use super::ValkeyStore;
 use crate::store::ranked::RankedSpace;
@@ -19,29 +20,29 @@ impl ValkeyStore {
         pattern: &str,
         index: &RankedSpace,
     ) -> Result<u64, StoreError> {
-        let pool = match &self.inner.conns {
-            Conns::Single { pool, .. } => pool,
-            Conns::Cluster { .. } => return self.scan_unlink_cluster(pattern, index).await,
-        };
-        let mut conn = pool.get().await.map_err(pool_error)?;
+        if let Conns::Cluster { .. } = &self.inner.conns {
+            return self.scan_unlink_cluster(pattern, index).await;
+        }
+        let (lane, id, mut conn) = self.bulk().await?;
+        let failed = |e| self.failed(lane, id, e);
         let mut cursor: u64 = 0;
         let mut removed = 0u64;
         loop {
             let (next, keys): (u64, Vec<String>) = self
                 .scan_cmd(cursor, pattern)
-                .query_async(&mut *conn)
+                .query_async(&mut conn)
                 .await
-                .map_err(redis_error)?;
+                .map_err(failed)?;
             if !keys.is_empty() {
                 let n: u64 = redis::cmd("UNLINK")
                     .arg(&keys)
-                    .query_async(&mut *conn)
+                    .query_async(&mut conn)
                     .await
-                    .map_err(redis_error)?;
+                    .map_err(failed)?;
                 removed += n;
-                forget_unlinked(&mut *conn, index, &keys)
+                forget_unlinked(&mut conn, index, &keys)
                     .await
-                    .map_err(redis_error)?;
+                    .map_err(failed)?;
             }
             if next == 0 {
                 return Ok(removed);
@@ -68,9 +69,11 @@ impl ValkeyStore {
         pattern: &str,
         index: &RankedSpace,
     ) -> Result<u64, StoreError> {
-        let Conn::Cluster(mut conn) = self.lane().await?.2 else {
+        let (lane, id, conn) = self.bulk().await?;
+        let Conn::Cluster(mut conn) = conn else {
             return Err(StoreError::new(StoreErrorKind::Server, "not a cluster"));
         };
+        let failed = |e| self.failed(lane, id, e);
         let mut nodes_cmd = redis::cmd("CLUSTER");
         nodes_cmd.arg("NODES");
         let nodes = conn
@@ -79,7 +82,7 @@ impl ValkeyStore {
                 RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
             )
             .await
-            .map_err(redis_error)?;
+            .map_err(failed)?;
         let nodes: String = redis::from_redis_value(nodes)
             .map_err(|e| StoreError::new(StoreErrorKind::Server, format!("CLUSTER NODES: {e}")))?;
         let primaries = cluster_primaries(&nodes);
@@ -102,14 +105,14 @@ impl ValkeyStore {
                         }),
                     )
                     .await
-                    .map_err(redis_error)?;
+                    .map_err(failed)?;
                 let (next, keys): (u64, Vec<String>) = redis::from_redis_value(reply)
                     .map_err(|e| StoreError::new(StoreErrorKind::Server, format!("SCAN: {e}")))?;
                 if !keys.is_empty() {
                     removed += unlink_cluster(&mut conn, &keys).await?;
                     forget_unlinked(&mut conn, index, &keys)
                         .await
-                        .map_err(redis_error)?;
+                        .map_err(failed)?;
                 }
                 if next == 0 {
                     break;

@@ -1,14 +1,16 @@
--- KEYS: patterns, then per write: entry, key tombstone, its tag tombstones, its tag sets.
--- ARGV: per write: value, ttl ms, since (-1: unguarded), tag count.
--- Each write is guarded and tagged exactly as fill.lua does it for one entry.
--- Returns one 1 (stored) or 0 (superseded) per write.
+-- After [`GLOB`] and [`CLOCK`]. KEYS: patterns, clock, clock origin, then per write: entry, key
+-- tombstone, its tag tombstones, its tag sets. ARGV: per write: value, ttl ms, since (-1:
+-- unguarded), tag count. Each write is guarded and tagged exactly as fill.lua does it for one
+-- entry. Returns one 1 (stored) or 0 (superseded) per write.
 local out, pats, now = {}, nil, nil
-local k, a = 2, 1
+local clock, origin = clock_state(KEYS[2], KEYS[3])
+local k, a = 4, 1
 while a <= #ARGV do
   local value, ttl, since, ntags = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local entry, tomb = KEYS[k], KEYS[k + 1]
   local ok = true
   if since >= 0 then
+    if lost(since, clock, origin) then ok = false end
     local t = redis.call('GET', tomb)
     if t and tonumber(t) > since then ok = false end
     for i = 1, ntags do

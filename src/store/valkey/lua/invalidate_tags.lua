@@ -1,17 +1,21 @@
--- After [`FORGET`]. KEYS: clock, the route index, its counter, its expiry index, then (tag set,
--- tombstone) pairs. ARGV: tombstone ttl ms, entry prefix.
-local c, n = redis.call('INCR', KEYS[1]), 0
-local prefix, members = ARGV[2], {}
-for i = 5, #KEYS, 2 do
+-- After [`CLOCK`], [`FORGET`] and [`TAG_STEP`]: the first step of a tag invalidation. KEYS:
+-- clock, clock origin, the route index, its counter, its expiry index, then (tag set, tombstone,
+-- drain) triples. ARGV: tombstone ttl ms, entry prefix, batch.
+-- Advances the clock and leaves every tag's tombstone first (from here on no fill that read an
+-- older clock is stored under these tags), then removes up to a batch of members. Returns
+-- {entries removed, then (tag number, move still to do 0/1) for each tag with work left}:
+-- `drain_tag.lua` continues those.
+local c = advance(KEYS[1], KEYS[2])
+for i = 6, #KEYS, 3 do
   redis.call('SET', KEYS[i + 1], c, 'PX', ARGV[1])
-  local ms = redis.call('SMEMBERS', KEYS[i])
-  for j = 1, #ms, 1000 do
-    n = n + redis.call('UNLINK', unpack(ms, j, math.min(j + 999, #ms)))
-  end
-  for _, m in ipairs(ms) do
-    if m:sub(1, #prefix) == prefix then members[#members + 1] = m:sub(#prefix + 1) end
-  end
-  redis.call('UNLINK', KEYS[i])
 end
-forget(KEYS[2], KEYS[3], KEYS[4], members)
-return n
+local out, budget = {0}, tonumber(ARGV[3])
+for i = 6, #KEYS, 3 do
+  local n, h, more, rename = step(KEYS[i], KEYS[i + 2], budget, true, ARGV[2], KEYS[3], KEYS[4], KEYS[5])
+  out[1], budget = out[1] + n, budget - h
+  if more then
+    out[#out + 1] = (i - 3) / 3
+    out[#out + 1] = rename and 1 or 0
+  end
+end
+return out
