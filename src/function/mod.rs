@@ -1,7 +1,7 @@
 //! Function caching: [`Cache::get_or_set`] and friends for any async computation (database
 //! queries, external APIs), and batch operations.
 //!
-//! Values are serialized with serde (JSON by default) inside the same [entry](crate::entry)
+//! Values are serialized with serde (JSON by default) inside the same entry
 //! format the response cache uses, so they get the same freshness, stale window, invalidation
 //! guard, single-flight and fail-open behaviour:
 //!

@@ -9,6 +9,10 @@ mod support;
 
 mod breaker;
 mod cluster;
+#[cfg(feature = "testing")]
+mod conformance;
+#[cfg(all(feature = "axum", feature = "testing"))]
+mod composition;
 mod eviction;
 mod function;
 mod glob;
