@@ -550,10 +550,9 @@ mod sf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MemoryStore;
 
     fn cfg() -> RouteConfig {
-        let mut c = RouteConfig::new(crate::Cache::new(MemoryStore::new()));
+        let mut c = RouteConfig::new(crate::Cache::for_tests());
         c.set_http_cache();
         c
     }

@@ -112,13 +112,12 @@ fn value(s: String) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MemoryStore;
     use bytes::Bytes;
     use http::HeaderName;
     use http_body_util::BodyExt;
 
     fn cfg() -> RouteConfig {
-        let mut c = RouteConfig::new(crate::Cache::new(MemoryStore::new()));
+        let mut c = RouteConfig::new(crate::Cache::for_tests());
         c.ranges = true;
         c
     }
