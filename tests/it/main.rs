@@ -9,10 +9,10 @@ mod support;
 
 mod breaker;
 mod cluster;
-#[cfg(feature = "testing")]
-mod conformance;
 #[cfg(all(feature = "axum", feature = "testing"))]
 mod composition;
+#[cfg(feature = "testing")]
+mod conformance;
 mod eviction;
 mod function;
 mod glob;
