@@ -749,4 +749,58 @@ mod tests {
         assert_eq!(swr_window(&c, &e), Duration::from_secs(30));
         assert_eq!(sie_window(&c, &e), Duration::from_secs(60));
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// RFC 9111 §4.2.3 on every combination of `max-age`, origin `Age`, `Date` skew and
+        /// response delay: the stored entry's age at arrival is the larger of the apparent age
+        /// and the corrected `Age` (a `Date` in the future counts nothing), it grows one for one
+        /// with time, and the entry is fresh exactly while that age is below the lifetime
+        /// (stale by exactly the difference after). One formula for every response: nothing is
+        /// fresher than its origin said, nothing staler.
+        #[test]
+        fn the_entry_is_fresh_exactly_while_its_age_is_below_the_lifetime(
+            max_age in 0u64..100_000,
+            origin_age in proptest::option::of(0u64..100_000),
+            date_skew_s in -100_000i64..100_000,
+            delay_ms in 0u64..100_000,
+            later_ms in 0u64..300_000,
+        ) {
+            let c = cfg();
+            // A whole second, as Date has no finer resolution.
+            let t = 1_800_000_000_000u64;
+            let date_ms = t.checked_add_signed(date_skew_s * 1000).unwrap();
+            let mut pairs = vec![
+                ("cache-control", format!("max-age={max_age}")),
+                ("date", date(UNIX_EPOCH + Duration::from_millis(date_ms))),
+                ("etag", "\"v\"".to_owned()),
+            ];
+            if let Some(a) = origin_age {
+                pairs.push(("age", a.to_string()));
+            }
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut hm = h(&pairs);
+            let e = entry(&c, StatusCode::OK, &mut hm, Bytes::new(), t - delay_ms, t);
+            let apparent = t.saturating_sub(date_ms);
+            let corrected = origin_age.unwrap_or(0) * 1000 + delay_ms;
+            let age = apparent.max(corrected);
+            let now = t + later_ms;
+            prop_assert_eq!(e.age(t), Duration::from_millis(age));
+            prop_assert_eq!(e.age(now), Duration::from_millis(age + later_ms));
+            let lifetime = max_age * 1000;
+            let current = age + later_ms;
+            match e.freshness(now) {
+                Freshness::Fresh(left) => {
+                    prop_assert!(current < lifetime);
+                    prop_assert_eq!(left, Duration::from_millis(lifetime - current));
+                }
+                Freshness::Stale(past) => {
+                    prop_assert!(current >= lifetime);
+                    prop_assert_eq!(past, Duration::from_millis(current - lifetime));
+                }
+                Freshness::Expired => prop_assert!(current >= lifetime),
+            }
+        }
+    }
 }
