@@ -1074,6 +1074,102 @@ async fn older_entries_are_plain_misses(b: Backend) {
     assert!(get_req(&app, "/o").await.is_hit());
 }
 
+/// What the app-cache defaults never store or share, the shared-cache mode does not either:
+/// `private`, `no-store`, `Set-Cookie`, `Vary: *`, a `Cache-Control` that does not parse; a
+/// credentialed request (`Authorization`, `Cookie`) neither reads a stored entry nor stores
+/// its response for others.
+async fn never_stored_or_shared(b: Backend) {
+    let (app, origin) = scripted(layer(&b, "sc_never"), move |_, _, req| {
+        let case = req
+            .get("x-case")
+            .map_or("public", |v| v.to_str().unwrap())
+            .to_owned();
+        match case.as_str() {
+            "private" => ok(&[("cache-control", "private, max-age=60")], "p"),
+            "no-store" => ok(&[("cache-control", "no-store, max-age=60")], "p"),
+            "set-cookie" => ok(
+                &[
+                    ("cache-control", "public, max-age=60"),
+                    ("set-cookie", "a=b"),
+                ],
+                "p",
+            ),
+            "vary-star" => ok(&[("cache-control", "max-age=60"), ("vary", "*")], "p"),
+            "unparsable" => ok(&[("cache-control", "max-age=60, ext=\"open")], "p"),
+            _ => ok(&[("cache-control", "public, max-age=60")], "p"),
+        }
+    });
+    for case in [
+        "private",
+        "no-store",
+        "set-cookie",
+        "vary-star",
+        "unparsable",
+    ] {
+        let before = origin.calls();
+        for _ in 0..2 {
+            let r = send(
+                &app,
+                request("GET", &format!("/{case}"), &[("x-case", case)]),
+            )
+            .await;
+            assert!(!r.is_hit(), "{case}: {}", r.cache_status());
+        }
+        assert_eq!(origin.calls(), before + 2, "{case}");
+    }
+    // A stored public entry is not served to credentialed requests.
+    assert!(!get_req(&app, "/pub").await.is_hit());
+    assert!(get_req(&app, "/pub").await.is_hit());
+    for cred in [("authorization", "Bearer a"), ("cookie", "s=1")] {
+        let before = origin.calls();
+        let r = send(&app, request("GET", "/pub", &[cred])).await;
+        assert!(
+            r.cache_status().contains("fwd=bypass"),
+            "{}",
+            r.cache_status()
+        );
+        assert_eq!(origin.calls(), before + 1, "{cred:?}");
+        // Nor is a credentialed request's response stored for others.
+        let path = format!("/cred-{}", cred.0);
+        send(&app, request("GET", &path, &[cred])).await;
+        assert!(!get_req(&app, &path).await.is_hit(), "{cred:?}");
+    }
+}
+
+/// `no-cache` (RFC 9111 §5.2.2.4) is stored but never served without the origin: every use is
+/// a conditional request, answered from the entry on `304`, and a changed resource replaces
+/// it.
+async fn no_cache_is_revalidated_on_every_use(b: Backend) {
+    let (app, origin) = scripted(layer(&b, "sc_nocache"), move |n, _, req| {
+        let tag = if n < 4 { "\"v1\"" } else { "\"v2\"" };
+        if req.get("if-none-match").is_some_and(|v| v == tag) {
+            return (304, h(&[("etag", tag), ("cache-control", "no-cache")]), "");
+        }
+        let body = if n < 4 { "one" } else { "two" };
+        ok(&[("etag", tag), ("cache-control", "no-cache")], body)
+    });
+    let r = get_req(&app, "/nc").await;
+    assert_eq!(r.text(), "one");
+    for n in 2..=3 {
+        let r = get_req(&app, "/nc").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "one");
+        assert!(
+            r.cache_status().contains("fwd-status=304"),
+            "{}",
+            r.cache_status()
+        );
+        assert_eq!(origin.calls(), n);
+        assert_eq!(origin.request(n)["if-none-match"], "\"v1\"");
+    }
+    // The resource changed: the conditional request gets the new one, which replaces the entry.
+    assert_eq!(get_req(&app, "/nc").await.text(), "two");
+    let r = get_req(&app, "/nc").await;
+    assert_eq!(r.text(), "two");
+    assert_eq!(origin.request(5)["if-none-match"], "\"v2\"");
+    assert_eq!(origin.calls(), 5);
+}
+
 mod valkey {
     crate::support::on!(super::Backend::valkey(super::VALKEY) =>
         freshness_counts_the_origins_age,
@@ -1090,6 +1186,8 @@ mod valkey {
         known_length_misses_stream,
         validators_age_and_date,
         older_entries_are_plain_misses,
+        never_stored_or_shared,
+        no_cache_is_revalidated_on_every_use,
     );
 }
 
@@ -1109,5 +1207,7 @@ mod memory {
         known_length_misses_stream,
         validators_age_and_date,
         older_entries_are_plain_misses,
+        never_stored_or_shared,
+        no_cache_is_revalidated_on_every_use,
     );
 }
