@@ -709,6 +709,17 @@ mod tests {
             ),
             Some("cache-control")
         );
+        // A Cache-Control that does not parse is refused even under a valid targeted field.
+        assert_eq!(
+            un(
+                200,
+                &[
+                    ("cdn-cache-control", "max-age=60"),
+                    ("cache-control", "max-age=60, ext=\"open")
+                ]
+            ),
+            Some("unparsable-cache-control")
+        );
         // A 302 has no heuristic freshness: explicit freshness is needed.
         assert_eq!(un(302, &[]), Some("no-freshness"));
         assert_eq!(un(302, &[("cache-control", "max-age=60")]), None);
