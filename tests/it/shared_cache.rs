@@ -1170,6 +1170,97 @@ async fn no_cache_is_revalidated_on_every_use(b: Backend) {
     assert_eq!(origin.calls(), 5);
 }
 
+/// Revalidation across instances with the fill lock: two instances (their own flights and
+/// counters, one store), a burst of requests on a stale entry held until every other request
+/// waits (on its instance's flight or on the other instance's fill lock): one conditional
+/// request in all, and every request gets the full body from the refreshed entry.
+async fn revalidation_with_the_fill_lock(b: Backend) {
+    const BURST: usize = 8;
+    let caches = [b.cache("sc_lock", OP), b.cache("sc_lock", OP)];
+    let calls = Arc::new(AtomicUsize::new(0));
+    let conditional = Arc::new(AtomicUsize::new(0));
+    let target = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let waiting = {
+        let caches = caches.clone();
+        move || caches.iter().map(|c| c.stats().waiting).sum::<u64>()
+    };
+    let apps: Vec<Router> = caches
+        .iter()
+        .map(|c| {
+            let (calls, conditional, target, waiting) = (
+                calls.clone(),
+                conditional.clone(),
+                target.clone(),
+                waiting.clone(),
+            );
+            let handler = any(move |req: axum::extract::Request| {
+                let (calls, conditional, target, waiting) = (
+                    calls.clone(),
+                    conditional.clone(),
+                    target.clone(),
+                    waiting.clone(),
+                );
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let mut res = Response::new(Body::from("lock body"));
+                    let h = res.headers_mut();
+                    h.insert("etag", HeaderValue::from_static("\"l\""));
+                    if req.headers().contains_key("if-none-match") {
+                        conditional.fetch_add(1, Ordering::SeqCst);
+                        // Held (bounded) until the rest of the burst waits for this fill.
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                        while waiting() < target.load(Ordering::SeqCst)
+                            && tokio::time::Instant::now() < deadline
+                        {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        h.insert("cache-control", HeaderValue::from_static("max-age=600"));
+                        *res.body_mut() = Body::empty();
+                        *res.status_mut() = StatusCode::NOT_MODIFIED;
+                        return res;
+                    }
+                    // Stale on arrival: stored (it has a validator) to be revalidated.
+                    h.insert("cache-control", HeaderValue::from_static("max-age=60"));
+                    h.insert("age", HeaderValue::from_static("60"));
+                    res
+                }
+            });
+            Router::new().route("/{*path}", handler).layer(
+                CacheLayer::new(c.clone())
+                    .http_cache()
+                    .lock(Duration::from_secs(10)),
+            )
+        })
+        .collect();
+    assert_eq!(get_req(&apps[0], "/l").await.text(), "lock body");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    target.store(BURST as u64 - 1, Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for i in 0..BURST {
+        let app = apps[i % 2].clone();
+        tasks.push(tokio::spawn(async move { get_req(&app, "/l").await }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!((r.status, r.text()), (StatusCode::OK, "lock body"));
+    }
+    assert_eq!(conditional.load(Ordering::SeqCst), 1, "one revalidation");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // The instance that lost the lock race waited on it rather than revalidating, and nobody
+    // gave up waiting. (How many of its requests count a lock wait depends on whether they
+    // were still following their leader when its wait ended: 1 to BURST / 2.)
+    let sum = |f: fn(&tower_valkey_cache::Stats) -> u64| -> u64 {
+        caches.iter().map(|c| f(&c.stats())).sum()
+    };
+    assert!((1..=BURST as u64 / 2).contains(&sum(|s| s.lock_waits)));
+    assert_eq!(sum(|s| s.lock_timeouts), 0);
+    // The refreshed entry is fresh for both instances.
+    for app in &apps {
+        assert!(get_req(app, "/l").await.is_hit());
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
 mod valkey {
     crate::support::on!(super::Backend::valkey(super::VALKEY) =>
         freshness_counts_the_origins_age,
@@ -1188,6 +1279,7 @@ mod valkey {
         older_entries_are_plain_misses,
         never_stored_or_shared,
         no_cache_is_revalidated_on_every_use,
+        revalidation_with_the_fill_lock,
     );
 }
 
@@ -1209,5 +1301,6 @@ mod memory {
         older_entries_are_plain_misses,
         never_stored_or_shared,
         no_cache_is_revalidated_on_every_use,
+        revalidation_with_the_fill_lock,
     );
 }
