@@ -329,11 +329,13 @@ pub(crate) fn entry(
 }
 
 /// What a fill hands the requests that joined it (single-flight followers): its entry if they
-/// may take it (same variant) and it is fresh. An entry stored stale (kept to be revalidated,
-/// or for a stale window) is for the requests that find it later to revalidate; a follower that
-/// got it would serve a stale response nobody allowed, so it runs on its own.
+/// may take it (same variant) and, with [`http_freshness`](RouteConfig), it is fresh. An entry
+/// stored stale (kept to be revalidated, or for a stale window) is for the requests that find
+/// it later to revalidate; a follower that got it would serve a stale response nobody allowed,
+/// so it runs on its own. The app-cache defaults hand over every entry, as they always did.
 pub(crate) fn landing(fill: &Fill, entry: Entry, vary: &Vary) -> Landing {
-    let fresh = matches!(entry.freshness(now_ms()), Freshness::Fresh(_));
+    let fresh =
+        !fill.cfg().http_freshness || matches!(entry.freshness(now_ms()), Freshness::Fresh(_));
     match fill.shares(vary) && fresh {
         true => Landing::Entry(std::sync::Arc::new(entry), fill.stamp()),
         false => Landing::Unshareable,

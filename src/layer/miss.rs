@@ -471,6 +471,11 @@ impl Fill {
             .with_compute_time(self.started.elapsed())
     }
 
+    /// The route this fill is for.
+    pub(crate) fn cfg(&self) -> &RouteConfig {
+        &self.cfg
+    }
+
     /// Whether requests that joined this fill's key (single-flight followers) may take its
     /// entry: only if the response varies on exactly what the lookup keyed by.
     pub(crate) fn shares(&self, vary: &Vary) -> bool {
