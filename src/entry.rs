@@ -6,29 +6,38 @@
 //! three instants (stored at, fresh until, stale until). Stores never look inside: they keep the
 //! encoded bytes and expire them at `stale_until`.
 //!
-//! # Format (version 3)
+//! # Format (version 4)
 //!
 //! ```text
-//! "TVC" 0x03                 magic and version
-//! u8                         flags (reserved, 0)
-//! u64 stored_at_ms           Unix milliseconds, big endian
+//! "TVC" 0x04                 magic and version
+//! u8 flags                   bit 0: never served stale (must-revalidate, proxy-revalidate,
+//!                            s-maxage, no-cache); the other bits are reserved, 0
+//! u64 stored_at_ms           Unix milliseconds, big endian (the response time)
 //! u64 fresh_until_ms
-//! u64 stale_until_ms
+//! u64 stale_until_ms         until when the store keeps it (stale windows, revalidation)
 //! u32 compute_ms             how long the fill took (for early refresh)
+//! u64 initial_age_ms         the response's age when stored (RFC 9111 §4.2.3 corrected
+//!                            initial age: the origin's `Age`, the response delay, `Date`)
+//! u32 stale_while_revalidate_s   the response's own RFC 5861 windows, seconds past freshness
+//! u32 stale_if_error_s
 //! u16 status                 0 for function-cache values
 //! u16 header count, then per header: u16 name length, name, u16 value length, value
 //! u32 body length, body
 //! ```
 //!
+//! The fields after `compute_ms` are the shared-cache mode's
+//! ([`CacheLayer::http_cache`](crate::CacheLayer::http_cache)); the app-cache defaults write
+//! them as 0.
+//!
 //! Compressed or encrypted entries (features `compression`, `encryption`) are stored in an
 //! envelope around this encoding (version byte 2): see [`seal`](crate::seal).
 //!
-//! Version 1 is the same layout, written by releases whose keys had another meaning (values
-//! escaped less, queries keyed raw, see the CHANGELOG): an entry found under a key of this
-//! version may have been stored for another request. Reading one is
-//! [outdated](DecodeError::is_outdated), a plain miss (not counted or logged as corrupt), and
-//! the next fill overwrites it. Version 3 (not 2) so that the first byte after the magic also
-//! tells a plain entry from a sealed envelope.
+//! Older versions are [outdated](DecodeError::is_outdated): a plain miss (not counted or
+//! logged as corrupt), and the next fill overwrites it. Version 1 is the layout of version 3,
+//! written by releases whose keys had another meaning (values escaped less, queries keyed raw,
+//! see the CHANGELOG): an entry found under a key of this version may have been stored for
+//! another request. Version 3 lacks the fields the age calculation needs. Version 3 (not 2)
+//! so that the first byte after the magic also tells a plain entry from a sealed envelope.
 //!
 //! Anything that does not decode (foreign data, truncation, another version, trailing bytes) is a
 //! [`DecodeError`]; callers treat it as a miss and overwrite the value.
@@ -38,10 +47,15 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAGIC: &[u8; 3] = b"TVC";
-const VERSION: u8 = 3;
-/// Entries of this version were written under keys that meant something else: misses.
-const OUTDATED_VERSION: u8 = 1;
-const FIXED_LEN: usize = 3 + 1 + 1 + 8 * 3 + 4 + 2 + 2;
+const VERSION: u8 = 4;
+/// Entries of these versions are misses: version 1 was written under keys that meant something
+/// else, version 3 lacks the fields of the age calculation.
+const OUTDATED_VERSIONS: [u8; 2] = [1, 3];
+/// Where `status` starts.
+const STATUS_AT: usize = 3 + 1 + 1 + 8 * 3 + 4 + 8 + 4 + 4;
+const FIXED_LEN: usize = STATUS_AT + 2 + 2;
+/// Flag bit: the entry is never served stale.
+const FLAG_NO_STALE: u8 = 1;
 
 /// A decoded cache entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +74,19 @@ pub struct Entry {
     pub stale_until_ms: u64,
     /// How long producing the value took, in milliseconds (probabilistic early refresh uses it).
     pub compute_ms: u32,
+    /// The response's age when it was stored, in milliseconds (RFC 9111 §4.2.3 corrected
+    /// initial age); 0 for responses the cache produced itself.
+    pub initial_age_ms: u64,
+    /// Whether the entry must never be served stale (`must-revalidate`, `proxy-revalidate`,
+    /// `s-maxage`, `no-cache`): once stale it is revalidated or refetched, whatever the route's
+    /// stale windows.
+    pub no_stale: bool,
+    /// How long past freshness the response itself allows serving it while it is revalidated
+    /// (RFC 5861 `stale-while-revalidate=`), in seconds.
+    pub stale_while_revalidate_s: u32,
+    /// How long past freshness the response itself allows serving it when the origin fails
+    /// (RFC 5861 `stale-if-error=`), in seconds.
+    pub stale_if_error_s: u32,
 }
 
 /// How fresh an entry is at a given instant.
@@ -77,7 +104,7 @@ pub enum Freshness {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecodeError(&'static str);
 
-const OUTDATED: &str = "entry written by an older version (keys changed meaning)";
+const OUTDATED: &str = "entry written by an older version of the format";
 
 impl DecodeError {
     pub(crate) fn new(reason: &'static str) -> Self {
@@ -90,9 +117,9 @@ impl DecodeError {
         DecodeError("entry the route could not have stored")
     }
 
-    /// Whether the value is an entry written by an older version of the crate, whose keys meant
-    /// something else: a plain miss, neither corrupt nor foreign (callers do not count it in
-    /// `decode_failures` nor log it), overwritten by the next fill.
+    /// Whether the value is an entry written by an older version of the crate (whose keys meant
+    /// something else, or whose format lacks fields): a plain miss, neither corrupt nor foreign
+    /// (callers do not count it in `decode_failures` nor log it), overwritten by the next fill.
     pub fn is_outdated(&self) -> bool {
         self.0 == OUTDATED
     }
@@ -166,6 +193,10 @@ impl Entry {
             fresh_until_ms,
             stale_until_ms: fresh_until_ms.saturating_add(stale_for.as_millis() as u64),
             compute_ms: 0,
+            initial_age_ms: 0,
+            no_stale: false,
+            stale_while_revalidate_s: 0,
+            stale_if_error_s: 0,
         }
     }
 
@@ -191,9 +222,13 @@ impl Entry {
         Duration::from_millis(self.stale_until_ms.saturating_sub(now_ms))
     }
 
-    /// The age of the entry at `now_ms`.
+    /// The age of the entry at `now_ms`: its age when stored plus the time since (RFC 9111
+    /// §4.2.3 `current_age`).
     pub fn age(&self, now_ms: u64) -> Duration {
-        Duration::from_millis(now_ms.saturating_sub(self.stored_at_ms))
+        Duration::from_millis(
+            self.initial_age_ms
+                .saturating_add(now_ms.saturating_sub(self.stored_at_ms)),
+        )
     }
 
     /// Encodes the entry. Headers or bodies too large for the format are an error, not truncated.
@@ -212,11 +247,14 @@ impl Entry {
         let mut out = BytesMut::with_capacity(FIXED_LEN + header_bytes + 4 + self.body.len());
         out.put_slice(MAGIC);
         out.put_u8(VERSION);
-        out.put_u8(0);
+        out.put_u8(if self.no_stale { FLAG_NO_STALE } else { 0 });
         out.put_u64(self.stored_at_ms);
         out.put_u64(self.fresh_until_ms);
         out.put_u64(self.stale_until_ms);
         out.put_u32(self.compute_ms);
+        out.put_u64(self.initial_age_ms);
+        out.put_u32(self.stale_while_revalidate_s);
+        out.put_u32(self.stale_if_error_s);
         out.put_u16(self.status);
         out.put_u16(self.headers.len() as u16);
         for (name, value) in &self.headers {
@@ -238,9 +276,8 @@ impl Entry {
     /// entry of this version). Lets a reader tell a status-0 value (a function-cache value or a
     /// variant marker) from a response cheaply.
     pub(crate) fn peek_status(raw: &[u8]) -> Option<u16> {
-        const AT: usize = 3 + 1 + 1 + 8 * 3 + 4;
         (raw.len() >= FIXED_LEN && &raw[..3] == MAGIC && raw[3] == VERSION)
-            .then(|| u16::from_be_bytes([raw[AT], raw[AT + 1]]))
+            .then(|| u16::from_be_bytes([raw[STATUS_AT], raw[STATUS_AT + 1]]))
     }
 
     /// Decodes an entry; the body shares `raw`'s memory (no copy).
@@ -251,14 +288,20 @@ impl Entry {
         }
         match r.u8()? {
             VERSION => {}
-            OUTDATED_VERSION => return Err(DecodeError(OUTDATED)),
+            v if OUTDATED_VERSIONS.contains(&v) => return Err(DecodeError(OUTDATED)),
             _ => return Err(DecodeError("unsupported version")),
         }
-        let _flags = r.u8()?;
+        let flags = r.u8()?;
+        if flags & !FLAG_NO_STALE != 0 {
+            return Err(DecodeError("unknown flags"));
+        }
         let stored_at_ms = r.u64()?;
         let fresh_until_ms = r.u64()?;
         let stale_until_ms = r.u64()?;
         let compute_ms = r.u32()?;
+        let initial_age_ms = r.u64()?;
+        let stale_while_revalidate_s = r.u32()?;
+        let stale_if_error_s = r.u32()?;
         if fresh_until_ms < stored_at_ms || stale_until_ms < fresh_until_ms {
             return Err(DecodeError("inconsistent times"));
         }
@@ -294,6 +337,10 @@ impl Entry {
             fresh_until_ms,
             stale_until_ms,
             compute_ms,
+            initial_age_ms,
+            no_stale: flags & FLAG_NO_STALE != 0,
+            stale_while_revalidate_s,
+            stale_if_error_s,
         })
     }
 }
@@ -368,6 +415,24 @@ mod tests {
         assert_eq!(d.stale_until_ms, 91_000);
     }
 
+    /// The shared-cache fields round-trip, and the age counts from the age when stored.
+    #[test]
+    fn http_fields_round_trip_and_age_adds_initial_age() {
+        let mut e = sample();
+        e.initial_age_ms = 30_000;
+        e.no_stale = true;
+        e.stale_while_revalidate_s = 7;
+        e.stale_if_error_s = 9;
+        let raw = e.encode().unwrap();
+        assert_eq!(raw[4], 1, "flags byte");
+        assert_eq!(Entry::decode(&raw).unwrap(), e);
+        assert_eq!(e.age(1_000), Duration::from_secs(30));
+        assert_eq!(e.age(3_000), Duration::from_secs(32));
+        let mut bad = raw.to_vec();
+        bad[4] = 2;
+        assert!(Entry::decode(&Bytes::from(bad)).is_err(), "unknown flag");
+    }
+
     #[test]
     fn freshness_windows() {
         let e = sample();
@@ -408,14 +473,16 @@ mod tests {
     #[test]
     fn older_versions_are_outdated_not_corrupt() {
         let raw = sample().encode().unwrap();
-        assert_eq!(&raw[..4], b"TVC\x03");
-        let mut v1 = raw.to_vec();
-        v1[3] = 1;
+        assert_eq!(&raw[..4], b"TVC\x04");
+        for old in [1u8, 3] {
+            let mut v = raw.to_vec();
+            v[3] = old;
+            assert_eq!(Entry::peek_status(&v), None);
+            let e = Entry::decode(&Bytes::from(v)).unwrap_err();
+            assert!(e.is_outdated(), "{e}");
+        }
         assert_eq!(Entry::peek_status(&raw), Some(200));
-        assert_eq!(Entry::peek_status(&v1), None);
-        let e = Entry::decode(&Bytes::from(v1)).unwrap_err();
-        assert!(e.is_outdated(), "{e}");
-        for version in [0u8, 2, 4, 255] {
+        for version in [0u8, 2, 5, 255] {
             let mut v = raw.to_vec();
             v[3] = version;
             let e = Entry::decode(&Bytes::from(v)).unwrap_err();

@@ -74,6 +74,13 @@ impl Cache {
         Self::builder(store).build()
     }
 
+    /// A cache over a fresh `MemoryStore`, for the unit tests of modules that may not name a
+    /// store themselves (`src/layer/`, scripts/check-layering).
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        Self::new(crate::MemoryStore::new())
+    }
+
     /// A builder over `store`.
     pub fn builder(store: impl Store) -> CacheBuilder {
         Self::builder_shared(Arc::new(store))

@@ -17,7 +17,6 @@ pub(crate) struct Directive {
 
 impl Directive {
     /// The name, lower-case.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
@@ -28,7 +27,6 @@ impl Directive {
     }
 
     /// Whether the argument was given as a quoted-string.
-    #[cfg_attr(not(test), allow(dead_code))] // for the shared-cache mode's stricter readings
     pub(crate) fn is_quoted(&self) -> bool {
         self.quoted
     }
@@ -84,13 +82,12 @@ impl CacheControl {
     }
 
     /// Whether there is no directive.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.directives.is_empty()
     }
 
     /// Every directive, in order.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn directives(&self) -> &[Directive] {
         &self.directives
     }

@@ -257,7 +257,6 @@ pub(crate) fn date_field(headers: &HeaderMap, name: &HeaderName) -> Option<Syste
 
 /// `Age` (RFC 9111 §5.1) in seconds: the first member of the first line when several are given
 /// (as the RFC asks), `None` when absent or not delta-seconds (the field is then ignored).
-#[cfg_attr(not(test), allow(dead_code))] // the shared-cache mode (origin `Age`) reads it
 pub(crate) fn age(headers: &HeaderMap) -> Option<u64> {
     let line = headers.get(header::AGE)?;
     let first = line.as_bytes().split(|&b| b == b',').next()?;
@@ -266,7 +265,6 @@ pub(crate) fn age(headers: &HeaderMap) -> Option<u64> {
 
 /// One byte range of a `Range` request (RFC 9110 §14.1.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(test), allow(dead_code))] // serving ranges from a stored 200 is the shared-cache mode's
 pub(crate) enum ByteRange {
     /// `first-last` (`last` absent: to the end).
     FromTo(u64, Option<u64>),
@@ -277,7 +275,6 @@ pub(crate) enum ByteRange {
 /// The `Range` field as a single byte range (`bytes=0-99`, `bytes=100-`, `bytes=-500`; the unit
 /// is case-insensitive). `None` for another unit, several ranges, several field lines or
 /// anything that does not parse: a cache that cannot answer it exactly forwards it.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn byte_range(headers: &HeaderMap) -> Option<ByteRange> {
     let v = trim_ows(single(headers, &header::RANGE)?.as_bytes());
     let (unit, spec) = v.split_at(v.iter().position(|&b| b == b'=')?);

@@ -31,6 +31,10 @@ pub(crate) struct Tee {
     chunks: Vec<Bytes>,
     len: usize,
     max: usize,
+    /// The body's exact length, when its size hint gave one: the copy is complete once that
+    /// much arrived. A server stops polling a body whose `Content-Length` it has written, so
+    /// the end of the stream may never be seen.
+    expected: Option<u64>,
     done: Option<Box<dyn FnOnce(Bytes) + Send>>,
 }
 
@@ -40,6 +44,7 @@ impl Tee {
             chunks: Vec::new(),
             len: 0,
             max,
+            expected: None,
             done: Some(done),
         }
     }
@@ -76,6 +81,14 @@ impl<B: Body> CacheBody<B> {
         matches!(self.kind, Kind::Full { .. })
     }
 
+    /// The whole body, when it is in memory and not read yet.
+    pub(crate) fn full_bytes(&self) -> Option<Bytes> {
+        match &self.kind {
+            Kind::Full { data } => Some(data.clone().unwrap_or_default()),
+            _ => None,
+        }
+    }
+
     pub(crate) fn empty() -> Self {
         Self {
             kind: Kind::Full { data: None },
@@ -88,7 +101,13 @@ impl<B: Body> CacheBody<B> {
         }
     }
 
-    pub(crate) fn tee(inner: B, tee: Tee) -> Self {
+    pub(crate) fn tee(inner: B, mut tee: Tee) -> Self {
+        tee.expected = inner.size_hint().exact();
+        if tee.expected == Some(0) && inner.is_end_stream() {
+            // No body to wait for (a `204`, an empty `200`): nothing will be polled.
+            tee.finish();
+            return Self::stream(inner);
+        }
         Self {
             kind: Kind::Tee {
                 inner,
@@ -129,6 +148,16 @@ where
                                 if let Some(t) = tee.as_mut() {
                                     t.len += data.len();
                                     t.chunks.push(data.clone());
+                                }
+                                // The whole known length: complete now, whether or not the
+                                // end of the stream is polled.
+                                let complete = tee
+                                    .as_ref()
+                                    .is_some_and(|t| t.expected == Some(t.len as u64));
+                                if complete {
+                                    if let Some(t) = tee.take() {
+                                        t.finish();
+                                    }
                                 }
                             } else {
                                 // Over the limit: the rest streams through, nothing is stored.

@@ -8,7 +8,7 @@ use crate::entry::Entry;
 use crate::eviction::RouteEviction;
 use crate::key::{DefaultKey, KeyTemplate, Keyer};
 use crate::Cache;
-use http::{Method, StatusCode};
+use http::{HeaderName, Method, StatusCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +45,26 @@ pub(crate) struct RouteConfig {
     pub(crate) key_body: Option<usize>,
     /// Whether a key configuration error was logged already (once per route).
     key_error_reported: Arc<AtomicBool>,
+    /// Freshness from the response as RFC 9111 computes it (`http_freshness`), not the route TTL.
+    pub(crate) http_freshness: bool,
+    /// Heuristic freshness: this fraction of `Date - Last-Modified`, at most `heuristic_max`.
+    pub(crate) heuristic_fraction: f64,
+    pub(crate) heuristic_max: Duration,
+    /// Targeted cache-control fields (RFC 9213), in order of precedence.
+    pub(crate) targeted: Arc<[HeaderName]>,
+    /// Whether the response's RFC 5861 `stale-while-revalidate=` / `stale-if-error=` count.
+    pub(crate) stale_directives: bool,
+    /// How long entries with a validator are kept past freshness to be revalidated (0: not
+    /// revalidated).
+    pub(crate) keep_for_revalidation: Duration,
+    /// Whether a successful unsafe request invalidates its target and `Location`s.
+    pub(crate) invalidate_unsafe: bool,
+    /// Whether `Range` requests are answered from a stored `200`.
+    pub(crate) ranges: bool,
+    /// Whether a response without `ETag` gets a content-hash one.
+    pub(crate) etag: bool,
+    /// Whether every miss streams its body (a known length too) while a copy is stored.
+    pub(crate) stream_misses: bool,
 }
 
 impl RouteConfig {
@@ -76,7 +96,32 @@ impl RouteConfig {
             encodings: super::vary::served_encodings(super::vary::DEFAULT_ENCODINGS).into(),
             key_body: None,
             key_error_reported: Arc::new(AtomicBool::new(false)),
+            http_freshness: false,
+            heuristic_fraction: 0.0,
+            heuristic_max: Duration::from_secs(24 * 3600),
+            targeted: Arc::from(Vec::new()),
+            stale_directives: false,
+            keep_for_revalidation: Duration::ZERO,
+            invalidate_unsafe: false,
+            ranges: false,
+            etag: true,
+            stream_misses: false,
         }
+    }
+
+    /// The shared-cache preset ([`CacheLayer::http_cache`](super::CacheLayer::http_cache)):
+    /// every option it sets is also a layer method of its own.
+    pub(crate) fn set_http_cache(&mut self) {
+        self.http_freshness = true;
+        self.statuses = super::freshness::shared_statuses();
+        self.heuristic_fraction = 0.1;
+        self.targeted = Arc::from(vec![HeaderName::from_static("cdn-cache-control")]);
+        self.stale_directives = true;
+        self.keep_for_revalidation = Duration::from_secs(3600);
+        self.invalidate_unsafe = true;
+        self.ranges = true;
+        self.etag = false;
+        self.stream_misses = true;
     }
 
     /// How long this route's responses stay fresh.
@@ -90,9 +135,12 @@ impl RouteConfig {
     }
 
     /// Whether a request carrying header `h` (a credential, `Range`) may use the cache: the
-    /// route's key covers it, or, for a credential, the route opted in.
+    /// route's key covers it, or, for a credential, the route opted in, or, for `Range`, the
+    /// route serves ranges from stored `200`s.
     pub(crate) fn covers_header(&self, h: &http::HeaderName) -> bool {
-        self.key.covers_header(h) || (self.allow_credentials && crate::headers::is_credential(h))
+        self.key.covers_header(h)
+            || (self.allow_credentials && crate::headers::is_credential(h))
+            || (self.ranges && h == http::header::RANGE)
     }
 
     /// Whether the route's key includes the request's `Range`: only then is a `206` stored.

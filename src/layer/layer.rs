@@ -320,6 +320,164 @@ impl CacheLayer {
     }
 }
 
+/// The shared-cache mode: RFC 9111 behaviour in front of an origin this application does not
+/// control. See [`http_cache`](CacheLayer::http_cache).
+impl CacheLayer {
+    /// The shared-cache mode: this layer behaves as a shared HTTP cache (RFC 9111) in front of
+    /// any origin (a gateway route, a reverse proxy, a slow third-party API), the way nginx,
+    /// Varnish or Traffic Server do. It sets, each also available on its own:
+    ///
+    /// - [`http_freshness`](Self::http_freshness): freshness from the response (`s-maxage`,
+    ///   `max-age`, `Expires - Date`, the origin's `Age` and the response delay), never the
+    ///   route TTL; `must-revalidate`, `proxy-revalidate`, `s-maxage` and `no-cache` (stored,
+    ///   revalidated on every use) are never served stale; [`statuses`](Self::statuses) become
+    ///   every status a shared cache may store (`200`, `203`, `204`, `3xx` redirects, `404`,
+    ///   `410`, `5xx`, ...: stored with explicit freshness, or heuristic freshness for the
+    ///   heuristically cacheable ones);
+    /// - [`heuristic_freshness(0.1, 24 h)`](Self::heuristic_freshness);
+    /// - [`targeted_cache_control(["CDN-Cache-Control"])`](Self::targeted_cache_control);
+    /// - [`stale_directives(true)`](Self::stale_directives) (RFC 5861);
+    /// - [`revalidate(1 h)`](Self::revalidate): conditional requests with the stored validators;
+    /// - [`invalidate_unsafe(true)`](Self::invalidate_unsafe);
+    /// - [`serve_ranges(true)`](Self::serve_ranges);
+    /// - [`generate_etag(false)`](Self::generate_etag): the origin's validators only;
+    /// - [`stream_misses(true)`](Self::stream_misses).
+    ///
+    /// The app-cache defaults ([`new`](Self::new) alone) are for an application's own handlers,
+    /// whose freshness the route declares. See the README's "Shared-cache mode" for when to use
+    /// which, and `examples/proxy.rs` for a caching reverse proxy.
+    ///
+    /// ```
+    /// use tower_valkey_cache::{Cache, CacheLayer, MemoryStore};
+    ///
+    /// let layer = CacheLayer::new(Cache::new(MemoryStore::new())).http_cache();
+    /// ```
+    pub fn http_cache(mut self) -> Self {
+        self.cfg().set_http_cache();
+        self
+    }
+
+    /// Freshness as RFC 9111 §4.2 computes it for a shared cache: the response's `s-maxage`,
+    /// `max-age` or `Expires - Date` (a `max-age` that is not delta-seconds or an `Expires` that
+    /// is not a date: stale), minus its age when received (§4.2.3: the larger of `now - Date`
+    /// and the origin's `Age` plus the response delay). The `Age` sent to clients counts from
+    /// there. Without explicit freshness, heuristic freshness
+    /// ([`heuristic_freshness`](Self::heuristic_freshness)) or none. A response that would never
+    /// be reused (stale on arrival, no validator, no stale window) is not stored
+    /// (`detail=stale`), nor one without explicit freshness or `public` whose status is not
+    /// heuristically cacheable (`detail=no-freshness`). `Date` is added to responses that have
+    /// none (RFC 9110 §6.6.1). Replaces [`ttl`](Self::ttl) and
+    /// [`respect_cache_control`](Self::respect_cache_control). Default off.
+    pub fn http_freshness(mut self, enable: bool) -> Self {
+        self.cfg().http_freshness = enable;
+        self
+    }
+
+    /// With [`http_freshness`](Self::http_freshness): a response without explicit freshness
+    /// whose status is heuristically cacheable (RFC 9110 §15.1: `200`, `203`, `204`, `206`,
+    /// `300`, `301`, `308`, `404`, `405`, `410`, `414`, `501`) and that has a `Last-Modified`
+    /// is fresh for `fraction` of the time between `Last-Modified` and `Date`, at most `max`
+    /// (RFC 9111 §4.2.2). `0.0`: no heuristic freshness. Default off.
+    pub fn heuristic_freshness(mut self, fraction: f64, max: Duration) -> Self {
+        self.cfg().heuristic_fraction = fraction.clamp(0.0, 1.0);
+        self.cfg().heuristic_max = max;
+        self
+    }
+
+    /// Targeted cache-control fields (RFC 9213), in order of precedence, for example
+    /// `["Acme-CDN-Cache-Control", "CDN-Cache-Control"]`: with
+    /// [`http_freshness`](Self::http_freshness), the first one a response carries as a valid
+    /// Structured Field dictionary replaces `Cache-Control` for this cache (storing,
+    /// freshness, revalidation); an invalid one is ignored. The field is forwarded unchanged.
+    /// Default none.
+    ///
+    /// # Panics
+    ///
+    /// If a name is not a valid header name.
+    pub fn targeted_cache_control<I, T>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        let names: Vec<http::HeaderName> = names
+            .into_iter()
+            .map(|n| {
+                http::HeaderName::from_bytes(n.as_ref().as_bytes())
+                    .unwrap_or_else(|e| panic!("targeted field `{}`: {e}", n.as_ref()))
+            })
+            .collect();
+        self.cfg().targeted = Arc::from(names);
+        self
+    }
+
+    /// With [`http_freshness`](Self::http_freshness): the response's own RFC 5861
+    /// `stale-while-revalidate=N` and `stale-if-error=N` widen the route's
+    /// [`stale_while_revalidate`](Self::stale_while_revalidate) and
+    /// [`stale_if_error`](Self::stale_if_error) windows for that entry (never past what
+    /// `must-revalidate`, `proxy-revalidate`, `s-maxage` or `no-cache` allow: nothing).
+    /// Default off.
+    pub fn stale_directives(mut self, enable: bool) -> Self {
+        self.cfg().stale_directives = enable;
+        self
+    }
+
+    /// Revalidation: an entry with a validator (`ETag`, `Last-Modified`) is kept `keep` past
+    /// its freshness, and a request that finds it stale sends the inner service a conditional
+    /// request (`If-None-Match` / `If-Modified-Since` from the entry, unless the client sent
+    /// its own). A `304 Not Modified` refreshes the stored entry's headers and freshness (RFC
+    /// 9111 §4.3.4; a guarded write like any fill) and the client gets the full response, or its
+    /// own `304` (`Cache-Status: ...; fwd=stale; fwd-status=304`). Background refreshes
+    /// ([`stale_while_revalidate`](Self::stale_while_revalidate)) revalidate the same way.
+    /// Works on app handlers too: one that answers `304` cheaply saves rendering.
+    /// `Duration::ZERO`: off (the default).
+    pub fn revalidate(mut self, keep: Duration) -> Self {
+        self.cfg().keep_for_revalidation = keep;
+        self
+    }
+
+    /// Invalidation on unsafe methods (RFC 9111 §4.4): a request whose method is not safe
+    /// (anything but GET, HEAD, OPTIONS, TRACE) that gets a `2xx` or `3xx` invalidates the
+    /// entry of its target URI and of its `Location` and `Content-Location` when they are on
+    /// the same origin, through [`Cache::invalidate`](crate::Cache::invalidate) (run to the end
+    /// whatever happens to the request, queued and retried when the store fails). The keys are
+    /// the route's keys for a GET of those URIs. Default off.
+    pub fn invalidate_unsafe(mut self, enable: bool) -> Self {
+        self.cfg().invalidate_unsafe = enable;
+        self
+    }
+
+    /// Answers a `Range` request (one byte range) from a stored `200` with a `206 Partial
+    /// Content` (`416 Range Not Satisfiable` when the range is past the end), honouring
+    /// `If-Range`. Several ranges, another unit, or a range that does not parse get the whole
+    /// `200`. On a miss the request goes to the inner service with its `Range`; a `206` it
+    /// answers is passed through, not stored (unless the key includes `Range`). Default off
+    /// (requests with `Range` bypass the cache unless the key includes it).
+    pub fn serve_ranges(mut self, enable: bool) -> Self {
+        self.cfg().ranges = enable;
+        self
+    }
+
+    /// Whether a stored response that has no `ETag` gets a strong content-hash one (so clients
+    /// can revalidate with `If-None-Match`). Default on; off in the shared-cache mode, where
+    /// the origin's validators are the only ones (a cache inventing a strong validator the
+    /// origin does not know would send it upstream in conditional requests).
+    pub fn generate_etag(mut self, enable: bool) -> Self {
+        self.cfg().etag = enable;
+        self
+    }
+
+    /// Streams every miss to the client while a copy is stored, bodies of known length too (the
+    /// default collects those first, to store them before answering). The first byte leaves as
+    /// soon as the inner service sends it. The head is sent before the store, so such a
+    /// response's `Cache-Status` never says `stored` (`fwd=uri-miss`); its
+    /// [`PendingStore`](crate::PendingStore) extension says how the store ended once the body
+    /// was consumed. Default off.
+    pub fn stream_misses(mut self, enable: bool) -> Self {
+        self.cfg().stream_misses = enable;
+        self
+    }
+}
+
 impl<S> Layer<S> for CacheLayer {
     type Service = CacheService<S>;
 

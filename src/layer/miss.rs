@@ -4,10 +4,12 @@
 use super::body::{CacheBody, Tee};
 use super::conditional;
 use super::config::RouteConfig;
+use super::freshness;
 use super::lookup::fresh_entry;
 use super::policy;
 use super::request_body::CacheRequestBody;
 use super::response::{from_entry, Answer};
+use super::revalidate;
 use super::vary::{Marker, Vary};
 use crate::cache::flight::{follow, Join, Landing, Lead, Stamp};
 use crate::entry::{now_ms, Entry, Freshness};
@@ -37,6 +39,9 @@ pub(crate) struct Missed {
     pub(crate) stamp: (u64, u64),
     /// A stale entry that may stand in for a failing handler (stale-if-error).
     pub(crate) stale: Option<(Entry, Duration)>,
+    /// A stored entry with validators: the handler gets a conditional request, and a `304`
+    /// refreshes the entry (`revalidate`).
+    pub(crate) revalidating: Option<Entry>,
     pub(crate) detail: Option<&'static str>,
 }
 
@@ -77,6 +82,7 @@ where
         marker,
         stamp: (clock, epoch),
         stale,
+        revalidating,
         detail,
     } = missed;
     let counters = cfg.cache.counters();
@@ -165,6 +171,8 @@ where
         }
     }
 
+    let mut req = req;
+    let ours = revalidate::make_conditional(revalidating.as_ref(), req.headers_mut());
     let res = match stale {
         // Stale-if-error: a stale entry may stand in for a failing or slow handler.
         Some((entry, past)) => {
@@ -192,6 +200,10 @@ where
         unparsable_tags = Some("unparsable-tags");
     }
     fill.tags = tags;
+    let (fill, res) = match revalidate::on_response(fill, revalidating, ours, res, is_head).await {
+        Ok(answer) => return Ok(answer),
+        Err(unchanged) => unchanged,
+    };
     if is_head {
         // A HEAD response has no body to store; the GET that follows will fill the entry.
         fill.decline();
@@ -201,14 +213,7 @@ where
         };
         return Ok((res.map(CacheBody::stream), outcome));
     }
-    if let Some(reason) = policy::response_unstorable(&res, &cfg.statuses, cfg.covers_range())
-        .or(unparsable_tags)
-        .or_else(|| {
-            (cfg.respect_cache_control
-                && conditional::response_ttl(res.headers()) == Some(Duration::ZERO))
-            .then_some("cache-control")
-        })
-    {
+    if let Some(reason) = policy::fill_unstorable(&cfg, &res, unparsable_tags) {
         fill.decline();
         let outcome = Outcome::Miss {
             stored: false,
@@ -232,7 +237,7 @@ where
             outcome,
         ));
     }
-    if hint.exact().is_some() {
+    if hint.exact().is_some() && !cfg.stream_misses {
         // Known length within the limit (axum's usual bodies): collect, store, then answer, so
         // `Cache-Status` can say whether it was stored and the next request hits.
         let bytes = match body.collect().await {
@@ -249,10 +254,7 @@ where
         let mut parts = parts;
         let entry = fill.entry(parts.status, &mut parts.headers, bytes.clone());
         let stored = fill.store(&entry, &vary).await;
-        let landing = match fill.shares(&vary) {
-            true => Landing::Entry(Arc::new(entry), fill.stamp()),
-            false => Landing::Unshareable,
-        };
+        let landing = freshness::landing(&fill, entry, &vary);
         fill.finish(landing).await;
         let outcome = Outcome::Miss {
             stored: stored == Some(Written::Stored),
@@ -277,10 +279,7 @@ where
                 let entry = fill.entry(status, &mut headers, bytes);
                 let stored = fill.store(&entry, &vary).await;
                 report.report(stored == Some(Written::Stored));
-                let landing = match fill.shares(&vary) {
-                    true => Landing::Entry(Arc::new(entry), fill.stamp()),
-                    false => Landing::Unshareable,
-                };
+                let landing = freshness::landing(&fill, entry, &vary);
                 fill.finish(landing).await;
             });
         }),
@@ -456,8 +455,13 @@ impl Fill {
     /// The entry for a response; adds a strong content-hash `ETag` to `headers` when the
     /// handler set none, so clients can revalidate (`If-None-Match` → 304).
     pub(crate) fn entry(&self, status: StatusCode, headers: &mut HeaderMap, body: Bytes) -> Entry {
-        if !headers.contains_key(header::ETAG) {
+        if self.cfg.etag && !headers.contains_key(header::ETAG) {
             headers.insert(header::ETAG, conditional::etag_for(&body));
+        }
+        if self.cfg.http_freshness {
+            let requested = freshness::request_time(self.started.elapsed());
+            return freshness::entry(&self.cfg, status, headers, body, requested, now_ms())
+                .with_compute_time(self.started.elapsed());
         }
         let ttl = match self.cfg.respect_cache_control {
             true => conditional::response_ttl(headers).unwrap_or(self.ttl),
@@ -465,6 +469,11 @@ impl Fill {
         };
         Entry::from_response(status, headers, body, now_ms(), ttl, self.cfg.stale_for())
             .with_compute_time(self.started.elapsed())
+    }
+
+    /// The route this fill is for.
+    pub(crate) fn cfg(&self) -> &RouteConfig {
+        &self.cfg
     }
 
     /// Whether requests that joined this fill's key (single-flight followers) may take its

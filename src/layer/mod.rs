@@ -104,15 +104,19 @@
 mod body;
 mod conditional;
 mod config;
+mod freshness;
 mod future;
+mod invalidation;
 #[allow(clippy::module_inception)]
 mod layer;
 mod lookup;
 mod miss;
 mod policy;
+mod range;
 mod refresh;
 mod request_body;
 mod response;
+mod revalidate;
 mod service;
 mod status;
 mod vary;

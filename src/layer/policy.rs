@@ -1,8 +1,10 @@
 //! What is cached, and what never is. The header fields are read by [`crate::headers`], which
 //! fails closed: a field that does not parse never reads as "no directive".
 
+use super::config::RouteConfig;
 use crate::headers::{self, CacheControl, Delta, VaryField};
 use http::{header, Request, Response, StatusCode};
+use std::time::Duration;
 
 /// Why a request must skip the cache, if it must. `covered(h)`: the route's key includes
 /// request header `h` (a credential, or `Range`), so requests carrying it have entries of their
@@ -67,6 +69,11 @@ pub(crate) fn response_unstorable<B>(
         Ok(cc) if cc.forbids_storing() => return Some("cache-control"),
         Ok(_) => {}
     }
+    vary_unstorable(h)
+}
+
+/// Why a response's `Vary` makes it unstorable, if it does: `*`, or a field that does not parse.
+pub(crate) fn vary_unstorable(h: &http::HeaderMap) -> Option<&'static str> {
     if h.contains_key(header::VARY) {
         match headers::vary(h) {
             // No request could ever be known to select it.
@@ -76,6 +83,27 @@ pub(crate) fn response_unstorable<B>(
         }
     }
     None
+}
+
+/// Why the response of a fill (a miss, a background refresh) is not stored on this route, if
+/// it is not: the shared-cache mode's rules with [`http_freshness`](RouteConfig), else the
+/// rules every route applies, then tags that do not parse (`tags`), then, with
+/// `respect_cache_control`, a lifetime of zero.
+pub(crate) fn fill_unstorable<B>(
+    cfg: &RouteConfig,
+    res: &Response<B>,
+    tags: Option<&'static str>,
+) -> Option<&'static str> {
+    if cfg.http_freshness {
+        return super::freshness::unstorable(cfg, res.status(), res.headers()).or(tags);
+    }
+    response_unstorable(res, &cfg.statuses, cfg.covers_range())
+        .or(tags)
+        .or_else(|| {
+            (cfg.respect_cache_control
+                && super::conditional::response_ttl(res.headers()) == Some(Duration::ZERO))
+            .then_some("cache-control")
+        })
 }
 
 /// Whether a `200` with `headers` would be stored on a route that caches `200` (the header

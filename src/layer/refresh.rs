@@ -4,15 +4,24 @@ use super::config::RouteConfig;
 use super::lookup::{decode_for, resolve};
 use super::miss::{collect_limited, random_token, Fill, LockGuard, Variant};
 use super::policy;
+use super::revalidate;
 use super::vary::{Marker, Vary};
 use crate::cache::flight::Landing;
-use crate::entry::{now_ms, Freshness};
+use crate::entry::{now_ms, Entry, Freshness};
 use crate::store::Written;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use std::sync::Arc;
 use tower_service::Service;
+
+/// How a refresh's request ended (before its outcome is counted).
+enum Done {
+    /// A 200 (or other storable response) stored, with whether followers may share it.
+    Stored(Written, Entry, bool),
+    /// A `304` to the conditional request made from the entry: the entry and the 304's headers.
+    NotModified(Entry, http::HeaderMap),
+}
 
 /// What a refresh needs from the request that triggered it.
 pub(crate) struct Trigger {
@@ -25,6 +34,9 @@ pub(crate) struct Trigger {
     pub(crate) stamp: (u64, u64),
     /// The `stored_at` of the entry the request was served.
     pub(crate) seen_stored_at: u64,
+    /// That entry, when the refresh may revalidate it (`revalidate`): the request becomes
+    /// conditional on its validators, and a `304` refreshes it.
+    pub(crate) entry: Option<Entry>,
 }
 
 /// Refreshes an entry in the background: at most one refresh per key in this process (and,
@@ -82,14 +94,21 @@ pub(crate) fn spawn<S, ReqB, ResB>(
                 }
             }
         }
+        let mut req = req;
+        let ours = revalidate::make_conditional(trigger.entry.as_ref(), req.headers_mut());
         let work = async {
             let mut res = inner.call(req).await.ok()?;
+            if res.status() == http::StatusCode::NOT_MODIFIED && ours {
+                if let Some(entry) = &trigger.entry {
+                    return Some(Done::NotModified(entry.clone(), res.headers().clone()));
+                }
+            }
             if cfg.tag_headers
                 && crate::headers::take_tags(res.headers_mut(), &mut fill.tags).is_err()
             {
                 return None;
             }
-            if policy::response_unstorable(&res, &cfg.statuses, cfg.covers_range()).is_some() {
+            if policy::fill_unstorable(&cfg, &res, None).is_some() {
                 return None;
             }
             let vary = Vary::of(res.headers());
@@ -97,10 +116,27 @@ pub(crate) fn spawn<S, ReqB, ResB>(
             let bytes = collect_limited(Box::pin(body), cfg.max_body_bytes).await?;
             let entry = fill.entry(parts.status, &mut parts.headers, bytes);
             let written = fill.store(&entry, &vary).await?;
-            Some((written, entry, fill.shares(&vary)))
+            Some(Done::Stored(written, entry, fill.shares(&vary)))
         };
         let counters = cfg.cache.counters();
-        match tokio::time::timeout(cfg.refresh_timeout, work).await {
+        let done = tokio::time::timeout(cfg.refresh_timeout, work).await;
+        let done = match done {
+            Ok(Some(Done::NotModified(entry, headers))) => {
+                // Revalidated: the stored entry refreshed with the 304's headers (guarded).
+                let (refreshed, written) = revalidate::refresh(fill, &entry, &headers).await;
+                match written {
+                    Some(Written::Stored) => counters.refreshes(),
+                    Some(_) => {}
+                    None => counters.refresh_failures(),
+                }
+                drop(refreshed);
+                return;
+            }
+            Ok(Some(Done::Stored(w, e, s))) => Ok(Some((w, e, s))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match done {
             Ok(Some((Written::Stored, entry, shareable))) => {
                 counters.refreshes();
                 let landing = match shareable {

@@ -4,17 +4,20 @@
 use super::body::CacheBody;
 use super::conditional;
 use super::config::RouteConfig;
+use super::freshness;
 use super::future::{Pass, ResponseFuture};
+use super::invalidation::{is_unsafe, Target};
 use super::lookup::{decode_for, resolve};
 use super::miss::{miss, Missed};
 use super::policy;
+use super::range;
 use super::refresh::{self, Trigger};
 use super::request_body::{self, Buffered, CacheRequestBody};
 use super::response::{finish, from_entry, Answer};
+use super::revalidate;
 use crate::entry::{now_ms, Entry, Freshness};
 use crate::outcome::Outcome;
 use crate::stats::RequestScope;
-use crate::store::Lookup;
 use bytes::Bytes;
 use http::{header, Method, Request, Response};
 use http_body::Body;
@@ -85,6 +88,25 @@ where
             } else {
                 policy::request_bypass(&req, |h| cfg.covers_header(h)).map(Outcome::Bypass)
             };
+        if pass == Some(Outcome::Method) && cfg.invalidate_unsafe && is_unsafe(req.method()) {
+            // An unsafe method: forwarded, then its target (and same-origin `Location`s)
+            // invalidated if it succeeded, before the response is returned.
+            let target = Target::of(&req);
+            let fut = {
+                let _enter = span.enter();
+                inner.call(req.map(CacheRequestBody::new))
+            };
+            let fut = async move {
+                let res = fut.await?;
+                target.invalidate(&cfg, res.status(), res.headers()).await;
+                Ok(finish(
+                    &cfg,
+                    &scope,
+                    (res.map(CacheBody::stream), Outcome::Method),
+                ))
+            };
+            return ResponseFuture::flow(Box::pin(fut.instrument(span)));
+        }
         if let Some(outcome) = pass {
             let fut = {
                 let _enter = span.enter();
@@ -100,8 +122,9 @@ where
         }
         let fut = async move {
             let conditions = conditional::Conditions::from_headers(req.headers());
+            let range = range::Requested::from_request(&cfg, req.method(), req.headers());
             let answer = flow(cfg.clone(), inner, req, keyed_by_body).await?;
-            Ok(conditions.apply(finish(&cfg, &scope, answer)))
+            Ok(range.apply(conditions.apply(finish(&cfg, &scope, answer))))
         };
         ResponseFuture::flow(Box::pin(fut.instrument(span)))
     }
@@ -186,15 +209,6 @@ where
     let epoch = cfg.cache.epoch();
     let base = key;
     let (lookup, key, marker) = match resolve(&cfg, &base, req.headers(), true).await {
-        // A request for a fresh response skips what was found, but its fill is still guarded.
-        Ok(r) if revalidate => (
-            Lookup {
-                value: None,
-                ..r.lookup
-            },
-            r.key,
-            r.marker,
-        ),
         Ok(r) => (r.lookup, r.key, r.marker),
         Err(_) => {
             let res = Box::pin(inner.call(req)).await?;
@@ -203,24 +217,40 @@ where
     };
     let mut detail = None;
     let mut stale: Option<(Entry, Duration)> = None;
+    // A stored entry a conditional request may revalidate (`revalidate`).
+    let mut revalidating: Option<Entry> = None;
     if let Some(raw) = &lookup.value {
         match decode_for(&cfg, raw) {
+            // A request for a fresh response skips what was found (its fill is still guarded),
+            // but may revalidate it.
+            Ok(entry) if revalidate => {
+                if revalidate::candidate(&cfg, &entry) {
+                    revalidating = Some(entry);
+                }
+            }
             Ok(entry) => {
                 let now = now_ms();
+                let (swr, sie) = (
+                    freshness::swr_window(&cfg, &entry),
+                    freshness::sie_window(&cfg, &entry),
+                );
                 let (outcome, refresh) = match entry.freshness(now) {
                     Freshness::Fresh(left) => (
                         Some(Outcome::fresh(left)),
                         !is_head && cfg.early_refresh_due(&entry, now),
                     ),
-                    Freshness::Stale(past) if past < cfg.swr => {
+                    Freshness::Stale(past) if past < swr => {
                         (Some(Outcome::stale(past, None)), !is_head)
                     }
-                    Freshness::Stale(past) if past < cfg.sie => {
+                    Freshness::Stale(past) if past < sie => {
                         stale = Some((entry.clone(), past));
                         (None, false)
                     }
                     _ => (None, false),
                 };
+                if outcome.is_none() && revalidate::candidate(&cfg, &entry) {
+                    revalidating = Some(entry.clone());
+                }
                 if let Some(outcome) = outcome {
                     let answer = from_entry(&entry, is_head, outcome, now);
                     if refresh {
@@ -231,6 +261,7 @@ where
                             tags,
                             stamp: (lookup.clock, epoch),
                             seen_stored_at: entry.stored_at_ms,
+                            entry: revalidate::candidate(&cfg, &entry).then(|| entry.clone()),
                         };
                         refresh::spawn(cfg.clone(), trigger, inner, req);
                     }
@@ -257,6 +288,7 @@ where
         marker,
         stamp: (lookup.clock, epoch),
         stale,
+        revalidating,
         detail,
     };
     Box::pin(miss(cfg, inner, req, missed)).await

@@ -20,6 +20,14 @@ pub(crate) fn header(outcome: &Outcome, name: &str) -> HeaderValue {
             detail: Some(d),
         } => format!("{name}; hit; ttl={ttl}; detail={d}"),
         Outcome::Collapsed => format!("{name}; fwd=uri-miss; collapsed"),
+        // A stale entry revalidated with a `304` (`revalidate`).
+        Outcome::Miss {
+            stored,
+            detail: Some("revalidated"),
+        } => match stored {
+            true => format!("{name}; fwd=stale; fwd-status=304; stored"),
+            false => format!("{name}; fwd=stale; fwd-status=304"),
+        },
         Outcome::Miss { stored: true, .. } => format!("{name}; fwd=uri-miss; stored"),
         Outcome::Miss {
             stored: false,

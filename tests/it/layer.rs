@@ -610,7 +610,7 @@ async fn outdated_entries_are_plain_misses(b: Backend) {
         .encode()
         .unwrap()
         .to_vec();
-        assert_eq!(raw[3], 3, "the current entry version");
+        assert_eq!(raw[3], 4, "the current entry version");
         raw[3] = 1;
         raw
     };

@@ -39,6 +39,7 @@ mod properties;
 ))]
 mod seal;
 mod security;
+mod shared_cache;
 #[cfg(feature = "axum")]
 mod spans;
 mod stampede;

@@ -947,20 +947,27 @@ fn entry() -> impl Strategy<Value = Entry> {
         prop::collection::vec(any::<u8>(), 0..300),
         (any::<u64>(), any::<u64>(), any::<u64>()),
         any::<u32>(),
+        (any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>()),
     )
-        .prop_map(|(status, headers, body, (a, b, c), compute_ms)| {
-            let mut t = [a, b, c];
-            t.sort_unstable();
-            Entry {
-                status,
-                headers,
-                body: Bytes::from(body),
-                stored_at_ms: t[0],
-                fresh_until_ms: t[1],
-                stale_until_ms: t[2],
-                compute_ms,
-            }
-        })
+        .prop_map(
+            |(status, headers, body, (a, b, c), compute_ms, (age, no_stale, swr, sie))| {
+                let mut t = [a, b, c];
+                t.sort_unstable();
+                Entry {
+                    status,
+                    headers,
+                    body: Bytes::from(body),
+                    stored_at_ms: t[0],
+                    fresh_until_ms: t[1],
+                    stale_until_ms: t[2],
+                    compute_ms,
+                    initial_age_ms: age,
+                    no_stale,
+                    stale_while_revalidate_s: swr,
+                    stale_if_error_s: sie,
+                }
+            },
+        )
 }
 
 #[derive(Clone, Debug)]
@@ -986,7 +993,7 @@ proptest! {
     /// Any bytes decode to an entry or an error, never a panic.
     #[test]
     fn decode_arbitrary_bytes_never_panics(raw in prop::collection::vec(any::<u8>(), 0..200)) {
-        let mut with_magic = b"TVC\x03".to_vec();
+        let mut with_magic = b"TVC\x04".to_vec();
         with_magic.extend_from_slice(&raw);
         for bytes in [raw, with_magic] {
             if let Ok(e) = Entry::decode(&Bytes::from(bytes)) {
