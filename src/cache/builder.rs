@@ -232,6 +232,7 @@ impl CacheBuilder {
                 counters,
                 retry: RetryQueue::new(self.retry_capacity, self.retry_give_up),
                 flights: Flights::default(),
+                failures: Default::default(),
                 log_raw_keys: self.log_raw_keys,
                 epoch: std::sync::atomic::AtomicU64::new(0),
                 l1,

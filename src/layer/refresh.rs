@@ -14,6 +14,15 @@ use http_body::Body;
 use std::sync::Arc;
 use tower_service::Service;
 
+/// What a refresh's handler run ended with.
+enum Refreshed {
+    /// A response the route stores: how the write went, the entry, whether the followers of the
+    /// refresh may take it.
+    Stored(Written, crate::entry::Entry, bool),
+    /// A 5xx the route shares with the followers (status, headers, complete body).
+    Failed(http::StatusCode, http::HeaderMap, Bytes),
+}
+
 /// What a refresh needs from the request that triggered it.
 pub(crate) struct Trigger {
     /// The route's key, and where the entry lives (the variant's key when a marker was found).
@@ -89,19 +98,25 @@ pub(crate) fn spawn<S, ReqB, ResB>(
             {
                 return None;
             }
+            let vary = Vary::of(res.headers());
+            if cfg.shares_failure(&res) && fill.shares(&vary) {
+                // Requests that missed meanwhile follow this refresh: they share its failure.
+                let (parts, body) = res.into_parts();
+                let bytes = collect_limited(Box::pin(body), cfg.max_body_bytes).await?;
+                return Some(Refreshed::Failed(parts.status, parts.headers, bytes));
+            }
             if policy::response_unstorable(&res, &cfg.statuses, cfg.covers_range()).is_some() {
                 return None;
             }
-            let vary = Vary::of(res.headers());
             let (mut parts, body) = res.into_parts();
             let bytes = collect_limited(Box::pin(body), cfg.max_body_bytes).await?;
             let entry = fill.entry(parts.status, &mut parts.headers, bytes);
             let written = fill.store(&entry, &vary).await?;
-            Some((written, entry, fill.shares(&vary)))
+            Some(Refreshed::Stored(written, entry, fill.shares(&vary)))
         };
         let counters = cfg.cache.counters();
         match tokio::time::timeout(cfg.refresh_timeout, work).await {
-            Ok(Some((Written::Stored, entry, shareable))) => {
+            Ok(Some(Refreshed::Stored(Written::Stored, entry, shareable))) => {
                 counters.refreshes();
                 let landing = match shareable {
                     true => Landing::Entry(Arc::new(entry), fill.stamp()),
@@ -109,11 +124,16 @@ pub(crate) fn spawn<S, ReqB, ResB>(
                 };
                 fill.finish(landing).await;
             }
-            Ok(Some((_, _, _))) => {
+            Ok(Some(Refreshed::Stored(..))) => {
                 // Refused by the guard: the key was invalidated while the refresh ran (the store
                 // counted it as superseded); the next request fills it anew.
                 tracing::debug!(namespace = %cfg.cache.namespace(), "background refresh superseded by an invalidation");
                 fill.decline();
+            }
+            Ok(Some(Refreshed::Failed(status, headers, body))) => {
+                counters.refresh_failures();
+                tracing::debug!(namespace = %cfg.cache.namespace(), %status, "background refresh failed; the stale entry stays");
+                fill.fail(status, &headers, body).await;
             }
             _ => {
                 counters.refresh_failures();

@@ -58,7 +58,7 @@ struct Rate {
 }
 
 /// The error of a loader calling the upstream.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 struct UpstreamError(u16);
 
 /// The loader: `GET {base}/rates/eur-usd` on the mock, parsed as JSON.

@@ -10,6 +10,7 @@ mod support;
 mod breaker;
 mod cluster;
 mod eviction;
+mod flight;
 mod function;
 mod glob;
 mod headers;

@@ -339,7 +339,8 @@ async fn scripted_sequence_counts_exactly() {
 
     // the function cache: a miss, then a hit (no route)
     for _ in 0..2 {
-        let v: Result<u32, std::io::Error> = cache.get_or_set("fn:1", || async { Ok(7) }).await;
+        let v: Result<u32, std::sync::Arc<std::io::Error>> =
+            cache.get_or_set("fn:1", || async { Ok(7) }).await;
         assert_eq!(v.unwrap(), 7);
     }
 
