@@ -8,6 +8,8 @@
 mod support;
 
 mod breaker;
+#[cfg(all(feature = "testing", feature = "axum"))]
+mod cancellation;
 mod cluster;
 mod eviction;
 mod flight;
