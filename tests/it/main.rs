@@ -25,6 +25,8 @@ mod layer;
 mod macros;
 #[cfg(all(feature = "metrics", feature = "axum"))]
 mod observability;
+#[cfg(all(feature = "testing", feature = "axum"))]
+mod owed;
 mod post_body;
 mod properties;
 #[cfg(all(
