@@ -43,3 +43,4 @@ mod stampede;
 #[cfg(feature = "testing")]
 mod testing;
 mod vary;
+mod write_paths;
