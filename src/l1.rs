@@ -151,6 +151,10 @@ pub struct L1Stats {
     pub misses: u64,
     /// Reads that skipped L1 because it was deaf (subscription down).
     pub bypassed: u64,
+    /// Reads that skipped L1 because its announcements were not confirmed within
+    /// [`l1_max_lag`](crate::CacheBuilder::l1_max_lag) (they went to the store; see
+    /// [the bound](self#the-bound-across-instances)).
+    pub lagging: u64,
     /// Entries put into L1.
     pub fills: u64,
     /// Entries in L1 (approximate: expired and dropped entries leave it lazily).
@@ -165,13 +169,31 @@ pub struct L1Stats {
     pub subscriptions_lost: u64,
 }
 
+/// The default [`CacheBuilder::l1_max_lag`](crate::CacheBuilder::l1_max_lag).
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(1);
+
 /// L1 settings collected by the builder.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Config {
     /// Capacity and TTL of the tier, if on.
     pub(crate) tier: Option<(u64, Duration)>,
     /// Whether to announce invalidations (default: with a tier).
     pub(crate) publish: Option<bool>,
+    /// How far behind the announcements a tier may be and still serve ([`Lag`]).
+    pub(crate) max_lag: Duration,
+    /// Whether invalidations wait `max_lag` after their announcement before they return.
+    pub(crate) strict: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            tier: None,
+            publish: None,
+            max_lag: DEFAULT_MAX_LAG,
+            strict: false,
+        }
+    }
 }
 
 /// A cache's L1 machinery: its tier (if on) and how it announces invalidations.
@@ -179,6 +201,8 @@ pub(crate) struct State {
     tier: Option<Arc<Tier>>,
     bus: Option<Arc<dyn InvalidationBus>>,
     publish: bool,
+    /// `l1_strict`: what an announcing invalidation waits before it returns.
+    strict_wait: Option<Duration>,
     id: u64,
     channel: String,
 }
@@ -207,7 +231,7 @@ impl State {
                     store.name()
                 )
             });
-            Tier::new(capacity, ttl, id, namespace, &channel, bus.as_ref())
+            Tier::new(capacity, ttl, id, namespace, &channel, bus.clone(), cfg.max_lag)
         });
         let publish = match &bus {
             // Free: every cache on an in-process bus announces.
@@ -215,13 +239,24 @@ impl State {
             Some(_) => cfg.publish.unwrap_or(tier.is_some()),
             None => false,
         };
+        // A local bus delivers before `publish` returns: nothing to wait for.
+        let strict_wait = (cfg.strict && publish && bus.as_ref().is_some_and(|b| !b.is_local()))
+            .then_some(cfg.max_lag);
         Self {
             tier,
             bus,
             publish,
+            strict_wait,
             id,
             channel,
         }
+    }
+
+    /// With [`CacheBuilder::l1_strict`](crate::CacheBuilder::l1_strict): how long an
+    /// invalidation that was announced waits before it returns, so that every instance's L1 has
+    /// applied it or stopped serving ([`Lag`]).
+    pub(crate) fn strict_wait(&self) -> Option<Duration> {
+        self.strict_wait
     }
 
     /// Statistics of the tier, if on.
@@ -307,6 +342,7 @@ impl State {
         let message = Message {
             from: self.id,
             op: Op::of(target),
+            probe: None,
         };
         // A message of strings and a number always serializes.
         let payload = serde_json::to_vec(&message).ok()?;
@@ -359,6 +395,7 @@ struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
     bypassed: AtomicU64,
+    lagging: AtomicU64,
     fills: AtomicU64,
     messages: AtomicU64,
     subscriptions: AtomicU64,
@@ -381,6 +418,62 @@ pub(crate) struct Tier {
     counters: Counters,
     /// The bus subscription (set once, right after the tier is created).
     subscription: OnceLock<Subscription>,
+    /// The bus and channel (probes are published on it).
+    bus: Arc<dyn InvalidationBus>,
+    channel: String,
+    /// How far behind the announcements this tier is; None on a bus that gives no order to go
+    /// by (a custom one) or that delivers before `publish` returns (a local one).
+    lag: Option<Lag>,
+}
+
+/// How long a probe's `PUBLISH` may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How far behind the announcements a tier is: what [`CacheBuilder::l1_max_lag`] bounds.
+///
+/// On an ordered bus ([`InvalidationBus::ordered`]: on Valkey, one server puts every `PUBLISH` of
+/// a channel in one order, and on a cluster every `PUBLISH` of the channel goes to the primary
+/// of its slot, which forwards them to the other nodes over one link each, in order), a tier
+/// publishes a *probe* on the invalidation channel itself, carrying the instant it sent it. When
+/// its probe comes back, every announcement whose `PUBLISH` was acknowledged before the probe was
+/// sent has been delivered, and applied, before it. `confirmed` is the send instant of the
+/// latest probe back: every invalidation announced before it has been applied here. A lookup
+/// serves from L1 only while `now - confirmed <= max_lag`; otherwise it reads the store. Probes
+/// are sent by lookups (none while the tier is idle), at most every `max_lag / 4`; a
+/// subscription that (re)starts counts as confirmed (L1 was flushed).
+///
+/// [`CacheBuilder::l1_max_lag`]: crate::CacheBuilder::l1_max_lag
+struct Lag {
+    base: std::time::Instant,
+    max_ns: u64,
+    every_ns: u64,
+    /// Nanoseconds from `base` to the send instant of the latest probe back (or the latest
+    /// subscription).
+    confirmed: AtomicU64,
+    /// Nanoseconds from `base` to the latest probe sent.
+    last_probe: AtomicU64,
+}
+
+impl Lag {
+    fn new(max_lag: Duration) -> Self {
+        let ns = |d: Duration| d.as_nanos().min(u64::MAX as u128) as u64;
+        Self {
+            base: std::time::Instant::now(),
+            max_ns: ns(max_lag),
+            every_ns: ns((max_lag / 4).max(Duration::from_millis(5))),
+            confirmed: AtomicU64::new(0),
+            last_probe: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_nanos().min(u64::MAX as u128) as u64
+    }
+
+    /// Every announcement made before `at` (nanoseconds from `base`) has been applied.
+    fn confirm(&self, at: u64) {
+        self.confirmed.fetch_max(at, Ordering::AcqRel);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -389,10 +482,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// An invalidation as announced on the bus.
+///
+/// A **probe** (see [`Lag`]) is a message whose `probe` is set (the instant its sender sent it)
+/// and whose `op` is an empty key list: versions of the crate that do not know probes apply it
+/// as a no-op (serde skips the unknown field).
 #[derive(Debug, Serialize, Deserialize)]
 struct Message {
     from: u64,
     op: Op,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    probe: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -420,8 +519,10 @@ impl Tier {
         id: u64,
         namespace: &str,
         channel: &str,
-        bus: &dyn InvalidationBus,
+        bus: Arc<dyn InvalidationBus>,
+        max_lag: Duration,
     ) -> Arc<Self> {
+        let lag = (bus.ordered() && !bus.is_local()).then(|| Lag::new(max_lag));
         let tier = Arc::new(Tier {
             entries: moka::sync::Cache::builder()
                 .max_capacity(capacity)
@@ -437,11 +538,54 @@ impl Tier {
             listening: AtomicBool::new(false),
             counters: Counters::default(),
             subscription: OnceLock::new(),
+            bus: bus.clone(),
+            channel: channel.to_owned(),
+            lag,
         });
         let sink: Arc<dyn BusSink> = tier.clone();
         let subscription = bus.subscribe(channel, Arc::downgrade(&sink));
         let _ = tier.subscription.set(subscription);
         tier
+    }
+
+    /// Whether this tier's announcements are confirmed within `max_lag` (always, without a
+    /// [`Lag`]); sends a probe if one is due.
+    fn caught_up(&self) -> bool {
+        let Some(lag) = &self.lag else {
+            return true;
+        };
+        let now = lag.now();
+        let last = lag.last_probe.load(Ordering::Acquire);
+        if now.saturating_sub(last) >= lag.every_ns
+            && lag
+                .last_probe
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.probe(now);
+        }
+        now.saturating_sub(lag.confirmed.load(Ordering::Acquire)) <= lag.max_ns
+    }
+
+    /// Publishes a probe sent at `at` (see [`Lag`]), from a task of its own (a lookup never
+    /// waits for it). Without a Tokio runtime, none is sent.
+    fn probe(&self, at: u64) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let message = Message {
+            from: self.id,
+            op: Op::Keys(Vec::new()),
+            probe: Some(at),
+        };
+        // A message of strings and numbers always serializes.
+        let Ok(payload) = serde_json::to_vec(&message) else {
+            return;
+        };
+        let (bus, channel) = (self.bus.clone(), self.channel.clone());
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(PROBE_TIMEOUT, bus.publish(&channel, &payload)).await;
+        });
     }
 
     fn ensure_listener(&self) {
@@ -475,6 +619,12 @@ impl Tier {
         if !self.listening.load(Ordering::SeqCst) {
             self.counters.bypassed.fetch_add(1, Ordering::Relaxed);
             return Err(None);
+        }
+        if !self.caught_up() {
+            // Announcements may be missing: read the store (its value may still fill L1: a
+            // message that arrives later removes it, and hits wait for the next confirmation).
+            self.counters.lagging.fetch_add(1, Ordering::Relaxed);
+            return Err(Some(self.ticket(key)));
         }
         match self.entries.get(key) {
             Some(slot) => {
@@ -574,6 +724,11 @@ impl Tier {
     fn hear(&self) {
         self.exclusive(|| {
             self.entries.invalidate_all();
+            // Flushed: nothing here predates the subscription, which delivers every
+            // announcement from now on.
+            if let Some(lag) = &self.lag {
+                lag.confirm(lag.now());
+            }
             self.listening.store(true, Ordering::SeqCst);
         });
         self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -591,7 +746,18 @@ impl Tier {
     /// Applies a message from the channel.
     fn apply(&self, payload: &[u8]) {
         match serde_json::from_slice::<Message>(payload) {
-            Ok(m) if m.from == self.id => {}
+            // Our own probe, back: every announcement published before it was applied.
+            Ok(Message {
+                from,
+                probe: Some(at),
+                ..
+            }) if from == self.id => {
+                if let Some(lag) = &self.lag {
+                    lag.confirm(at);
+                }
+            }
+            // Another instance's probe (a no-op), or our own announcement (applied already).
+            Ok(m) if m.probe.is_some() || m.from == self.id => {}
             Ok(m) => {
                 self.counters.messages.fetch_add(1, Ordering::Relaxed);
                 self.forget(&m.op);
@@ -612,6 +778,7 @@ impl Tier {
             hits: c.hits.load(Ordering::Relaxed),
             misses: c.misses.load(Ordering::Relaxed),
             bypassed: c.bypassed.load(Ordering::Relaxed),
+            lagging: c.lagging.load(Ordering::Relaxed),
             fills: c.fills.load(Ordering::Relaxed),
             entries: self.entries.entry_count(),
             listening: self.listening.load(Ordering::SeqCst),

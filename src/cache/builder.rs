@@ -194,6 +194,37 @@ impl CacheBuilder {
         self
     }
 
+    /// How far behind the invalidation announcements this cache's L1 may be and still serve:
+    /// a read answered from L1 at time `t` has applied every invalidation any instance
+    /// acknowledged before `t - max_lag`. Default 1 s
+    /// ([`DEFAULT_MAX_LAG`](crate::l1::DEFAULT_MAX_LAG)).
+    ///
+    /// The tier checks it by sending itself a probe on the invalidation channel (at most every
+    /// `max_lag / 4`, only while it serves reads): announcements on Valkey reach each subscriber
+    /// in order, so when its probe is back every earlier announcement has been applied. While
+    /// no probe came back within `max_lag` (a slow subscriber, a slow or frozen Valkey), reads
+    /// skip L1 and go to the store ([`L1Stats::lagging`](crate::l1::L1Stats::lagging)). See
+    /// [the bound](crate::l1#the-bound-across-instances). `Duration::MAX` turns the bound off
+    /// (then only the heartbeat and the L1 TTL bound it).
+    pub fn l1_max_lag(mut self, max_lag: Duration) -> Self {
+        self.l1.max_lag = max_lag;
+        self
+    }
+
+    /// Strict invalidations across instances: an invalidation this cache announces returns only
+    /// once [`l1_max_lag`](Self::l1_max_lag) has passed since its announcement was published.
+    /// Then **no read that starts after it returns, in any instance, is served an older entry
+    /// from L1**: every instance has either applied the announcement or stopped serving from
+    /// L1 until it has. Costs every announced invalidation (a write through `InvalidateLayer`,
+    /// `Cache::invalidate*`) `max_lag` of latency: pair it with a short `l1_max_lag` (100-250
+    /// ms), and give every instance sharing the namespace the same `l1_max_lag`. Default off.
+    /// Needs a store whose bus is ordered ([`ValkeyStore`](crate::ValkeyStore)); on a
+    /// `MemoryStore` announcements are applied before the call returns anyway.
+    pub fn l1_strict(mut self, strict: bool) -> Self {
+        self.l1.strict = strict;
+        self
+    }
+
     /// Whether this cache announces its invalidations to the L1 tiers of other instances.
     /// Default: on with [`l1`](Self::l1), off without. Turn it on in every process without L1
     /// that invalidates a namespace other instances serve from L1 (workers, admin tools). Each

@@ -20,6 +20,7 @@ mod http_semantics;
 mod invalidate;
 #[cfg(feature = "axum")]
 mod l1;
+mod l1_lag;
 mod layer;
 #[cfg(feature = "macros")]
 mod macros;
