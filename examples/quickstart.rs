@@ -13,6 +13,7 @@
 //! ```text
 //! curl -i localhost:3000/users/1                 # fwd=uri-miss; stored (about 50 ms)
 //! curl -i localhost:3000/users/1                 # hit (fast)
+//! curl -i --compressed localhost:3000/users/1    # the same hit, gzipped, with its own x-request-id
 //! curl -i -X PUT localhost:3000/users/1 -H 'content-type: application/json' -d '{"name":"Ada L."}'
 //! curl -i localhost:3000/users/1                 # miss with version 2, then hits
 //! curl -i 'localhost:3000/users/1/posts?page=2'  # cached per user and page
@@ -28,6 +29,12 @@
 //! (`page=0`, `page=x`, `page` twice) is answered by the handler every time: its 400 is not
 //! stored, and a typed hole that does not parse serves it uncached (`detail=key-rejected`).
 //!
+//! Around the routes sit the tower-http middleware a real service runs, in the order README ›
+//! Composing with tower-http explains: a request id (set, then copied to the response), a
+//! request span with the cache's span inside it, a timeout, and compression outside the cache
+//! (entries are stored once, uncompressed; `curl --compressed` gets them gzipped). Only the
+//! `CacheLayer`s sit on the routes.
+//!
 //! Ctrl-C stops it gracefully.
 
 use axum::{
@@ -41,6 +48,11 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tower::ServiceBuilder;
+use tower_http::compression::CompressionLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 use tower_valkey_cache::{Cache, CacheLayer, InvalidateLayer, MemoryStore, ValkeyStore};
 
 /// The example's database: users by id, with a version bumped by every write.
@@ -180,6 +192,19 @@ pub fn app(cache: Cache, db: Db) -> Router {
         )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(db)
+        // Outermost first. Everything here wraps the cache, so it applies to hits too: each
+        // response gets its own request id, span and timeout, and is compressed for its client.
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(TraceLayer::new_for_http())
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Duration::from_secs(10),
+                ))
+                .layer(CompressionLayer::new()),
+        )
 }
 
 #[tokio::main]
@@ -187,7 +212,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_valkey_cache=info".into()),
+                .unwrap_or_else(|_| "info,tower_http=debug,tower_valkey_cache=info".into()),
         )
         .init();
 

@@ -1,4 +1,5 @@
-//! The stored form of a cache entry: one versioned binary encoding used by every store.
+//! The stored form of a cache entry: one versioned binary encoding used by every store (public
+//! with feature `unstable` only: the format is outside semver).
 //!
 //! An [`Entry`] is what [`CacheLayer`](crate::CacheLayer) stores for a response and what
 //! [`Cache::get_or_set`](crate::Cache) stores for a value: a status, end-to-end headers, a body and

@@ -25,7 +25,7 @@
 //! entries (stale-while-revalidate, stale-if-error) are always served from the store, and the
 //! refresh they trigger is guarded by the store's current invalidation clock.
 //!
-//! # Granularity: one L1 per [`Cache`]
+//! # Granularity: one L1 per [`Cache`](crate::Cache)
 //!
 //! The L1 belongs to the `Cache` (one namespace), not to a route: every layer and the function
 //! cache on that `Cache` share it. Coherence is per namespace anyway (one invalidation clock, one
@@ -62,7 +62,7 @@
 //!
 //! **Every process that invalidates a namespace some instance serves from L1 must announce its
 //! invalidations**: caches with L1 do; a process without L1 (a worker, an admin tool) sharing the
-//! namespace needs [`CacheBuilder::publish_invalidations`]`(true)`.
+//! namespace needs [`CacheBuilder::publish_invalidations`](crate::CacheBuilder::publish_invalidations)`(true)`.
 //!
 //! Fills and invalidations race safely: a fill (a store read that found a value, or a stored
 //! write) is put into L1 only if no invalidation of its key, no pattern or tag invalidation and no
@@ -87,8 +87,8 @@
 //!
 //! On a [`MemoryStore`](crate::MemoryStore) (one process) the announcement is a synchronous call
 //! to the other caches sharing the store, so L1 there is simply an in-process layer that is never
-//! deaf. A custom [`Store`](crate::store::Store) supports L1 by returning an
-//! [`InvalidationBus`] from [`Store::bus`](crate::store::Store::bus) (one
+//! deaf. A custom [`Store`] supports L1 by returning an
+//! [`InvalidationBus`] from [`Store::bus`] (one
 //! [`LocalBus`](crate::store::LocalBus) if it lives in one process); without one,
 //! [`CacheBuilder::l1`](crate::CacheBuilder::l1) panics at `build`.
 //!
@@ -141,7 +141,7 @@ use std::time::Duration;
 /// Key stripes of the fill guard (a key invalidation only aborts fills of keys in its stripe).
 const STRIPES: usize = 64;
 
-/// A snapshot of a cache's L1 tier ([`Cache::l1_stats`]).
+/// A snapshot of a cache's L1 tier ([`Cache::l1_stats`](crate::Cache::l1_stats)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct L1Stats {

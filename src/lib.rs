@@ -36,7 +36,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
-/// The stored entry format (feature `unstable`: outside semver).
 #[cfg(feature = "unstable")]
 #[cfg_attr(docsrs, doc(cfg(feature = "unstable")))]
 pub mod entry;

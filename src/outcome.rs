@@ -1,32 +1,32 @@
-//! [`Outcome`]: what the cache did for one request, recorded once.
-//!
-//! [`CacheLayer`](crate::CacheLayer) decides one outcome per request and hands it to one place
-//! that writes the `Cache-Status` header, the request span's `outcome` field, the
-//! [`Stats`](crate::Stats) counters and the OpenTelemetry `cache.requests` instrument, and
-//! inserts the outcome into the response's extensions, where [`Cache::warm`](crate::Cache::warm),
-//! tests and applications read it without parsing a header:
-//!
-//! ```
-//! use axum::{body::Body, routing::get, Router};
-//! use tower::ServiceExt;
-//! use tower_valkey_cache::{Cache, CacheLayer, MemoryStore, Outcome};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let cache = Cache::new(MemoryStore::new());
-//! let app = Router::new().route("/", get(|| async { "hi" }).route_layer(CacheLayer::new(cache)));
-//! let get = || http::Request::get("/").body(Body::empty()).unwrap();
-//! let first = app.clone().oneshot(get()).await.unwrap();
-//! assert!(matches!(first.extensions().get::<Outcome>(), Some(Outcome::Miss { stored: true, .. })));
-//! let second = app.oneshot(get()).await.unwrap();
-//! assert!(second.extensions().get::<Outcome>().unwrap().is_fresh_hit());
-//! # }
-//! ```
+//! [`Outcome`]: what the cache did for one request, recorded once (the docs are on the type).
 
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// What the cache did for one request. See the [module docs](self).
+/// What the cache did for one request, recorded once.
+///
+/// [`CacheLayer`](crate::CacheLayer) decides one outcome per request and hands it to one place
+/// that writes the `Cache-Status` header, the request span's `outcome` field, the
+/// [`Stats`](crate::Stats) counters and the OpenTelemetry `cache.requests` instrument, and
+/// inserts the outcome into the response's extensions, where [`Cache::warm`](crate::Cache::warm),
+/// tests and applications read it without parsing a header:
+///
+/// ```
+/// use axum::{body::Body, routing::get, Router};
+/// use tower::ServiceExt;
+/// use tower_valkey_cache::{Cache, CacheLayer, MemoryStore, Outcome};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cache = Cache::new(MemoryStore::new());
+/// let app = Router::new().route("/", get(|| async { "hi" }).route_layer(CacheLayer::new(cache)));
+/// let get = || http::Request::get("/").body(Body::empty()).unwrap();
+/// let first = app.clone().oneshot(get()).await.unwrap();
+/// assert!(matches!(first.extensions().get::<Outcome>(), Some(Outcome::Miss { stored: true, .. })));
+/// let second = app.oneshot(get()).await.unwrap();
+/// assert!(second.extensions().get::<Outcome>().unwrap().is_fresh_hit());
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Outcome {

@@ -1,13 +1,13 @@
 //! Compression and encryption at rest: what a [`Cache`](crate::Cache) does to an encoded
-//! [`Entry`](crate::entry::Entry) between it and the store.
+//! [`Entry`] between it and the store.
 //!
 //! Both are cargo features, off by default, and configured per `Cache`:
 //!
-//! - **`compression`**: [`CacheBuilder::compression`](crate::CacheBuilder::compression) stores
+//! - **`compression`**: [`CacheBuilder::compression`] stores
 //!   entries whose encoding is at least [`Compression::threshold`] bytes LZ4-compressed (kept as
 //!   they are when compression does not shrink them, as with images or already-compressed
 //!   bodies), and decompresses them on read, never past [`Compression::max_size`].
-//! - **`encryption`**: [`CacheBuilder::encryption`](crate::CacheBuilder::encryption) seals every
+//! - **`encryption`**: [`CacheBuilder::encryption`] seals every
 //!   entry with AES-256-GCM under the current key of a [`Keyring`]; older keys of the ring still
 //!   open the entries they sealed (rotation). An entry that does not authenticate (tampered,
 //!   truncated, sealed under a key the ring does not hold, copied from another key, or not
@@ -56,7 +56,7 @@
 //! # Format
 //!
 //! An entry that is neither compressed nor encrypted is stored as the plain
-//! [entry encoding](crate::entry) (version 3; version 1 entries, written when keys meant
+//! [entry encoding][`Entry`] (version 3; version 1 entries, written when keys meant
 //! something else, read as misses). A transformed one is an envelope:
 //!
 //! ```text
@@ -111,6 +111,37 @@
 //! decodes the plain entry, as without this module, and pays neither cost. L1 is process memory,
 //! which holds the served responses anyway; its capacity counts entries, not bytes, so size it
 //! for uncompressed entries.
+//!
+// Links to items that exist only with a feature: to the item when it is built, otherwise to its
+// page on docs.rs (built with every feature), so the docs of every feature set have no broken
+// link.
+#![cfg_attr(feature = "unstable", doc = "[`Entry`]: crate::entry::Entry")]
+#![cfg_attr(
+    not(feature = "unstable"),
+    doc = "[`Entry`]: https://docs.rs/tower-valkey-cache/latest/tower_valkey_cache/entry/struct.Entry.html"
+)]
+#![cfg_attr(
+    feature = "compression",
+    doc = "[`CacheBuilder::compression`]: crate::CacheBuilder::compression",
+    doc = "[`Compression::threshold`]: Compression::threshold",
+    doc = "[`Compression::max_size`]: Compression::max_size"
+)]
+#![cfg_attr(
+    not(feature = "compression"),
+    doc = "[`CacheBuilder::compression`]: https://docs.rs/tower-valkey-cache/latest/tower_valkey_cache/struct.CacheBuilder.html#method.compression",
+    doc = "[`Compression::threshold`]: https://docs.rs/tower-valkey-cache/latest/tower_valkey_cache/seal/struct.Compression.html#method.threshold",
+    doc = "[`Compression::max_size`]: https://docs.rs/tower-valkey-cache/latest/tower_valkey_cache/seal/struct.Compression.html#method.max_size"
+)]
+#![cfg_attr(
+    feature = "encryption",
+    doc = "[`CacheBuilder::encryption`]: crate::CacheBuilder::encryption",
+    doc = "[`Keyring`]: Keyring"
+)]
+#![cfg_attr(
+    not(feature = "encryption"),
+    doc = "[`CacheBuilder::encryption`]: https://docs.rs/tower-valkey-cache/latest/tower_valkey_cache/struct.CacheBuilder.html#method.encryption",
+    doc = "[`Keyring`]: https://docs.rs/tower-valkey-cache/latest/tower_valkey_cache/seal/struct.Keyring.html"
+)]
 
 use crate::entry::DecodeError;
 use crate::store::KeySpace;

@@ -9,7 +9,9 @@
 //!   or corrupts what reads return;
 //! - [`CacheStatus`] parses the `Cache-Status` response header (RFC 9211) that
 //!   [`CacheLayer`](crate::CacheLayer) sets;
-//! - [`StatsDelta`] is the difference between two [`Cache::stats`] snapshots.
+//! - [`StatsDelta`] is the difference between two [`Cache::stats`] snapshots;
+//! - [`conformance`] checks a store of your own (or a wrapper of one) against the [`Store`]
+//!   contract, with the checks the crate's own stores pass.
 //!
 //! Enable it in `[dev-dependencies]`:
 //!
@@ -63,6 +65,8 @@
 //! would in production, so faults show on L1 misses only.) A [`FaultyStore`] keeps every
 //! capability of the store it wraps: [bounded namespaces](crate::eviction) (with the same
 //! faults) and the L1 invalidation bus.
+
+pub mod conformance;
 
 use crate::store::ranked::{RankedSpace, Spec};
 use crate::store::{

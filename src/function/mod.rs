@@ -2,7 +2,7 @@
 //! queries, external APIs), and batch operations.
 //!
 //! Values are serialized with serde (JSON by default; the codec is recorded in the entry and every
-//! read decodes with it) inside the same [entry](crate::entry)
+//! read decodes with it) inside the same entry
 //! format the response cache uses, so they get the same freshness, stale window, invalidation
 //! guard, single-flight and fail-open behaviour:
 //!

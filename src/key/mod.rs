@@ -82,7 +82,7 @@
 //!
 //! # Keys from extractors
 //!
-//! [`CacheLayer::key_from`](crate::CacheLayer::key_from) runs an axum extractor
+//! [`CacheLayer::key_from`] (feature `axum`) runs an axum extractor
 //! (`FromRequestParts`) on the request and builds the key from what it extracted, the value the
 //! handler sees:
 //!
@@ -115,6 +115,16 @@
 //! Any `Fn(&http::request::Parts) -> Option<String>` is a [`KeyStrategy`]; `None` means "do not
 //! cache this request". Its output is used as it is, only bounded in length: keeping different
 //! requests apart is its author's responsibility (escape user input with [`escape`]).
+//!
+// `key_from` exists with feature `axum`: without it, the link goes to docs.rs (every feature).
+#![cfg_attr(
+    feature = "axum",
+    doc = "[`CacheLayer::key_from`]: crate::CacheLayer::key_from"
+)]
+#![cfg_attr(
+    not(feature = "axum"),
+    doc = "[`CacheLayer::key_from`]: https://docs.rs/tower-valkey-cache/latest/tower_valkey_cache/struct.CacheLayer.html#method.key_from"
+)]
 
 mod escape;
 #[cfg(feature = "axum")]

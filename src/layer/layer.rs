@@ -208,6 +208,7 @@ impl CacheLayer {
     /// );
     /// ```
     #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
     pub fn key_from<E, F, K>(self, f: F) -> Self
     where
         E: axum::extract::FromRequestParts<()> + 'static,
@@ -220,6 +221,7 @@ impl CacheLayer {
     /// [`key_from`](Self::key_from) for extractors that need the application's state
     /// (`FromRequestParts<S>`): pass the state the router is built with.
     #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
     pub fn key_from_with_state<S, E, F, K>(mut self, state: S, f: F) -> Self
     where
         S: Send + Sync + 'static,

@@ -33,7 +33,7 @@
 //! 3. The key is derived ([`key`](crate::key)); a template that does not fit the route is logged
 //!    once and the request is served uncached (`fwd=bypass; detail=key-error`), and so is a
 //!    request holding a value its handler would reject: a typed hole (`{id:u64}`) that does not
-//!    parse, an extractor key ([`key_from`](CacheLayer::key_from)) whose extractor rejects
+//!    parse, an extractor key ([`key_from`][`CacheLayer::key_from`], feature `axum`) whose extractor rejects
 //!    (`fwd=bypass; detail=key-rejected`).
 //! 4. A fresh entry is a hit (`hit; ttl=N`, with `Age`); HEAD is answered from the GET entry.
 //! 5. Otherwise the handler runs. Its response is stored if its status is configured (200 by
@@ -98,6 +98,16 @@
 //!   values clients send. Vary on headers with few values (`Accept-Language` as the clients of a
 //!   site send it, `Accept-Encoding` after reduction), not on `User-Agent`; a bounded
 //!   namespace ([`eviction`](CacheLayer::eviction)) caps the total.
+//!
+// `key_from` exists with feature `axum`: without it, the link goes to docs.rs (every feature).
+#![cfg_attr(
+    feature = "axum",
+    doc = "[`CacheLayer::key_from`]: crate::CacheLayer::key_from"
+)]
+#![cfg_attr(
+    not(feature = "axum"),
+    doc = "[`CacheLayer::key_from`]: https://docs.rs/tower-valkey-cache/latest/tower_valkey_cache/struct.CacheLayer.html#method.key_from"
+)]
 
 mod body;
 mod conditional;

@@ -552,92 +552,46 @@ async fn invalidation_kinds(b: Backend) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Scenario: the programmatic API returns exact counts
+// Scenario: the programmatic API returns the store's counts
 // ---------------------------------------------------------------------------------------------
 
+/// Each `Cache::invalidate_*` returns what the store removed and the `invalidated` counter sums
+/// it, per cache. How a store counts (a key listed twice, an entry carrying two of the tags,
+/// expired entries, `*`) is the store contract's, checked on every backend by
+/// `testing::conformance` (check `invalidate_counts`, tests/it/conformance.rs).
 async fn programmatic_counts(b: Backend) {
     let cache = b.cache("t_api", OP);
     let other = b.cache("t_api2", OP);
     let ttl = Duration::from_secs(60);
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
 
-    // Keys.
-    for k in ["a:1", "a:2", "a:3", "b:1"] {
+    for k in ["a:1", "a:2", "a:3", "p:1", "p:2", "pp:1"] {
         put(&cache, k, &[], ttl).await;
     }
+    put(&cache, "x:1", &["t1"], ttl).await;
+    put(&cache, "x:2", &["t1", "t2"], ttl).await;
+    put(&cache, "x:3", &["t2"], ttl).await;
+    put(&other, "a:1", &["t1"], ttl).await;
     assert_eq!(cache.invalidate_key("a:1").await.unwrap(), 1);
     assert_eq!(
-        cache.invalidate_key("a:1").await.unwrap(),
-        0,
-        "already gone"
-    );
-    assert_eq!(cache.invalidate_key("nope").await.unwrap(), 0);
-    assert_eq!(
         cache
-            .invalidate_keys(&s(&["a:2", "a:3", "a:2", "zz"]))
+            .invalidate_keys(&s(&["a:2", "a:3", "zz"]))
             .await
             .unwrap(),
         2
     );
-    assert_eq!(cache.invalidate_keys(&[]).await.unwrap(), 0);
-    assert_present(&cache, &["b:1"], &["a:1", "a:2", "a:3"]).await;
-
-    // Tags.
-    put(&cache, "x:1", &["t1"], ttl).await;
-    put(&cache, "x:2", &["t1", "t2"], ttl).await;
-    put(&cache, "x:3", &["t2"], ttl).await;
-    put(&cache, "x:4", &["t3"], ttl).await;
-    put(&cache, "x:5", &["t4", "t5"], ttl).await;
-    put(&cache, "x:6", &["keep"], ttl).await;
-    put(&other, "x:1", &["t1"], ttl).await;
     assert_eq!(cache.invalidate_tag("t1").await.unwrap(), 2);
-    assert_eq!(cache.invalidate_tag("t1").await.unwrap(), 0);
-    assert_eq!(cache.invalidate_tags(&s(&["t2", "t3"])).await.unwrap(), 2);
-    assert_eq!(
-        cache.invalidate_tags(&s(&["t4", "t5"])).await.unwrap(),
-        1,
-        "an entry carrying two of the tags counts once"
-    );
-    assert_eq!(cache.invalidate_tags(&s(&["none"])).await.unwrap(), 0);
-    assert_eq!(cache.invalidate_tags(&[]).await.unwrap(), 0);
-    assert_present(
-        &cache,
-        &["b:1", "x:6"],
-        &["x:1", "x:2", "x:3", "x:4", "x:5"],
-    )
-    .await;
-    assert_present(&other, &["x:1"], &[]).await;
-
-    // Patterns.
-    for k in ["p:1", "p:2", "p:3", "pp:1", "q:p:1"] {
-        put(&cache, k, &[], ttl).await;
-    }
-    put(&other, "p:1", &[], ttl).await;
-    assert_eq!(cache.invalidate_pattern("p:*").await.unwrap(), 3);
-    assert_eq!(cache.invalidate_pattern("p:*").await.unwrap(), 0);
-    assert_eq!(cache.invalidate_pattern("p?:1").await.unwrap(), 1);
-    assert_present(&cache, &["q:p:1", "b:1", "x:6"], &["p:1", "pp:1"]).await;
+    assert_eq!(cache.invalidate_tags(&s(&["t2", "none"])).await.unwrap(), 1);
+    assert_eq!(cache.invalidate_pattern("p*:1").await.unwrap(), 2);
     // `*` is the whole namespace, and only it.
-    assert_eq!(cache.invalidate_pattern("*").await.unwrap(), 3);
-    assert_present(&other, &["x:1", "p:1"], &[]).await;
+    assert_eq!(cache.invalidate_pattern("*").await.unwrap(), 1);
+    assert_present(&other, &["a:1"], &[]).await;
     if let Some(listed) = valkey_entries(&b, &cache).await {
         assert!(listed.is_empty(), "{listed:?}");
     }
 
-    // Entries that expired on their own are not counted as removed.
-    let short = Duration::from_millis(50);
-    put(&cache, "e:1", &["et"], short).await;
-    put(&cache, "e:2", &["et"], short).await;
-    put(&cache, "e:3", &[], short).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(cache.invalidate_key("e:3").await.unwrap(), 0, "expired key");
-    assert_eq!(cache.invalidate_tag("et").await.unwrap(), 0, "expired tag");
-    put(&cache, "e:4", &[], short).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(cache.invalidate_pattern("e:*").await.unwrap(), 0, "expired");
-
     // The counter sums what the calls returned.
-    assert_eq!(cache.stats().invalidated, 1 + 2 + 2 + 2 + 1 + 3 + 1 + 3);
+    assert_eq!(cache.stats().invalidated, 1 + 2 + 2 + 1 + 2 + 1);
     assert_eq!(other.stats().invalidated, 0);
 
     // Tag sets expire with their entries (Valkey keeps them for the longest entry's TTL).

@@ -9,7 +9,7 @@ use crate::support;
 
 #[allow(dead_code)]
 #[path = "../../examples/quickstart.rs"]
-mod quickstart;
+pub(crate) mod quickstart;
 
 use axum::body::Body;
 use axum::extract::{Path, Query};

@@ -8,7 +8,7 @@ pub(super) const CLUSTER_RETRIES: u32 = 3;
 pub(super) const CLUSTER_RETRY_WAIT_MIN_MS: u64 = 5;
 pub(super) const CLUSTER_RETRY_WAIT_MAX_MS: u64 = 200;
 
-/// Settings for [`ValkeyStore`]. Every duration has a default suited to a cache (fail fast).
+/// Settings for [`ValkeyStore`](crate::ValkeyStore). Every duration has a default suited to a cache (fail fast).
 #[derive(Clone, Debug)]
 pub struct ValkeyConfig {
     pub(super) url: String,
@@ -40,7 +40,7 @@ impl ValkeyConfig {
 
     /// Settings for a Valkey Cluster reached through `nodes` (`redis://host:port` URLs of some
     /// of its nodes; one that answers is enough, the client learns the rest from it). See
-    /// [`ValkeyStore::cluster`].
+    /// [`ValkeyStore::cluster`](crate::ValkeyStore::cluster).
     pub fn cluster<I, S>(nodes: I) -> Self
     where
         I: IntoIterator<Item = S>,

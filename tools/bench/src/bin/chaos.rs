@@ -1,15 +1,17 @@
 //! Reliability under faults: the program behind `scripts/chaos`.
 //!
 //! ```text
-//! cargo run --release --features testing --example chaos -- [--quick] [--only SCENARIO,...]
+//! cargo run --release -p tvc-bench --bin chaos -- [--quick] [--only SCENARIO,...]
 //!     [--concurrency N] [--delay MS] [--timeline DIR]
 //! ```
 //!
 //! It owns the whole experiment, on 127.0.0.1 only:
 //!
-//! - a `valkey-server` of its own on a free port (no persistence), killed when it exits;
+//! - a `valkey-server` of its own on a free port (no persistence), killed when it exits
+//!   (`tvc_harness::ValkeyServer`, the integration tests' harness);
 //! - a small TCP proxy between the application and Valkey that can delay everything Valkey
-//!   sends (the "slow Valkey" fault), so the delay is exact and Valkey itself stays healthy;
+//!   sends (the "slow Valkey" fault), so the delay is exact and Valkey itself stays healthy
+//!   (`tvc_harness::DelayProxy`);
 //! - an axum application as a production user would configure it: `GET /items/{id}` behind a
 //!   `CacheLayer` (key `item:{id}`, 10 s TTL, stale-while-revalidate 30 s, stale-if-error 5 min,
 //!   1 s handler timeout) on a `ValkeyStore` with the crate's defaults (100 ms per operation,
@@ -49,14 +51,14 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower_valkey_cache::entry::Entry;
 use tower_valkey_cache::testing::{CacheStatus, StatsDelta};
 use tower_valkey_cache::{Cache, CacheLayer, Stats, ValkeyStore};
+use tvc_harness::{DelayProxy, ValkeyServer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -209,99 +211,42 @@ fn parse_args() -> Result<Args, String> {
 
 // ---------------------------------------------------------------------------------- valkey
 
-/// Our own `valkey-server`: killed when dropped (also when the program is interrupted).
+/// Our own `valkey-server` (the harness's, killed when dropped: also when the program is
+/// interrupted), and the parts of it the faults need.
 struct Valkey {
-    port: u16,
-    dir: PathBuf,
-    child: Option<tokio::process::Child>,
+    server: ValkeyServer,
 }
 
 impl Valkey {
-    async fn start() -> Result<Self, BoxError> {
-        let dir = std::env::temp_dir().join(format!("tvc-chaos-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let mut last = String::new();
-        for _ in 0..5 {
-            let mut v = Valkey {
-                port: free_port()?,
-                dir: dir.clone(),
-                child: None,
-            };
-            match v.spawn().await {
-                Ok(()) => return Ok(v),
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(format!("valkey-server did not start: {last}").into())
+    /// Starts the server on a free port and waits until it answers PING (up to 5 s, blocking:
+    /// a worker of this multi-threaded runtime steps aside meanwhile).
+    fn start() -> Result<Self, BoxError> {
+        let server = started(|| ValkeyServer::start_with_args(&["--loglevel", "warning"]))?;
+        Ok(Self { server })
     }
 
-    /// Starts the server on its port and waits until it answers PING.
-    async fn spawn(&mut self) -> Result<(), BoxError> {
-        self.kill().await;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("valkey.log"))?;
-        let child = tokio::process::Command::new("valkey-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(["--loglevel", "warning"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot run valkey-server (scripts/install-valkey): {e}"))?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Ok(mut c) = self.control().await {
-                if redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-                {
-                    return Ok(());
-                }
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                return Err(format!("valkey-server exited with {status}").into());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("valkey-server not answering on port {}", self.port).into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    fn port(&self) -> u16 {
+        self.server.port()
     }
 
-    /// SIGKILL, and wait for the process to go.
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
+    /// Starts the server again on its port after [`kill`](Self::kill), waiting for PING.
+    fn spawn(&mut self) -> Result<(), BoxError> {
+        let server = &mut self.server;
+        started(|| server.restart())
+    }
+
+    /// SIGKILL, and wait for the process to go. Its data is lost.
+    fn kill(&mut self) {
+        tokio::task::block_in_place(|| self.server.stop());
     }
 
     fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.server.is_running()
     }
 
     /// A connection of our own, straight to Valkey (not through the proxy).
     async fn control(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?;
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(5)));
-        client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
+        self.server.connection().await
     }
 
     async fn version(&self) -> String {
@@ -320,118 +265,24 @@ impl Valkey {
     }
 }
 
-impl Drop for Valkey {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Runs a harness call that blocks until the server answers (or panics when it cannot start)
+/// off the async workers, and turns its panic into an error.
+fn started<T>(f: impl FnOnce() -> T) -> Result<T, BoxError> {
+    tokio::task::block_in_place(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
+        .map_err(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("valkey-server did not start");
+            format!("{msg} (scripts/install-valkey installs it)").into()
+        })
 }
 
 fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
     info.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .map(str::trim)
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-// ---------------------------------------------------------------------------------- proxy
-
-/// A TCP proxy in front of Valkey that can delay what Valkey sends. Delayed replies keep their
-/// order and pipelining: each chunk leaves `delay` after it arrived.
-struct Proxy {
-    port: u16,
-    delay_us: Arc<AtomicU64>,
-    accept: JoinHandle<()>,
-    // Dropping it ends every connection.
-    _stop: watch::Sender<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: u16) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let delay_us = Arc::new(AtomicU64::new(0));
-        let (stop, stopped) = watch::channel(());
-        let delay = delay_us.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(proxy_conn(client, upstream, delay.clone(), stopped.clone()));
-            }
-        });
-        Ok(Proxy {
-            port,
-            delay_us,
-            accept,
-            _stop: stop,
-        })
-    }
-
-    fn set_delay(&self, d: Duration) {
-        self.delay_us.store(d.as_micros() as u64, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-async fn proxy_conn(
-    client: TcpStream,
-    upstream: u16,
-    delay: Arc<AtomicU64>,
-    mut stop: watch::Receiver<()>,
-) {
-    // Valkey down: accept, then close at once, as a dead backend behind a proxy looks.
-    let connect = TcpStream::connect(("127.0.0.1", upstream));
-    let Ok(Ok(server)) = tokio::time::timeout(Duration::from_secs(1), connect).await else {
-        return;
-    };
-    let _ = client.set_nodelay(true);
-    let _ = server.set_nodelay(true);
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    tokio::select! {
-        _ = tokio::io::copy(&mut cr, &mut sw) => {}
-        _ = delayed_copy(&mut sr, &mut cw, &delay) => {}
-        _ = stop.changed() => {}
-    }
-}
-
-async fn delayed_copy(
-    from: &mut tokio::net::tcp::OwnedReadHalf,
-    to: &mut tokio::net::tcp::OwnedWriteHalf,
-    delay_us: &AtomicU64,
-) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    let read = async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        while let Ok(n @ 1..) = from.read(&mut buf).await {
-            let due = Instant::now() + Duration::from_micros(delay_us.load(Ordering::Relaxed));
-            if tx.send((due, buf[..n].to_vec())).is_err() {
-                break;
-            }
-        }
-    };
-    let write = async move {
-        while let Some((due, chunk)) = rx.recv().await {
-            if due > Instant::now() {
-                tokio::time::sleep_until(due).await;
-            }
-            if to.write_all(&chunk).await.is_err() {
-                break;
-            }
-        }
-    };
-    tokio::join!(read, write);
 }
 
 // ---------------------------------------------------------------------------------- the app
@@ -659,13 +510,13 @@ fn classify(
 /// The environment faults act on.
 struct Env {
     valkey: Valkey,
-    proxy: Proxy,
+    proxy: DelayProxy,
 }
 
 async fn reset(env: &mut Env) -> Result<(), BoxError> {
     env.proxy.set_delay(Duration::ZERO);
     if !env.valkey.is_running() {
-        env.valkey.spawn().await?;
+        env.valkey.spawn()?;
     }
     let mut c = env.valkey.control().await?;
     let () = redis::cmd("CONFIG")
@@ -685,9 +536,9 @@ async fn fault(sc: Scenario, env: &mut Env, args: &Args) -> Result<(), BoxError>
     match sc {
         Scenario::Baseline => tokio::time::sleep(len).await,
         Scenario::Kill => {
-            env.valkey.kill().await;
+            env.valkey.kill();
             tokio::time::sleep_until(until).await;
-            env.valkey.spawn().await?;
+            env.valkey.spawn()?;
         }
         Scenario::Slow => {
             env.proxy.set_delay(args.delay);
@@ -943,7 +794,7 @@ async fn run_scenario(
 ) -> Result<Report, BoxError> {
     reset(env).await?;
     let load_start = loadavg();
-    let app = App::start(env.proxy.port, bodies.clone()).await?;
+    let app = App::start(env.proxy.port(), bodies.clone()).await?;
     let before_stats = app.cache.stats();
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
@@ -1169,12 +1020,13 @@ fn markdown(reports: &[Report], args: &Args, valkey_version: &str) -> String {
 // ---------------------------------------------------------------------------------- main
 
 async fn run(args: Args) -> Result<bool, BoxError> {
-    let valkey = Valkey::start().await?;
-    let proxy = Proxy::start(valkey.port).await?;
+    let valkey = Valkey::start()?;
+    let proxy = DelayProxy::start(valkey.port()).await?;
     let version = valkey.version().await;
     eprintln!(
         "chaos: valkey-server {version} on port {}, proxy on {}",
-        valkey.port, proxy.port
+        valkey.port(),
+        proxy.port()
     );
     let mut env = Env { valkey, proxy };
     let (bodies, cdf) = (bodies(), zipf_cdf(KEYS, ZIPF_S));

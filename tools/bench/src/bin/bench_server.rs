@@ -2,7 +2,7 @@
 //! that `wrk` can compare the cache against what it replaces.
 //!
 //! ```text
-//! VALKEY_URL=redis://127.0.0.1:6379 cargo run --release --example bench_server -- MODE PORT
+//! VALKEY_URL=redis://127.0.0.1:6379 cargo run --release -p tvc-bench --bin bench_server -- MODE PORT
 //! ```
 //!
 //! | mode | the route |
@@ -34,7 +34,7 @@
 
 use axum::{extract::Path, extract::State, routing::get, Router};
 use bytes::Bytes;
-use deadpool_redis::redis::{self, aio::MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

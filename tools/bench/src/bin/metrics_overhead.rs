@@ -2,9 +2,9 @@
 //! a `MemoryStore`, in process (`oneshot`, one thread), so the cache's own work dominates.
 //!
 //! ```text
-//! cargo run --release --example metrics_overhead                                     # sdk, noop
-//! cargo run --release --example metrics_overhead --no-default-features --features axum  # off
-//! cargo run --release --example metrics_overhead -- --http   # over HTTP/1.1 on loopback instead
+//! cargo run --release -p tvc-bench --bin metrics_overhead                         # sdk, noop
+//! cargo run --release -p tvc-bench --bin metrics_overhead --no-default-features   # off
+//! cargo run --release -p tvc-bench --bin metrics_overhead -- --http   # over HTTP/1.1 on loopback
 //! ```
 //!
 //! Modes: `sdk` records into an OTel SDK meter provider (what an app exporting metrics pays),

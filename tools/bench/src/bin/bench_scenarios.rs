@@ -5,7 +5,7 @@
 //! and the cost of a hit on a varied resource (marker + variant) and on a POST keyed by its body.
 //!
 //! `scripts/bench` runs it against its own Valkey:
-//! `VALKEY_URL=redis://127.0.0.1:PORT cargo run --release --example bench_scenarios [-- --quick]`
+//! `VALKEY_URL=redis://127.0.0.1:PORT cargo run --release -p tvc-bench --bin bench_scenarios [-- --quick]`
 
 use axum::{routing::get, Router};
 use bytes::Bytes;
@@ -35,8 +35,8 @@ fn cache(url: &str, ns: &str) -> Result<Cache, Error> {
         .build())
 }
 
-async fn cpu_seconds(conn: &mut deadpool_redis::redis::aio::MultiplexedConnection) -> f64 {
-    let info: String = deadpool_redis::redis::cmd("INFO")
+async fn cpu_seconds(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
+    let info: String = redis::cmd("INFO")
         .arg("cpu")
         .query_async(conn)
         .await
@@ -52,7 +52,7 @@ async fn invalidation(url: &str, total: usize, hot: usize) -> Result<(), Error> 
     let s = store(url)?;
     let mut conn = s.connection().await?;
     // The namespace's bulk: plain keys written by a server-side loop, 10k per call.
-    let fill = deadpool_redis::redis::Script::new(
+    let fill = redis::Script::new(
         "for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do redis.call('SET', 'bi:cold_' .. i, 'x') end return 1",
     );
     let mut i = 0;
@@ -100,9 +100,7 @@ async fn invalidation(url: &str, total: usize, hot: usize) -> Result<(), Error> 
         );
     }
     println!();
-    let _: () = deadpool_redis::redis::cmd("FLUSHDB")
-        .query_async(&mut conn)
-        .await?;
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await?;
     Ok(())
 }
 
