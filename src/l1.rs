@@ -424,6 +424,8 @@ pub(crate) struct Tier {
     /// How far behind the announcements this tier is; None on a bus that gives no order to go
     /// by (a custom one) or that delivers before `publish` returns (a local one).
     lag: Option<Lag>,
+    /// This tier, for its background prober.
+    me: std::sync::Weak<Tier>,
 }
 
 /// How long a probe's `PUBLISH` may take.
@@ -439,8 +441,12 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// sent has been delivered, and applied, before it. `confirmed` is the send instant of the
 /// latest probe back: every invalidation announced before it has been applied here. A lookup
 /// serves from L1 only while `now - confirmed <= max_lag`; otherwise it reads the store. Probes
-/// are sent by lookups (none while the tier is idle), at most every `max_lag / 4`; a
-/// subscription that (re)starts counts as confirmed (L1 was flushed).
+/// are sent at most every `max_lag / 4`: by a lookup when one is due, and by a background task
+/// of the tier while it had a lookup in the last [`KEEP_PROBING`] (so a tier read now and then
+/// is still confirmed when the next read comes; an idle tier sends nothing). A subscription
+/// that (re)starts counts as confirmed (L1 was flushed). Nothing here is needed for
+/// correctness but the check in [`Tier::caught_up`]: a probe lost or late only makes lookups
+/// read the store.
 ///
 /// [`CacheBuilder::l1_max_lag`]: crate::CacheBuilder::l1_max_lag
 struct Lag {
@@ -452,7 +458,14 @@ struct Lag {
     confirmed: AtomicU64,
     /// Nanoseconds from `base` to the latest probe sent.
     last_probe: AtomicU64,
+    /// Nanoseconds from `base` to the latest lookup.
+    last_lookup: AtomicU64,
+    /// Whether the background probing task runs.
+    keeper: AtomicBool,
 }
+
+/// How long after its latest lookup a tier keeps sending probes in the background.
+const KEEP_PROBING: Duration = Duration::from_secs(10);
 
 impl Lag {
     fn new(max_lag: Duration) -> Self {
@@ -463,6 +476,8 @@ impl Lag {
             every_ns: ns((max_lag / 4).max(Duration::from_millis(5))),
             confirmed: AtomicU64::new(0),
             last_probe: AtomicU64::new(0),
+            last_lookup: AtomicU64::new(0),
+            keeper: AtomicBool::new(false),
         }
     }
 
@@ -473,6 +488,16 @@ impl Lag {
     /// Every announcement made before `at` (nanoseconds from `base`) has been applied.
     fn confirm(&self, at: u64) {
         self.confirmed.fetch_max(at, Ordering::AcqRel);
+    }
+
+    /// Claims the probe due at `now`, if one is (at most one per `every_ns`, across threads).
+    fn probe_due(&self, now: u64) -> bool {
+        let last = self.last_probe.load(Ordering::Acquire);
+        now.saturating_sub(last) >= self.every_ns
+            && self
+                .last_probe
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 }
 
@@ -523,7 +548,7 @@ impl Tier {
         max_lag: Duration,
     ) -> Arc<Self> {
         let lag = (bus.ordered() && !bus.is_local()).then(|| Lag::new(max_lag));
-        let tier = Arc::new(Tier {
+        let tier = Arc::new_cyclic(|me| Tier {
             entries: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(PerEntry)
@@ -541,6 +566,7 @@ impl Tier {
             bus: bus.clone(),
             channel: channel.to_owned(),
             lag,
+            me: me.clone(),
         });
         let sink: Arc<dyn BusSink> = tier.clone();
         let subscription = bus.subscribe(channel, Arc::downgrade(&sink));
@@ -549,22 +575,51 @@ impl Tier {
     }
 
     /// Whether this tier's announcements are confirmed within `max_lag` (always, without a
-    /// [`Lag`]); sends a probe if one is due.
+    /// [`Lag`]); sends a probe if one is due, and starts the background prober if it is not
+    /// running.
     fn caught_up(&self) -> bool {
         let Some(lag) = &self.lag else {
             return true;
         };
         let now = lag.now();
-        let last = lag.last_probe.load(Ordering::Acquire);
-        if now.saturating_sub(last) >= lag.every_ns
-            && lag
-                .last_probe
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
+        lag.last_lookup.fetch_max(now, Ordering::Relaxed);
+        if lag.probe_due(now) {
             self.probe(now);
         }
+        if !lag.keeper.swap(true, Ordering::AcqRel) {
+            self.keep_probing(lag);
+        }
         now.saturating_sub(lag.confirmed.load(Ordering::Acquire)) <= lag.max_ns
+    }
+
+    /// The background prober: sends the probes due while the tier had a lookup in the last
+    /// [`KEEP_PROBING`], then stops (the next lookup starts it again). It holds the tier only
+    /// weakly, so it ends with it. Without a Tokio runtime, none runs.
+    fn keep_probing(&self, lag: &Lag) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            lag.keeper.store(false, Ordering::Release);
+            return;
+        };
+        let me = self.me.clone();
+        let every = Duration::from_nanos(lag.every_ns);
+        let keep = KEEP_PROBING.as_nanos() as u64;
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(tier) = me.upgrade() else { return };
+                let Some(lag) = &tier.lag else { return };
+                let now = lag.now();
+                if now.saturating_sub(lag.last_lookup.load(Ordering::Relaxed)) > keep {
+                    // A lookup racing this may find it still running and start none: the one
+                    // after it will (and lookups probe by themselves meanwhile).
+                    lag.keeper.store(false, Ordering::Release);
+                    return;
+                }
+                if tier.listening.load(Ordering::SeqCst) && lag.probe_due(now) {
+                    tier.probe(now);
+                }
+            }
+        });
     }
 
     /// Publishes a probe sent at `at` (see [`Lag`]), from a task of its own (a lookup never
