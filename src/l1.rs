@@ -69,6 +69,46 @@
 //! loss of the subscription happened in this process since before its store operation started,
 //! checked atomically with the insertion. An invalidation heard after a fill removes it.
 //!
+//! ## The bound across instances
+//!
+//! An announcement reaches another instance some time after the invalidation returned (the
+//! `PUBLISH` is acknowledged when Valkey has queued it to the subscribers; each of them still has
+//! to read its socket and run the message). Until it arrives, that instance's L1 may serve the
+//! entry the invalidation removed. Measured with `tools/bench`'s `l1_lag` (BENCHMARKS.md,
+//! "L1 announcement delay"), from the moment `invalidate_key` returned to the moment another
+//! instance's subscription ran the message, on 2 shared cores: p50 0.12 ms, p99 0.3 ms, max 8 ms
+//! idle; p50 0.06 ms, p99 23 ms, **max 414 ms** under load (reader tasks and spinning threads on
+//! the same cores). No fixed delay can be promised, so the guarantee of
+//! [`crate::invalidate`] holds in the invalidating process at once and in the others within a
+//! bound you choose:
+//!
+//! - **[`l1_max_lag`](crate::CacheBuilder::l1_max_lag)** (default 1 s): a read served from L1
+//!   at time `t` has applied every invalidation any instance acknowledged before `t - max_lag`.
+//!   The tier checks it, it does not assume it: it publishes a *probe* on the invalidation
+//!   channel (every `max_lag / 4` while it serves reads and for 10 s after the last one: one
+//!   small `PUBLISH` per period and instance, which every instance receives and skips) and,
+//!   since Valkey delivers a
+//!   channel's messages to each subscriber in the order it received them, its probe coming back
+//!   means every announcement acknowledged before the probe was sent has been applied. While no
+//!   probe came back within `max_lag` (an overloaded instance, a slow Valkey, a frozen
+//!   connection the heartbeat has not caught yet), reads skip L1 and go to the store
+//!   ([`L1Stats::lagging`]): a lagging instance fails closed, it does not serve older data.
+//!   So the window in which another instance may serve a removed entry is at most `max_lag`,
+//!   whatever the load, and in practice the delay above.
+//! - **[`l1_strict`](crate::CacheBuilder::l1_strict)**: an announced invalidation returns only
+//!   `max_lag` after its announcement was acknowledged. Then no read that starts after it
+//!   returned, in any process with the same `l1_max_lag`, is served an older entry from L1: the
+//!   promise of [`crate::invalidate`] without a window, for `max_lag` of latency on every
+//!   invalidation (pair it with a short `l1_max_lag`, 100 to 250 ms).
+//!
+//! On a [`MemoryStore`](crate::MemoryStore) the bound is zero (announcements are applied before
+//! `publish` returns). A custom bus that does not promise order
+//! ([`InvalidationBus::ordered`]) gets no probes: there the bound is the L1 TTL. The order
+//! holds on one Valkey server and on a cluster (every `PUBLISH` of a channel is routed to the
+//! primary of the channel's slot, which forwards messages to the other nodes over one link each,
+//! in order); during a failover of that primary it may not, and the subscription loss that
+//! usually comes with it makes the instance deaf (below) instead.
+//!
 //! ## Deaf mode
 //!
 //! While the subscription is down (connection lost, Valkey restarting, no pong to the heartbeat
@@ -172,6 +212,10 @@ pub struct L1Stats {
 /// The default [`CacheBuilder::l1_max_lag`](crate::CacheBuilder::l1_max_lag).
 pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(1);
 
+/// The longest [`CacheBuilder::l1_max_lag`](crate::CacheBuilder::l1_max_lag) that
+/// [`l1_strict`](crate::CacheBuilder::l1_strict) accepts (each announced invalidation waits it).
+pub const MAX_STRICT_LAG: Duration = Duration::from_secs(60);
+
 /// L1 settings collected by the builder.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
@@ -219,7 +263,8 @@ impl std::fmt::Debug for State {
 impl State {
     /// # Panics
     ///
-    /// If L1 is on and the store has no [`InvalidationBus`].
+    /// If L1 is on and the store has no [`InvalidationBus`], or with `l1_strict` and an
+    /// `l1_max_lag` above [`MAX_STRICT_LAG`].
     pub(crate) fn new(cfg: &Config, store: &dyn Store, namespace: &str) -> Self {
         let bus = store.bus();
         let id = fastrand::u64(..);
@@ -239,6 +284,11 @@ impl State {
             Some(_) => cfg.publish.unwrap_or(tier.is_some()),
             None => false,
         };
+        assert!(
+            !cfg.strict || cfg.max_lag <= MAX_STRICT_LAG,
+            "CacheBuilder::l1_strict needs an l1_max_lag of at most {MAX_STRICT_LAG:?} (each announced invalidation waits it), not {:?}",
+            cfg.max_lag
+        );
         // A local bus delivers before `publish` returns: nothing to wait for.
         let strict_wait = (cfg.strict && publish && bus.as_ref().is_some_and(|b| !b.is_local()))
             .then_some(cfg.max_lag);
@@ -857,5 +907,49 @@ impl BusSink for Tier {
         if self.listening.load(Ordering::SeqCst) {
             self.deafen();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message layout of versions that do not know probes.
+    #[derive(Deserialize)]
+    struct OldMessage {
+        #[allow(dead_code)]
+        from: u64,
+        op: Op,
+    }
+
+    #[test]
+    fn a_probe_is_a_no_op_for_versions_that_do_not_know_probes() {
+        let probe = Message {
+            from: 7,
+            op: Op::Keys(Vec::new()),
+            probe: Some(42),
+        };
+        let bytes = serde_json::to_vec(&probe).unwrap();
+        let old: OldMessage = serde_json::from_slice(&bytes).unwrap();
+        assert!(matches!(old.op, Op::Keys(k) if k.is_empty()));
+        // And an announcement of theirs is one here (no probe field).
+        let theirs = br#"{"from":9,"op":{"keys":["a"]}}"#;
+        let m: Message = serde_json::from_slice(theirs).unwrap();
+        assert!(m.probe.is_none());
+        assert!(matches!(m.op, Op::Keys(k) if k == ["a"]));
+    }
+
+    #[test]
+    fn lag_confirms_monotonically_and_claims_one_probe_per_period() {
+        let lag = Lag::new(Duration::from_millis(400));
+        assert_eq!(lag.every_ns, 100_000_000);
+        lag.confirm(500);
+        lag.confirm(300);
+        assert_eq!(lag.confirmed.load(Ordering::Acquire), 500);
+        let t = 1_000_000_000;
+        assert!(lag.probe_due(t));
+        assert!(!lag.probe_due(t), "claimed once");
+        assert!(!lag.probe_due(t + 99_999_999));
+        assert!(lag.probe_due(t + 100_000_000));
     }
 }

@@ -199,11 +199,12 @@ impl CacheBuilder {
     /// acknowledged before `t - max_lag`. Default 1 s
     /// ([`DEFAULT_MAX_LAG`](crate::l1::DEFAULT_MAX_LAG)).
     ///
-    /// The tier checks it by sending itself a probe on the invalidation channel (at most every
-    /// `max_lag / 4`, only while it serves reads): announcements on Valkey reach each subscriber
-    /// in order, so when its probe is back every earlier announcement has been applied. While
-    /// no probe came back within `max_lag` (a slow subscriber, a slow or frozen Valkey), reads
-    /// skip L1 and go to the store ([`L1Stats::lagging`](crate::l1::L1Stats::lagging)). See
+    /// The tier checks it by sending itself a probe on the invalidation channel (every
+    /// `max_lag / 4` while it serves reads, and for 10 s after): announcements on Valkey reach
+    /// each subscriber in order, so when its probe is back every earlier announcement has been
+    /// applied. While no probe came back within `max_lag` (a slow subscriber, a slow or frozen
+    /// Valkey), reads skip L1 and go to the store
+    /// ([`L1Stats::lagging`](crate::l1::L1Stats::lagging)). See
     /// [the bound](crate::l1#the-bound-across-instances). `Duration::MAX` turns the bound off
     /// (then only the heartbeat and the L1 TTL bound it).
     pub fn l1_max_lag(mut self, max_lag: Duration) -> Self {
@@ -220,6 +221,12 @@ impl CacheBuilder {
     /// ms), and give every instance sharing the namespace the same `l1_max_lag`. Default off.
     /// Needs a store whose bus is ordered ([`ValkeyStore`](crate::ValkeyStore)); on a
     /// `MemoryStore` announcements are applied before the call returns anyway.
+    ///
+    /// # Panics
+    ///
+    /// At [`build`](Self::build), if `l1_max_lag` is longer than 60 s
+    /// ([`MAX_STRICT_LAG`](crate::l1::MAX_STRICT_LAG)): every announced invalidation would wait
+    /// that long (and with the bound off, forever).
     pub fn l1_strict(mut self, strict: bool) -> Self {
         self.l1.strict = strict;
         self
@@ -237,6 +244,12 @@ impl CacheBuilder {
     }
 
     /// Builds the cache.
+    ///
+    /// # Panics
+    ///
+    /// With [`l1`](Self::l1) on a store that has no invalidation bus, and with
+    /// [`l1_strict`](Self::l1_strict) and an [`l1_max_lag`](Self::l1_max_lag) above
+    /// [`MAX_STRICT_LAG`](crate::l1::MAX_STRICT_LAG).
     pub fn build(self) -> Cache {
         #[cfg(feature = "metrics")]
         let counters = Counters::with_metrics(crate::metrics::Metrics::new(

@@ -357,9 +357,8 @@ mod tests {
         let Join::Follow(rx) = f.join("k") else {
             panic!()
         };
-        assert!(matches!(
-            follow(rx, Duration::from_millis(10), &Counters::default()).await,
-            None
-        ));
+        assert!(follow(rx, Duration::from_millis(10), &Counters::default())
+            .await
+            .is_none());
     }
 }

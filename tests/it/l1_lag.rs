@@ -145,7 +145,11 @@ impl Store for LateStore {
     fn write<'a>(&'a self, space: &'a KeySpace, write: Write<'a>) -> StoreFuture<'a, Written> {
         self.inner.write(space, write)
     }
-    fn read_many<'a>(&'a self, space: &'a KeySpace, keys: &'a [String]) -> StoreFuture<'a, LookupMany> {
+    fn read_many<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        keys: &'a [String],
+    ) -> StoreFuture<'a, LookupMany> {
         self.inner.read_many(space, keys)
     }
     fn write_many<'a>(
@@ -167,7 +171,12 @@ impl Store for LateStore {
     ) -> StoreFuture<'a, bool> {
         self.inner.try_lock(space, key, token, lease)
     }
-    fn unlock<'a>(&'a self, space: &'a KeySpace, key: &'a str, token: &'a str) -> StoreFuture<'a, ()> {
+    fn unlock<'a>(
+        &'a self,
+        space: &'a KeySpace,
+        key: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, ()> {
         self.inner.unlock(space, key, token)
     }
     fn ping(&self) -> StoreFuture<'_, ()> {
@@ -208,7 +217,14 @@ async fn read(cache: &Cache, db: &Db) -> u64 {
 }
 
 /// A (announcing, `strict` or not, with `a_lag`) and B (hearing `delay` late, bound `b_lag`).
-fn instances(b: &Backend, ns: &str, delay: Duration, b_lag: Duration, strict: bool, a_lag: Duration) -> (Cache, Cache) {
+fn instances(
+    b: &Backend,
+    ns: &str,
+    delay: Duration,
+    b_lag: Duration,
+    strict: bool,
+    a_lag: Duration,
+) -> (Cache, Cache) {
     let ns = b.namespace(ns);
     // A hears in time, over a bus that is not local either (on a `MemoryStore` a local bus
     // needs no wait: every subscriber applies an announcement before `publish` returns; B's
@@ -257,7 +273,9 @@ async fn rounds(a: &Cache, b: &Cache, n: u64) -> (Vec<String>, tower_valkey_cach
         a.invalidate_key("k").await.unwrap();
         let v = read(b, &db).await;
         if v != round + 1 {
-            stale.push(format!("round {round}: B read {v} after the invalidation returned"));
+            stale.push(format!(
+                "round {round}: B read {v} after the invalidation returned"
+            ));
         }
         // Let B's late announcement land before the next round reads (and refills) B's L1.
         eventually(LIMIT, "B to apply the announcement", || async {
@@ -334,4 +352,14 @@ mod memory {
         ))
         .await
     }
+}
+
+#[test]
+#[should_panic(expected = "l1_strict needs an l1_max_lag of at most")]
+fn strict_invalidations_need_a_finite_bound() {
+    let _ = Cache::builder(MemoryStore::new())
+        .l1(10, Duration::from_secs(1))
+        .l1_max_lag(Duration::MAX)
+        .l1_strict(true)
+        .build();
 }

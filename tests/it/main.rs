@@ -11,10 +11,10 @@ mod breaker;
 #[cfg(all(feature = "testing", feature = "axum"))]
 mod cancellation;
 mod cluster;
-#[cfg(feature = "testing")]
-mod conformance;
 #[cfg(all(feature = "axum", feature = "testing"))]
 mod composition;
+#[cfg(feature = "testing")]
+mod conformance;
 mod eviction;
 mod flight;
 mod function;

@@ -197,8 +197,7 @@ async fn run(
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The heartbeat in flight: awaited alongside the messages, so a slow PONG never holds
         // announcements back.
-        let mut ping: Option<std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>> =
-            None;
+        let mut ping: Option<std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>> = None;
         let reason = loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
