@@ -374,6 +374,52 @@ async fn function_failure_is_shared(b: Backend) {
     assert_eq!(r, Err("again".to_owned()));
 }
 
+/// A failing loader with a stale value in its window: one run, and every caller (the leader and
+/// its followers) gets the stale value, each counted as served stale-if-error.
+async fn function_failure_with_a_stale_value_is_stale_for_everyone(b: Backend) {
+    let cache = b.cache("fail-fn-stale", OP);
+    let opts = Options::new()
+        .ttl(Duration::from_millis(50))
+        .stale_if_error(Duration::from_secs(600));
+    cache.set("rate", &"old".to_owned(), &opts).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let before = cache.stats();
+    let runs = Runs::default();
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let (cache, runs, opts) = (cache.clone(), runs.clone(), opts.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_set_with("rate", &opts, || async {
+                        runs.start(0);
+                        let deadline = Instant::now() + LIMIT / 2;
+                        while cache.stats().waiting < CALLERS as u64 - 1
+                            && Instant::now() < deadline
+                        {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err::<String, _>("upstream down".to_owned())
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let r = tokio::time::timeout(LIMIT, t)
+            .await
+            .expect("call completes")
+            .unwrap();
+        assert_eq!(r, Ok("old".to_owned()));
+    }
+    assert_eq!(runs.get(), 1, "one loader run for {CALLERS} callers");
+    let after = cache.stats();
+    assert_eq!(
+        after.stale_if_error - before.stale_if_error,
+        CALLERS as u64,
+        "every caller labelled stale: {after:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. error_ttl
 // ---------------------------------------------------------------------------------------------
@@ -549,6 +595,10 @@ mod valkey {
     async fn function_a_loader_error_is_shared_with_its_followers() {
         function_failure_is_shared(Backend::valkey(VALKEY)).await
     }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn function_followers_of_a_failure_get_the_stale_value_labelled_stale() {
+        function_failure_with_a_stale_value_is_stale_for_everyone(Backend::valkey(VALKEY)).await
+    }
     #[tokio::test]
     async fn layer_error_ttl_answers_misses_until_invalidated_or_expired() {
         layer_error_ttl(Backend::valkey(VALKEY)).await
@@ -581,6 +631,13 @@ mod memory {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn function_a_loader_error_is_shared_with_its_followers() {
         function_failure_is_shared(Backend::memory(MemoryStore::new())).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn function_followers_of_a_failure_get_the_stale_value_labelled_stale() {
+        function_failure_with_a_stale_value_is_stale_for_everyone(Backend::memory(
+            MemoryStore::new(),
+        ))
+        .await
     }
     #[tokio::test]
     async fn layer_error_ttl_answers_misses_until_invalidated_or_expired() {
