@@ -31,7 +31,7 @@ mod macros;
 #[cfg(all(feature = "metrics", feature = "axum"))]
 mod observability;
 #[cfg(all(feature = "testing", feature = "axum"))]
-mod owed;
+mod owed_reads;
 mod post_body;
 mod properties;
 #[cfg(all(
