@@ -62,9 +62,9 @@
 //! **With the [L1 tier](crate::l1)** the guarantee holds at once in the process that ran the
 //! invalidation (it drops its own copies before the call returns), and in the other instances
 //! when its announcement reaches them (measured on a loaded machine: p99 23 ms, max 414 ms after
-//! the invalidation returned, BENCHMARKS.md), and never
-//! later than [`l1_max_lag`](crate::CacheBuilder::l1_max_lag) (1 s by default), because an
-//! instance that cannot confirm it is within that bound reads the store instead of its L1 (see
+//! the invalidation returned, BENCHMARKS.md), and never later than
+//! [`l1_max_lag`](crate::CacheBuilder::l1_max_lag) (1 s by default), because an instance that
+//! cannot confirm it is within that bound reads the store instead of its L1 (see
 //! [the bound](crate::l1#the-bound-across-instances)). With
 //! [`l1_strict`](crate::CacheBuilder::l1_strict) it holds everywhere when the call returns: the
 //! invalidation waits out the bound first.
