@@ -64,7 +64,7 @@ impl Backend {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct BackendError;
 
 static DB: LazyLock<Backend> = LazyLock::new(Backend::default);

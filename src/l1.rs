@@ -69,6 +69,46 @@
 //! loss of the subscription happened in this process since before its store operation started,
 //! checked atomically with the insertion. An invalidation heard after a fill removes it.
 //!
+//! ## The bound across instances
+//!
+//! An announcement reaches another instance some time after the invalidation returned (the
+//! `PUBLISH` is acknowledged when Valkey has queued it to the subscribers; each of them still has
+//! to read its socket and run the message). Until it arrives, that instance's L1 may serve the
+//! entry the invalidation removed. Measured with `tools/bench`'s `l1_lag` (BENCHMARKS.md,
+//! "L1 announcement delay"), from the moment `invalidate_key` returned to the moment another
+//! instance's subscription ran the message, on 2 shared cores: p50 0.12 ms, p99 0.3 ms, max 8 ms
+//! idle; p50 0.06 ms, p99 23 ms, **max 414 ms** under load (reader tasks and spinning threads on
+//! the same cores). No fixed delay can be promised, so the guarantee of
+//! [`crate::invalidate`] holds in the invalidating process at once and in the others within a
+//! bound you choose:
+//!
+//! - **[`l1_max_lag`](crate::CacheBuilder::l1_max_lag)** (default 1 s): a read served from L1
+//!   at time `t` has applied every invalidation any instance acknowledged before `t - max_lag`.
+//!   The tier checks it, it does not assume it: it publishes a *probe* on the invalidation
+//!   channel (every `max_lag / 4` while it serves reads and for 10 s after the last one: one
+//!   small `PUBLISH` per period and instance, which every instance receives and skips) and,
+//!   since Valkey delivers a
+//!   channel's messages to each subscriber in the order it received them, its probe coming back
+//!   means every announcement acknowledged before the probe was sent has been applied. While no
+//!   probe came back within `max_lag` (an overloaded instance, a slow Valkey, a frozen
+//!   connection the heartbeat has not caught yet), reads skip L1 and go to the store
+//!   ([`L1Stats::lagging`]): a lagging instance fails closed, it does not serve older data.
+//!   So the window in which another instance may serve a removed entry is at most `max_lag`,
+//!   whatever the load, and in practice the delay above.
+//! - **[`l1_strict`](crate::CacheBuilder::l1_strict)**: an announced invalidation returns only
+//!   `max_lag` after its announcement was acknowledged. Then no read that starts after it
+//!   returned, in any process with the same `l1_max_lag`, is served an older entry from L1: the
+//!   promise of [`crate::invalidate`] without a window, for `max_lag` of latency on every
+//!   invalidation (pair it with a short `l1_max_lag`, 100 to 250 ms).
+//!
+//! On a [`MemoryStore`](crate::MemoryStore) the bound is zero (announcements are applied before
+//! `publish` returns). A custom bus that does not promise order
+//! ([`InvalidationBus::ordered`]) gets no probes: there the bound is the L1 TTL. The order
+//! holds on one Valkey server and on a cluster (every `PUBLISH` of a channel is routed to the
+//! primary of the channel's slot, which forwards messages to the other nodes over one link each,
+//! in order); during a failover of that primary it may not, and the subscription loss that
+//! usually comes with it makes the instance deaf (below) instead.
+//!
 //! ## Deaf mode
 //!
 //! While the subscription is down (connection lost, Valkey restarting, no pong to the heartbeat
@@ -151,6 +191,10 @@ pub struct L1Stats {
     pub misses: u64,
     /// Reads that skipped L1 because it was deaf (subscription down).
     pub bypassed: u64,
+    /// Reads that skipped L1 because its announcements were not confirmed within
+    /// [`l1_max_lag`](crate::CacheBuilder::l1_max_lag) (they went to the store; see
+    /// [the bound](self#the-bound-across-instances)).
+    pub lagging: u64,
     /// Entries put into L1.
     pub fills: u64,
     /// Entries in L1 (approximate: expired and dropped entries leave it lazily).
@@ -165,13 +209,35 @@ pub struct L1Stats {
     pub subscriptions_lost: u64,
 }
 
+/// The default [`CacheBuilder::l1_max_lag`](crate::CacheBuilder::l1_max_lag).
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(1);
+
+/// The longest [`CacheBuilder::l1_max_lag`](crate::CacheBuilder::l1_max_lag) that
+/// [`l1_strict`](crate::CacheBuilder::l1_strict) accepts (each announced invalidation waits it).
+pub const MAX_STRICT_LAG: Duration = Duration::from_secs(60);
+
 /// L1 settings collected by the builder.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Config {
     /// Capacity and TTL of the tier, if on.
     pub(crate) tier: Option<(u64, Duration)>,
     /// Whether to announce invalidations (default: with a tier).
     pub(crate) publish: Option<bool>,
+    /// How far behind the announcements a tier may be and still serve ([`Lag`]).
+    pub(crate) max_lag: Duration,
+    /// Whether invalidations wait `max_lag` after their announcement before they return.
+    pub(crate) strict: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            tier: None,
+            publish: None,
+            max_lag: DEFAULT_MAX_LAG,
+            strict: false,
+        }
+    }
 }
 
 /// A cache's L1 machinery: its tier (if on) and how it announces invalidations.
@@ -179,6 +245,8 @@ pub(crate) struct State {
     tier: Option<Arc<Tier>>,
     bus: Option<Arc<dyn InvalidationBus>>,
     publish: bool,
+    /// `l1_strict`: what an announcing invalidation waits before it returns.
+    strict_wait: Option<Duration>,
     id: u64,
     channel: String,
 }
@@ -195,7 +263,8 @@ impl std::fmt::Debug for State {
 impl State {
     /// # Panics
     ///
-    /// If L1 is on and the store has no [`InvalidationBus`].
+    /// If L1 is on and the store has no [`InvalidationBus`], or with `l1_strict` and an
+    /// `l1_max_lag` above [`MAX_STRICT_LAG`].
     pub(crate) fn new(cfg: &Config, store: &dyn Store, namespace: &str) -> Self {
         let bus = store.bus();
         let id = fastrand::u64(..);
@@ -207,7 +276,7 @@ impl State {
                     store.name()
                 )
             });
-            Tier::new(capacity, ttl, id, namespace, &channel, bus.as_ref())
+            Tier::new(capacity, ttl, id, namespace, &channel, bus.clone(), cfg.max_lag)
         });
         let publish = match &bus {
             // Free: every cache on an in-process bus announces.
@@ -215,13 +284,29 @@ impl State {
             Some(_) => cfg.publish.unwrap_or(tier.is_some()),
             None => false,
         };
+        assert!(
+            !cfg.strict || cfg.max_lag <= MAX_STRICT_LAG,
+            "CacheBuilder::l1_strict needs an l1_max_lag of at most {MAX_STRICT_LAG:?} (each announced invalidation waits it), not {:?}",
+            cfg.max_lag
+        );
+        // A local bus delivers before `publish` returns: nothing to wait for.
+        let strict_wait = (cfg.strict && publish && bus.as_ref().is_some_and(|b| !b.is_local()))
+            .then_some(cfg.max_lag);
         Self {
             tier,
             bus,
             publish,
+            strict_wait,
             id,
             channel,
         }
+    }
+
+    /// With [`CacheBuilder::l1_strict`](crate::CacheBuilder::l1_strict): how long an
+    /// invalidation that was announced waits before it returns, so that every instance's L1 has
+    /// applied it or stopped serving ([`Lag`]).
+    pub(crate) fn strict_wait(&self) -> Option<Duration> {
+        self.strict_wait
     }
 
     /// Statistics of the tier, if on.
@@ -307,6 +392,7 @@ impl State {
         let message = Message {
             from: self.id,
             op: Op::of(target),
+            probe: None,
         };
         // A message of strings and a number always serializes.
         let payload = serde_json::to_vec(&message).ok()?;
@@ -359,6 +445,7 @@ struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
     bypassed: AtomicU64,
+    lagging: AtomicU64,
     fills: AtomicU64,
     messages: AtomicU64,
     subscriptions: AtomicU64,
@@ -381,6 +468,87 @@ pub(crate) struct Tier {
     counters: Counters,
     /// The bus subscription (set once, right after the tier is created).
     subscription: OnceLock<Subscription>,
+    /// The bus and channel (probes are published on it).
+    bus: Arc<dyn InvalidationBus>,
+    channel: String,
+    /// How far behind the announcements this tier is; None on a bus that gives no order to go
+    /// by (a custom one) or that delivers before `publish` returns (a local one).
+    lag: Option<Lag>,
+    /// This tier, for its background prober.
+    me: std::sync::Weak<Tier>,
+}
+
+/// How long a probe's `PUBLISH` may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How far behind the announcements a tier is: what [`CacheBuilder::l1_max_lag`] bounds.
+///
+/// On an ordered bus ([`InvalidationBus::ordered`]: on Valkey, one server puts every `PUBLISH` of
+/// a channel in one order, and on a cluster every `PUBLISH` of the channel goes to the primary
+/// of its slot, which forwards them to the other nodes over one link each, in order), a tier
+/// publishes a *probe* on the invalidation channel itself, carrying the instant it sent it. When
+/// its probe comes back, every announcement whose `PUBLISH` was acknowledged before the probe was
+/// sent has been delivered, and applied, before it. `confirmed` is the send instant of the
+/// latest probe back: every invalidation announced before it has been applied here. A lookup
+/// serves from L1 only while `now - confirmed <= max_lag`; otherwise it reads the store. Probes
+/// are sent at most every `max_lag / 4`: by a lookup when one is due, and by a background task
+/// of the tier while it had a lookup in the last [`KEEP_PROBING`] (so a tier read now and then
+/// is still confirmed when the next read comes; an idle tier sends nothing). A subscription
+/// that (re)starts counts as confirmed (L1 was flushed). Nothing here is needed for
+/// correctness but the check in [`Tier::caught_up`]: a probe lost or late only makes lookups
+/// read the store.
+///
+/// [`CacheBuilder::l1_max_lag`]: crate::CacheBuilder::l1_max_lag
+struct Lag {
+    base: std::time::Instant,
+    max_ns: u64,
+    every_ns: u64,
+    /// Nanoseconds from `base` to the send instant of the latest probe back (or the latest
+    /// subscription).
+    confirmed: AtomicU64,
+    /// Nanoseconds from `base` to the latest probe sent.
+    last_probe: AtomicU64,
+    /// Nanoseconds from `base` to the latest lookup.
+    last_lookup: AtomicU64,
+    /// Whether the background probing task runs.
+    keeper: AtomicBool,
+}
+
+/// How long after its latest lookup a tier keeps sending probes in the background.
+const KEEP_PROBING: Duration = Duration::from_secs(10);
+
+impl Lag {
+    fn new(max_lag: Duration) -> Self {
+        let ns = |d: Duration| d.as_nanos().min(u64::MAX as u128) as u64;
+        Self {
+            base: std::time::Instant::now(),
+            max_ns: ns(max_lag),
+            every_ns: ns((max_lag / 4).max(Duration::from_millis(5))),
+            confirmed: AtomicU64::new(0),
+            last_probe: AtomicU64::new(0),
+            last_lookup: AtomicU64::new(0),
+            keeper: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_nanos().min(u64::MAX as u128) as u64
+    }
+
+    /// Every announcement made before `at` (nanoseconds from `base`) has been applied.
+    fn confirm(&self, at: u64) {
+        self.confirmed.fetch_max(at, Ordering::AcqRel);
+    }
+
+    /// Claims the probe due at `now`, if one is (at most one per `every_ns`, across threads).
+    fn probe_due(&self, now: u64) -> bool {
+        let last = self.last_probe.load(Ordering::Acquire);
+        now.saturating_sub(last) >= self.every_ns
+            && self
+                .last_probe
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -389,10 +557,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// An invalidation as announced on the bus.
+///
+/// A **probe** (see [`Lag`]) is a message whose `probe` is set (the instant its sender sent it)
+/// and whose `op` is an empty key list: versions of the crate that do not know probes apply it
+/// as a no-op (serde skips the unknown field).
 #[derive(Debug, Serialize, Deserialize)]
 struct Message {
     from: u64,
     op: Op,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    probe: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -420,9 +594,11 @@ impl Tier {
         id: u64,
         namespace: &str,
         channel: &str,
-        bus: &dyn InvalidationBus,
+        bus: Arc<dyn InvalidationBus>,
+        max_lag: Duration,
     ) -> Arc<Self> {
-        let tier = Arc::new(Tier {
+        let lag = (bus.ordered() && !bus.is_local()).then(|| Lag::new(max_lag));
+        let tier = Arc::new_cyclic(|me| Tier {
             entries: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(PerEntry)
@@ -437,11 +613,84 @@ impl Tier {
             listening: AtomicBool::new(false),
             counters: Counters::default(),
             subscription: OnceLock::new(),
+            bus: bus.clone(),
+            channel: channel.to_owned(),
+            lag,
+            me: me.clone(),
         });
         let sink: Arc<dyn BusSink> = tier.clone();
         let subscription = bus.subscribe(channel, Arc::downgrade(&sink));
         let _ = tier.subscription.set(subscription);
         tier
+    }
+
+    /// Whether this tier's announcements are confirmed within `max_lag` (always, without a
+    /// [`Lag`]); sends a probe if one is due, and starts the background prober if it is not
+    /// running.
+    fn caught_up(&self) -> bool {
+        let Some(lag) = &self.lag else {
+            return true;
+        };
+        let now = lag.now();
+        lag.last_lookup.fetch_max(now, Ordering::Relaxed);
+        if lag.probe_due(now) {
+            self.probe(now);
+        }
+        if !lag.keeper.swap(true, Ordering::AcqRel) {
+            self.keep_probing(lag);
+        }
+        now.saturating_sub(lag.confirmed.load(Ordering::Acquire)) <= lag.max_ns
+    }
+
+    /// The background prober: sends the probes due while the tier had a lookup in the last
+    /// [`KEEP_PROBING`], then stops (the next lookup starts it again). It holds the tier only
+    /// weakly, so it ends with it. Without a Tokio runtime, none runs.
+    fn keep_probing(&self, lag: &Lag) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            lag.keeper.store(false, Ordering::Release);
+            return;
+        };
+        let me = self.me.clone();
+        let every = Duration::from_nanos(lag.every_ns);
+        let keep = KEEP_PROBING.as_nanos() as u64;
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(tier) = me.upgrade() else { return };
+                let Some(lag) = &tier.lag else { return };
+                let now = lag.now();
+                if now.saturating_sub(lag.last_lookup.load(Ordering::Relaxed)) > keep {
+                    // A lookup racing this may find it still running and start none: the one
+                    // after it will (and lookups probe by themselves meanwhile).
+                    lag.keeper.store(false, Ordering::Release);
+                    return;
+                }
+                if tier.listening.load(Ordering::SeqCst) && lag.probe_due(now) {
+                    tier.probe(now);
+                }
+            }
+        });
+    }
+
+    /// Publishes a probe sent at `at` (see [`Lag`]), from a task of its own (a lookup never
+    /// waits for it). Without a Tokio runtime, none is sent.
+    fn probe(&self, at: u64) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let message = Message {
+            from: self.id,
+            op: Op::Keys(Vec::new()),
+            probe: Some(at),
+        };
+        // A message of strings and numbers always serializes.
+        let Ok(payload) = serde_json::to_vec(&message) else {
+            return;
+        };
+        let (bus, channel) = (self.bus.clone(), self.channel.clone());
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(PROBE_TIMEOUT, bus.publish(&channel, &payload)).await;
+        });
     }
 
     fn ensure_listener(&self) {
@@ -475,6 +724,12 @@ impl Tier {
         if !self.listening.load(Ordering::SeqCst) {
             self.counters.bypassed.fetch_add(1, Ordering::Relaxed);
             return Err(None);
+        }
+        if !self.caught_up() {
+            // Announcements may be missing: read the store (its value may still fill L1: a
+            // message that arrives later removes it, and hits wait for the next confirmation).
+            self.counters.lagging.fetch_add(1, Ordering::Relaxed);
+            return Err(Some(self.ticket(key)));
         }
         match self.entries.get(key) {
             Some(slot) => {
@@ -574,6 +829,11 @@ impl Tier {
     fn hear(&self) {
         self.exclusive(|| {
             self.entries.invalidate_all();
+            // Flushed: nothing here predates the subscription, which delivers every
+            // announcement from now on.
+            if let Some(lag) = &self.lag {
+                lag.confirm(lag.now());
+            }
             self.listening.store(true, Ordering::SeqCst);
         });
         self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -591,7 +851,18 @@ impl Tier {
     /// Applies a message from the channel.
     fn apply(&self, payload: &[u8]) {
         match serde_json::from_slice::<Message>(payload) {
-            Ok(m) if m.from == self.id => {}
+            // Our own probe, back: every announcement published before it was applied.
+            Ok(Message {
+                from,
+                probe: Some(at),
+                ..
+            }) if from == self.id => {
+                if let Some(lag) = &self.lag {
+                    lag.confirm(at);
+                }
+            }
+            // Another instance's probe (a no-op), or our own announcement (applied already).
+            Ok(m) if m.probe.is_some() || m.from == self.id => {}
             Ok(m) => {
                 self.counters.messages.fetch_add(1, Ordering::Relaxed);
                 self.forget(&m.op);
@@ -612,6 +883,7 @@ impl Tier {
             hits: c.hits.load(Ordering::Relaxed),
             misses: c.misses.load(Ordering::Relaxed),
             bypassed: c.bypassed.load(Ordering::Relaxed),
+            lagging: c.lagging.load(Ordering::Relaxed),
             fills: c.fills.load(Ordering::Relaxed),
             entries: self.entries.entry_count(),
             listening: self.listening.load(Ordering::SeqCst),
@@ -635,5 +907,49 @@ impl BusSink for Tier {
         if self.listening.load(Ordering::SeqCst) {
             self.deafen();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message layout of versions that do not know probes.
+    #[derive(Deserialize)]
+    struct OldMessage {
+        #[allow(dead_code)]
+        from: u64,
+        op: Op,
+    }
+
+    #[test]
+    fn a_probe_is_a_no_op_for_versions_that_do_not_know_probes() {
+        let probe = Message {
+            from: 7,
+            op: Op::Keys(Vec::new()),
+            probe: Some(42),
+        };
+        let bytes = serde_json::to_vec(&probe).unwrap();
+        let old: OldMessage = serde_json::from_slice(&bytes).unwrap();
+        assert!(matches!(old.op, Op::Keys(k) if k.is_empty()));
+        // And an announcement of theirs is one here (no probe field).
+        let theirs = br#"{"from":9,"op":{"keys":["a"]}}"#;
+        let m: Message = serde_json::from_slice(theirs).unwrap();
+        assert!(m.probe.is_none());
+        assert!(matches!(m.op, Op::Keys(k) if k == ["a"]));
+    }
+
+    #[test]
+    fn lag_confirms_monotonically_and_claims_one_probe_per_period() {
+        let lag = Lag::new(Duration::from_millis(400));
+        assert_eq!(lag.every_ns, 100_000_000);
+        lag.confirm(500);
+        lag.confirm(300);
+        assert_eq!(lag.confirmed.load(Ordering::Acquire), 500);
+        let t = 1_000_000_000;
+        assert!(lag.probe_due(t));
+        assert!(!lag.probe_due(t), "claimed once");
+        assert!(!lag.probe_due(t + 99_999_999));
+        assert!(lag.probe_due(t + 100_000_000));
     }
 }

@@ -102,7 +102,7 @@ pub mod __fuzz {
 /// }
 ///
 /// #[cached(cache = CACHE, key = "user:{user_id}", ttl = "5m", tags = ["user:{user_id}"])]
-/// async fn user_profile(user_id: u64) -> Result<Profile, std::io::Error> {
+/// async fn user_profile(user_id: u64) -> Result<Profile, std::sync::Arc<std::io::Error>> {
 ///     Ok(Profile { id: user_id, name: "Ada".into() }) // the database query
 /// }
 ///

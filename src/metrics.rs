@@ -18,7 +18,7 @@
 //! | name | type | unit | attributes | meaning |
 //! |---|---|---|---|---|
 //! | `cache.requests` | counter | `{request}` | `cache.namespace`, `cache.outcome`, `http.route`, `cache.reason` | requests by final outcome |
-//! | `cache.request.duration` | histogram | `s` | as `cache.requests` | time until the response head |
+//! | `cache.request.duration` | histogram | `s` | as `cache.requests`; batch calls: `cache.outcome` `batch`, `cache.operation` | time until the response head; a function-cache call or batch call, whole |
 //! | `cache.stores` | counter | `{entry}` | `cache.namespace` | entries written |
 //! | `cache.stores.superseded` | counter | `{entry}` | `cache.namespace` | fills dropped: invalidated meanwhile |
 //! | `cache.entry.size` | histogram | `By` | `cache.namespace` | stored size of written entries (after compression and encryption) |
@@ -252,6 +252,16 @@ impl Metrics {
             (None, Some(reason)) => record(&[ns, outcome, reason]),
             (None, None) => record(&[ns, outcome]),
         }
+    }
+
+    /// One batch call of the function cache and how long it took.
+    pub(crate) fn batch_call(&self, op: &'static str, elapsed: Duration) {
+        let attrs = [
+            self.namespace.clone(),
+            KeyValue::new("cache.outcome", "batch"),
+            KeyValue::new("cache.operation", op),
+        ];
+        self.request_duration.record(elapsed.as_secs_f64(), &attrs);
     }
 
     /// `n` requests of the function cache's batch operations.

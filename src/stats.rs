@@ -343,6 +343,16 @@ impl Counters {
         Waiting(self)
     }
 
+    /// One batch call of the function cache (`op`: `get_many`, `get_or_set_many`, `set_many`,
+    /// `warm_values`) ended: its duration since `scope` began, in `cache.request.duration` with
+    /// `cache.outcome` `batch` and `cache.operation` `op` (the ids of `get_or_set_many` are
+    /// counted one by one through [`batch`](Self::batch)).
+    pub(crate) fn batch_call(&self, op: &'static str, scope: &RequestScope) {
+        otel!(self, m => m.batch_call(op, scope.started.elapsed()));
+        #[cfg(not(feature = "metrics"))]
+        let _ = (op, scope);
+    }
+
     /// Records one request's outcome: the [`Stats`] counters and, with the `metrics` feature,
     /// `cache.requests` and `cache.request.duration` (from `scope`).
     pub(crate) fn record(&self, outcome: &Outcome, scope: &RequestScope) {

@@ -205,6 +205,44 @@ impl CacheBuilder {
         self
     }
 
+    /// How far behind the invalidation announcements this cache's L1 may be and still serve:
+    /// a read answered from L1 at time `t` has applied every invalidation any instance
+    /// acknowledged before `t - max_lag`. Default 1 s
+    /// ([`DEFAULT_MAX_LAG`](crate::l1::DEFAULT_MAX_LAG)).
+    ///
+    /// The tier checks it by sending itself a probe on the invalidation channel (every
+    /// `max_lag / 4` while it serves reads, and for 10 s after): announcements on Valkey reach
+    /// each subscriber in order, so when its probe is back every earlier announcement has been
+    /// applied. While no probe came back within `max_lag` (a slow subscriber, a slow or frozen
+    /// Valkey), reads skip L1 and go to the store
+    /// ([`L1Stats::lagging`](crate::l1::L1Stats::lagging)). See
+    /// [the bound](crate::l1#the-bound-across-instances). `Duration::MAX` turns the bound off
+    /// (then only the heartbeat and the L1 TTL bound it).
+    pub fn l1_max_lag(mut self, max_lag: Duration) -> Self {
+        self.l1.max_lag = max_lag;
+        self
+    }
+
+    /// Strict invalidations across instances: an invalidation this cache announces returns only
+    /// once [`l1_max_lag`](Self::l1_max_lag) has passed since its announcement was published.
+    /// Then **no read that starts after it returns, in any instance, is served an older entry
+    /// from L1**: every instance has either applied the announcement or stopped serving from
+    /// L1 until it has. Costs every announced invalidation (a write through `InvalidateLayer`,
+    /// `Cache::invalidate*`) `max_lag` of latency: pair it with a short `l1_max_lag` (100-250
+    /// ms), and give every instance sharing the namespace the same `l1_max_lag`. Default off.
+    /// Needs a store whose bus is ordered ([`ValkeyStore`](crate::ValkeyStore)); on a
+    /// `MemoryStore` announcements are applied before the call returns anyway.
+    ///
+    /// # Panics
+    ///
+    /// At [`build`](Self::build), if `l1_max_lag` is longer than 60 s
+    /// ([`MAX_STRICT_LAG`](crate::l1::MAX_STRICT_LAG)): every announced invalidation would wait
+    /// that long (and with the bound off, forever).
+    pub fn l1_strict(mut self, strict: bool) -> Self {
+        self.l1.strict = strict;
+        self
+    }
+
     /// Whether this cache announces its invalidations to the L1 tiers of other instances.
     /// Default: on with [`l1`](Self::l1), off without. Turn it on in every process without L1
     /// that invalidates a namespace other instances serve from L1 (workers, admin tools). Each
@@ -217,6 +255,12 @@ impl CacheBuilder {
     }
 
     /// Builds the cache.
+    ///
+    /// # Panics
+    ///
+    /// With [`l1`](Self::l1) on a store that has no invalidation bus, and with
+    /// [`l1_strict`](Self::l1_strict) and an [`l1_max_lag`](Self::l1_max_lag) above
+    /// [`MAX_STRICT_LAG`](crate::l1::MAX_STRICT_LAG).
     pub fn build(self) -> Cache {
         #[cfg(feature = "metrics")]
         let counters = Counters::with_metrics(crate::metrics::Metrics::new(
@@ -243,6 +287,7 @@ impl CacheBuilder {
                 counters,
                 retry: RetryQueue::new(self.retry_capacity, self.retry_give_up),
                 flights: Flights::default(),
+                failures: Default::default(),
                 log_raw_keys: self.log_raw_keys,
                 epoch: std::sync::atomic::AtomicU64::new(0),
                 l1,

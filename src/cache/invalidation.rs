@@ -137,13 +137,22 @@ impl Cache {
         let run = async move {
             let mut removed = 0;
             let mut failed = None;
+            let mut announced = false;
             for job in jobs {
                 match cache.invalidate_or_queue(job).await {
-                    Ok(n) => removed += n,
+                    Ok(n) => {
+                        removed += n;
+                        announced = true;
+                    }
                     Err(e) => {
                         failed.get_or_insert(e);
                     }
                 }
+            }
+            // `l1_strict`: every instance's L1 has applied the announcements, or stopped
+            // serving until it has, once its bound has passed (crate::l1, "The bound").
+            if let (true, Some(wait)) = (announced, cache.inner.l1.strict_wait()) {
+                tokio::time::sleep(wait).await;
             }
             match failed {
                 None => Ok(removed),

@@ -23,7 +23,7 @@ pub(crate) use ops::BatchWrite;
 use crate::stats::{Counters, Stats};
 use crate::store::{KeySpace, Store};
 use breaker::Breaker;
-use flight::Flights;
+use flight::{Failures, Flights};
 use retry::RetryQueue;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +59,8 @@ struct Inner {
     counters: Counters,
     retry: RetryQueue,
     flights: Flights,
+    /// The short error cache (`error_ttl`), in this process.
+    failures: Failures,
     log_raw_keys: bool,
     /// Invalidations started by this process (successful or not).
     epoch: std::sync::atomic::AtomicU64,
@@ -139,5 +141,10 @@ impl Cache {
     /// Drops every entry of this cache's L1 (this process only).
     pub fn l1_flush(&self) {
         self.inner.l1.flush();
+    }
+
+    /// The short error cache of this process (`error_ttl`; see [`flight::Failures`]).
+    pub(crate) fn failures(&self) -> &Failures {
+        &self.inner.failures
     }
 }

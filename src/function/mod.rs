@@ -1,14 +1,20 @@
 //! Function caching: [`Cache::get_or_set`] and friends for any async computation (database
 //! queries, external APIs), and batch operations.
 //!
-//! Values are serialized with serde (JSON by default) inside the same entry
+//! Values are serialized with serde (JSON by default; the codec is recorded in the entry and every
+//! read decodes with it) inside the same entry
 //! format the response cache uses, so they get the same freshness, stale window, invalidation
 //! guard, single-flight and fail-open behaviour:
 //!
 //! - concurrent calls for one key in this process run the loader **once**; the others get its
 //!   value;
-//! - a loader error is returned to the caller and not cached; with a stale window configured and
-//!   a stale value present, the stale value is returned instead (stale-if-error);
+//! - a loader error is returned to the caller and to the calls waiting on the same load (a clone:
+//!   a failing loader runs once, not once per caller), and not stored; with a stale window
+//!   configured and a stale value present, the stale value is returned instead
+//!   (stale-if-error); with [`Options::error_ttl`] it also answers the next calls for a few
+//!   seconds (in this process);
+//! - a caller running the loader that is cancelled (dropped) hands the load to one of the
+//!   waiting calls, however many times in a row, within their wait bound;
 //! - when the store is down or slow, the loader runs and its value is returned;
 //! - a value loaded while its key was invalidated is not stored.
 //!
@@ -20,7 +26,9 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let cache = Cache::new(MemoryStore::new());
-//! let user: Result<String, std::io::Error> = cache
+//! // Errors are shared with the callers waiting on the same load (`E: Clone`): an error type
+//! // that is not `Clone` goes behind an `Arc`.
+//! let user: Result<String, std::sync::Arc<std::io::Error>> = cache
 //!     .get_or_set_with("user:1", &Options::new().ttl(Duration::from_secs(30)), || async {
 //!         Ok("Ada".to_string()) // a database query, an API call...
 //!     })
@@ -39,7 +47,7 @@ mod warm;
 
 pub use warm::{WarmOptions, WarmReport};
 
-use crate::cache::flight::{follow, Join, Landing};
+use crate::cache::flight::{elect, Elected, Failure, Landing};
 use crate::cache::BatchWrite;
 use crate::entry::{now_ms, Entry, Freshness};
 use crate::key::bound_length;
@@ -67,7 +75,52 @@ pub enum Codec {
     Postcard,
 }
 
+/// The header of a function-cache entry that names its codec, when it is not JSON (an entry
+/// without it is JSON: every entry written before codecs were recorded is).
+const CODEC_HEADER: http::HeaderName = http::header::CONTENT_TYPE;
+#[cfg(feature = "postcard")]
+const POSTCARD: &str = "application/postcard";
+
 impl Codec {
+    /// The codec an entry was written with; None for one this build cannot read (written with a
+    /// codec whose feature is off, or by a newer version).
+    fn of(entry: &Entry) -> Option<Codec> {
+        let named = entry.headers.iter().find(|(n, _)| *n == CODEC_HEADER);
+        match named.map(|(_, v)| v.as_bytes()) {
+            None => Some(Codec::Json),
+            #[cfg(feature = "postcard")]
+            Some(v) if v == POSTCARD.as_bytes() => Some(Codec::Postcard),
+            Some(_) => None,
+        }
+    }
+
+    /// The headers of an entry written with this codec.
+    fn headers(self) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        match self {
+            Codec::Json => Vec::new(),
+            #[cfg(feature = "postcard")]
+            Codec::Postcard => vec![(CODEC_HEADER, http::HeaderValue::from_static(POSTCARD))],
+        }
+    }
+
+    /// The value in `entry`, decoded with the codec it was written with (whatever codec the
+    /// reader would write with), or None.
+    fn read<T: DeserializeOwned>(entry: &Entry) -> Option<T> {
+        Codec::of(entry)?.decode(&entry.body)
+    }
+
+    /// The entry for a value encoded with this codec (`body`), written at `now`.
+    fn entry(self, body: Bytes, now: u64, opts: &Options, default_ttl: Duration) -> Entry {
+        Entry::new(
+            0,
+            self.headers(),
+            body,
+            now,
+            opts.ttl.unwrap_or(default_ttl),
+            opts.stale,
+        )
+    }
+
     fn encode<T: Serialize>(self, v: &T) -> Option<Bytes> {
         match self {
             Codec::Json => serde_json::to_vec(v).ok().map(Bytes::from),
@@ -93,7 +146,14 @@ pub struct Options {
     tags: Vec<String>,
     codec: Codec,
     coalesce_wait: Duration,
+    error_ttl: Duration,
 }
+
+/// The longest `error_ttl` ([`Options::error_ttl`], [`CacheLayer::error_ttl`]): a failure is
+/// never answered from the error cache for longer than this. 60 s.
+///
+/// [`CacheLayer::error_ttl`]: crate::CacheLayer::error_ttl
+pub const MAX_ERROR_TTL: Duration = Duration::from_secs(60);
 
 impl Default for Options {
     fn default() -> Self {
@@ -110,6 +170,7 @@ impl Options {
             tags: Vec::new(),
             codec: Codec::Json,
             coalesce_wait: Duration::from_secs(10),
+            error_ttl: Duration::ZERO,
         }
     }
 
@@ -136,16 +197,32 @@ impl Options {
         self
     }
 
-    /// The serialization format.
+    /// The serialization format values are written with. Reads decode every value with the
+    /// codec it was written with (recorded in its entry), whatever this says.
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
         self
     }
 
     /// How long concurrent callers wait for the one running the loader before running their
-    /// own. Default 10 s.
+    /// own, in all: if the caller running it is cancelled, the waiting ones elect another, as
+    /// often as it takes, within this bound. Default 10 s.
     pub fn coalesce_wait(mut self, wait: Duration) -> Self {
         self.coalesce_wait = wait;
+        self
+    }
+
+    /// A short error cache: a loader error answers the calls on the same key for `ttl` (at most
+    /// [`MAX_ERROR_TTL`]) with a clone of the same error, instead of running the failing loader
+    /// again. Default off.
+    ///
+    /// Kept in this process only, never in the store, and guarded like a value: any
+    /// invalidation of the namespace (in any process) retires it at once, and with
+    /// [`stale_if_error`](Self::stale_if_error) a stale value inside its window is returned
+    /// instead. An error loaded while the store was unreachable is not kept. Without this
+    /// option a failing loader is still shared with the calls waiting on it (single-flight).
+    pub fn error_ttl(mut self, ttl: Duration) -> Self {
+        self.error_ttl = ttl.min(MAX_ERROR_TTL);
         self
     }
 }
@@ -156,6 +233,7 @@ impl Cache {
     pub async fn get_or_set<T, E, F, Fut>(&self, key: &str, loader: F) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
+        E: Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -163,6 +241,12 @@ impl Cache {
     }
 
     /// [`get_or_set`](Self::get_or_set) with per-call [`Options`].
+    ///
+    /// Concurrent calls for `key` in this process run `loader` once: the others get its value,
+    /// or **a clone of its error** (hence `E: Clone`: a failing loader is not run once per
+    /// caller). For an error type that is not `Clone`, share it behind an `Arc`:
+    /// `loader().await.map_err(Arc::new)` (what moka's `try_get_with` does for you). With
+    /// [`Options::error_ttl`] the error also answers the next calls for a few seconds.
     pub async fn get_or_set_with<T, E, F, Fut>(
         &self,
         key: &str,
@@ -171,6 +255,7 @@ impl Cache {
     ) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
+        E: Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -194,7 +279,7 @@ impl Cache {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// let cache = Cache::new(MemoryStore::new());
-    /// let found: Result<Option<String>, std::io::Error> = cache
+    /// let found: Result<Option<String>, std::sync::Arc<std::io::Error>> = cache
     ///     .get_or_set_if("user:7", &Options::new(), Option::is_some, || async {
     ///         Ok(None) // not in the database yet: do not cache the absence
     ///     })
@@ -212,6 +297,7 @@ impl Cache {
     ) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
+        E: Clone + Send + Sync + 'static,
         P: FnOnce(&T) -> bool,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -229,14 +315,14 @@ impl Cache {
                     match Entry::decode(&raw) {
                         Ok(entry) => match entry.freshness(now_ms()) {
                             Freshness::Fresh(left) => {
-                                if let Some(v) = opts.codec.decode(&entry.body) {
+                                if let Some(v) = Codec::read(&entry) {
                                     call.set(Outcome::fresh(left));
                                     return Ok(v);
                                 }
                                 self.counters().decode_failure();
                             }
                             Freshness::Stale(past) if past < opts.stale => {
-                                stale = opts.codec.decode(&entry.body).map(|v| (v, past));
+                                stale = Codec::read(&entry).map(|v| (v, past));
                             }
                             _ => {}
                         },
@@ -252,28 +338,44 @@ impl Cache {
             }
             Err(_) => call.set(Outcome::StoreUnavailable),
         }
+        let stamp = (clock, epoch);
 
-        // Single-flight: one loader run per key in this process.
-        let mut lead = None;
-        let mut attempts = 0;
-        loop {
-            match self.flights().join(&key) {
-                Join::Lead(l) => {
-                    lead = Some(l);
-                    break;
+        // The error cache (`error_ttl`): this key's loader failed moments ago, after a read with
+        // this call's stamp: answer with a clone of that error.
+        if !opts.error_ttl.is_zero() {
+            if let Some(Failure::Error(e)) = self.failures().get(&key, stamp) {
+                if let Some(e) = e.downcast_ref::<E>() {
+                    return shared_error(&mut call, e, stale, ERROR_CACHED);
                 }
-                Join::Follow(rx) => match follow(rx, opts.coalesce_wait, self.counters()).await {
-                    Landing::Entry(e, stamp) if stamp == (clock, epoch) => {
-                        if let Some(v) = opts.codec.decode(&e.body) {
-                            call.set(Outcome::Collapsed);
-                            return Ok(v);
-                        }
-                        break;
-                    }
-                    Landing::Cancelled | Landing::Entry(..) if attempts < 3 => attempts += 1,
-                    _ => break,
-                },
             }
+        }
+
+        // Single-flight: one loader run per key in this process; a cancelled runner hands the
+        // flight to one of the waiting calls.
+        let mut lead = None;
+        match elect(
+            self.flights(),
+            &key,
+            stamp,
+            opts.coalesce_wait,
+            self.counters(),
+        )
+        .await
+        {
+            Elected::Lead(l) => lead = Some(l),
+            Elected::Landed(Landing::Entry(e, _)) => {
+                if let Some(v) = Codec::read(&e) {
+                    call.set(Outcome::Collapsed);
+                    return Ok(v);
+                }
+            }
+            Elected::Landed(Landing::Failed(Failure::Error(e), _)) => {
+                // Another call site may fail with another error type: then run alone.
+                if let Some(e) = e.downcast_ref::<E>() {
+                    return shared_error(&mut call, e, stale, Outcome::Collapsed);
+                }
+            }
+            Elected::Landed(_) | Elected::Alone => {}
         }
         // Now leading: a flight that landed between our read and our lead has stored the value
         // already. Check once more (one round trip on misses only) rather than load it twice.
@@ -282,7 +384,7 @@ impl Cache {
                 if lookup.clock == clock.unwrap_or(0) {
                     if let Some(v) = lookup
                         .value
-                        .and_then(|raw| fresh_value::<T>(&raw, opts.codec, now_ms()))
+                        .and_then(|raw| fresh_value::<T>(&raw, now_ms()))
                     {
                         call.set(Outcome::Collapsed);
                         return Ok(v);
@@ -295,8 +397,12 @@ impl Cache {
         let value = match loader().await {
             Ok(v) => v,
             Err(e) => {
+                // Shared with the waiting calls (and, with `error_ttl`, the next ones).
+                let failure = Failure::Error(Arc::new(e.clone()));
+                self.failures()
+                    .keep(&key, failure.clone(), stamp, opts.error_ttl);
                 if let Some(l) = lead {
-                    l.land(Landing::Unshareable);
+                    l.land(Landing::Failed(failure, stamp));
                 }
                 if let Some((v, past)) = stale {
                     call.set(Outcome::stale(past, Some("stale-if-error")));
@@ -308,15 +414,9 @@ impl Cache {
         // Declined: still returned, and landed for the callers waiting on this load, not stored.
         let keep = store_if(&value);
         let entry = opts.codec.encode(&value).map(|body| {
-            Entry::new(
-                0,
-                Vec::new(),
-                body,
-                now_ms(),
-                opts.ttl.unwrap_or(self.default_ttl()),
-                opts.stale,
-            )
-            .with_compute_time(started.elapsed())
+            opts.codec
+                .entry(body, now_ms(), opts, self.default_ttl())
+                .with_compute_time(started.elapsed())
         });
         let Some(entry) = entry else {
             tracing::warn!(namespace = %self.namespace(), "value does not serialize; not cached");
@@ -342,18 +442,17 @@ impl Cache {
             }
         }
         if let Some(l) = lead {
-            l.land(Landing::Entry(Arc::new(entry), (clock, epoch)));
+            l.land(Landing::Entry(Arc::new(entry), stamp));
         }
         Ok(value)
     }
 
-    /// The fresh cached value for `key`, if any (a value that does not decode as `T` is `None`).
+    /// The fresh cached value for `key`, if any (a value that does not decode as `T` is `None`),
+    /// decoded with the codec it was written with.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         let key = bound_length(key.to_owned());
         let lookup = self.read(&key, None).await?;
-        Ok(lookup
-            .value
-            .and_then(|raw| fresh_value(&raw, Codec::Json, now_ms())))
+        Ok(lookup.value.and_then(|raw| fresh_value(&raw, now_ms())))
     }
 
     /// Stores `value` under `key` unconditionally.
@@ -379,27 +478,32 @@ impl Cache {
         .map(|_| ())
     }
 
-    /// The fresh cached values for `keys`, in order, in one store round trip.
+    /// The fresh cached values for `keys`, in order, in one store round trip, each decoded with
+    /// the codec it was written with. Timed in `cache.request.duration` (`cache.operation`
+    /// `get_many`).
     pub async fn get_many<T: DeserializeOwned>(
         &self,
         keys: &[String],
     ) -> Result<Vec<Option<T>>, StoreError> {
+        let _timed = BatchCall::new(self, "get_many");
         let keys: Vec<String> = keys.iter().map(|k| bound_length(k.clone())).collect();
         let found = self.read_many(&keys).await?;
         let now = now_ms();
         Ok(found
             .values
             .into_iter()
-            .map(|v| v.and_then(|raw| fresh_value(&raw, Codec::Json, now)))
+            .map(|v| v.and_then(|raw| fresh_value(&raw, now)))
             .collect())
     }
 
     /// Stores many values unconditionally in one store round trip, with the options' tags.
+    /// Timed in `cache.request.duration` (`cache.operation` `set_many`).
     pub async fn set_many<'a, T, I>(&self, entries: I, opts: &Options) -> Result<usize, StoreError>
     where
         T: Serialize + 'a,
         I: IntoIterator<Item = (&'a str, &'a T)>,
     {
+        let _timed = BatchCall::new(self, "set_many");
         let mut owned = Vec::new();
         for (k, v) in entries {
             let (encoded, ttl) = self.encode_value(v, opts)?;
@@ -416,7 +520,9 @@ impl Cache {
     /// Returns values for `ids` in the caller's order: cached ones from one batch read, the
     /// missing ones from **one** call of `batch_loader` with exactly the missing ids, which are
     /// then stored in one round trip. `batch_loader` returns `(id, value)` pairs; ids it does not
-    /// return are absent (`None`) in the result.
+    /// return are absent (`None`) in the result. Each id is counted in `cache.requests` (a hit,
+    /// miss or store-unavailable); the call is timed in `cache.request.duration`
+    /// (`cache.operation` `get_or_set_many`).
     pub async fn get_or_set_many<Id, T, E, K, F, Fut>(
         &self,
         ids: &[Id],
@@ -431,6 +537,7 @@ impl Cache {
         F: FnOnce(Vec<Id>) -> Fut,
         Fut: Future<Output = Result<Vec<(Id, T)>, E>>,
     {
+        let _timed = BatchCall::new(self, "get_or_set_many");
         let keys: Vec<String> = ids.iter().map(|id| bound_length(key_fn(id))).collect();
         let found = self.read_many(&keys).await.ok();
         let now = now_ms();
@@ -438,7 +545,7 @@ impl Cache {
             Some(f) => f
                 .values
                 .iter()
-                .map(|v| v.as_ref().and_then(|raw| fresh_value(raw, opts.codec, now)))
+                .map(|v| v.as_ref().and_then(|raw| fresh_value(raw, now)))
                 .collect(),
             None => vec![None; ids.len()],
         };
@@ -486,7 +593,8 @@ impl Cache {
     }
 
     /// Stores precomputed values (reference data) in batches of `batch_size` (one round trip
-    /// each); returns how many were stored.
+    /// each); returns how many were stored. Timed in `cache.request.duration` (`cache.operation`
+    /// `warm_values`, the whole call).
     pub async fn warm_values<T, I>(
         &self,
         values: I,
@@ -497,6 +605,7 @@ impl Cache {
         T: Serialize,
         I: IntoIterator<Item = (String, T)>,
     {
+        let _timed = BatchCall::new(self, "warm_values");
         let batch_size = batch_size.max(1);
         let mut stored = 0;
         let mut batch = Vec::with_capacity(batch_size);
@@ -544,19 +653,38 @@ impl Cache {
             )
         })?;
         let now = now_ms();
-        let entry = Entry::new(
-            0,
-            Vec::new(),
-            body,
-            now,
-            opts.ttl.unwrap_or(self.default_ttl()),
-            opts.stale,
-        )
-        .with_compute_time(took);
+        let entry = opts
+            .codec
+            .entry(body, now, opts, self.default_ttl())
+            .with_compute_time(took);
         let encoded = entry
             .encode()
             .map_err(|e| StoreError::new(crate::store::StoreErrorKind::Server, e.to_string()))?;
         Ok((encoded, entry.store_ttl(now)))
+    }
+}
+
+/// A batch call of the function cache, timed into `cache.request.duration` when it ends
+/// (however it ends).
+struct BatchCall<'a> {
+    cache: &'a Cache,
+    op: &'static str,
+    scope: RequestScope,
+}
+
+impl<'a> BatchCall<'a> {
+    fn new(cache: &'a Cache, op: &'static str) -> Self {
+        Self {
+            cache,
+            op,
+            scope: RequestScope::call(),
+        }
+    }
+}
+
+impl Drop for BatchCall<'_> {
+    fn drop(&mut self) {
+        self.cache.counters().batch_call(self.op, &self.scope);
     }
 }
 
@@ -590,9 +718,38 @@ impl Drop for Call<'_> {
     }
 }
 
-fn fresh_value<T: DeserializeOwned>(raw: &Bytes, codec: Codec, now: u64) -> Option<T> {
+/// What a call answered from the error cache is labelled with.
+const ERROR_CACHED: Outcome = Outcome::Miss {
+    stored: false,
+    detail: Some("error-cached"),
+};
+
+/// A call answered with another load's error (a follower of the failed load, labelled
+/// [`Outcome::Collapsed`], or the error cache): its own stale value if it has one inside its
+/// stale-if-error window, else a clone of the error.
+fn shared_error<T, E: Clone>(
+    call: &mut Call<'_>,
+    e: &E,
+    stale: Option<(T, Duration)>,
+    outcome: Outcome,
+) -> Result<T, E> {
+    match stale {
+        Some((v, past)) => {
+            call.set(Outcome::stale(past, Some("stale-if-error")));
+            Ok(v)
+        }
+        None => {
+            call.set(outcome);
+            Err(e.clone())
+        }
+    }
+}
+
+/// The value of a stored entry if it is fresh at `now`, decoded with the codec it was written
+/// with.
+fn fresh_value<T: DeserializeOwned>(raw: &Bytes, now: u64) -> Option<T> {
     let entry = Entry::decode(raw).ok()?;
     matches!(entry.freshness(now), Freshness::Fresh(_))
-        .then(|| codec.decode(&entry.body))
+        .then(|| Codec::read(&entry))
         .flatten()
 }

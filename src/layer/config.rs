@@ -36,6 +36,8 @@ pub(crate) struct RouteConfig {
     pub(crate) coalesce: bool,
     pub(crate) coalesce_wait: Duration,
     pub(crate) lock_lease: Option<Duration>,
+    /// `error_ttl`: how long a shareable 5xx answers this route's misses (zero: off).
+    pub(crate) error_ttl: Duration,
     pub(crate) ttl_jitter: f64,
     pub(crate) early_refresh_beta: f64,
     pub(crate) eviction: Option<Arc<RouteEviction>>,
@@ -90,6 +92,7 @@ impl RouteConfig {
             coalesce: true,
             coalesce_wait: Duration::from_secs(10),
             lock_lease: None,
+            error_ttl: Duration::ZERO,
             ttl_jitter: 0.0,
             early_refresh_beta: 0.0,
             eviction: None,
@@ -146,6 +149,19 @@ impl RouteConfig {
     /// Whether the route's key includes the request's `Range`: only then is a `206` stored.
     pub(crate) fn covers_range(&self) -> bool {
         self.key.covers_header(&http::header::RANGE)
+    }
+
+    /// Whether `res` is a failure this route shares with the followers of its fill (and keeps
+    /// for `error_ttl`): a 5xx it does not store as an entry, but that it could store if it
+    /// cached that status (no `Set-Cookie`, no `private` / `no-store` / `no-cache`, a parsable
+    /// `Vary` other than `*`). One rule with storing: [`response_unstorable`].
+    ///
+    /// [`response_unstorable`]: super::policy::response_unstorable
+    pub(crate) fn shares_failure<B>(&self, res: &http::Response<B>) -> bool {
+        let status = res.status();
+        status.is_server_error()
+            && !self.statuses.contains(&status)
+            && super::policy::response_unstorable(res, &[status], self.covers_range()).is_none()
     }
 
     /// True the first time it is called for this route (to log configuration errors once).

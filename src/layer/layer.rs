@@ -76,11 +76,32 @@ impl CacheLayer {
     }
 
     /// Single-flight in this process: concurrent misses on one key run the handler once and the
-    /// others answer with its entry (`fwd=uri-miss; collapsed`), waiting at most `max_wait`
-    /// before running the handler themselves. Default on, 10 s.
+    /// others answer with its entry (`fwd=uri-miss; collapsed`), or with its 5xx response when it
+    /// failed (a shareable one: see [`error_ttl`](Self::error_ttl)), waiting at most `max_wait`
+    /// in all before running the handler themselves. A leader whose request is cancelled hands
+    /// the flight on: its followers elect a new leader, however many leaders in a row are
+    /// cancelled, until `max_wait` has passed. Default on, 10 s.
     pub fn coalesce(mut self, enable: bool, max_wait: Duration) -> Self {
         self.cfg().coalesce = enable;
         self.cfg().coalesce_wait = max_wait;
+        self
+    }
+
+    /// A short error cache: a 5xx response of this route's handler answers the route's misses
+    /// on the same key for `ttl` (at most [`MAX_ERROR_TTL`](crate::function::MAX_ERROR_TTL),
+    /// 60 s) instead of running the failing handler again (`Cache-Status: ...; fwd=uri-miss;
+    /// detail=error-cached`). Default off.
+    ///
+    /// Only a 5xx the route could share at all is kept (no `Set-Cookie`, not `private`,
+    /// `no-store` or `no-cache`, a `Vary` it can key by), in this process only, never in the
+    /// store. It is guarded like an entry: any invalidation of the namespace (a write through
+    /// `InvalidateLayer` in any process) retires it at once, a request asking to revalidate
+    /// (`Cache-Control: no-cache`) runs the handler, and with
+    /// [`stale_if_error`](Self::stale_if_error) a stale entry inside its window is served instead
+    /// of the error. Without this option a failing handler is still shared with the requests
+    /// waiting on it (single-flight): they get the same 5xx, not one handler run each.
+    pub fn error_ttl(mut self, ttl: Duration) -> Self {
+        self.cfg().error_ttl = ttl.min(crate::function::MAX_ERROR_TTL);
         self
     }
 

@@ -11,7 +11,7 @@ use super::request_body::CacheRequestBody;
 use super::response::{from_entry, Answer};
 use super::revalidate;
 use super::vary::{Marker, Vary};
-use crate::cache::flight::{follow, Join, Landing, Lead, Stamp};
+use crate::cache::flight::{elect, Elected, Failure, Landing, Lead, Stamp};
 use crate::entry::{now_ms, Entry, Freshness};
 use crate::outcome::{Outcome, PendingStore};
 use crate::store::{Write, Written};
@@ -58,6 +58,32 @@ fn shared_answer<B: Body>(entry: &Entry, is_head: bool) -> Option<Answer<B>> {
     Some(from_entry(entry, is_head, outcome, now))
 }
 
+/// What a request answered from the error cache is labelled with.
+const ERROR_CACHED: Outcome = Outcome::Miss {
+    stored: false,
+    detail: Some("error-cached"),
+};
+
+/// The answer for a request served with a failure of this key's handler (a follower of the
+/// failed fill, `outcome` [`Outcome::Collapsed`], or the error cache): the request's own stale
+/// entry if it has one inside its stale-if-error window, else the failed response.
+fn failed_answer<B: Body>(
+    failed: &Entry,
+    stale: Option<(Entry, Duration)>,
+    is_head: bool,
+    outcome: Outcome,
+) -> Answer<B> {
+    match stale {
+        Some((entry, past)) => from_entry(
+            &entry,
+            is_head,
+            Outcome::stale(past, Some("stale-if-error")),
+            now_ms(),
+        ),
+        None => from_entry(failed, is_head, outcome, now_ms()),
+    }
+}
+
 /// A miss: single-flight, fill lock, the handler, and storing its response.
 pub(crate) async fn miss<S, ReqB, ResB>(
     cfg: Arc<RouteConfig>,
@@ -89,26 +115,30 @@ where
     let headers = req.headers().clone();
     let stamp: Stamp = (Some(clock), epoch);
 
-    // Single-flight: one handler run per key in this process; the others wait for its entry.
+    // The error cache (`error_ttl`): this key's handler failed moments ago, after a read with
+    // this request's stamp: answer with that failure rather than run the handler again.
+    if !cfg.error_ttl.is_zero() && !revalidate {
+        if let Some(Failure::Response(e)) = cfg.cache.failures().get(&key, stamp) {
+            return Ok(failed_answer(&e, stale, is_head, ERROR_CACHED));
+        }
+    }
+
+    // Single-flight: one handler run per key in this process; the others wait for its entry,
+    // or its failure, and elect a new leader if it is cancelled.
     let mut lead = None;
     if cfg.coalesce && !is_head {
-        let mut attempts = 0;
-        loop {
-            match cfg.cache.flights().join(&key) {
-                Join::Lead(l) => {
-                    lead = Some(l);
-                    break;
+        let flights = cfg.cache.flights();
+        match elect(flights, &key, stamp, cfg.coalesce_wait, counters).await {
+            Elected::Lead(l) => lead = Some(l),
+            Elected::Landed(Landing::Entry(e, _)) => {
+                if let Some(answer) = shared_answer(&e, is_head) {
+                    return Ok(answer);
                 }
-                Join::Follow(rx) => match follow(rx, cfg.coalesce_wait, counters).await {
-                    Landing::Entry(e, s) if s == stamp => match shared_answer(&e, is_head) {
-                        Some(answer) => return Ok(answer),
-                        None => break,
-                    },
-                    // Cancelled, or landed from before an invalidation this request saw: lead.
-                    Landing::Cancelled | Landing::Entry(..) if attempts < 3 => attempts += 1,
-                    _ => break,
-                },
             }
+            Elected::Landed(Landing::Failed(Failure::Response(e), _)) => {
+                return Ok(failed_answer(&e, stale, is_head, Outcome::Collapsed));
+            }
+            Elected::Landed(_) | Elected::Alone => {}
         }
     }
 
@@ -214,6 +244,15 @@ where
         return Ok((res.map(CacheBody::stream), outcome));
     }
     if let Some(reason) = policy::fill_unstorable(&cfg, &res, unparsable_tags) {
+        // A 5xx is not stored, but the followers of this fill share it (and, with `error_ttl`,
+        // the next misses): one handler run per failure, if the response is one the route could
+        // share.
+        if unparsable_tags.is_none()
+            && cfg.shares_failure(&res)
+            && fill.shares(&Vary::of(res.headers()))
+        {
+            return Ok(share_failure(&cfg, fill, res).await);
+        }
         fill.decline();
         let outcome = Outcome::Miss {
             stored: false,
@@ -291,6 +330,54 @@ where
         detail,
     };
     Ok((res, outcome))
+}
+
+/// Answers the leader with its handler's 5xx and hands the same status, headers and body to the
+/// followers of its fill (and, with `error_ttl`, to the error cache), once the body is complete
+/// within `max_body_bytes`: a body that is larger, fails or is dropped is shared with nobody (the
+/// followers run the handler themselves). Never stored.
+async fn share_failure<B>(cfg: &RouteConfig, fill: Fill, res: Response<B>) -> Answer<B>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send + 'static,
+{
+    let outcome = Outcome::Miss {
+        stored: false,
+        detail: Some("status"),
+    };
+    let (parts, body) = res.into_parts();
+    let hint = body.size_hint();
+    if hint.lower() > cfg.max_body_bytes as u64 {
+        fill.decline();
+        return (
+            Response::from_parts(parts, CacheBody::stream(body)),
+            outcome,
+        );
+    }
+    if hint.exact().is_some() {
+        return match body.collect().await {
+            Ok(c) => {
+                let bytes = c.to_bytes();
+                fill.fail(parts.status, &parts.headers, bytes.clone()).await;
+                (Response::from_parts(parts, CacheBody::full(bytes)), outcome)
+            }
+            Err(e) => {
+                fill.decline();
+                (Response::from_parts(parts, CacheBody::failed(e)), outcome)
+            }
+        };
+    }
+    let (status, headers) = (parts.status, parts.headers.clone());
+    let tee = Tee::new(
+        cfg.max_body_bytes,
+        Box::new(move |bytes| {
+            tokio::spawn(async move { fill.fail(status, &headers, bytes).await });
+        }),
+    );
+    (
+        Response::from_parts(parts, CacheBody::tee(body, tee)),
+        outcome,
+    )
 }
 
 /// What waiting on another instance's fill lock ended with.
@@ -390,7 +477,11 @@ pub(crate) struct Fill {
     pub(crate) key: String,
     pub(crate) variant: Variant,
     pub(crate) tags: Vec<String>,
+    /// The route's TTL, shortened by this fill's jitter.
     ttl: Duration,
+    /// This fill's jitter: every TTL it stores (the route's, or the response's own with
+    /// `respect_cache_control`) is multiplied by it.
+    jitter: f64,
     since: u64,
     epoch: u64,
     started: Instant,
@@ -407,19 +498,17 @@ impl Fill {
         lead: Option<Lead>,
         lock: LockGuard,
     ) -> Self {
-        let ttl = cfg.ttl();
-        let ttl = if cfg.ttl_jitter > 0.0 {
-            // Only ever shorten: an entry must not outlive the freshness the route promises.
-            ttl.mul_f64(1.0 - cfg.ttl_jitter * fastrand::f64())
-        } else {
-            ttl
-        };
+        // Only ever shorten: an entry must not outlive the freshness the route (or the
+        // response) promises.
+        let jitter = 1.0 - cfg.ttl_jitter * fastrand::f64();
+        let ttl = cfg.ttl().mul_f64(jitter);
         Self {
             cfg: cfg.clone(),
             key,
             variant,
             tags: Vec::new(),
             ttl,
+            jitter,
             since,
             epoch,
             started: Instant::now(),
@@ -445,6 +534,27 @@ impl Fill {
         }
     }
 
+    /// The handler failed with a shareable 5xx (`status`, `headers`, `body`): the followers get
+    /// it, and with `error_ttl` so do the next misses of this key for that long. The lock is
+    /// released (nothing was stored: another instance waiting on it runs its own handler).
+    pub(crate) async fn fail(self, status: StatusCode, headers: &HeaderMap, body: Bytes) {
+        let entry = Entry::from_response(
+            status,
+            headers,
+            body,
+            now_ms(),
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        let failure = Failure::Response(Arc::new(entry));
+        let stamp = self.stamp();
+        self.cfg
+            .cache
+            .failures()
+            .keep(&self.key, failure.clone(), stamp, self.cfg.error_ttl);
+        self.finish(Landing::Failed(failure, stamp)).await;
+    }
+
     /// The response is not shareable: followers run on their own; the lock is released.
     pub(crate) fn decline(mut self) {
         if let Some(l) = self.lead.take() {
@@ -464,7 +574,8 @@ impl Fill {
                 .with_compute_time(self.started.elapsed());
         }
         let ttl = match self.cfg.respect_cache_control {
-            true => conditional::response_ttl(headers).unwrap_or(self.ttl),
+            // The jitter applies to every TTL source (the response's own lifetime too).
+            true => conditional::response_ttl(headers).map_or(self.ttl, |t| t.mul_f64(self.jitter)),
             false => self.ttl,
         };
         Entry::from_response(status, headers, body, now_ms(), ttl, self.cfg.stale_for())

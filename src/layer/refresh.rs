@@ -16,11 +16,14 @@ use std::sync::Arc;
 use tower_service::Service;
 
 /// How a refresh's request ended (before its outcome is counted).
-enum Done {
-    /// A 200 (or other storable response) stored, with whether followers may share it.
+enum Refreshed {
+    /// A response the route stores: how the write went, the entry, whether the followers of the
+    /// refresh may take it.
     Stored(Written, Entry, bool),
     /// A `304` to the conditional request made from the entry: the entry and the 304's headers.
     NotModified(Entry, http::HeaderMap),
+    /// A 5xx the route shares with the followers (status, headers, complete body).
+    Failed(http::StatusCode, http::HeaderMap, Bytes),
 }
 
 /// What a refresh needs from the request that triggered it.
@@ -100,7 +103,7 @@ pub(crate) fn spawn<S, ReqB, ResB>(
             let mut res = inner.call(req).await.ok()?;
             if res.status() == http::StatusCode::NOT_MODIFIED && ours {
                 if let Some(entry) = &trigger.entry {
-                    return Some(Done::NotModified(entry.clone(), res.headers().clone()));
+                    return Some(Refreshed::NotModified(entry.clone(), res.headers().clone()));
                 }
             }
             if cfg.tag_headers
@@ -108,20 +111,25 @@ pub(crate) fn spawn<S, ReqB, ResB>(
             {
                 return None;
             }
+            let vary = Vary::of(res.headers());
             if policy::fill_unstorable(&cfg, &res, None).is_some() {
+                if cfg.shares_failure(&res) && fill.shares(&vary) {
+                    // Requests that missed meanwhile follow this refresh: they share its failure.
+                    let (parts, body) = res.into_parts();
+                    let bytes = collect_limited(Box::pin(body), cfg.max_body_bytes).await?;
+                    return Some(Refreshed::Failed(parts.status, parts.headers, bytes));
+                }
                 return None;
             }
-            let vary = Vary::of(res.headers());
             let (mut parts, body) = res.into_parts();
             let bytes = collect_limited(Box::pin(body), cfg.max_body_bytes).await?;
             let entry = fill.entry(parts.status, &mut parts.headers, bytes);
             let written = fill.store(&entry, &vary).await?;
-            Some(Done::Stored(written, entry, fill.shares(&vary)))
+            Some(Refreshed::Stored(written, entry, fill.shares(&vary)))
         };
         let counters = cfg.cache.counters();
-        let done = tokio::time::timeout(cfg.refresh_timeout, work).await;
-        let done = match done {
-            Ok(Some(Done::NotModified(entry, headers))) => {
+        match tokio::time::timeout(cfg.refresh_timeout, work).await {
+            Ok(Some(Refreshed::NotModified(entry, headers))) => {
                 // Revalidated: the stored entry refreshed with the 304's headers (guarded).
                 let (refreshed, written) = revalidate::refresh(fill, &entry, &headers).await;
                 match written {
@@ -130,14 +138,8 @@ pub(crate) fn spawn<S, ReqB, ResB>(
                     None => counters.refresh_failures(),
                 }
                 drop(refreshed);
-                return;
             }
-            Ok(Some(Done::Stored(w, e, s))) => Ok(Some((w, e, s))),
-            Ok(None) => Ok(None),
-            Err(e) => Err(e),
-        };
-        match done {
-            Ok(Some((Written::Stored, entry, shareable))) => {
+            Ok(Some(Refreshed::Stored(Written::Stored, entry, shareable))) => {
                 counters.refreshes();
                 let landing = match shareable {
                     true => Landing::Entry(Arc::new(entry), fill.stamp()),
@@ -145,11 +147,16 @@ pub(crate) fn spawn<S, ReqB, ResB>(
                 };
                 fill.finish(landing).await;
             }
-            Ok(Some((_, _, _))) => {
+            Ok(Some(Refreshed::Stored(..))) => {
                 // Refused by the guard: the key was invalidated while the refresh ran (the store
                 // counted it as superseded); the next request fills it anew.
                 tracing::debug!(namespace = %cfg.cache.namespace(), "background refresh superseded by an invalidation");
                 fill.decline();
+            }
+            Ok(Some(Refreshed::Failed(status, headers, body))) => {
+                counters.refresh_failures();
+                tracing::debug!(namespace = %cfg.cache.namespace(), %status, "background refresh failed; the stale entry stays");
+                fill.fail(status, &headers, body).await;
             }
             _ => {
                 counters.refresh_failures();

@@ -67,6 +67,16 @@ pub trait InvalidationBus: Send + Sync + fmt::Debug + 'static {
     fn is_local(&self) -> bool {
         false
     }
+
+    /// Whether every subscriber of a channel receives its messages in the order their
+    /// `publish` calls returned: then a subscriber that receives a message it published itself
+    /// knows it has received every message published before it, which is how an
+    /// [L1 tier](crate::l1) bounds how far behind the announcements it may be
+    /// ([`CacheBuilder::l1_max_lag`](crate::CacheBuilder::l1_max_lag)). Default false (no
+    /// bound: a tier on such a bus relies on its TTL).
+    fn ordered(&self) -> bool {
+        false
+    }
 }
 
 /// A bus inside one process: [`publish`](InvalidationBus::publish) calls every subscriber of the

@@ -58,7 +58,7 @@ struct Rate {
 }
 
 /// The error of a loader calling the upstream.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 struct UpstreamError(u16);
 
 /// The loader: `GET {base}/rates/eur-usd` on the mock, parsed as JSON.
@@ -719,6 +719,76 @@ mod memory {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// warm: judged by each response's Outcome (both stores)
+// ---------------------------------------------------------------------------------------------
+
+/// `warm` judges each request by its response's `Outcome`: a streamed response (unknown length)
+/// it stored counts as warmed once its body is complete and stored, and a duplicate URI
+/// (collapsed onto the concurrent fill of the same key, or a fresh hit after it) is already
+/// fresh, never a failure. 10 streamed and 10 plain URIs, each sent 3 times, 16 at a time.
+async fn warm_judges_by_outcome(cache: Cache) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (r1, r2) = (runs.clone(), runs.clone());
+    let layer = CacheLayer::new(cache.clone()).ttl(Duration::from_secs(300));
+    let app = Router::new()
+        .route(
+            "/stream/{id}",
+            get(move |Path(id): Path<u32>| {
+                let runs = r1.clone();
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    let chunks = (0..4).map(move |i| {
+                        Ok::<_, std::io::Error>(bytes::Bytes::from(format!("item {id} part {i};")))
+                    });
+                    Body::from_stream(futures_util::stream::iter(chunks))
+                }
+            })
+            .route_layer(layer.clone()),
+        )
+        .route(
+            "/items/{id}",
+            get(move |Path(id): Path<u32>| {
+                let runs = r2.clone();
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    format!("item {id}")
+                }
+            })
+            .route_layer(layer),
+        );
+    let uris: Vec<String> = (0..10)
+        .flat_map(|i| [format!("/stream/{i}"), format!("/items/{i}")])
+        .collect();
+    let requests = uris
+        .iter()
+        .flat_map(|u| std::iter::repeat_n(u.clone(), 3))
+        .map(|u| Request::get(u).body(Body::empty()).unwrap());
+    let report = cache
+        .warm(app.clone(), requests, WarmOptions::new().concurrency(16))
+        .await;
+    assert_eq!(
+        (report.warmed, report.already_fresh, report.failed),
+        (20, 40, 0),
+        "{report:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 20, "one handler run per URI");
+    for u in &uris {
+        assert!(support::get(&app, u).await.is_hit(), "{u} is warm");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_counts_streamed_stores_and_duplicates_on_valkey() {
+    let server = ValkeyServer::start();
+    warm_judges_by_outcome(builder(valkey_store(&server, VALKEY), "warm_outcome").build()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_counts_streamed_stores_and_duplicates_on_memory() {
+    warm_judges_by_outcome(builder(MemoryStore::new(), "warm_outcome").build()).await
+}
+
 /// The postcard codec stores values smaller than JSON and reads them back; both codecs coexist.
 #[cfg(feature = "postcard")]
 #[tokio::test]
@@ -756,6 +826,67 @@ async fn postcard_codec_round_trips_on_valkey() {
     };
     let (j, b) = (size("pc:rate:false").await, size("pc:rate:true").await);
     assert!(b < j, "postcard {b} bytes vs JSON {j} bytes");
+}
+
+/// Every read decodes a value with the codec it was written with: `get`, `get_many`,
+/// `get_or_set_many` and `get_or_set` with other options read postcard values (`get` and
+/// `get_many` assumed JSON, so a postcard value read as `None`), and JSON values still read.
+#[cfg(feature = "postcard")]
+async fn reads_use_the_codec_of_the_entry(cache: Cache) {
+    use tower_valkey_cache::function::Codec;
+    let bin = Options::new().codec(Codec::Postcard);
+    cache.set("bin", &eur_usd(), &bin).await.unwrap();
+    cache
+        .set("json", &eur_usd(), &Options::new())
+        .await
+        .unwrap();
+    let v: Result<Rate, UpstreamError> = cache
+        .get_or_set_with("loaded", &bin, || async { Ok(eur_usd()) })
+        .await;
+    assert_eq!(v.unwrap(), eur_usd());
+
+    for key in ["bin", "json", "loaded"] {
+        assert_eq!(
+            cache.get::<Rate>(key).await.unwrap(),
+            Some(eur_usd()),
+            "get {key}"
+        );
+    }
+    let keys: Vec<String> = ["bin", "json", "loaded"].map(String::from).to_vec();
+    assert_eq!(
+        cache.get_many::<Rate>(&keys).await.unwrap(),
+        vec![Some(eur_usd()); 3]
+    );
+    // Read with JSON options: still the postcard value, the loader does not run.
+    let many = cache
+        .get_or_set_many(
+            &["bin", "loaded"],
+            |k| k.to_string(),
+            &Options::new(),
+            |_| async { Err::<Vec<(&str, Rate)>, _>(UpstreamError(0)) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(many, vec![Some(eur_usd()); 2]);
+    let one: Result<Rate, UpstreamError> = cache
+        .get_or_set("bin", || async { Err(UpstreamError(0)) })
+        .await;
+    assert_eq!(one.unwrap(), eur_usd());
+    // A value of another type is still None, not a wrong value.
+    assert_eq!(cache.get::<Vec<String>>("bin").await.unwrap(), None);
+}
+
+#[cfg(feature = "postcard")]
+#[tokio::test]
+async fn reads_use_the_codec_of_the_entry_on_valkey() {
+    let server = ValkeyServer::start();
+    reads_use_the_codec_of_the_entry(builder(valkey_store(&server, VALKEY), "codec").build()).await
+}
+
+#[cfg(feature = "postcard")]
+#[tokio::test]
+async fn reads_use_the_codec_of_the_entry_on_memory() {
+    reads_use_the_codec_of_the_entry(builder(MemoryStore::new(), "codec").build()).await
 }
 
 // ---------------------------------------------------------------------------------------------

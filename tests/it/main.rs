@@ -8,12 +8,15 @@
 mod support;
 
 mod breaker;
+#[cfg(all(feature = "testing", feature = "axum"))]
+mod cancellation;
 mod cluster;
 #[cfg(all(feature = "axum", feature = "testing"))]
 mod composition;
 #[cfg(feature = "testing")]
 mod conformance;
 mod eviction;
+mod flight;
 mod function;
 mod glob;
 mod headers;
@@ -21,6 +24,7 @@ mod http_semantics;
 mod invalidate;
 #[cfg(feature = "axum")]
 mod l1;
+mod l1_lag;
 mod layer;
 mod lost_state;
 #[cfg(feature = "macros")]
@@ -29,6 +33,8 @@ mod macros;
 mod observability;
 #[cfg(feature = "testing")]
 mod owed;
+#[cfg(all(feature = "testing", feature = "axum"))]
+mod owed_reads;
 mod post_body;
 mod properties;
 #[cfg(all(
@@ -47,3 +53,4 @@ mod tag_scale;
 #[cfg(feature = "testing")]
 mod testing;
 mod vary;
+mod write_paths;

@@ -339,7 +339,8 @@ async fn scripted_sequence_counts_exactly() {
 
     // the function cache: a miss, then a hit (no route)
     for _ in 0..2 {
-        let v: Result<u32, std::io::Error> = cache.get_or_set("fn:1", || async { Ok(7) }).await;
+        let v: Result<u32, std::sync::Arc<std::io::Error>> =
+            cache.get_or_set("fn:1", || async { Ok(7) }).await;
         assert_eq!(v.unwrap(), 7);
     }
 
@@ -773,4 +774,85 @@ async fn distinct_ids_share_one_route_attribute() {
     }
     assert_eq!(routes, BTreeSet::from([ITEMS.to_owned()]));
     assert_eq!(cache.stats().misses, N);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batch calls in cache.request.duration
+// ---------------------------------------------------------------------------------------------
+
+/// `get_many`, `get_or_set_many`, `set_many` and `warm_values` are timed in
+/// `cache.request.duration`, one sample per call (`cache.outcome` `batch`, `cache.operation` the
+/// call); before, only single-key calls and layer requests were.
+async fn batch_calls_are_timed(store: impl Store) {
+    let otel = Otel::new();
+    let cache = otel
+        .builder(Cache::builder(store).namespace("batch").timeout(POLL))
+        .build();
+    let opts = tower_valkey_cache::function::Options::new();
+    let keys: Vec<String> = (0..3).map(|i| format!("k:{i}")).collect();
+    cache
+        .set_many(keys.iter().map(|k| (k.as_str(), &1u32)), &opts)
+        .await
+        .unwrap();
+    let got: Vec<Option<u32>> = cache.get_many(&keys).await.unwrap();
+    assert_eq!(got, vec![Some(1); 3]);
+    let loaded = cache
+        .get_or_set_many(
+            &[0u32, 5],
+            |i| format!("k:{i}"),
+            &opts,
+            |ids| async move { Ok::<_, ()>(ids.into_iter().map(|i| (i, i)).collect()) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(loaded, vec![Some(1), Some(5)]);
+    let n = cache
+        .warm_values((0..4).map(|i| (format!("w:{i}"), i)), 2, &opts)
+        .await
+        .unwrap();
+    assert_eq!(n, 4);
+
+    let s = otel.snapshot();
+    let batch = |op: &'static str| [("cache.operation", op), ("cache.outcome", "batch")];
+    let durations = s.histogram("cache.request.duration");
+    assert_eq!(
+        durations,
+        expect(
+            "batch",
+            &[
+                (&batch("get_many"), 1),
+                (&batch("get_or_set_many"), 1),
+                (&batch("set_many"), 1),
+                (&batch("warm_values"), 1),
+            ]
+        )
+    );
+    // The ids of get_or_set_many are still counted one by one.
+    assert_eq!(
+        s.counter("cache.requests"),
+        expect(
+            "batch",
+            &[
+                (&[("cache.outcome", "hit")], 1),
+                (&[("cache.outcome", "miss")], 1)
+            ]
+        )
+    );
+}
+
+#[tokio::test]
+async fn batch_calls_are_timed_on_memory() {
+    batch_calls_are_timed(MemoryStore::new()).await
+}
+
+#[tokio::test]
+async fn batch_calls_are_timed_on_valkey() {
+    let server = ValkeyServer::start();
+    let store = ValkeyStore::with_config(
+        ValkeyConfig::from_url(server.url())
+            .connect_timeout(POLL)
+            .response_timeout(POLL),
+    )
+    .expect("valkey store");
+    batch_calls_are_timed(store).await
 }

@@ -912,3 +912,46 @@ async fn memory_ttl_jitter_spreads_expiry() {
     let (lifetimes, _) = jitter_fills(&cache).await;
     assert_spread("freshness lifetimes", &lifetimes, 50_000, 100_000);
 }
+
+/// Fills `JITTER_FILLS` keys on a route that takes each response's lifetime from its own
+/// `Cache-Control: max-age=100` (the route's TTL, 1,000 s, is not used), with jitter 0.5;
+/// returns each entry's freshness lifetime in ms.
+async fn jitter_fills_max_age(cache: &Cache) -> Vec<u64> {
+    let layer = CacheLayer::new(cache.clone())
+        .key("m:{n}")
+        .ttl(Duration::from_secs(1000))
+        .respect_cache_control(true)
+        .ttl_jitter(0.5);
+    let app = Router::new().route(
+        "/{n}",
+        get(|Path(n): Path<String>| async move { ([("cache-control", "max-age=100")], n) })
+            .route_layer(layer),
+    );
+    for i in 0..JITTER_FILLS {
+        let r = get_req(&app, &format!("/{i}")).await;
+        assert_eq!(r.cache_status(), STORED);
+    }
+    let mut lifetimes = Vec::new();
+    for i in 0..JITTER_FILLS {
+        let e = entry(cache, &format!("m:{i}")).await;
+        lifetimes.push(e.fresh_until_ms - e.stored_at_ms);
+    }
+    lifetimes
+}
+
+/// The jitter applies to every TTL source: the handler's own `max-age` too (it used to apply to
+/// the route's TTL only, so 200 entries filled with `max-age=100` all lived exactly 100 s).
+#[tokio::test]
+async fn valkey_ttl_jitter_applies_to_the_handlers_max_age() {
+    let b = Backend::valkey(VALKEY);
+    let cache = b.cache("jitter-max-age", OP);
+    let lifetimes = jitter_fills_max_age(&cache).await;
+    assert_spread("max-age lifetimes", &lifetimes, 50_000, 100_000);
+}
+
+#[tokio::test]
+async fn memory_ttl_jitter_applies_to_the_handlers_max_age() {
+    let cache = Backend::memory(MemoryStore::new()).cache("jitter-max-age", OP);
+    let lifetimes = jitter_fills_max_age(&cache).await;
+    assert_spread("max-age lifetimes", &lifetimes, 50_000, 100_000);
+}

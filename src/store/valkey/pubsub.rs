@@ -49,6 +49,13 @@ impl InvalidationBus for ValkeyStore {
         })
     }
 
+    /// One server orders every `PUBLISH` of a channel; on a cluster every `PUBLISH` of a
+    /// channel goes to the primary of its slot (the cluster client routes it by the channel
+    /// name), which forwards them to the other nodes over one link each, in order.
+    fn ordered(&self) -> bool {
+        true
+    }
+
     fn subscribe(&self, channel: &str, sink: Weak<dyn BusSink>) -> Subscription {
         let listener = Arc::new(Listener {
             clients: self.pubsub_clients().to_vec(),
@@ -176,7 +183,7 @@ async fn run(
                 continue;
             }
         };
-        let (mut sink, mut stream) = pubsub.split();
+        let (sink, mut stream) = pubsub.split();
         {
             let Some(s) = task.sink.upgrade() else { return };
             s.subscribed();
@@ -188,6 +195,9 @@ async fn run(
         backoff = BACKOFF_MIN;
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The heartbeat in flight: awaited alongside the messages, so a slow PONG never holds
+        // announcements back.
+        let mut ping: Option<std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>> = None;
         let reason = loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -198,8 +208,20 @@ async fn run(
                     }
                     None => break "connection closed",
                 },
-                _ = beat.tick() => {
-                    match tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await {
+                _ = beat.tick(), if ping.is_none() => {
+                    let mut sink = sink.clone();
+                    ping = Some(Box::pin(async move {
+                        tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await
+                    }));
+                }
+                pong = async {
+                    match ping.as_mut() {
+                        Some(p) => p.await,
+                        None => std::future::pending().await,
+                    }
+                }, if ping.is_some() => {
+                    ping = None;
+                    match pong {
                         Ok(Ok(_)) => {}
                         Ok(Err(_)) => break "heartbeat failed",
                         Err(_) => break "heartbeat timed out",
