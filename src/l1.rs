@@ -142,7 +142,7 @@ use std::time::Duration;
 const STRIPES: usize = 64;
 
 /// A snapshot of a cache's L1 tier ([`Cache::l1_stats`](crate::Cache::l1_stats)).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct L1Stats {
     /// Reads answered from L1.

@@ -7,12 +7,14 @@
 
 mod support;
 
+#[cfg(all(feature = "admin", feature = "testing"))]
+mod admin;
 mod breaker;
 mod cluster;
-#[cfg(feature = "testing")]
-mod conformance;
 #[cfg(all(feature = "axum", feature = "testing"))]
 mod composition;
+#[cfg(feature = "testing")]
+mod conformance;
 mod eviction;
 mod function;
 mod glob;
