@@ -10,8 +10,8 @@
 //! - Every store operation has a timeout; when the store fails, requests are served by the
 //!   handler as if there were no cache.
 //! - Observability: [`Cache::stats`] counters, `tracing` spans per request and per store
-//!   operation (keys hashed), and OpenTelemetry metrics with the `metrics` feature (on by
-//!   default; see the `metrics` module for the table of instruments).
+//!   operation (keys hashed), and OpenTelemetry metrics with the `opentelemetry` feature (see
+//!   the `metrics` module for the table of instruments).
 //! - Entries can be stored compressed (feature `compression`) and encrypted under application
 //!   keys with rotation (feature `encryption`): see [`seal`].
 //!

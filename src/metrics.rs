@@ -1,4 +1,4 @@
-//! OpenTelemetry instruments (cargo feature `metrics`, on by default).
+//! OpenTelemetry instruments (cargo feature `opentelemetry`, formerly `metrics`; off by default).
 //!
 //! Every [`Cache`](crate::Cache) creates its instruments once, when it is built, from the meter
 //! given to [`CacheBuilder::meter`](crate::CacheBuilder::meter) or else from
