@@ -229,6 +229,15 @@ impl State {
         self.tier.as_ref().map(|t| t.stats())
     }
 
+    /// What the L1 instruments read at each collection, when the tier is on. It holds the tier
+    /// weakly: a dropped cache's tier is freed, and then observed no more.
+    pub(crate) fn stats_source(
+        &self,
+    ) -> Option<impl Fn() -> Option<L1Stats> + Send + Sync + 'static> {
+        let tier = Arc::downgrade(self.tier.as_ref()?);
+        Some(move || tier.upgrade().map(|t| t.stats()))
+    }
+
     /// Drops every entry of the tier (this process only).
     pub(crate) fn flush(&self) {
         if let Some(t) = &self.tier {

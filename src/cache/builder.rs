@@ -207,15 +207,26 @@ impl CacheBuilder {
 
     /// Builds the cache.
     pub fn build(self) -> Cache {
+        let l1 = crate::l1::State::new(&self.l1, self.store.as_ref(), &self.namespace);
         #[cfg(feature = "metrics")]
-        let counters = Counters::with_metrics(crate::metrics::Metrics::new(
-            &self.meter.unwrap_or_else(crate::metrics::default_meter),
-            &self.namespace,
-            self.store.name(),
-        ));
+        let counters = {
+            let meter = self.meter.unwrap_or_else(crate::metrics::default_meter);
+            let metrics = crate::metrics::Metrics::new(&meter, &self.namespace, self.store.name());
+            if let Some(source) = l1.stats_source() {
+                metrics.observe_l1(&meter, move || {
+                    source().map(|s| crate::metrics::L1Reading {
+                        hits: s.hits,
+                        misses: s.misses,
+                        bypassed: s.bypassed,
+                        entries: s.entries,
+                        listening: s.listening,
+                    })
+                });
+            }
+            Counters::with_metrics(metrics)
+        };
         #[cfg(not(feature = "metrics"))]
         let counters = Counters::default();
-        let l1 = crate::l1::State::new(&self.l1, self.store.as_ref(), &self.namespace);
         Cache {
             inner: Arc::new(Inner {
                 space: if self.store.needs_hash_tags() {
