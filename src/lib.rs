@@ -12,6 +12,8 @@
 //! - Observability: [`Cache::stats`] counters, `tracing` spans per request and per store
 //!   operation (keys hashed), and OpenTelemetry metrics with the `opentelemetry` feature (see
 //!   the `metrics` module for the table of instruments).
+//! - Operators purge by key, tag or pattern and read the counters over HTTP with the optional
+//!   admin router (feature `admin`: `admin::router`, behind an authorizer).
 //! - Entries can be stored compressed (feature `compression`) and encrypted under application
 //!   keys with rotation (feature `encryption`): see [`seal`].
 //!
