@@ -197,7 +197,7 @@ impl State {
 
     /// What the L1 instruments read at each collection, when the tier is on. It holds the tier
     /// weakly: a dropped cache's tier is freed, and then observed no more.
-    #[cfg(feature = "metrics")]
+    #[cfg(feature = "opentelemetry")]
     pub(crate) fn stats_source(
         &self,
     ) -> Option<impl Fn() -> Option<L1Stats> + Send + Sync + 'static> {

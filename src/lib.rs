@@ -54,8 +54,8 @@ pub mod invalidate;
 pub mod key;
 pub mod l1;
 pub mod layer;
-#[cfg(feature = "metrics")]
-#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
 pub mod metrics;
 mod outcome;
 pub mod seal;

@@ -23,7 +23,7 @@ pub struct CacheBuilder {
     retry_capacity: usize,
     retry_give_up: Duration,
     log_raw_keys: bool,
-    #[cfg(feature = "metrics")]
+    #[cfg(feature = "opentelemetry")]
     meter: Option<opentelemetry::metrics::Meter>,
     l1: crate::l1::Config,
     sealer: crate::seal::Sealer,
@@ -44,7 +44,7 @@ impl CacheBuilder {
             retry_capacity: 1024,
             retry_give_up: Duration::from_secs(600),
             log_raw_keys: false,
-            #[cfg(feature = "metrics")]
+            #[cfg(feature = "opentelemetry")]
             meter: None,
             l1: Default::default(),
             sealer: Default::default(),
@@ -131,8 +131,8 @@ impl CacheBuilder {
     /// let meter = opentelemetry::global::meter("tower-valkey-cache"); // or provider.meter(...)
     /// let cache = Cache::builder(MemoryStore::new()).meter(meter).build();
     /// ```
-    #[cfg(feature = "metrics")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
     pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
         self.meter = Some(meter);
         self
@@ -208,7 +208,7 @@ impl CacheBuilder {
     /// Builds the cache.
     pub fn build(self) -> Cache {
         let l1 = crate::l1::State::new(&self.l1, self.store.as_ref(), &self.namespace);
-        #[cfg(feature = "metrics")]
+        #[cfg(feature = "opentelemetry")]
         let counters = {
             let meter = self.meter.unwrap_or_else(crate::metrics::default_meter);
             let metrics = crate::metrics::Metrics::new(&meter, &self.namespace, self.store.name());
@@ -225,7 +225,7 @@ impl CacheBuilder {
             }
             Counters::with_metrics(metrics)
         };
-        #[cfg(not(feature = "metrics"))]
+        #[cfg(not(feature = "opentelemetry"))]
         let counters = Counters::default();
         Cache {
             inner: Arc::new(Inner {

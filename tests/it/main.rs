@@ -26,7 +26,7 @@ mod l1;
 mod layer;
 #[cfg(feature = "macros")]
 mod macros;
-#[cfg(all(feature = "metrics", feature = "axum"))]
+#[cfg(all(feature = "opentelemetry", feature = "axum"))]
 mod observability;
 mod post_body;
 mod properties;
