@@ -16,6 +16,7 @@
 //! curl -s localhost:3000/items/1 -H 'authorization: Bearer x'         # a bypass
 //! curl -s -X PUT localhost:3000/items/1                               # an invalidation
 //! curl -s localhost:3000/news; sleep 2; curl -s localhost:3000/news   # a miss, then a stale hit
+//! for i in 1 2 3 4; do curl -s localhost:3000/top/$i; done            # the 4th evicts one
 //! curl -s localhost:3000/metrics | grep -E '^(cache|db)_'
 //! ```
 //!
@@ -33,6 +34,7 @@ use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::Resource;
 use std::time::Duration;
+use tower_valkey_cache::eviction::Lru;
 use tower_valkey_cache::{Cache, CacheLayer, InvalidateLayer, MemoryStore, ValkeyStore};
 
 /// A meter provider whose instruments are read, at each scrape, into `registry` (the
@@ -55,10 +57,30 @@ pub fn prometheus_pipeline(
 
 /// A cache in namespace `example` whose instruments come from `provider`.
 pub fn cache(store: impl tower_valkey_cache::store::Store, provider: &SdkMeterProvider) -> Cache {
+    builder(store, provider).build()
+}
+
+fn builder(
+    store: impl tower_valkey_cache::store::Store,
+    provider: &SdkMeterProvider,
+) -> tower_valkey_cache::CacheBuilder {
     Cache::builder(store)
         .namespace("example")
         .meter(provider.meter("tower-valkey-cache"))
-        .build()
+}
+
+/// `/top/{id}`: a route bounded to 3 entries (least recently used evicted), so the eviction
+/// instruments have something to count. Needs a store with bounded namespaces (Valkey, memory).
+pub fn bounded(cache: Cache) -> Router {
+    Router::new().route(
+        "/top/{id}",
+        get(item).route_layer(
+            CacheLayer::new(cache)
+                .key("top:{id}")
+                .ttl(Duration::from_secs(60))
+                .eviction(Lru::with_capacity(3)),
+        ),
+    )
 }
 
 async fn item(Path(id): Path<u64>) -> String {
@@ -126,9 +148,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // without `CacheBuilder::meter`, which take the global provider's meter when built).
     opentelemetry::global::set_meter_provider(provider.clone());
 
+    // With an L1 tier in front of the store (its instruments are `cache.l1.*`).
+    let l1 = |b: tower_valkey_cache::CacheBuilder| b.l1(10_000, Duration::from_secs(30)).build();
     let cache = match std::env::var("VALKEY_URL") {
-        Ok(url) => cache(ValkeyStore::new(&url)?, &provider),
-        Err(_) => cache(MemoryStore::new(), &provider),
+        Ok(url) => l1(builder(ValkeyStore::new(&url)?, &provider)),
+        Err(_) => l1(builder(MemoryStore::new(), &provider)),
     };
     let port: u16 = std::env::var("PORT")
         .ok()
@@ -136,7 +160,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(3000);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("observability example on http://127.0.0.1:{port} (metrics at /metrics)");
-    axum::serve(listener, app(cache, registry))
+    axum::serve(listener, app(cache.clone(), registry).merge(bounded(cache)))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

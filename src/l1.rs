@@ -132,42 +132,8 @@
 //! [`LocalBus`](crate::store::LocalBus) if it lives in one process); without one,
 //! [`CacheBuilder::l1`](crate::CacheBuilder::l1) panics at `build`.
 //!
-//! # Why pub/sub and not RESP3 client-side caching
-//!
-//! Valkey can track the keys a client read (`CLIENT TRACKING`, RESP3) and push an invalidation
-//! when any client modifies one; redis-rs exposes it as the experimental `cache-aio` feature. It
-//! was evaluated and not chosen:
-//!
-//! - **for it**: per-key invalidation by the server itself, so it also covers writes by other
-//!   clients and `set`s; with tracking on the data connection, invalidation pushes arrive in order
-//!   with replies; patterns and tags would be covered too, since they end in deletions of keys.
-//! - **against it**: it needs RESP3 on every connection; redis-rs keeps one client cache **per
-//!   connection**, so each of the store's lanes would hold its own copy (the hit rate divided by
-//!   the lane count) and it dies with the connection; a hit returns a `redis::Value` that is
-//!   copied into the `Bytes` the entry decoder reads (a body copy per hit, where L1 clones a
-//!   reference); the crate reads entry + clock with one `MGET`, and the clock changes on every
-//!   invalidation of the namespace, so each invalidation would make the next read of every key a
-//!   network call again; redis-rs adds a `PTTL` to each cached miss; the server keeps a tracking
-//!   table of every key every client read (memory and `tracking-table-max-keys` evictions that
-//!   invalidate spuriously), or, in `BCAST` mode, pushes every write of the namespace (fills
-//!   included) to every instance; the feature is marked experimental and its API has changed
-//!   between releases; and the crate could no longer tell an L1 hit from a store hit (statistics)
-//!   or bound an entry's L1 life by its freshness.
-//!
-//! Pub/sub costs one `PUBLISH` per invalidation and one connection per `Cache` with L1, keeps the
-//! lanes untouched, and gives the crate the semantics it needs (freshness-bounded entries, guarded
-//! fills, explicit deaf mode). Its gap, writes that bypass the crate's invalidation, is bounded by
-//! the L1 TTL: keep that TTL short (seconds) where such writes happen.
-//!
-//! # Why moka
-//!
-//! A concurrent, bounded cache whose reads take no global lock, with per-entry expiry (each
-//! entry's L1 life is bounded by its own freshness), a TinyLFU admission policy that keeps
-//! one-off keys from flushing hot ones, and `invalidate_all` that is O(1) and guaranteed for
-//! subsequent reads (tag invalidations, deaf mode). Only its `sync` feature is used (no async
-//! runtime dependency, no background threads).
-//!
-//! [moka]: https://docs.rs/moka
+//! Design records (why pub/sub rather than RESP3 client-side caching, why moka): ARCHITECTURE.md ›
+//! The L1 tier.
 
 use crate::entry::{now_ms, Entry};
 use crate::store::bus::{BusSink, InvalidationBus, Subscription};
@@ -182,7 +148,7 @@ use std::time::Duration;
 const STRIPES: usize = 64;
 
 /// A snapshot of a cache's L1 tier ([`Cache::l1_stats`](crate::Cache::l1_stats)).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct L1Stats {
     /// Reads answered from L1.
@@ -312,6 +278,16 @@ impl State {
     /// Statistics of the tier, if on.
     pub(crate) fn stats(&self) -> Option<L1Stats> {
         self.tier.as_ref().map(|t| t.stats())
+    }
+
+    /// What the L1 instruments read at each collection, when the tier is on. It holds the tier
+    /// weakly: a dropped cache's tier is freed, and then observed no more.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) fn stats_source(
+        &self,
+    ) -> Option<impl Fn() -> Option<L1Stats> + Send + Sync + 'static> {
+        let tier = Arc::downgrade(self.tier.as_ref()?);
+        Some(move || tier.upgrade().map(|t| t.stats()))
     }
 
     /// Drops every entry of the tier (this process only).

@@ -10,8 +10,10 @@
 //! - Every store operation has a timeout; when the store fails, requests are served by the
 //!   handler as if there were no cache.
 //! - Observability: [`Cache::stats`] counters, `tracing` spans per request and per store
-//!   operation (keys hashed), and OpenTelemetry metrics with the `metrics` feature (on by
-//!   default; see the `metrics` module for the table of instruments).
+//!   operation (keys hashed), and OpenTelemetry metrics with the `opentelemetry` feature (see
+//!   the `metrics` module for the table of instruments).
+//! - Operators purge by key, tag or pattern and read the counters over HTTP with the optional
+//!   admin router (feature `admin`: `admin::router`, behind an authorizer).
 //! - Entries can be stored compressed (feature `compression`) and encrypted under application
 //!   keys with rotation (feature `encryption`): see [`seal`].
 //!
@@ -38,6 +40,9 @@
 #[macro_use]
 mod macros;
 
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 mod cache;
 #[cfg(feature = "unstable")]
 #[cfg_attr(docsrs, doc(cfg(feature = "unstable")))]
@@ -52,8 +57,8 @@ pub mod invalidate;
 pub mod key;
 pub mod l1;
 pub mod layer;
-#[cfg(feature = "metrics")]
-#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
 pub mod metrics;
 mod outcome;
 pub mod seal;

@@ -1,4 +1,4 @@
-//! OpenTelemetry instruments (cargo feature `metrics`, on by default).
+//! OpenTelemetry instruments (cargo feature `opentelemetry`, formerly `metrics`; off by default).
 //!
 //! Every [`Cache`](crate::Cache) creates its instruments once, when it is built, from the meter
 //! given to [`CacheBuilder::meter`](crate::CacheBuilder::meter) or else from
@@ -33,6 +33,9 @@
 //! | `cache.breaker.transitions` | counter | `{transition}` | `cache.namespace`, `cache.breaker.state` | circuit breaker opened / closed |
 //! | `cache.warm.requests` | counter | `{request}` | `cache.namespace`, `cache.warm.result` | warming progress |
 //! | `db.client.operation.duration` | histogram | `s` | `cache.namespace`, `db.system.name`, `db.operation.name`, `error.type` | store operations |
+//! | `cache.l1.requests` | observable counter | `{request}` | `cache.namespace`, `cache.l1.result` (`hit`, `miss`, `bypassed`) | reads of the [L1 tier](crate::l1), with L1 on |
+//! | `cache.l1.entries` | observable gauge | `{entry}` | `cache.namespace` | entries in L1 |
+//! | `cache.l1.listening` | observable gauge | | `cache.namespace` | 1 while L1 hears invalidations (used), 0 while deaf |
 
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::{InstrumentationScope, KeyValue, StringValue, Value};
@@ -53,6 +56,17 @@ const SIZE_BOUNDS: [f64; 11] = [
     64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
     67108864.0,
 ];
+
+/// One reading of the L1 tier for its instruments (plain numbers: this module imports nothing
+/// of the crate).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct L1Reading {
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
+    pub(crate) bypassed: u64,
+    pub(crate) entries: u64,
+    pub(crate) listening: bool,
+}
 
 /// What one request got, as recorded in `cache.requests`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +153,7 @@ impl Metrics {
                 .with_boundaries(DURATION_BOUNDS.to_vec())
                 .build()
         };
-        Self {
+        let metrics = Self {
             // Reference-counted: cloned into every request's attributes without an allocation.
             namespace: KeyValue::new(
                 "cache.namespace",
@@ -221,7 +235,72 @@ impl Metrics {
                 "db.client.operation.duration",
                 "Duration of store operations (error.type set when they failed)",
             ),
+        };
+        // The rare events' series exist from the start at 0, so that `increase()` and `rate()`
+        // see their first occurrence (a counter series born at 1 shows no increase: Prometheus
+        // has no earlier sample). scripts/prometheus-check caught this on the README's query.
+        for state in ["open", "closed"] {
+            metrics
+                .breaker
+                .add(0, &metrics.ns("cache.breaker.state", state));
         }
+        for result in ["queued", "succeeded", "dropped"] {
+            metrics
+                .retries
+                .add(0, &metrics.ns("cache.retry.result", result));
+        }
+        metrics
+    }
+
+    /// Registers the L1 tier's instruments, read from `read` at each collection (None once the
+    /// tier is gone: nothing is observed).
+    pub(crate) fn observe_l1(
+        &self,
+        meter: &Meter,
+        read: impl Fn() -> Option<L1Reading> + Send + Sync + 'static,
+    ) {
+        let read = std::sync::Arc::new(read);
+        let ns = self.namespace.clone();
+        let (r, attrs) = (read.clone(), ns.clone());
+        meter
+            .u64_observable_counter("cache.l1.requests")
+            .with_unit("{request}")
+            .with_description("Reads of the L1 tier: hit, miss, or bypassed (deaf)")
+            .with_callback(move |o| {
+                if let Some(l1) = r() {
+                    for (result, n) in [
+                        ("hit", l1.hits),
+                        ("miss", l1.misses),
+                        ("bypassed", l1.bypassed),
+                    ] {
+                        o.observe(
+                            n,
+                            &[attrs.clone(), KeyValue::new("cache.l1.result", result)],
+                        );
+                    }
+                }
+            })
+            .build();
+        let (r, attrs) = (read.clone(), ns.clone());
+        meter
+            .u64_observable_gauge("cache.l1.entries")
+            .with_unit("{entry}")
+            .with_description("Entries in the L1 tier")
+            .with_callback(move |o| {
+                if let Some(l1) = r() {
+                    o.observe(l1.entries, std::slice::from_ref(&attrs));
+                }
+            })
+            .build();
+        meter
+            .u64_observable_gauge("cache.l1.listening")
+            .with_description("1 while the L1 tier hears invalidations (and is used), 0 while deaf")
+            .with_callback(move |o| {
+                if let Some(l1) = read() {
+                    o.observe(u64::from(l1.listening), std::slice::from_ref(&ns));
+                }
+            })
+            .build();
     }
 
     fn ns(&self, key: &'static str, value: impl Into<Value>) -> [KeyValue; 2] {

@@ -53,31 +53,6 @@
 //! entries as misses and overwrites them, and an instance with a keyring refuses unencrypted
 //! entries: correct, but the instances then overwrite each other's entries.
 //!
-//! # Format
-//!
-//! An entry that is neither compressed nor encrypted is stored as the plain
-//! [entry encoding][`Entry`] (version 3; version 1 entries, written when keys meant
-//! something else, read as misses). A transformed one is an envelope:
-//!
-//! ```text
-//! "TVC" 0x02          magic and envelope version (entry readers reject it as a miss)
-//! u8 flags            0x01 LZ4, 0x02 AES-256-GCM; any other bit, or none, is an error
-//! if encrypted:
-//!   u32 key id          the Keyring key that sealed it
-//!   [12] nonce          random, from the operating system's CSPRNG
-//!   ciphertext, tag     16-byte tag; associated data: the 9 bytes above + the store key
-//! payload (the plaintext when encrypted):
-//!   if LZ4: u32 decoded length, LZ4 block of the entry encoding
-//!   else:   the entry encoding (an envelope around a version 1 entry opens to an outdated
-//!           entry: a miss)
-//! ```
-//!
-//! The whole encoding is compressed (headers too), then encrypted (ciphertext does not compress).
-//! The associated data binds the ciphertext to its store key (`namespace:key`): a ciphertext
-//! copied to another key (another user's entry) does not authenticate there. A cache with a
-//! keyring refuses unencrypted entries, so whoever can write to Valkey cannot plant plaintext
-//! entries on an encrypted namespace.
-//!
 //! # Decompression is bounded
 //!
 //! The store is not trusted to hold well-formed data. Before allocating, the declared decoded
@@ -86,31 +61,14 @@
 //! that length. Anything else is a miss. Entries larger than `max_size` are stored uncompressed,
 //! so a cache never writes an entry it would refuse to read.
 //!
-//! # Why LZ4 (lz4_flex) and not zstd
-//!
-//! Measured with `benches/compression-choice` (median of runs, release build, the 2-core
-//! benchmark machine; see BENCHMARKS.md for the table): on a 64 KiB JSON body LZ4 compresses to
-//! a smaller ratio than zstd level 1, but decompresses several times faster, and decompression
-//! is what every hit pays. A response cache reads each entry many times per write, and its point
-//! is to make hits cheap; LZ4 keeps a compressed hit's CPU cost a small fraction of the request
-//! while still shrinking JSON several times. `lz4_flex` is pure Rust (its safe decoder, no
-//! `unsafe`), builds with no C toolchain, and adds no dependency; the `zstd` crate builds
-//! libzstd's C sources.
-//!
-//! # Why AES-256-GCM from ring
-//!
-//! `ring` is maintained (it is rustls's cryptography), already in the dependency tree with the
-//! `tls` feature, and its AES-GCM uses the CPU's AES and carry-less multiply instructions where
-//! present (constant-time software otherwise). Nonces are 96 random bits per entry from the
-//! operating system (`ring::rand::SystemRandom`); with random nonces, keep a key for fewer than
-//! 2³² writes (rotate well before: a rotation costs nothing but adding a key).
-//!
 //! # L1
 //!
 //! The [L1 tier](crate::l1) keeps entries **opened** (decrypted and decompressed): an L1 hit
 //! decodes the plain entry, as without this module, and pays neither cost. L1 is process memory,
 //! which holds the served responses anyway; its capacity counts entries, not bytes, so size it
 //! for uncompressed entries.
+//!
+//! Design records (the envelope format, why LZ4 and why `ring`): ARCHITECTURE.md › Entries at rest.
 //!
 // Links to items that exist only with a feature: to the item when it is built, otherwise to its
 // page on docs.rs (built with every feature), so the docs of every feature set have no broken

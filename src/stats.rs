@@ -1,6 +1,6 @@
 //! Cheap counters behind [`Cache::stats`](crate::Cache::stats).
 //!
-//! [`Counters`] is the funnel every counted event goes through; with the `metrics` feature each
+//! [`Counters`] is the funnel every counted event goes through; with the `opentelemetry` feature each
 //! method also records the matching OpenTelemetry instrument ([`crate::metrics`], which holds
 //! the instruments and imports nothing else of the crate). A request's outcome is recorded by
 //! [`Counters::record`], once per request, from the one place that finishes a response (and,
@@ -8,11 +8,11 @@
 
 use crate::outcome::Outcome;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-#[cfg(feature = "metrics")]
+#[cfg(feature = "opentelemetry")]
 use std::time::Instant;
 
 /// A snapshot of a cache's counters since it was built.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// Requests answered from a fresh entry.
@@ -119,14 +119,14 @@ pub(crate) struct Counters {
     stale_if_error: AtomicU64,
     evictions: AtomicU64,
     waiting: AtomicU64,
-    #[cfg(feature = "metrics")]
+    #[cfg(feature = "opentelemetry")]
     otel: Option<crate::metrics::Metrics>,
 }
 
 /// Runs `$e` with `$m` bound to the OpenTelemetry instruments, when there are any.
 macro_rules! otel {
     ($self:ident, $m:ident => $e:expr) => {
-        #[cfg(feature = "metrics")]
+        #[cfg(feature = "opentelemetry")]
         if let Some($m) = &$self.otel {
             $e;
         }
@@ -134,7 +134,7 @@ macro_rules! otel {
 }
 
 impl Counters {
-    #[cfg(feature = "metrics")]
+    #[cfg(feature = "opentelemetry")]
     pub(crate) fn with_metrics(metrics: crate::metrics::Metrics) -> Self {
         Self {
             otel: Some(metrics),
@@ -146,7 +146,7 @@ impl Counters {
     pub(crate) fn stored(&self, bytes: usize) {
         self.stores.fetch_add(1, Relaxed);
         otel!(self, m => m.stored(bytes));
-        #[cfg(not(feature = "metrics"))]
+        #[cfg(not(feature = "opentelemetry"))]
         let _ = bytes;
     }
     pub(crate) fn superseded(&self) {
@@ -165,7 +165,7 @@ impl Counters {
         error: Option<&'static str>,
     ) {
         otel!(self, m => m.store_op(op, elapsed, error));
-        #[cfg(not(feature = "metrics"))]
+        #[cfg(not(feature = "opentelemetry"))]
         let _ = (op, elapsed, error);
     }
 
@@ -176,7 +176,7 @@ impl Counters {
     pub(crate) fn invalidated(&self, kind: &'static str, n: u64) {
         self.invalidated.fetch_add(n, Relaxed);
         otel!(self, m => m.invalidated(kind, n));
-        #[cfg(not(feature = "metrics"))]
+        #[cfg(not(feature = "opentelemetry"))]
         let _ = kind;
     }
     pub(crate) fn breaker_opened(&self) {
@@ -216,7 +216,7 @@ impl Counters {
     pub(crate) fn evicted(&self, policy: &str, n: u64) {
         self.evictions.fetch_add(n, Relaxed);
         otel!(self, m => m.evicted(policy, n));
-        #[cfg(not(feature = "metrics"))]
+        #[cfg(not(feature = "opentelemetry"))]
         let _ = policy;
     }
 
@@ -240,7 +240,7 @@ impl Counters {
     /// `failed` (OpenTelemetry only: the warm report counts them for the caller).
     pub(crate) fn warm(&self, result: &'static str) {
         otel!(self, m => m.warm(result));
-        #[cfg(not(feature = "metrics"))]
+        #[cfg(not(feature = "opentelemetry"))]
         let _ = result;
     }
 
@@ -295,23 +295,23 @@ impl Counters {
 /// `cache.request.duration`.
 #[derive(Clone, Debug)]
 pub(crate) struct RequestScope {
-    #[cfg(feature = "metrics")]
+    #[cfg(feature = "opentelemetry")]
     started: Instant,
     /// The route template (axum's `MatchedPath`), `"unknown"` in a layer without one; None for
     /// function-cache calls.
-    #[cfg(feature = "metrics")]
+    #[cfg(feature = "opentelemetry")]
     route: Option<opentelemetry::StringValue>,
 }
 
 impl RequestScope {
     /// A request through a layer on `route` (a template, never the raw path).
     pub(crate) fn request(route: Option<&str>) -> Self {
-        #[cfg(not(feature = "metrics"))]
+        #[cfg(not(feature = "opentelemetry"))]
         let _ = route;
         Self {
-            #[cfg(feature = "metrics")]
+            #[cfg(feature = "opentelemetry")]
             started: Instant::now(),
-            #[cfg(feature = "metrics")]
+            #[cfg(feature = "opentelemetry")]
             route: Some(crate::metrics::route_value(route)),
         }
     }
@@ -319,9 +319,9 @@ impl RequestScope {
     /// A function-cache call.
     pub(crate) fn call() -> Self {
         Self {
-            #[cfg(feature = "metrics")]
+            #[cfg(feature = "opentelemetry")]
             started: Instant::now(),
-            #[cfg(feature = "metrics")]
+            #[cfg(feature = "opentelemetry")]
             route: None,
         }
     }
@@ -349,11 +349,11 @@ impl Counters {
     /// counted one by one through [`batch`](Self::batch)).
     pub(crate) fn batch_call(&self, op: &'static str, scope: &RequestScope) {
         otel!(self, m => m.batch_call(op, scope.started.elapsed()));
-        #[cfg(not(feature = "metrics"))]
+        #[cfg(not(feature = "opentelemetry"))]
         let _ = (op, scope);
     }
 
-    /// Records one request's outcome: the [`Stats`] counters and, with the `metrics` feature,
+        /// Records one request's outcome: the [`Stats`] counters and, with the `opentelemetry` feature,
     /// `cache.requests` and `cache.request.duration` (from `scope`).
     pub(crate) fn record(&self, outcome: &Outcome, scope: &RequestScope) {
         match outcome {
@@ -386,13 +386,13 @@ impl Counters {
             }
         }
         otel!(self, m => m.served(served(outcome), scope.route.clone(), Some(scope.started.elapsed())));
-        #[cfg(not(feature = "metrics"))]
+        #[cfg(not(feature = "opentelemetry"))]
         let _ = scope;
     }
 }
 
 /// An outcome as `cache.requests` labels it.
-#[cfg(feature = "metrics")]
+#[cfg(feature = "opentelemetry")]
 fn served(outcome: &Outcome) -> crate::metrics::Served {
     use crate::metrics::Served;
     match outcome {

@@ -23,7 +23,7 @@ pub struct CacheBuilder {
     retry_capacity: usize,
     retry_give_up: Duration,
     log_raw_keys: bool,
-    #[cfg(feature = "metrics")]
+    #[cfg(feature = "opentelemetry")]
     meter: Option<opentelemetry::metrics::Meter>,
     l1: crate::l1::Config,
     sealer: crate::seal::Sealer,
@@ -44,7 +44,7 @@ impl CacheBuilder {
             retry_capacity: 1024,
             retry_give_up: Duration::from_secs(600),
             log_raw_keys: false,
-            #[cfg(feature = "metrics")]
+            #[cfg(feature = "opentelemetry")]
             meter: None,
             l1: Default::default(),
             sealer: Default::default(),
@@ -142,8 +142,8 @@ impl CacheBuilder {
     /// let meter = opentelemetry::global::meter("tower-valkey-cache"); // or provider.meter(...)
     /// let cache = Cache::builder(MemoryStore::new()).meter(meter).build();
     /// ```
-    #[cfg(feature = "metrics")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
     pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
         self.meter = Some(meter);
         self
@@ -262,15 +262,26 @@ impl CacheBuilder {
     /// [`l1_strict`](Self::l1_strict) and an [`l1_max_lag`](Self::l1_max_lag) above
     /// [`MAX_STRICT_LAG`](crate::l1::MAX_STRICT_LAG).
     pub fn build(self) -> Cache {
-        #[cfg(feature = "metrics")]
-        let counters = Counters::with_metrics(crate::metrics::Metrics::new(
-            &self.meter.unwrap_or_else(crate::metrics::default_meter),
-            &self.namespace,
-            self.store.name(),
-        ));
-        #[cfg(not(feature = "metrics"))]
-        let counters = Counters::default();
         let l1 = crate::l1::State::new(&self.l1, self.store.as_ref(), &self.namespace);
+        #[cfg(feature = "opentelemetry")]
+        let counters = {
+            let meter = self.meter.unwrap_or_else(crate::metrics::default_meter);
+            let metrics = crate::metrics::Metrics::new(&meter, &self.namespace, self.store.name());
+            if let Some(source) = l1.stats_source() {
+                metrics.observe_l1(&meter, move || {
+                    source().map(|s| crate::metrics::L1Reading {
+                        hits: s.hits,
+                        misses: s.misses,
+                        bypassed: s.bypassed,
+                        entries: s.entries,
+                        listening: s.listening,
+                    })
+                });
+            }
+            Counters::with_metrics(metrics)
+        };
+        #[cfg(not(feature = "opentelemetry"))]
+        let counters = Counters::default();
         Cache {
             inner: Arc::new(Inner {
                 space: if self.store.needs_hash_tags() {

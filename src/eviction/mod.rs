@@ -42,7 +42,7 @@
 //! [`Cache::invalidate`](crate::Cache::invalidate) or an [`InvalidateLayer`](crate::InvalidateLayer))
 //! is never evicted in place of a live one, is not counted by [`BoundedCache::len`], and frees its
 //! place for the next new key. Invalidations remove the index members of the entries they delete;
-//! expired members are found in an expiry index ([below](#expiry)).
+//! expired members are found in an expiry index (ARCHITECTURE.md › Bounded namespaces).
 //!
 //! | policy | evicts | a set | a read | good for | inside the get script |
 //! |---|---|---|---|---|---|
@@ -52,75 +52,13 @@
 //! | [`Mru`] | the most recently used | stamps | stamps | cyclic scans larger than the cache, "seen it, won't need it again" (hot/cold separation) | as LRU |
 //! | [`Lfu`] | the least frequently used, ties: least recently used | counts + stamps | counts + stamps | popular results with a stable popularity (API responses, catalogues) | `GET`, `ZSCORE`, `INCR`, `ZADD` |
 //!
-//! Every get and every set is **one round trip**: one Lua script (`EVALSHA`, loaded once and
-//! reloaded after a `SCRIPT FLUSH` or a failover). Each is O(log n) in the namespace's size plus
-//! O(log n) per evicted or expired entry it removes, atomic, and never lets the index hold more
-//! than capacity entries, even with many processes writing at once. A set's script, for every
-//! policy: a peek at the earliest expiry (`ZRANGE 0 0`), `ZSCORE`, `ZCARD`, one
-//! `ZPOPMIN`/`ZPOPMAX` + `UNLINK` per eviction, `SET PX`, `INCR`, `EXISTS`, `ZADD`, and
-//! `PTTL`/`PEXPIRE` to keep the index alive as long as its longest-lived entry; with a TTL also
-//! `TIME`, a `ZADD` into the expiry index and a `ZREM` from it per eviction; when expired members
-//! are due, one `ZRANGEBYSCORE` and two `ZREM`s remove up to
-//! [`TRIM_BATCH`](crate::store::ranked::TRIM_BATCH) (100) of them. The get scripts do none of this:
-//! a hit runs the commands of the table below, and only a read that finds its value gone also
-//! removes the member from the expiry index. The [`MemoryStore`] implements the same rules under
-//! one lock.
+//! Every get and every set is **one round trip** (one Lua script), O(log n) in the namespace's
+//! size, atomic, and never lets the index hold more than capacity entries, even with many
+//! processes writing at once; [`MemoryStore`] applies the same rules under one lock. What each
+//! script runs: ARCHITECTURE.md › Bounded namespaces.
 //!
-//! **Cost.** On Valkey 8 running a script has a floor of about 4 µs of server time (a script that
-//! only does a `GET`, against about 0.2 µs for the `GET` itself); the bookkeeping adds about 1-2 µs
-//! (LRU) to 5 µs (LFU) to a read and a set script takes about 15 µs. Over loopback, where a round
-//! trip is 25-40 µs, an LRU hit costs about 1.1-1.3× a plain `GET`; over a real network the
-//! difference shrinks with the round trip. Sets are the expensive side (tens of thousands per
-//! second per Valkey core), which suits caches, where reads dominate. The expiry index costs a set
-//! without TTL one command and a set with one four: on a busy 2-core machine (server time per
-//! call, scripts before and after interleaved on one server) +1-4 µs and +5-11 µs over 13-18 µs
-//! per set that evicts, reads unchanged (0.94-1.06×); a set that removes a full batch of 100
-//! expired members took 110-140 µs there, once per 100 expirations. The crate's measurement
-//! prints these server times for the current scripts (sets with and without TTL):
-//! `cargo test --release --test eviction -- --ignored --nocapture measure`.
-//!
-//! # Key layout (Valkey)
-//!
-//! A standalone namespace `recent` keeps everything under the hash tag `{recent}`, so its scripts
-//! run on Valkey Cluster (every key in one slot):
-//!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `{recent}:KEY` | string | the value of `KEY` (JSON) |
-//! | `{recent}\|idx` | sorted set | one member per entry (`KEY`), scored by rank: the stamp, or `uses × 2^33 + stamp` for policies that count |
-//! | `{recent}\|seq` | string | the stamp counter |
-//! | `{recent}\|exp` | sorted set | the expiry index: the members whose values have a TTL, scored by when they expire (server time, ms) |
-//!
-//! ## Expiry
-//!
-//! Every member whose value has a TTL is also in the expiry index, scored by when it expires.
-//! Every set (and route record) first removes up to `TRIM_BATCH` (100) members whose time has
-//! passed, so a script never does more than that much extra work; a set that still has to make
-//! room removes further expired members one at a time (up to another 100) before it evicts a
-//! live entry. Since one removed member is enough room for one new key, **no set evicts a live
-//! entry while an expired one is indexed** (the one exception: after the capacity was lowered so
-//! far that one set must remove more than 200 members, the rest go by policy). A key written
-//! again after its value expired
-//! starts over as a new entry (an LFU count starts at one). A read that finds a value gone removes
-//! its member too. [`BoundedCache::len`] counts live entries only: the index's members less the
-//! expired ones still in it (`ZCARD` − `ZCOUNT`, O(log n), read-only); [`BoundedCache::keys`]
-//! drops expired members. The index, the counter and the expiry index get the TTL of the
-//! longest-lived entry written (refreshed by each set), so an abandoned namespace disappears after
-//! its last entry expires; once an entry without a TTL is stored, they persist until the namespace
-//! is emptied or [cleared](BoundedCache::clear). LFU use counts saturate at 2^20 - 1; when the
-//! stamp counter of a counting policy reaches 2^33, one script renumbers the stamps in rank order
-//! (O(n log n), once per 8.6 billion operations).
-//!
-//! A route's bounded namespace (`CacheLayer::eviction`) indexes the route's entries, which live at
-//! `ns:KEY` beside the namespace's other bookkeeping (`ns|...`), in `ns|evict:idx`,
-//! `ns|evict:seq` and `ns|evict:exp` (the expiry index records each entry's remaining lifetime
-//! when its fill is recorded). Invalidating the namespace's entries removes their members: by key
-//! or tag in the invalidation's own script, by pattern right after each batch the `SCAN` unlinks
-//! (two single-key `ZREM`s, which a slot migrating between Cluster primaries does not refuse). On
-//! a namespace that is not bounded these are no-ops and create no keys. On Valkey Cluster
-//! ([`ValkeyStore::cluster`](crate::ValkeyStore::cluster)) the route cache names its keys under
-//! the hash tag `{ns}` (`{ns}:KEY`, `{ns}|evict:idx`, ...), so route eviction runs there too, on
-//! the primary serving the namespace's slot.
+//! **Cost**: a hit on a bounded route is one script instead of a `GET`, about 1.1-1.3× a plain
+//! `GET` over loopback; sets cost more (BENCHMARKS.md › Eviction scripts).
 //!
 //! # Your own policy
 //!
@@ -210,6 +148,9 @@
 //!   the longest-lived entry, goes last. With TTLs on every entry it is the safest companion.
 //! - `noeviction` makes sets fail (`OOM` errors, reported as
 //!   [`StoreError`](crate::store::StoreError)s) once memory is full; reads keep working.
+//!
+//! Design records (the key layout on Valkey, expiry bookkeeping): ARCHITECTURE.md › Bounded
+//! namespaces; the scripts' measured cost: BENCHMARKS.md › Eviction scripts.
 
 mod cache;
 

@@ -40,31 +40,10 @@
 //! assert_eq!(template.key(&ctx).unwrap(), "user_b%5Fc_posts:page_2");
 //! ```
 //!
-//! # Why keys are injective
-//!
-//! Two requests that present different values to the handler never share a key, whatever the
-//! template's literal text. The rule that makes it so:
-//!
-//! 1. Every substituted value is [escaped](escape): each byte outside `[A-Za-z0-9]` becomes
-//!    `%XX`. An escaped value is made of letters, digits and `%` only, and escaping is
-//!    injective.
-//! 2. An absent value is `~`, which escaping never produces. The values of a hole given several
-//!    times (a repeated query parameter, a header sent in several lines) are joined by `,`,
-//!    which escaping never produces either. `{path}` also keeps `/ - . _ ~` (readable paths;
-//!    still injective, since `%` is escaped).
-//! 3. So each hole renders to a string over a small alphabet: letters, digits, `%`, plus `~`
-//!    and `,` for query and header holes, plus `/ - . _ ~` for `{path}`. Reading a key left to right
-//!    against its template, the end of a hole's value is found at the first byte of the text
-//!    that follows the hole (up to the next hole) that is outside that alphabet: `:` in
-//!    `user:{id}:posts`, `_` in `post_{user}_{id}`. When nothing outside the alphabet separates
-//!    a hole from the next one (`{a}{b}`, `{a}x{b}`, `{a}~{b}`), the parser inserts a `:`
-//!    (which no hole renders) right after the first hole: `{a}{b}` renders `1:2`. The last hole needs no separator: the text
-//!    after it is fixed.
-//!
-//! Each hole's value can therefore be read back from the key, and two different values give two
-//! different keys (`tests/properties.rs` checks this on random templates over every printable
-//! character and random request pairs). Long keys are shortened to a prefix and a hash
-//! ([`MAX_KEY_LEN`]), which keeps them distinct up to a collision of a 128-bit hash.
+//! Keys are **injective**: two requests that present different values to the handler never share
+//! a key, whatever the template's literal text (every value is escaped into an alphabet that the
+//! template's separators lie outside; `tests/it/properties.rs` checks it on random templates).
+//! The argument: ARCHITECTURE.md › Keys are injective.
 //!
 //! # Keys by spelling, keys by value
 //!

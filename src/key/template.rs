@@ -191,8 +191,8 @@ fn hole(spec: &str) -> Result<Part, String> {
 }
 
 /// Puts a `:` right after each hole that nothing outside its rendered alphabet separates from
-/// the next hole, so every hole's value can be read back from the key (see the
-/// [module docs](crate::key#why-keys-are-injective)).
+/// the next hole, so every hole's value can be read back from the key (ARCHITECTURE.md › Keys
+/// are injective).
 fn separate(parts: Vec<Part>) -> Vec<Part> {
     debug_assert!(parts.iter().all(|p| !p.renders(SEPARATOR.as_bytes()[0])));
     let holes: Vec<usize> = (0..parts.len()).filter(|&i| parts[i].is_hole()).collect();

@@ -7,6 +7,8 @@
 
 mod support;
 
+#[cfg(all(feature = "admin", feature = "testing"))]
+mod admin;
 mod breaker;
 #[cfg(all(feature = "testing", feature = "axum"))]
 mod cancellation;
@@ -29,7 +31,7 @@ mod layer;
 mod lost_state;
 #[cfg(feature = "macros")]
 mod macros;
-#[cfg(all(feature = "metrics", feature = "axum"))]
+#[cfg(all(feature = "opentelemetry", feature = "axum"))]
 mod observability;
 #[cfg(feature = "testing")]
 mod owed;

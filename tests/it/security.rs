@@ -454,7 +454,7 @@ async fn garbage_bookkeeping_never_fails_a_request() {
 // TLS
 // ---------------------------------------------------------------------------------------------
 
-#[cfg(feature = "tls")]
+#[cfg(feature = "tls-rustls")]
 mod tls {
     use super::*;
     use std::process::Command;
@@ -516,7 +516,7 @@ mod tls {
         );
     }
 
-    /// `rediss://` works with the `tls` feature, and the server's certificate is verified: a
+    /// `rediss://` works with the `tls-rustls` feature, and the server's certificate is verified: a
     /// name it was not issued for is refused (the cache then serves without the store).
     ///
     /// The checks run in a child test process (`tls_child`) so that the CA can be trusted through

@@ -26,7 +26,7 @@ pub struct ValkeyConfig {
 
 impl ValkeyConfig {
     /// Settings for a server URL: `redis://[user:password@]host:port[/db]`, or `rediss://` with
-    /// the `tls` feature. User and password authenticate with Valkey ACLs.
+    /// the `tls-rustls` feature. User and password authenticate with Valkey ACLs.
     pub fn from_url(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),

@@ -132,7 +132,7 @@ impl ValkeyStore {
 
     /// A store from settings.
     pub fn with_config(cfg: ValkeyConfig) -> Result<Self, StoreError> {
-        #[cfg(feature = "tls")]
+        #[cfg(feature = "tls-rustls")]
         {
             // rustls needs a process-wide crypto provider; keep the application's if it set one.
             let _ = rustls::crypto::ring::default_provider().install_default();

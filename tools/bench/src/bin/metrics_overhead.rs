@@ -9,7 +9,7 @@
 //!
 //! Modes: `sdk` records into an OTel SDK meter provider (what an app exporting metrics pays),
 //! `noop` uses the global meter with no provider installed, `off` is the crate built without the
-//! `metrics` feature. Each mode runs `ROUNDS` rounds of `HITS` hits, interleaved; the median
+//! `opentelemetry` feature. Each mode runs `ROUNDS` rounds of `HITS` hits, interleaved; the median
 //! round is reported.
 
 use axum::body::Body;
