@@ -353,7 +353,7 @@ impl Counters {
         let _ = (op, scope);
     }
 
-        /// Records one request's outcome: the [`Stats`] counters and, with the `opentelemetry` feature,
+    /// Records one request's outcome: the [`Stats`] counters and, with the `opentelemetry` feature,
     /// `cache.requests` and `cache.request.duration` (from `scope`).
     pub(crate) fn record(&self, outcome: &Outcome, scope: &RequestScope) {
         match outcome {

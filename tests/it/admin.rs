@@ -524,7 +524,7 @@ async fn stats_show_counters_and_breaker(backend: Backend) {
     let app = app(&cache);
     let opts = Options::new().ttl(Duration::from_secs(60));
     for _ in 0..2 {
-        let v: Result<u32, std::io::Error> =
+        let v: Result<u32, std::sync::Arc<std::io::Error>> =
             cache.get_or_set_with("n", &opts, || async { Ok(7) }).await;
         assert_eq!(v.unwrap(), 7);
     }
@@ -556,7 +556,7 @@ async fn stats_show_counters_and_breaker(backend: Backend) {
     assert!(v["pending_invalidations"].as_u64() >= Some(1));
     assert!(v["stats"]["invalidations_queued"].as_u64() >= Some(1));
     // While the invalidation is owed, this process reads around the cache.
-    let v: Result<u32, std::io::Error> =
+    let v: Result<u32, std::sync::Arc<std::io::Error>> =
         cache.get_or_set_with("n", &opts, || async { Ok(8) }).await;
     assert_eq!(v.unwrap(), 8);
 }

@@ -648,7 +648,7 @@ async fn l1_instruments_follow_l1_stats() {
         .build();
     let opts = tower_valkey_cache::function::Options::new();
     for _ in 0..3 {
-        let v: Result<u32, std::io::Error> =
+        let v: Result<u32, std::sync::Arc<std::io::Error>> =
             cache.get_or_set_with("k", &opts, || async { Ok(1) }).await;
         assert_eq!(v.unwrap(), 1);
     }
