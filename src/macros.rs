@@ -1,4 +1,4 @@
-//! Small macros shared by the middleware modules (as tower-http's `macros.rs`).
+//! Small macros and helpers shared by the middleware modules (as tower-http's `macros.rs`).
 
 /// `get_ref`, `get_mut` and `into_inner` for a service wrapping another one in its `inner`
 /// field: one definition for every middleware's service.
@@ -19,4 +19,12 @@ macro_rules! inner_service_accessors {
             self.inner
         }
     };
+}
+
+/// The ready service, leaving a clone in its place: `poll_ready` readied `inner`, so that one goes
+/// with the request and the clone waits for the next `poll_ready` (the tower idiom for services
+/// whose future outlives `call`).
+pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
 }

@@ -115,8 +115,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = crate::macros::take_ready(&mut self.inner);
         let plan = self.plan.clone();
         InvalidateFuture {
             inner: Box::pin(async move {

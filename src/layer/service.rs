@@ -62,9 +62,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        // The clone is the one that is ready: keep it, send the ready one with the request.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = crate::macros::take_ready(&mut self.inner);
         let cfg = self.config.clone();
         // The route template, read once per request (never the raw path).
         let route = matched_route(&req);

@@ -370,16 +370,7 @@ impl Store for ValkeyStore {
                 .key(space.patterns())
                 .key(space.clock())
                 .key(space.clock_origin());
-            for t in w.tags {
-                inv.key(space.tag_tombstone(t));
-            }
-            for t in w.tags {
-                inv.key(space.tag_set(t));
-            }
-            inv.arg(w.value.as_ref())
-                .arg(ms(w.ttl))
-                .arg(w.since.map_or(-1i64, |s| s as i64))
-                .arg(w.tags.len());
+            push_write(&mut inv, space, &w);
             let stored: i64 = self.run(async |c| inv.invoke_async(c).await).await?;
             Ok(if stored == 1 {
                 Written::Stored
@@ -429,16 +420,7 @@ impl Store for ValkeyStore {
                 .key(space.clock_origin());
             for w in &writes {
                 inv.key(space.entry(w.key)).key(space.key_tombstone(w.key));
-                for t in w.tags {
-                    inv.key(space.tag_tombstone(t));
-                }
-                for t in w.tags {
-                    inv.key(space.tag_set(t));
-                }
-                inv.arg(w.value.as_ref())
-                    .arg(ms(w.ttl))
-                    .arg(w.since.map_or(-1i64, |s| s as i64))
-                    .arg(w.tags.len());
+                push_write(&mut inv, space, w);
             }
             let out: Vec<i64> = self.run(async |c| inv.invoke_async(c).await).await?;
             Ok(out
@@ -553,4 +535,19 @@ impl Store for ValkeyStore {
     fn bus(&self) -> Option<Arc<dyn InvalidationBus>> {
         Some(Arc::new(self.clone()))
     }
+}
+
+/// The part of a guarded write that `fill.lua` and `fill_many.lua` read alike, after the entry's
+/// own keys: its tags' tombstones and sets, then value, TTL, the clock it read and the tag count.
+fn push_write(inv: &mut redis::ScriptInvocation<'_>, space: &KeySpace, w: &Write<'_>) {
+    for t in w.tags {
+        inv.key(space.tag_tombstone(t));
+    }
+    for t in w.tags {
+        inv.key(space.tag_set(t));
+    }
+    inv.arg(w.value.as_ref())
+        .arg(ms(w.ttl))
+        .arg(w.since.map_or(-1i64, |s| s as i64))
+        .arg(w.tags.len());
 }
