@@ -44,9 +44,13 @@ struct State {
     /// Each clock's origin, by the clock's key ([`KeySpace::clock`]).
     origins: HashMap<String, u64>,
     tombstones: HashMap<String, (u64, Instant)>,
+    /// The size past which expired tombstones are purged ([`State::purge_tombstones`]).
+    tombstone_purge_at: usize,
     tags: HashMap<String, HashSet<String>>,
     patterns: HashMap<String, VecDeque<(u64, Instant, String)>>,
     locks: HashMap<String, (String, Instant)>,
+    /// The size past which expired locks are purged (as for tombstones).
+    lock_purge_at: usize,
 }
 
 #[derive(Debug)]
@@ -197,13 +201,25 @@ impl State {
             self.order
                 .retain(|(k, g)| entries.get(k).is_some_and(|s| s.generation == *g));
         }
-        if self.tombstones.len() > 1024 + self.entries.len() {
-            self.tombstones.retain(|_, (_, exp)| *exp > now);
-        }
+        self.purge_tombstones(now);
     }
 
     fn tombstone(&mut self, key: String, clock: u64, ttl: Duration) {
-        self.tombstones.insert(key, (clock, Instant::now() + ttl));
+        let now = Instant::now();
+        self.tombstones.insert(key, (clock, now + ttl));
+        // Here too, not only on inserts: invalidations without fills (a change feed invalidating
+        // rows nobody reads) must not grow the map either.
+        self.purge_tombstones(now);
+    }
+
+    /// Drops expired tombstones once the map has doubled since the last purge (and holds more
+    /// than 1024): amortised O(1) per tombstone, and never more than twice the live tombstones
+    /// (those of the last invalidation window) plus 1024, whatever the mix of operations.
+    fn purge_tombstones(&mut self, now: Instant) {
+        if self.tombstones.len() > self.tombstone_purge_at.max(1024) {
+            self.tombstones.retain(|_, (_, exp)| *exp > now);
+            self.tombstone_purge_at = 2 * self.tombstones.len();
+        }
     }
 
     fn invalidated_since(&self, key: &str, since: u64, now: Instant) -> bool {
@@ -394,8 +410,11 @@ impl Store for MemoryStore {
                 true
             }
         };
-        if s.locks.len() > 1024 {
+        // Leases never released (a crashed holder) go once expired: amortised like tombstones,
+        // at most twice the live leases plus 1024.
+        if s.locks.len() > s.lock_purge_at.max(1024) {
             s.locks.retain(|_, (_, until)| *until > now);
+            s.lock_purge_at = 2 * s.locks.len();
         }
         Box::pin(std::future::ready(Ok(taken)))
     }
@@ -447,5 +466,124 @@ impl MemoryStore {
         let mut s = self.lock();
         s.live(store_key, now)
             .map(|slot| slot.expires.saturating_duration_since(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every map of the store, however long it runs: the bounds ARCHITECTURE.md › Bounds lists.
+    fn assert_bounded(store: &MemoryStore, spaces: usize, tags_per_entry: usize) {
+        let s = store.lock();
+        assert!(
+            s.entries.len() <= store.max_entries,
+            "entries {}",
+            s.entries.len()
+        );
+        assert!(
+            s.order.len() <= 2 * s.entries.len() + 64 + 1,
+            "order {} for {} entries",
+            s.order.len(),
+            s.entries.len()
+        );
+        // Every tombstone here is expired (a zero window), so at most the purge threshold.
+        assert!(
+            s.tombstones.len() <= 1024 + 1,
+            "tombstones {}",
+            s.tombstones.len()
+        );
+        assert!(s.locks.len() <= 1024 + 1, "locks {}", s.locks.len());
+        assert!(s.clocks.len() <= spaces, "clocks {}", s.clocks.len());
+        assert!(s.origins.len() <= spaces, "origins {}", s.origins.len());
+        assert!(
+            s.tags.len() <= s.entries.len() * tags_per_entry,
+            "tag sets {} for {} entries",
+            s.tags.len(),
+            s.entries.len()
+        );
+        let members: usize = s.tags.values().map(HashSet::len).sum();
+        assert!(
+            members <= s.entries.len() * tags_per_entry,
+            "tag members {members}"
+        );
+        for (ns, list) in &s.patterns {
+            // A zero window: each new pattern prunes every expired one before it.
+            assert!(list.len() <= 1, "pattern records of {ns}: {}", list.len());
+        }
+    }
+
+    /// A long run of every operation with fresh keys, tags, patterns and lock names and a zero
+    /// invalidation window (every tombstone expires at once), in any mix: invalidations alone,
+    /// fills alone, locks alone, or all interleaved. No map grows past its bound. (Before the
+    /// bound was enforced on invalidations too, 20,000 key invalidations without a fill left
+    /// 20,000 tombstones.)
+    #[tokio::test]
+    async fn no_map_grows_without_bound_under_any_mix_of_operations() {
+        for mix in ["invalidations", "fills", "locks", "all"] {
+            let store = MemoryStore::new().max_entries(500);
+            let spaces: Vec<KeySpace> = (0..3)
+                .map(|i| KeySpace::new(&format!("ns{i}"), Duration::ZERO))
+                .collect();
+            let mut rng = 0x2545_f491_4f6c_dd1du64;
+            let mut next = || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            for i in 0..20_000u64 {
+                let space = &spaces[(next() % 3) as usize];
+                let op = match mix {
+                    "invalidations" => 1 + next() % 3,
+                    "fills" => 0,
+                    "locks" => 4,
+                    _ => next() % 5,
+                };
+                let key = format!("k{i}");
+                let tags = [format!("t{}", i % 97), format!("u{i}")];
+                match op {
+                    0 => {
+                        let w = Write {
+                            key: &key,
+                            value: Bytes::from_static(b"v"),
+                            ttl: Duration::from_secs(60),
+                            tags: &tags,
+                            since: Some(0),
+                        };
+                        store.write(space, w).await.expect("memory write");
+                    }
+                    1 => {
+                        store
+                            .invalidate(space, Target::Keys(std::slice::from_ref(&key)))
+                            .await
+                            .expect("memory invalidate");
+                    }
+                    2 => {
+                        store
+                            .invalidate(space, Target::Tags(&tags[1..]))
+                            .await
+                            .expect("memory invalidate");
+                    }
+                    3 => {
+                        store
+                            .invalidate(space, Target::Pattern(&format!("k{i}*")))
+                            .await
+                            .expect("memory invalidate");
+                    }
+                    _ => {
+                        // Taken and never released, with a lease that has already run out.
+                        store
+                            .try_lock(space, &key, "token", Duration::ZERO)
+                            .await
+                            .expect("memory lock");
+                    }
+                }
+                if i % 1000 == 999 {
+                    assert_bounded(&store, spaces.len(), tags.len());
+                }
+            }
+            assert_bounded(&store, spaces.len(), 2);
+        }
     }
 }
