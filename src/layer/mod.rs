@@ -28,8 +28,8 @@
 //! 2. Requests with `Cache-Control: no-store` (or a `Cache-Control` / `Pragma` that does not
 //!    parse), requests carrying `Authorization` or `Cookie` on a route whose key does not
 //!    identify the caller, and requests carrying `Range` on a route whose key does not include it
-//!    (`{header.range}`), pass through (`fwd=bypass`). Serving ranges from a stored `200` is not
-//!    implemented.
+//!    (`{header.range}`) or that does not serve ranges from stored `200`s
+//!    ([`serve_ranges`](CacheLayer::serve_ranges)), pass through (`fwd=bypass`).
 //! 3. The key is derived ([`key`](crate::key)); a template that does not fit the route is logged
 //!    once and the request is served uncached (`fwd=bypass; detail=key-error`), and so is a
 //!    request holding a value its handler would reject: a typed hole (`{id:u64}`) that does not
@@ -51,6 +51,10 @@
 //!
 //! A fill is stored only if nothing invalidated its key while the handler ran, so a write that
 //! lands during a slow read is never overwritten by the read's old data.
+//!
+//! In front of an origin you do not control, [`CacheLayer::http_cache`] makes the layer a shared
+//! HTTP cache (RFC 9111: freshness from the response, revalidation, ranges); each of its
+//! behaviours is also an option of its own.
 //!
 //! # Vary
 //!
@@ -87,14 +91,9 @@
 //!   variant.
 //! - `Vary: *` is never stored (`detail=vary`).
 //! - Invalidating `K` (by key, by a pattern matching it, or by a tag: the marker carries the
-//!   route's tags) removes the marker, so every variant becomes unreachable at once without
-//!   listing them; they expire by their TTL. The marker is written through the same guarded
-//!   write as an entry, and rewriting a generation is guarded by the clock that generation began
-//!   at, so a fill racing an invalidation (even a pattern invalidation's non-atomic scan) cannot
-//!   bring an old generation back.
-//! - Single-flight and the fill lock work per variant once the marker is known. On a cold key
-//!   (no marker yet) concurrent requests share one flight; if the response varies, the followers
-//!   do not take the leader's entry (it may be another variant) and run the handler themselves.
+//!   route's tags) makes every variant unreachable at once; they expire by their TTL. How the
+//!   marker, its generations and single-flight per variant keep that exact under races:
+//!   ARCHITECTURE.md › Variants.
 //! - The number of variants per key is not bounded: it is the number of distinct normalised
 //!   values clients send. Vary on headers with few values (`Accept-Language` as the clients of a
 //!   site send it, `Accept-Encoding` after reduction), not on `User-Agent`; a bounded
