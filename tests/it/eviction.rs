@@ -250,14 +250,21 @@ async fn more_dead_members_than_a_trim_batch(store: BoundedStore) {
     for i in 0..10u32 {
         cache.set(&format!("live{i}"), &i).await.unwrap();
     }
+    // Long enough that the first dead entry is still alive after the last one is written on a
+    // loaded machine; the sleep then waits from the last write.
+    const DEAD_TTL: Duration = Duration::from_secs(3);
+    let started = std::time::Instant::now();
     for i in 0..DEAD as u32 {
         cache
-            .set_with_ttl(&format!("dead{i}"), &i, Some(Duration::from_millis(300)))
+            .set_with_ttl(&format!("dead{i}"), &i, Some(DEAD_TTL))
             .await
             .unwrap();
     }
-    assert_eq!(cache.len().await.unwrap(), CAP);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let len = cache.len().await.unwrap();
+    if started.elapsed() < DEAD_TTL {
+        assert_eq!(len, CAP);
+    }
+    tokio::time::sleep(DEAD_TTL + Duration::from_millis(100)).await;
     assert_eq!(cache.len().await.unwrap(), 10, "exact before any trim");
     for i in 0..DEAD as u32 {
         let evicted = cache.set(&format!("new{i}"), &i).await.unwrap();
@@ -275,11 +282,11 @@ async fn more_dead_members_than_a_trim_batch(store: BoundedStore) {
         wide.set(&format!("keep{i}"), &i).await.unwrap();
     }
     for i in 0..DEAD as u32 {
-        wide.set_with_ttl(&format!("dead{i}"), &i, Some(Duration::from_millis(300)))
+        wide.set_with_ttl(&format!("dead{i}"), &i, Some(DEAD_TTL))
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(DEAD_TTL + Duration::from_millis(100)).await;
     let narrow = BoundedCache::<u32, Lifo>::new(store, &ns, Lifo::with_capacity(4));
     assert_eq!(narrow.set("k", &9).await.unwrap(), Vec::<String>::new());
     assert_eq!(
