@@ -1,5 +1,5 @@
 //! The invalidation-bus capability of a store: how caches sharing it announce invalidations to
-//! each other's [L1 tiers](crate::l1).
+//! each other's L1 tiers.
 //!
 //! A store that can carry announcements returns an [`InvalidationBus`] from
 //! [`Store::bus`](super::Store::bus): [`ValkeyStore`](super::ValkeyStore) publishes on Valkey
@@ -71,8 +71,8 @@ pub trait InvalidationBus: Send + Sync + fmt::Debug + 'static {
     /// Whether every subscriber of a channel receives its messages in the order their
     /// `publish` calls returned: then a subscriber that receives a message it published itself
     /// knows it has received every message published before it, which is how an
-    /// [L1 tier](crate::l1) bounds how far behind the announcements it may be
-    /// ([`CacheBuilder::l1_max_lag`](crate::CacheBuilder::l1_max_lag)). Default false (no
+    /// L1 tier bounds how far behind the announcements it may be
+    /// (`CacheBuilder::l1_max_lag`). Default false (no
     /// bound: a tier on such a bus relies on its TTL).
     fn ordered(&self) -> bool {
         false

@@ -270,7 +270,7 @@ pub enum Target<'a> {
     Pattern(&'a str),
 }
 
-/// A backend for [`Cache`](crate::Cache). See the [module docs](self) for the contract.
+/// A backend for `Cache`. See the [module docs](self) for the contract.
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Reads an entry together with the namespace's invalidation clock.
     fn read<'a>(&'a self, space: &'a KeySpace, key: &'a str) -> StoreFuture<'a, Lookup>;
@@ -329,13 +329,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn name(&self) -> &'static str;
 
     /// The store's ranked-index capability, if it can hold count-bounded namespaces
-    /// ([`eviction`](crate::eviction)); `None` by default. A store wrapping another returns the
+    /// (`eviction`); `None` by default. A store wrapping another returns the
     /// inner store's (wrapped too, if the wrapper changes how operations behave).
     fn ranked(&self) -> Option<Arc<dyn RankedStore>> {
         None
     }
 
-    /// How caches on this store with an [L1 tier](crate::l1) hear each other's invalidations;
+    /// How caches on this store with an L1 tier hear each other's invalidations;
     /// `None` by default (such a store cannot back an L1 tier). A store that lives in one
     /// process returns clones of one [`LocalBus`]; a store wrapping another returns the inner
     /// store's.

@@ -1,4 +1,4 @@
-//! The ranked-index capability of a store: what [bounded namespaces](crate::eviction) need.
+//! The ranked-index capability of a store: what bounded namespaces need.
 //!
 //! A store that can hold count-bounded namespaces implements [`RankedStore`] and returns itself
 //! from [`Store::ranked`](super::Store::ranked). The policy is data ([`Spec`]: a [`Scoring`] and a
@@ -125,7 +125,7 @@ pub struct RankedSpace {
 }
 
 impl RankedSpace {
-    /// A standalone namespace ([`BoundedCache`](crate::eviction::BoundedCache)), all under the
+    /// A standalone namespace (`BoundedCache`), all under the
     /// hash tag `{namespace}`.
     pub fn standalone(namespace: &str) -> Self {
         Self {

@@ -80,7 +80,7 @@ struct Inner {
     /// Members removed per step of a tag invalidation.
     invalidation_batch: usize,
     url_redacted: String,
-    /// For the dedicated pub/sub connections of L1 tiers ([`crate::l1`]): the server, or each
+    /// For the dedicated pub/sub connections of L1 tiers (`l1`): the server, or each
     /// seed node of a cluster (a subscription on any node hears the whole cluster's `PUBLISH`).
     pubsub: Vec<redis::Client>,
     connect_timeout: Duration,
