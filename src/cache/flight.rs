@@ -111,6 +111,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Flights {
+    /// Flights in progress (keys being filled by a leader in this process).
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+
     /// Leads the flight for `key`, or follows the one in progress.
     pub(crate) fn join(&self, key: &str) -> Join {
         let mut map = lock(&self.map);

@@ -133,6 +133,13 @@ impl Cache {
         self.inner.retry.pending()
     }
 
+    /// Fills in progress in this process: keys whose single-flight leader (a miss, a background
+    /// refresh, a `get_or_set` load) has not landed yet. Bounded by the keys being filled at once;
+    /// 0 when the process is idle (a leader removes its key on every exit, cancellation included).
+    pub fn flights_in_progress(&self) -> usize {
+        self.inner.flights.len()
+    }
+
     /// Statistics and state of the [L1 tier](crate::l1); None when it is off.
     pub fn l1_stats(&self) -> Option<crate::l1::L1Stats> {
         self.inner.l1.stats()

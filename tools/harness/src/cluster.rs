@@ -195,6 +195,12 @@ impl ValkeyCluster {
         self.nodes[i].stop();
     }
 
+    /// Starts node `i` again after [`kill`](Self::kill) (same port, directory and `nodes.conf`,
+    /// so it rejoins the cluster: as a replica when its primary role was taken over).
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].restart();
+    }
+
     /// Every key matching `pattern` on every primary (`KEYS`), sorted.
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         let mut keys = Vec::new();
