@@ -648,3 +648,44 @@ mod memory {
         function_error_ttl(Backend::memory(MemoryStore::new())).await
     }
 }
+
+/// The single-flight map's bound (ARCHITECTURE.md, *Bounds*): never more entries than keys
+/// being filled, and none once every caller has finished or been cancelled, at whatever point
+/// the cancellation lands (before the read, during the load, while following).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flights_are_bounded_by_keys_and_empty_when_idle() {
+    const KEYS: usize = 16;
+    let cache = Cache::new(MemoryStore::new());
+    let opts = Options::new().ttl(Duration::from_millis(5));
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    for round in 0..20 {
+        let mut tasks = Vec::new();
+        for i in 0..200usize {
+            let (cache, opts, max_seen) = (cache.clone(), opts.clone(), max_seen.clone());
+            let key = format!("k:{round}:{}", i % KEYS);
+            tasks.push(tokio::spawn(async move {
+                let c = cache.clone();
+                let _: Result<u64, Arc<std::io::Error>> = cache
+                    .get_or_set_with(&key, &opts, || async move {
+                        max_seen.fetch_max(c.flights_in_progress(), Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_micros(fastrand::u64(0..3000))).await;
+                        Ok(1)
+                    })
+                    .await;
+            }));
+        }
+        // Cancel a third of the callers at random moments.
+        for (i, t) in tasks.iter().enumerate() {
+            if i % 3 == 0 {
+                tokio::time::sleep(Duration::from_micros(fastrand::u64(0..200))).await;
+                t.abort();
+            }
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        assert_eq!(cache.flights_in_progress(), 0, "round {round}: a flight outlived its callers");
+    }
+    let max = max_seen.load(Ordering::SeqCst);
+    assert!((1..=KEYS).contains(&max), "flights in progress peaked at {max} with {KEYS} keys");
+}
