@@ -684,8 +684,15 @@ async fn flights_are_bounded_by_keys_and_empty_when_idle() {
         for t in tasks {
             let _ = t.await;
         }
-        assert_eq!(cache.flights_in_progress(), 0, "round {round}: a flight outlived its callers");
+        assert_eq!(
+            cache.flights_in_progress(),
+            0,
+            "round {round}: a flight outlived its callers"
+        );
     }
     let max = max_seen.load(Ordering::SeqCst);
-    assert!((1..=KEYS).contains(&max), "flights in progress peaked at {max} with {KEYS} keys");
+    assert!(
+        (1..=KEYS).contains(&max),
+        "flights in progress peaked at {max} with {KEYS} keys"
+    );
 }
