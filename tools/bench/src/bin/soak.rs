@@ -464,7 +464,6 @@ impl std::ops::Deref for Hist {
 struct Taken {
     requests: u64,
     hits: u64,
-    failures: u64,
     p99_us: f64,
 }
 
@@ -495,7 +494,6 @@ impl Figures {
         Taken {
             requests: self.requests.swap(0, Ordering::Relaxed),
             hits: self.hits.swap(0, Ordering::Relaxed),
-            failures: 0,
             p99_us: p99,
         }
     }
@@ -1206,33 +1204,8 @@ async fn sample(
     db: &Db,
     fault: &str,
 ) -> Sample {
-    let taken = figures.take();
-    let l1 = app.cache.l1_stats();
-    let mut s = Sample {
-        t_s: t0.elapsed().as_secs_f64(),
-        rss_kib: proc_status_kib("VmRSS"),
-        fds: open_fds(),
-        tasks: tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks() as u64,
-        flights: (app.cache.flights_in_progress() + app.cluster.flights_in_progress()) as u64,
-        owed: app
-            .cache
-            .pending_invalidations()
-            .max(app.cluster.pending_invalidations()) as u64,
-        l1_entries: l1.map(|l| l.entries).unwrap_or(0),
-        tombstone_bound: db.targets_within(TOMBSTONE_TTL + SAMPLE) + 1,
-        requests: taken.requests,
-        hit_ratio: if taken.requests > 0 {
-            taken.hits as f64 / taken.requests as f64
-        } else {
-            0.0
-        },
-        p99_ms: taken.p99_us / 1000.0,
-        failures: figures.failures() + taken.failures,
-        fault: fault.to_owned(),
-        ..Sample::default()
-    };
+    // The process's figures, then the store's.
+    let mut s = process_sample(t0, app, figures, db, fault);
     if let Err(e) = tokio::time::timeout(Duration::from_secs(5), count_keys(env, &mut s))
         .await
         .map_err(|_| "timed out".to_owned())
