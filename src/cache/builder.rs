@@ -17,6 +17,7 @@ pub struct CacheBuilder {
     ttl: Duration,
     op_timeout: Duration,
     bulk_timeout: Duration,
+    invalidation_wait: Duration,
     breaker_threshold: u32,
     breaker_cool_down: Duration,
     tombstone_ttl: Duration,
@@ -38,6 +39,7 @@ impl CacheBuilder {
             ttl: Duration::from_secs(60),
             op_timeout: Duration::from_millis(100),
             bulk_timeout: Duration::from_secs(30),
+            invalidation_wait: Duration::from_secs(2),
             breaker_threshold: 5,
             breaker_cool_down: Duration::from_secs(1),
             tombstone_ttl: Duration::from_secs(60),
@@ -87,6 +89,22 @@ impl CacheBuilder {
     /// step), and batch reads and writes. Default 30 s.
     pub fn bulk_timeout(mut self, timeout: Duration) -> Self {
         self.bulk_timeout = timeout;
+        self
+    }
+
+    /// How long [`Cache::invalidate`] (and so an [`InvalidateLayer`](crate::InvalidateLayer)
+    /// request) waits for its invalidation. Default 2 s.
+    ///
+    /// Key invalidations take one store operation (bounded by [`timeout`](Self::timeout)); a
+    /// large tag or a pattern scan may take many (bounded by [`bulk_timeout`](Self::bulk_timeout)),
+    /// and a slow store makes every step slow. Past this wait the invalidation is **not
+    /// cancelled**: it keeps running in its own task and is owed like a failed one (this process
+    /// reads around the cache until it lands, or until the retry it falls back to lands; see
+    /// [`invalidation_retry`](Self::invalidation_retry)), and the caller gets a
+    /// [`Timeout`](crate::store::StoreErrorKind::Timeout) error meaning "owed", so a write
+    /// request answers within the wait without ever serving what the invalidation removes.
+    pub fn invalidation_wait(mut self, wait: Duration) -> Self {
+        self.invalidation_wait = wait;
         self
     }
 
@@ -294,6 +312,7 @@ impl CacheBuilder {
                 ttl: self.ttl,
                 op_timeout: self.op_timeout,
                 bulk_timeout: self.bulk_timeout,
+                invalidation_wait: self.invalidation_wait,
                 breaker: Breaker::new(self.breaker_threshold, self.breaker_cool_down),
                 counters,
                 retry: RetryQueue::new(self.retry_capacity, self.retry_give_up),

@@ -123,7 +123,10 @@ impl Cache {
     /// owed already, or replaced by a namespace-wide invalidation when the retry queue is full);
     /// until it lands this process reads around the cache (see
     /// [`CacheBuilder::invalidation_retry`](crate::CacheBuilder::invalidation_retry)). The result
-    /// is then `Err` with the first failure, meaning "owed", not "lost".
+    /// is then `Err` with the first failure, meaning "owed", not "lost". **Bounded wait**: the
+    /// caller waits [`invalidation_wait`](crate::CacheBuilder::invalidation_wait) at most (2 s
+    /// by default); an invalidation still running then carries on in its task, owed in the same
+    /// way, and the result is a [`Timeout`](StoreErrorKind::Timeout) error.
     ///
     /// [`invalidate_key`](Self::invalidate_key), [`invalidate_tag`](Self::invalidate_tag),
     /// [`invalidate_pattern`](Self::invalidate_pattern) and their plural forms are shorthands
@@ -159,15 +162,37 @@ impl Cache {
                 Some(e) => Err(e),
             }
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => rt.spawn(run).await.unwrap_or_else(|e| {
-                Err(StoreError::new(
-                    StoreErrorKind::Server,
-                    format!("invalidation task ended early: {e}"),
-                ))
-            }),
-            Err(_) => run.await,
-        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return run.await;
+        };
+        // The caller waits `invalidation_wait` at most; past it the task carries on, owed
+        // (`RetryQueue::late`) until it has landed or been queued for retry.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (owner, wait) = (self.clone(), self.inner.invalidation_wait);
+        rt.spawn(async move {
+            let mut run = std::pin::pin!(run);
+            let result = match tokio::time::timeout(wait, &mut run).await {
+                Ok(result) => result,
+                Err(_) => {
+                    let _late = owner.inner.retry.late();
+                    let _ = tx.send(Err(StoreError::new(
+                        StoreErrorKind::Timeout,
+                        format!(
+                            "invalidation still running after {wait:?} (invalidation_wait): owed until it lands, reads skip the cache until then"
+                        ),
+                    )));
+                    let _ = run.await;
+                    return;
+                }
+            };
+            let _ = tx.send(result);
+        });
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::new(
+                StoreErrorKind::Server,
+                "invalidation task ended early",
+            ))
+        })
     }
 
     /// Invalidates one key; returns how many entries were removed. See

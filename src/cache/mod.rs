@@ -55,6 +55,8 @@ struct Inner {
     ttl: Duration,
     op_timeout: Duration,
     bulk_timeout: Duration,
+    /// How long a caller of [`Cache::invalidate`] waits ([`CacheBuilder::invalidation_wait`]).
+    invalidation_wait: Duration,
     breaker: Breaker,
     counters: Counters,
     retry: RetryQueue,

@@ -113,6 +113,9 @@ struct Owed {
     floor: Option<Instant>,
     /// Targets the worker is running now: still owed until they land.
     running: usize,
+    /// Invalidations still running past their caller's wait ([`RetryQueue::late`]): owed until
+    /// they land or are queued.
+    late: usize,
 }
 
 impl Owed {
@@ -121,7 +124,7 @@ impl Owed {
     }
 
     fn count(&self) -> usize {
-        self.queued() + usize::from(self.floor.is_some()) + self.running
+        self.queued() + usize::from(self.floor.is_some()) + self.running + self.late
     }
 
     /// Owes a floor instead of everything queued (which it covers: it starts after them).
@@ -205,6 +208,17 @@ impl RetryQueue {
         self.shared.pending.load(Ordering::Acquire)
     }
 
+    /// Counts an invalidation that is still running when its caller stops waiting for it
+    /// ([`CacheBuilder::invalidation_wait`](crate::CacheBuilder::invalidation_wait)) as owed
+    /// until the returned guard is dropped: after it has landed, or failed and been
+    /// [pushed](Self::push) (so the count never drops to 0 in between).
+    pub(crate) fn late(&self) -> Late<'_> {
+        let mut owed = self.shared.lock();
+        owed.late += 1;
+        self.shared.publish(&owed);
+        Late(&self.shared)
+    }
+
     /// Lets the worker retry at once instead of at the end of its backoff (the store answered
     /// again).
     pub(crate) fn wake(&self) {
@@ -275,6 +289,18 @@ impl RetryQueue {
             }
         }
         outcome
+    }
+}
+
+/// An invalidation past its caller's wait, owed while this lives ([`RetryQueue::late`]).
+#[derive(Debug)]
+pub(crate) struct Late<'a>(&'a Shared);
+
+impl Drop for Late<'_> {
+    fn drop(&mut self) {
+        let mut owed = self.0.lock();
+        owed.late -= 1;
+        self.0.publish(&owed);
     }
 }
 

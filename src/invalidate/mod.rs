@@ -40,7 +40,10 @@
 //! Prefer keys and tags on hot paths; keep patterns for rare, administrative invalidation. Tags
 //! and patterns run on the store's bulk connection, within
 //! [`bulk_timeout`](crate::CacheBuilder::bulk_timeout) (30 s), not the per-operation timeout of
-//! hits; the count they return is exact (each step counts what it removed).
+//! hits; the count they return is exact (each step counts what it removed). The request waits
+//! for them [`invalidation_wait`](crate::CacheBuilder::invalidation_wait) (2 s) at most: one
+//! still running then carries on in its task, owed (this process reads around the cache until
+//! it lands), and the request is answered without waiting longer.
 //! `CacheLayer` records tags from its [`tags`](crate::CacheLayer::tags) templates and from the
 //! response's `Surrogate-Key` (space-separated) or `Cache-Tag` (comma-separated) header, which it
 //! removes before the response leaves. Tag sets expire with their longest-lived entry, and dead

@@ -85,7 +85,8 @@ impl ValkeyConfig {
 
     /// Timeout for one response on the bulk lane, the connection of multi-step invalidations
     /// (each step of a large tag, each `SCAN` step of a pattern). Default 2 s. The whole
-    /// operation is bounded by `CacheBuilder::bulk_timeout`.
+    /// operation is bounded by `CacheBuilder::bulk_timeout`; its caller waits
+    /// `CacheBuilder::invalidation_wait` at most.
     pub fn bulk_response_timeout(mut self, d: Duration) -> Self {
         self.bulk_response_timeout = d;
         self

@@ -7,7 +7,8 @@
 //! - [`ValkeyCluster`]: a local Valkey Cluster joined with `valkey-cli --cluster create`, and
 //!   [`ValkeyCluster::shared`], one 3 + 3 cluster per process cleaned up by a watchdog;
 //! - [`free_port`];
-//! - [`DelayProxy`]: a TCP proxy that delays what a server sends.
+//! - [`DelayProxy`]: a TCP proxy that delays what a server sends;
+//! - [`memory_pressure`]: `maxmemory` at the memory in use while another tenant writes.
 //!
 //! It does not depend on `tower-valkey-cache`, so the crate can dev-depend on it without a
 //! dependency cycle. `valkey-server` and `valkey-cli` must be installed
@@ -16,9 +17,11 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 mod cluster;
+mod pressure;
 mod proxy;
 mod server;
 
 pub use cluster::ValkeyCluster;
+pub use pressure::{info_field, memory_pressure, Tenant};
 pub use proxy::DelayProxy;
 pub use server::{free_port, ValkeyServer};

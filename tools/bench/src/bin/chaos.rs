@@ -48,7 +48,7 @@ use redis::aio::MultiplexedConnection;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -58,7 +58,7 @@ use tokio::time::Instant;
 use tower_valkey_cache::entry::Entry;
 use tower_valkey_cache::testing::{CacheStatus, StatsDelta};
 use tower_valkey_cache::{Cache, CacheLayer, Stats, ValkeyStore};
-use tvc_harness::{DelayProxy, ValkeyServer};
+use tvc_harness::{info_field, memory_pressure, DelayProxy, Tenant, ValkeyServer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -277,12 +277,6 @@ fn started<T>(f: impl FnOnce() -> T) -> Result<T, BoxError> {
                 .unwrap_or("valkey-server did not start");
             format!("{msg} (scripts/install-valkey installs it)").into()
         })
-}
-
-fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
-    info.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .map(str::trim)
 }
 
 // ---------------------------------------------------------------------------------- the app
@@ -546,47 +540,15 @@ async fn fault(sc: Scenario, env: &mut Env, args: &Args) -> Result<(), BoxError>
             env.proxy.set_delay(Duration::ZERO);
         }
         Scenario::Maxmemory => {
-            let mut c = env.valkey.control().await?;
-            let info: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await?;
-            let used: u64 = info_field(&info, "used_memory")
-                .and_then(|v| v.parse().ok())
-                .ok_or("no used_memory in INFO")?;
-            let () = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("maxmemory-policy")
-                .arg("allkeys-lru")
-                .arg("maxmemory")
-                .arg(used)
-                .query_async(&mut c)
-                .await?;
-            // Another tenant of the same Valkey keeps writing: 100 × 4 KiB every 50 ms.
-            let stop = Arc::new(AtomicBool::new(false));
-            let filler = tokio::spawn({
-                let (stop, mut c) = (stop.clone(), env.valkey.control().await?);
-                async move {
-                    let junk = vec![b'j'; 4096];
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let mut p = redis::pipe();
-                        for _ in 0..100 {
-                            p.cmd("SET").arg(format!("tenant:{n}")).arg(&junk).ignore();
-                            n += 1;
-                        }
-                        // OOM errors are the point; keep going.
-                        let _ = p.query_async::<()>(&mut c).await;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            });
-            tokio::time::sleep_until(until).await;
-            stop.store(true, Ordering::Relaxed);
-            let _ = filler.await;
-            let () = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("maxmemory")
-                .arg(0)
-                .query_async(&mut c)
-                .await?;
+            // Another tenant of the same Valkey keeps writing new keys: 100 × 4 KiB every 50 ms.
+            let mut control = env.valkey.control().await?;
+            let filler = env.valkey.control().await?;
+            let tenant = Tenant {
+                per_tick: 100,
+                keys: None,
+                ttl: None,
+            };
+            memory_pressure(&mut control, filler, "allkeys-lru", tenant, until).await?;
         }
         Scenario::Garbage => {
             let garbage = garbage();
