@@ -26,7 +26,7 @@
 //! | `cache.lock.timeouts` | counter | `{timeout}` | `cache.namespace` | fill-lock waits that timed out |
 //! | `cache.invalidations` | counter | `{invalidation}` | `cache.namespace`, `cache.invalidation.kind` | invalidations applied |
 //! | `cache.invalidation.entries` | counter | `{entry}` | `cache.namespace`, `cache.invalidation.kind` | entries they removed |
-//! | `cache.invalidation.retries` | counter | `{invalidation}` | `cache.namespace`, `cache.retry.result` | failed invalidations `queued`, `merged` with one owed already, retries `succeeded`, namespace-wide invalidations owed instead (`floor`) |
+//! | `cache.invalidation.retries` | counter | `{invalidation}` | `cache.namespace`, `cache.retry.result` | failed invalidations `queued`, `merged` with one owed already, retries `succeeded`, namespace-wide invalidations owed instead (`floor`), invalidations still running past their caller's `invalidation_wait` (`late`) |
 //! | `cache.evictions` | counter | `{entry}` | `cache.namespace`, `cache.eviction.policy` | entries evicted to stay within capacity |
 //! | `cache.decode.failures` | counter | `{entry}` | `cache.namespace` | stored values that did not decode |
 //! | `cache.refreshes` | counter | `{refresh}` | `cache.namespace`, `cache.refresh.result` | background refreshes |

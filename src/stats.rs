@@ -45,6 +45,10 @@ pub struct Stats {
     pub invalidations_queued: u64,
     /// Retries that landed (one per store operation the retry queue ran successfully).
     pub invalidations_retried: u64,
+    /// Invalidations still running when their caller stopped waiting
+    /// ([`CacheBuilder::invalidation_wait`](crate::CacheBuilder::invalidation_wait)); each was
+    /// owed until it landed or was queued.
+    pub invalidations_late: u64,
     /// Always 0: an invalidation is never dropped. One the retry queue cannot hold, or one still
     /// failing after `give_up_after`, becomes a namespace-wide invalidation
     /// ([`invalidation_floors`](Self::invalidation_floors)).
@@ -108,6 +112,7 @@ pub(crate) struct Counters {
     breaker_opened: AtomicU64,
     breaker_closed: AtomicU64,
     invalidations_queued: AtomicU64,
+    invalidations_late: AtomicU64,
     invalidations_retried: AtomicU64,
     invalidations_dropped: AtomicU64,
     invalidation_floors: AtomicU64,
@@ -186,6 +191,12 @@ impl Counters {
     pub(crate) fn breaker_closed(&self) {
         self.breaker_closed.fetch_add(1, Relaxed);
         otel!(self, m => m.breaker("closed"));
+    }
+
+    /// An invalidation still running past its caller's wait (owed until it ends).
+    pub(crate) fn invalidation_late(&self) {
+        self.invalidations_late.fetch_add(1, Relaxed);
+        otel!(self, m => m.retry("late"));
     }
 
     /// A failed invalidation handed to the retry queue, and what the queue did with it.
@@ -277,6 +288,7 @@ impl Counters {
             breaker_closed: self.breaker_closed.load(Relaxed),
             invalidations_queued: self.invalidations_queued.load(Relaxed),
             invalidations_retried: self.invalidations_retried.load(Relaxed),
+            invalidations_late: self.invalidations_late.load(Relaxed),
             invalidations_dropped: self.invalidations_dropped.load(Relaxed),
             invalidation_floors: self.invalidation_floors.load(Relaxed),
             coalesced: self.coalesced.load(Relaxed),

@@ -17,7 +17,7 @@ pub struct CacheBuilder {
     ttl: Duration,
     op_timeout: Duration,
     bulk_timeout: Duration,
-    invalidation_wait: Duration,
+    invalidation_wait: Option<Duration>,
     breaker_threshold: u32,
     breaker_cool_down: Duration,
     tombstone_ttl: Duration,
@@ -39,7 +39,7 @@ impl CacheBuilder {
             ttl: Duration::from_secs(60),
             op_timeout: Duration::from_millis(100),
             bulk_timeout: Duration::from_secs(30),
-            invalidation_wait: Duration::from_secs(2),
+            invalidation_wait: None,
             breaker_threshold: 5,
             breaker_cool_down: Duration::from_secs(1),
             tombstone_ttl: Duration::from_secs(60),
@@ -92,19 +92,31 @@ impl CacheBuilder {
         self
     }
 
-    /// How long [`Cache::invalidate`] (and so an [`InvalidateLayer`](crate::InvalidateLayer)
-    /// request) waits for its invalidation. Default 2 s.
+    /// Bounds how long [`Cache::invalidate`] (and so an
+    /// [`InvalidateLayer`](crate::InvalidateLayer) request) waits for its invalidation. By
+    /// default the caller waits for the whole invalidation (within
+    /// [`bulk_timeout`](Self::bulk_timeout) for tags and patterns).
     ///
     /// Key invalidations take one store operation (bounded by [`timeout`](Self::timeout)); a
-    /// large tag or a pattern scan may take many (bounded by [`bulk_timeout`](Self::bulk_timeout)),
-    /// and a slow store makes every step slow. Past this wait the invalidation is **not
-    /// cancelled**: it keeps running in its own task and is owed like a failed one (this process
-    /// reads around the cache until it lands, or until the retry it falls back to lands; see
+    /// large tag or a pattern scan may take many, and a slow store makes every step slow. With
+    /// a wait, an invalidation still running past it is **not cancelled**: it keeps running in
+    /// its own task and is owed like a failed one (this process reads around the cache until it
+    /// lands, or until the retry it falls back to lands; see
     /// [`invalidation_retry`](Self::invalidation_retry)), and the caller gets a
-    /// [`Timeout`](crate::store::StoreErrorKind::Timeout) error meaning "owed", so a write
-    /// request answers within the wait without ever serving what the invalidation removes.
+    /// [`Timeout`](crate::store::StoreErrorKind::Timeout) error meaning "owed".
+    ///
+    /// At most 64 invalidations are late at once; the callers of further ones wait for them in
+    /// full, so late work cannot pile up on a slow store. Without a Tokio runtime the caller
+    /// always waits in full. A zero wait makes every invalidation that does not complete at its
+    /// first poll late.
+    ///
+    /// **The trade-off**: write latency bounded, but the guarantee across processes weakened
+    /// for that window. This process never serves what the late invalidation removes; *other*
+    /// processes sharing the store do not know it is owed and may read entries it has not yet
+    /// removed until it lands. Use it for a single instance, or where a bounded write latency
+    /// matters more than other instances being exact during a slow multi-step invalidation.
     pub fn invalidation_wait(mut self, wait: Duration) -> Self {
-        self.invalidation_wait = wait;
+        self.invalidation_wait = Some(wait);
         self
     }
 
@@ -278,8 +290,17 @@ impl CacheBuilder {
     ///
     /// With [`l1`](Self::l1) on a store that has no invalidation bus, and with
     /// [`l1_strict`](Self::l1_strict) and an [`l1_max_lag`](Self::l1_max_lag) above
-    /// [`MAX_STRICT_LAG`](crate::l1::MAX_STRICT_LAG).
+    /// [`MAX_STRICT_LAG`](crate::l1::MAX_STRICT_LAG), and with `l1_strict` and an
+    /// [`invalidation_wait`](Self::invalidation_wait) no longer than `l1_max_lag` (the strict
+    /// wait is part of every announced invalidation, so each would end late).
     pub fn build(self) -> Cache {
+        if let (true, Some(wait)) = (self.l1.strict, self.invalidation_wait) {
+            assert!(
+                wait > self.l1.max_lag,
+                "CacheBuilder::invalidation_wait ({wait:?}) must be longer than l1_max_lag ({:?}) with l1_strict: every announced invalidation waits l1_max_lag",
+                self.l1.max_lag
+            );
+        }
         let l1 = crate::l1::State::new(&self.l1, self.store.as_ref(), &self.namespace);
         #[cfg(feature = "opentelemetry")]
         let counters = {

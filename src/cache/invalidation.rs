@@ -123,10 +123,10 @@ impl Cache {
     /// owed already, or replaced by a namespace-wide invalidation when the retry queue is full);
     /// until it lands this process reads around the cache (see
     /// [`CacheBuilder::invalidation_retry`](crate::CacheBuilder::invalidation_retry)). The result
-    /// is then `Err` with the first failure, meaning "owed", not "lost". **Bounded wait**: the
-    /// caller waits [`invalidation_wait`](crate::CacheBuilder::invalidation_wait) at most (2 s
-    /// by default); an invalidation still running then carries on in its task, owed in the same
-    /// way, and the result is a [`Timeout`](StoreErrorKind::Timeout) error.
+    /// is then `Err` with the first failure, meaning "owed", not "lost". **Bounded wait** (opt-in,
+    /// [`invalidation_wait`](crate::CacheBuilder::invalidation_wait)): an invalidation still
+    /// running past the wait carries on in its task, owed in the same way, and the result is a
+    /// [`Timeout`](StoreErrorKind::Timeout) error; by default the caller waits for all of it.
     ///
     /// [`invalidate_key`](Self::invalidate_key), [`invalidate_tag`](Self::invalidate_tag),
     /// [`invalidate_pattern`](Self::invalidate_pattern) and their plural forms are shorthands
@@ -165,34 +165,58 @@ impl Cache {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return run.await;
         };
+        let ended_early = |detail: String| {
+            Err(StoreError::new(
+                StoreErrorKind::Server,
+                format!("invalidation task ended early{detail}"),
+            ))
+        };
+        let Some(wait) = self.inner.invalidation_wait else {
+            return rt
+                .spawn(run)
+                .await
+                .unwrap_or_else(|e| ended_early(format!(": {e}")));
+        };
         // The caller waits `invalidation_wait` at most; past it the task carries on, owed
         // (`RetryQueue::late`) until it has landed or been queued for retry.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (owner, wait) = (self.clone(), self.inner.invalidation_wait);
+        let owner = self.clone();
         rt.spawn(async move {
             let mut run = std::pin::pin!(run);
-            let result = match tokio::time::timeout(wait, &mut run).await {
-                Ok(result) => result,
-                Err(_) => {
-                    let _late = owner.inner.retry.late();
-                    let _ = tx.send(Err(StoreError::new(
-                        StoreErrorKind::Timeout,
-                        format!(
-                            "invalidation still running after {wait:?} (invalidation_wait): owed until it lands, reads skip the cache until then"
-                        ),
-                    )));
-                    let _ = run.await;
-                    return;
-                }
+            // Polled once before a timer is armed (as `guarded` does): an invalidation that
+            // completes at once needs none.
+            let first = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(std::future::Future::poll(run.as_mut(), cx))
+            })
+            .await;
+            if let std::task::Poll::Ready(result) = first {
+                let _ = tx.send(result);
+                return;
+            }
+            if let Ok(result) = tokio::time::timeout(wait, run.as_mut()).await {
+                let _ = tx.send(result);
+                return;
+            }
+            // Taken before the caller hears of it, released after `run` has landed or queued
+            // what failed: never a moment where nothing is owed. None when `LATE_MAX` are late
+            // already: this caller waits in full (back-pressure on a slow store).
+            let Some(_late) = owner.inner.retry.late() else {
+                let _ = tx.send(run.await);
+                return;
             };
-            let _ = tx.send(result);
+            owner.inner.counters.invalidation_late();
+            let _ = tx.send(Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                format!(
+                    "invalidation still running after {wait:?} (invalidation_wait): owed until it lands, reads skip the cache until then"
+                ),
+            )));
+            match run.await {
+                Ok(_) => tracing::info!(namespace = %owner.inner.namespace, "late invalidation landed"),
+                Err(e) => tracing::info!(namespace = %owner.inner.namespace, error = %e, "late invalidation failed; queued for retry"),
+            }
         });
-        rx.await.unwrap_or_else(|_| {
-            Err(StoreError::new(
-                StoreErrorKind::Server,
-                "invalidation task ended early",
-            ))
-        })
+        rx.await.unwrap_or_else(|_| ended_early(String::new()))
     }
 
     /// Invalidates one key; returns how many entries were removed. See

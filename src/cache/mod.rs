@@ -55,8 +55,9 @@ struct Inner {
     ttl: Duration,
     op_timeout: Duration,
     bulk_timeout: Duration,
-    /// How long a caller of [`Cache::invalidate`] waits ([`CacheBuilder::invalidation_wait`]).
-    invalidation_wait: Duration,
+    /// How long a caller of [`Cache::invalidate`] waits at most
+    /// ([`CacheBuilder::invalidation_wait`]); None: for the whole invalidation.
+    invalidation_wait: Option<Duration>,
     breaker: Breaker,
     counters: Counters,
     retry: RetryQueue,
@@ -130,7 +131,9 @@ impl Cache {
 
     /// Invalidations this process owes the store: keys, tags and patterns whose invalidation
     /// failed and is queued or being retried, plus one for a namespace-wide invalidation (see
-    /// [`CacheBuilder::invalidation_retry`]). While this is not 0, reads go around the cache.
+    /// [`CacheBuilder::invalidation_retry`]), plus one per invalidation still running past its
+    /// caller's [`invalidation_wait`](CacheBuilder::invalidation_wait). While this is not 0,
+    /// reads go around the cache.
     pub fn pending_invalidations(&self) -> usize {
         self.inner.retry.pending()
     }

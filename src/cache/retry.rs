@@ -13,7 +13,8 @@
 //!   read an older clock, then removes every entry of the namespace (`SCAN` on Valkey). A floor
 //!   is held in memory until it lands, however long the store takes to come back; it covers every
 //!   target queued before it starts, so those are not retried on their own.
-//! - **Read around.** While anything is owed (queued, being retried, or a floor), this process
+//! - **Read around.** While anything is owed (queued, being retried, a floor, or an invalidation
+//!   still running past its caller's `invalidation_wait`, [`RetryQueue::late`]), this process
 //!   serves every request from the handler instead of from the cache ([`RetryQueue::pending`]),
 //!   so it cannot serve an entry that an owed invalidation is about to remove.
 //! - **Retried at once on recovery.** Failed retries back off (50 ms, doubling up to 1 s), but
@@ -203,7 +204,10 @@ impl RetryQueue {
     }
 
     /// Targets owed to the store (queued or being retried), plus one for a namespace-wide
-    /// invalidation; reads go around the cache while this is not 0.
+    /// invalidation, plus invalidations still running past their caller's wait ([`late`]);
+    /// reads go around the cache while this is not 0.
+    ///
+    /// [`late`]: Self::late
     pub(crate) fn pending(&self) -> usize {
         self.shared.pending.load(Ordering::Acquire)
     }
@@ -212,11 +216,16 @@ impl RetryQueue {
     /// ([`CacheBuilder::invalidation_wait`](crate::CacheBuilder::invalidation_wait)) as owed
     /// until the returned guard is dropped: after it has landed, or failed and been
     /// [pushed](Self::push) (so the count never drops to 0 in between).
-    pub(crate) fn late(&self) -> Late<'_> {
+    /// None when [`LATE_MAX`] are late already: that caller keeps waiting instead (the
+    /// back-pressure a waiting caller gives, so late tasks cannot pile up on a slow store).
+    pub(crate) fn late(&self) -> Option<Late<'_>> {
         let mut owed = self.shared.lock();
+        if owed.late >= LATE_MAX {
+            return None;
+        }
         owed.late += 1;
         self.shared.publish(&owed);
-        Late(&self.shared)
+        Some(Late(&self.shared))
     }
 
     /// Lets the worker retry at once instead of at the end of its backoff (the store answered
@@ -291,6 +300,10 @@ impl RetryQueue {
         outcome
     }
 }
+
+/// At most this many invalidations run past their caller's wait at once ([`RetryQueue::late`]);
+/// the callers of further ones wait for them in full.
+pub(crate) const LATE_MAX: usize = 64;
 
 /// An invalidation past its caller's wait, owed while this lives ([`RetryQueue::late`]).
 #[derive(Debug)]

@@ -41,9 +41,10 @@
 //! and patterns run on the store's bulk connection, within
 //! [`bulk_timeout`](crate::CacheBuilder::bulk_timeout) (30 s), not the per-operation timeout of
 //! hits; the count they return is exact (each step counts what it removed). The request waits
-//! for them [`invalidation_wait`](crate::CacheBuilder::invalidation_wait) (2 s) at most: one
-//! still running then carries on in its task, owed (this process reads around the cache until
-//! it lands), and the request is answered without waiting longer.
+//! for them, unless [`invalidation_wait`](crate::CacheBuilder::invalidation_wait) bounds the
+//! wait: one still running then carries on in its task, owed (this process reads around the
+//! cache until it lands; other processes may read what it has not removed yet), and the request
+//! is answered without waiting longer.
 //! `CacheLayer` records tags from its [`tags`](crate::CacheLayer::tags) templates and from the
 //! response's `Surrogate-Key` (space-separated) or `Cache-Tag` (comma-separated) header, which it
 //! removes before the response leaves. Tag sets expire with their longest-lived entry, and dead
@@ -54,7 +55,10 @@
 //! After an invalidation is acknowledged (the write's response has been sent), no read that starts
 //! afterwards is served an entry stored before it, in any process sharing the store (with L1,
 //! in the other processes within a bound: below); and a fill whose handler started before the
-//! invalidation is never stored (it was read before the write).
+//! invalidation is never stored (it was read before the write). (An invalidation answered
+//! with an error is owed: below. One still running past an opt-in
+//! [`invalidation_wait`](crate::CacheBuilder::invalidation_wait) is owed the same way: exact in
+//! this process, while other processes may read what it has not removed yet until it lands.)
 //! Each miss reads the namespace's invalidation clock with the entry; each invalidation advances
 //! the clock and leaves a tombstone on its keys, tags or pattern for the
 //! [invalidation window](crate::CacheBuilder::invalidation_window); the fill is written by a script
@@ -83,8 +87,8 @@
 //! [`l1_max_lag`](crate::CacheBuilder::l1_max_lag) (1 s by default), because an instance that
 //! cannot confirm it is within that bound reads the store instead of its L1 (see
 //! [the bound](crate::l1#the-bound-across-instances)). With
-//! [`l1_strict`](crate::CacheBuilder::l1_strict) it holds everywhere when the call returns: the
-//! invalidation waits out the bound first.
+//! [`l1_strict`](crate::CacheBuilder::l1_strict) it holds everywhere when the call returns `Ok`:
+//! the invalidation waits out the bound first.
 
 mod layer;
 mod service;

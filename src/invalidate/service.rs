@@ -65,7 +65,7 @@ impl Plan {
             .tags(r.tags)
             .patterns(r.patterns);
         if let Err(e) = self.cache.invalidate(invalidation).await {
-            tracing::warn!(namespace = %self.cache.namespace(), error = %e, "invalidation failed; queued for retry");
+            tracing::warn!(namespace = %self.cache.namespace(), error = %e, "invalidation not finished; owed to the store (queued for retry, or still running past invalidation_wait)");
         }
     }
 }

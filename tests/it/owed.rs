@@ -387,6 +387,39 @@ async fn a_connection_that_lost_its_authentication_reconnects() {
     assert_eq!(cache.invalidate_key("k").await.unwrap(), 0);
 }
 
+/// Without `invalidation_wait` a caller waits for the whole invalidation, however slow the store:
+/// when it returns, the entries are gone from the store, so no process sharing it (which does not
+/// know what this one owes) can read them afterwards.
+async fn by_default_a_caller_waits_for_the_whole_invalidation(b: Backend) {
+    // Past any wait a default could plausibly bound (the key kind); the rest shorter, to keep
+    // the test short (a tag or a pattern takes several slowed operations).
+    const SLOWEST: Duration = Duration::from_millis(2500);
+    const SLOW: Duration = Duration::from_millis(400);
+    let (cache, faults) = faulty(&b, "whole", |c| c.timeout(Duration::from_secs(10)));
+    let (app, db) = tagged_items(&cache, 3, &["item-{id}"]);
+    let kinds = [
+        ("key", Invalidation::new().key("item:1")),
+        ("tag", Invalidation::new().tag("item-1")),
+        ("pattern", Invalidation::new().pattern("item:1*")),
+    ];
+    for (kind, invalidation) in kinds {
+        warm(&app, 3).await;
+        let written = db[1].fetch_add(1, Ordering::SeqCst) + 1;
+        let slow = if kind == "key" { SLOWEST } else { SLOW };
+        faults.slow(slow);
+        let started = std::time::Instant::now();
+        let removed = cache.invalidate(invalidation).await;
+        let waited = started.elapsed();
+        faults.slow(Duration::ZERO);
+        assert_eq!(removed.map_err(|e| e.to_string()), Ok(1), "{kind}");
+        assert!(waited >= slow, "{kind}: returned after {waited:?}");
+        assert_eq!(cache.pending_invalidations(), 0, "{kind}: nothing owed");
+        assert!(!has_entry(&cache, "item:1").await, "{kind}: still stored");
+        let r = get_req(&app, "/items/1").await;
+        assert_eq!((version(&r), r.is_hit()), (written, false), "{kind}");
+    }
+}
+
 /// A caller waits `invalidation_wait` at most for its invalidation, whatever its kind and however
 /// slow the store (issue 22: a pattern invalidation request took over 5 s under a slow Valkey).
 /// Past the wait the invalidation is not cancelled: it lands later, and until it has, it is owed
@@ -428,7 +461,12 @@ async fn a_slow_invalidation_is_owed_past_the_callers_wait(b: Backend) {
         assert!(cache.pending_invalidations() > 0, "{kind}: not owed");
         assert!(has_entry(&cache, "item:1").await, "{kind}: already removed");
         let mut reads = 0;
+        let deadline = std::time::Instant::now() + POLL;
         while cache.pending_invalidations() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{kind}: still owed after {POLL:?}"
+            );
             let r = get_req(&app, "/items/1").await;
             assert_eq!((version(&r), r.is_hit()), (written, false), "{kind}");
             reads += 1;
@@ -443,12 +481,58 @@ async fn a_slow_invalidation_is_owed_past_the_callers_wait(b: Backend) {
     }
 }
 
+/// A late invalidation that then fails hands itself to the retry queue with no moment where
+/// nothing is owed: from the caller's return until the healed retry lands, this process reads
+/// around the cache, and the retry lands what the late attempt could not.
+async fn a_late_invalidation_that_fails_is_queued_without_a_gap(b: Backend) {
+    const WAIT: Duration = Duration::from_millis(100);
+    let (cache, faults) = faulty(&b, "late-fail", |c| {
+        c.invalidation_wait(WAIT).timeout(Duration::from_secs(10))
+    });
+    let (app, db) = items(&cache, 3);
+    warm(&app, 3).await;
+    let written = db[1].fetch_add(1, Ordering::SeqCst) + 1;
+    faults.slow(Duration::from_millis(600));
+    faults.fail(Op::Invalidate);
+    let e = cache.invalidate_key("item:1").await.expect_err("late");
+    faults.slow(Duration::ZERO);
+    assert_eq!(e.kind(), StoreErrorKind::Timeout, "{e}");
+    assert_eq!(cache.stats().invalidations_late, 1);
+    // Late, then failed and queued: owed at every read in between.
+    let deadline = std::time::Instant::now() + POLL;
+    while cache.stats().invalidations_queued == 0 {
+        assert!(std::time::Instant::now() < deadline, "never queued");
+        assert!(
+            cache.pending_invalidations() > 0,
+            "a gap between late and queued"
+        );
+        let r = get_req(&app, "/items/1").await;
+        assert_eq!((version(&r), r.is_hit()), (written, false));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(cache.pending_invalidations() > 0, "queued, so owed");
+    assert!(
+        has_entry(&cache, "item:1").await,
+        "the failed attempt removed nothing"
+    );
+    faults.heal(Op::Invalidate);
+    eventually(POLL, "the retry to land", || async {
+        (cache.pending_invalidations() == 0).then_some(())
+    })
+    .await;
+    assert!(!has_entry(&cache, "item:1").await, "the retry removed it");
+    let r = get_req(&app, "/items/1").await;
+    assert_eq!(version(&r), written);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Runs
 // ---------------------------------------------------------------------------------------------
 
 mod valkey {
     crate::support::on!(super::Backend::valkey(super::VALKEY) =>
+        a_late_invalidation_that_fails_is_queued_without_a_gap,
+        by_default_a_caller_waits_for_the_whole_invalidation,
         a_slow_invalidation_is_owed_past_the_callers_wait,
         outage_down_longer_than_the_queue,
         outage_of_invalidations_longer_than_the_queue,
@@ -459,6 +543,8 @@ mod valkey {
 
 mod cluster {
     crate::support::on!(super::Backend::cluster(super::CLUSTER) =>
+        a_late_invalidation_that_fails_is_queued_without_a_gap,
+        by_default_a_caller_waits_for_the_whole_invalidation,
         a_slow_invalidation_is_owed_past_the_callers_wait,
         outage_of_invalidations_longer_than_the_queue,
         a_retry_past_give_up_after_becomes_a_floor,
@@ -467,6 +553,8 @@ mod cluster {
 
 mod memory {
     crate::support::on!(super::Backend::memory(super::MemoryStore::new()) =>
+        a_late_invalidation_that_fails_is_queued_without_a_gap,
+        by_default_a_caller_waits_for_the_whole_invalidation,
         a_slow_invalidation_is_owed_past_the_callers_wait,
         outage_down_longer_than_the_queue,
         outage_of_invalidations_longer_than_the_queue,

@@ -85,8 +85,8 @@ impl ValkeyConfig {
 
     /// Timeout for one response on the bulk lane, the connection of multi-step invalidations
     /// (each step of a large tag, each `SCAN` step of a pattern). Default 2 s. The whole
-    /// operation is bounded by `CacheBuilder::bulk_timeout`; its caller waits
-    /// `CacheBuilder::invalidation_wait` at most.
+    /// operation is bounded by `CacheBuilder::bulk_timeout` (and its caller's wait by
+    /// `CacheBuilder::invalidation_wait`, when set).
     pub fn bulk_response_timeout(mut self, d: Duration) -> Self {
         self.bulk_response_timeout = d;
         self

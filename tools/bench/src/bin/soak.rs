@@ -22,7 +22,8 @@
 //!   - `GET /c/items/{id}`: a `CacheLayer` on a second `Cache` over the cluster;
 //!   - writes: `PUT /items/{id}` (InvalidateLayer: the id's key on every route, both caches),
 //!     `POST /groups/{g}` (tag `group:G`) and `POST /prefix/{d}` (pattern `*:D??`, ids D00-D99).
-//!     Each bumps the ids' versions in the "database" first, then invalidates.
+//!     Each bumps the ids' versions in the "database" first, then invalidates. Both caches set
+//!     `invalidation_wait(2 s)` (the app is one process), so a write answers within it.
 //! - a closed-loop load: `--concurrency` readers over 1,000 ids with Zipf(1) popularity across
 //!   the routes, two writers (a key write every 20 ms, a tag write every 500 ms, a pattern write
 //!   every 2 s, each followed by a read of what it wrote), and a client sending bad requests.
@@ -84,7 +85,12 @@ const SIE: Duration = Duration::from_secs(300);
 const L1_CAPACITY: u64 = 1000;
 const BOUNDED: usize = 100;
 const RETRY_CAPACITY: usize = 1024;
+/// Invalidations late at once at most (ARCHITECTURE.md, "Bounds").
+const LATE_MAX: u64 = 64;
 const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+/// Writes answer within this (`CacheBuilder::invalidation_wait`): the app is one process, so
+/// an invalidation past it is owed here, where every read-after-write check runs.
+const INVALIDATION_WAIT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const SAMPLE: Duration = Duration::from_secs(10);
 const FAULT_LEN: Duration = Duration::from_secs(10);
@@ -347,9 +353,11 @@ async fn start_app(
         .l1(L1_CAPACITY, Duration::from_secs(60))
         .invalidation_window(TOMBSTONE_TTL)
         .invalidation_retry(RETRY_CAPACITY, Duration::from_secs(600))
+        .invalidation_wait(INVALIDATION_WAIT)
         .build();
     let cluster = Cache::builder(ValkeyStore::cluster(cluster_urls)?)
         .namespace(CLUSTER_NS)
+        .invalidation_wait(INVALIDATION_WAIT)
         .build();
     let state = AppState {
         db: db.clone(),
@@ -1018,10 +1026,51 @@ fn migrate_slot(c: &ValkeyCluster, slot: u16) -> Result<String, BoxError> {
 
 // ---------------------------------------------------------------------------------- samples
 
+/// The system allocator, counting the bytes live: RSS also moves with the allocator's own
+/// retention (glibc arenas keep freed memory), so a leak shows in the live heap first.
+struct Counting;
+
+static HEAP_LIVE: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded to `System` unchanged; only a counter is added.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if !p.is_null() {
+            HEAP_LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        HEAP_LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = unsafe { std::alloc::System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            HEAP_LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        let p = unsafe { std::alloc::System.realloc(ptr, layout, new) };
+        if !p.is_null() {
+            HEAP_LIVE.fetch_add(new as u64, Ordering::Relaxed);
+            HEAP_LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
 #[derive(Clone, Debug, Default)]
 struct Sample {
     t_s: f64,
     rss_kib: u64,
+    /// Bytes live on the heap ([`Counting`]), in KiB.
+    heap_kib: u64,
     fds: u64,
     tasks: u64,
     flights: u64,
@@ -1049,14 +1098,15 @@ struct Sample {
     fault: String,
 }
 
-const COLUMNS: &str = "t_s,rss_kib,fds,tasks,flights,owed,l1_entries,used_memory,connections,entries,markers,variants,key_tombstones,tag_tombstones,tag_sets,tag_members,eviction_index,other_meta,cluster_keys,tombstone_bound,requests,hit_ratio,p99_ms,failures,fault";
+const COLUMNS: &str = "t_s,rss_kib,heap_kib,fds,tasks,flights,owed,l1_entries,used_memory,connections,entries,markers,variants,key_tombstones,tag_tombstones,tag_sets,tag_members,eviction_index,other_meta,cluster_keys,tombstone_bound,requests,hit_ratio,p99_ms,failures,fault";
 
 impl Sample {
     fn csv(&self) -> String {
         format!(
-            "{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.2},{},{}",
+            "{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.2},{},{}",
             self.t_s,
             self.rss_kib,
+            self.heap_kib,
             self.fds,
             self.tasks,
             self.flights,
@@ -1276,6 +1326,9 @@ fn goals(
             "RSS growth per half hour",
             (|s: &Sample| s.rss_kib as f64) as fn(&Sample) -> f64,
         ),
+        ("live heap growth per half hour", |s: &Sample| {
+            s.heap_kib as f64
+        }),
         ("open descriptors growth per half hour", |s: &Sample| {
             s.fds as f64
         }),
@@ -1294,9 +1347,9 @@ fn goals(
     }
     let max = |f: fn(&Sample) -> u64| samples.iter().map(f).max().unwrap_or(0);
     push(
-        "owed invalidations <= retry capacity + 1 (every sample)",
+        "owed invalidations <= retry capacity + 1 + 64 late (every sample)",
         format!("max {}", max(|s| s.owed)),
-        max(|s| s.owed) <= RETRY_CAPACITY as u64 + 1,
+        max(|s| s.owed) <= RETRY_CAPACITY as u64 + 1 + LATE_MAX,
     );
     // moka counts lazily: allow 5% over capacity at a sample.
     push(
@@ -1473,11 +1526,12 @@ fn plots(samples: &[Sample]) -> Vec<(&'static str, String)> {
         (
             "soak-memory.svg",
             svg_plot(
-                "Memory: application RSS and Valkey used_memory",
+                "Memory: application RSS, live heap and Valkey used_memory",
                 "MiB",
                 samples,
                 &[
                     ("app RSS", |s| s.rss_kib as f64 / 1024.0),
+                    ("app live heap", |s| s.heap_kib as f64 / 1024.0),
                     ("Valkey used_memory", |s| s.used_memory as f64 / 1048576.0),
                 ],
             ),
@@ -1684,8 +1738,8 @@ async fn run(args: Args) -> Result<bool, BoxError> {
                 None => process_sample(t0, &app, &figures, &db, &mark),
             };
             eprintln!(
-                "soak: t={:>5.0}s rss={}KiB fds={} tasks={} flights={} owed={} l1={} keys={}/{}v/{}t/{}m req={} hit={:.2} p99={:.1}ms fail={} {}",
-                s.t_s, s.rss_kib, s.fds, s.tasks, s.flights, s.owed, s.l1_entries, s.entries, s.variants, s.key_tombstones + s.tag_tombstones, s.tag_members, s.requests, s.hit_ratio, s.p99_ms, s.failures, s.fault
+                "soak: t={:>5.0}s rss={}KiB heap={}KiB fds={} tasks={} flights={} owed={} l1={} keys={}/{}v/{}t/{}m req={} hit={:.2} p99={:.1}ms fail={} {}",
+                s.t_s, s.rss_kib, s.heap_kib, s.fds, s.tasks, s.flights, s.owed, s.l1_entries, s.entries, s.variants, s.key_tombstones + s.tag_tombstones, s.tag_members, s.requests, s.hit_ratio, s.p99_ms, s.failures, s.fault
             );
             csv.push_str(&s.csv());
             csv.push('\n');
@@ -1738,6 +1792,7 @@ fn process_sample(t0: Instant, app: &App, figures: &Figures, db: &Db, fault: &st
     Sample {
         t_s: t0.elapsed().as_secs_f64(),
         rss_kib: proc_status_kib("VmRSS"),
+        heap_kib: HEAP_LIVE.load(Ordering::Relaxed) / 1024,
         fds: open_fds(),
         tasks: tokio::runtime::Handle::current()
             .metrics()
