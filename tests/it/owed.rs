@@ -387,6 +387,16 @@ async fn a_connection_that_lost_its_authentication_reconnects() {
     assert_eq!(cache.invalidate_key("k").await.unwrap(), 0);
 }
 
+/// The invalidation of `item:1` ([`tagged_items`] with the tag template `item-{id}`) by key, by
+/// tag and by pattern, each removing that one entry.
+fn each_kind_of_item_1() -> [(&'static str, Invalidation); 3] {
+    [
+        ("key", Invalidation::new().key("item:1")),
+        ("tag", Invalidation::new().tag("item-1")),
+        ("pattern", Invalidation::new().pattern("item:1*")),
+    ]
+}
+
 /// Without `invalidation_wait` a caller waits for the whole invalidation, however slow the store:
 /// when it returns, the entries are gone from the store, so no process sharing it (which does not
 /// know what this one owes) can read them afterwards.
@@ -397,12 +407,7 @@ async fn by_default_a_caller_waits_for_the_whole_invalidation(b: Backend) {
     const SLOW: Duration = Duration::from_millis(400);
     let (cache, faults) = faulty(&b, "whole", |c| c.timeout(Duration::from_secs(10)));
     let (app, db) = tagged_items(&cache, 3, &["item-{id}"]);
-    let kinds = [
-        ("key", Invalidation::new().key("item:1")),
-        ("tag", Invalidation::new().tag("item-1")),
-        ("pattern", Invalidation::new().pattern("item:1*")),
-    ];
-    for (kind, invalidation) in kinds {
+    for (kind, invalidation) in each_kind_of_item_1() {
         warm(&app, 3).await;
         let written = db[1].fetch_add(1, Ordering::SeqCst) + 1;
         let slow = if kind == "key" { SLOWEST } else { SLOW };
@@ -433,12 +438,7 @@ async fn a_slow_invalidation_is_owed_past_the_callers_wait(b: Backend) {
             .bulk_timeout(Duration::from_secs(30))
     });
     let (app, db) = tagged_items(&cache, 3, &["item-{id}"]);
-    let kinds = [
-        ("key", Invalidation::new().key("item:1")),
-        ("tag", Invalidation::new().tag("item-1")),
-        ("pattern", Invalidation::new().pattern("item:1*")),
-    ];
-    for (kind, invalidation) in kinds {
+    for (kind, invalidation) in each_kind_of_item_1() {
         warm(&app, 3).await;
         let written = db[1].fetch_add(1, Ordering::SeqCst) + 1;
         faults.slow(SLOW);
