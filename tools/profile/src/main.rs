@@ -113,7 +113,7 @@ fn main() {
             let res = app.clone().oneshot(request()).await.unwrap();
             assert_eq!(res.status(), StatusCode::OK);
         }
-        if let Some(cache) = &cache {
+        if cache.is_some() {
             let res = app.clone().oneshot(request()).await.unwrap();
             let status = res.headers()["cache-status"].to_str().unwrap().to_owned();
             assert!(status.contains("; hit"), "not a hit: {status}");
