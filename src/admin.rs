@@ -18,8 +18,9 @@
 //! "patterns": 0, "total": 1}}`), or `202` with `"queued": true` and the store's error when part
 //! of it is owed to the store (it lands when the store is back, or, with
 //! [`invalidation_wait`](crate::CacheBuilder::invalidation_wait) set, when the part still running
-//! past the wait finishes; this process reads around the cache until then). Bad input is a `4xx` with `{"error": "..."}` and purges nothing: every part
-//! of a request is checked before any of it runs. A cache problem is never a `5xx`.
+//! past the wait finishes; this process reads around the cache until then). Bad input is a
+//! `4xx` with `{"error": "..."}` and purges nothing: every part of a request is checked before
+//! any of it runs. A cache problem is never a `5xx`.
 //!
 //! ```
 //! use axum::Router;

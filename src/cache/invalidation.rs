@@ -165,17 +165,14 @@ impl Cache {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return run.await;
         };
-        let ended_early = |detail: String| {
+        let ended_early = |detail: &dyn std::fmt::Display| {
             Err(StoreError::new(
                 StoreErrorKind::Server,
-                format!("invalidation task ended early{detail}"),
+                format!("invalidation task ended early: {detail}"),
             ))
         };
         let Some(wait) = self.inner.invalidation_wait else {
-            return rt
-                .spawn(run)
-                .await
-                .unwrap_or_else(|e| ended_early(format!(": {e}")));
+            return rt.spawn(run).await.unwrap_or_else(|e| ended_early(&e));
         };
         // The caller waits `invalidation_wait` at most; past it the task carries on, owed
         // (`RetryQueue::late`) until it has landed or been queued for retry.
@@ -183,17 +180,7 @@ impl Cache {
         let owner = self.clone();
         rt.spawn(async move {
             let mut run = std::pin::pin!(run);
-            // Polled once before a timer is armed (as `guarded` does): an invalidation that
-            // completes at once needs none.
-            let first = std::future::poll_fn(|cx| {
-                std::task::Poll::Ready(std::future::Future::poll(run.as_mut(), cx))
-            })
-            .await;
-            if let std::task::Poll::Ready(result) = first {
-                let _ = tx.send(result);
-                return;
-            }
-            if let Ok(result) = tokio::time::timeout(wait, run.as_mut()).await {
+            if let Some(result) = super::ops::within(wait, &mut run).await {
                 let _ = tx.send(result);
                 return;
             }
@@ -216,7 +203,7 @@ impl Cache {
                 Err(e) => tracing::info!(namespace = %owner.inner.namespace, error = %e, "late invalidation failed; queued for retry"),
             }
         });
-        rx.await.unwrap_or_else(|_| ended_early(String::new()))
+        rx.await.unwrap_or_else(|e| ended_early(&e))
     }
 
     /// Invalidates one key; returns how many entries were removed. See

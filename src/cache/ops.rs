@@ -32,6 +32,24 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `fut`'s output if it completes within `limit`, else None (`fut` is left as it is, to be
+/// awaited further or dropped). A future that is ready at once (MemoryStore, a ready reply, an
+/// invalidation with nothing to wait for) needs no timer: it is polled once before the timeout
+/// is armed.
+pub(super) async fn within<F>(limit: Duration, fut: &mut F) -> Option<F::Output>
+where
+    F: std::future::Future + Unpin,
+{
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(std::pin::Pin::new(&mut *fut), cx))
+    })
+    .await;
+    match first {
+        std::task::Poll::Ready(r) => Some(r),
+        std::task::Poll::Pending => tokio::time::timeout(limit, fut).await.ok(),
+    }
+}
+
 /// An owned write for batch operations: key, encoded (plain) entry, TTL, tags.
 #[derive(Clone, Debug)]
 pub(crate) struct BatchWrite {
@@ -99,23 +117,12 @@ impl Cache {
         );
         let started = std::time::Instant::now();
         let mut fut = tracing::Instrument::instrument(fut, span.clone());
-        // A store that answers at once (MemoryStore, a ready reply) needs no timer: poll once
-        // before arming the timeout. The future is boxed, so polling it first and then handing
-        // it to the timeout moves nothing.
-        let first = std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(std::future::Future::poll(std::pin::Pin::new(&mut fut), cx))
-        })
-        .await;
-        let result = match first {
-            std::task::Poll::Ready(r) => r,
-            std::task::Poll::Pending => match tokio::time::timeout(timeout, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::new(
-                    StoreErrorKind::Timeout,
-                    format!("{op} took longer than {timeout:?}"),
-                )),
-            },
-        };
+        let result = within(timeout, &mut fut).await.unwrap_or_else(|| {
+            Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                format!("{op} took longer than {timeout:?}"),
+            ))
+        });
         let elapsed = started.elapsed();
         let error_type = result.as_ref().err().map(|e| error_type(e.kind()));
         if !span.is_disabled() {

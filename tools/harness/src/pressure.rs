@@ -21,7 +21,7 @@ pub struct Tenant {
     /// How many distinct keys (`tenant:N`) it cycles through; `None`: a new key per value (so
     /// memory keeps growing, which an eviction policy must answer).
     pub keys: Option<u64>,
-    /// The values' `EX`, if any.
+    /// The values' expiry (`PX`), if any.
     pub ttl: Option<Duration>,
 }
 
