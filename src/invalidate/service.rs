@@ -124,9 +124,9 @@ where
                 let params = if plan.needs_path_params() {
                     crate::key::path_params(&mut parts)
                 } else {
-                    Vec::new()
+                    crate::key::PathParams::None
                 };
-                let rendered = plan.render(&KeyContext::new(&parts).with_path_params(params));
+                let rendered = plan.render(&KeyContext::new(&parts).with_params(params));
                 let res = inner.call(Request::from_parts(parts, body)).await?;
                 if (plan.when)(res.status()) {
                     match rendered {

@@ -125,7 +125,29 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct KeyContext<'a> {
     parts: &'a Parts,
-    path_params: Vec<(String, String)>,
+    path_params: PathParams,
+}
+
+/// The path parameters a key reads (name, percent-decoded value): axum's as the router matched
+/// them (shared, not copied per request), or a list a caller set.
+#[derive(Debug, Default)]
+pub(crate) enum PathParams {
+    #[default]
+    None,
+    Owned(Vec<(String, String)>),
+    #[cfg(feature = "axum")]
+    Axum(axum::extract::RawPathParams),
+}
+
+impl PathParams {
+    fn get(&self, name: &str) -> Option<&str> {
+        match self {
+            PathParams::None => None,
+            PathParams::Owned(v) => v.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()),
+            #[cfg(feature = "axum")]
+            PathParams::Axum(p) => p.iter().find(|(n, _)| *n == name).map(|(_, v)| v),
+        }
+    }
 }
 
 impl<'a> KeyContext<'a> {
@@ -133,12 +155,16 @@ impl<'a> KeyContext<'a> {
     pub fn new(parts: &'a Parts) -> Self {
         Self {
             parts,
-            path_params: Vec::new(),
+            path_params: PathParams::None,
         }
     }
 
     /// Sets the path parameters (name, percent-decoded value); the layer reads them from axum.
-    pub fn with_path_params(mut self, params: Vec<(String, String)>) -> Self {
+    pub fn with_path_params(self, params: Vec<(String, String)>) -> Self {
+        self.with_params(PathParams::Owned(params))
+    }
+
+    pub(crate) fn with_params(mut self, params: PathParams) -> Self {
         self.path_params = params;
         self
     }
@@ -150,10 +176,7 @@ impl<'a> KeyContext<'a> {
 
     /// A path parameter by name.
     pub fn path_param(&self, name: &str) -> Option<&str> {
-        self.path_params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.path_params.get(name)
     }
 
     /// Every value of query parameter `name`, in request order, decoded as axum's `Query`
@@ -366,14 +389,14 @@ impl Keyer {
         let params = if needs_params {
             checked_path_params(parts)?
         } else {
-            Vec::new()
+            PathParams::None
         };
         let extracted = match self {
             #[cfg(feature = "axum")]
             Keyer::Extract(e) => Some(e.extract(parts).await?),
             Keyer::Strategy(_) => None,
         };
-        let ctx = KeyContext::new(parts).with_path_params(params);
+        let ctx = KeyContext::new(parts).with_params(params);
         let key = match (extracted, self) {
             (Some(k), _) => k,
             (None, Keyer::Strategy(s)) => s.key(&ctx)?,
@@ -390,33 +413,30 @@ impl Keyer {
 
 /// The path parameters axum matched for this request (empty outside axum or without the
 /// `axum` feature).
-pub(crate) fn path_params(parts: &mut Parts) -> Vec<(String, String)> {
+pub(crate) fn path_params(parts: &mut Parts) -> PathParams {
     checked_path_params(parts).unwrap_or_default()
 }
 
 /// [`path_params`], but a parameter that is not UTF-8 once decoded is a request the handler's
 /// `Path` rejects: [`KeyError::Rejected`], not "no parameters".
 #[cfg(feature = "axum")]
-fn checked_path_params(parts: &mut Parts) -> Result<Vec<(String, String)>, KeyError> {
+fn checked_path_params(parts: &mut Parts) -> Result<PathParams, KeyError> {
     use axum::extract::rejection::RawPathParamsRejection;
     use axum::extract::{FromRequestParts, RawPathParams};
     use futures_util::FutureExt;
     // RawPathParams only reads request extensions: its future is ready at once.
     match RawPathParams::from_request_parts(parts, &()).now_or_never() {
-        Some(Ok(params)) => Ok(params
-            .iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()),
+        Some(Ok(params)) => Ok(PathParams::Axum(params)),
         Some(Err(RawPathParamsRejection::InvalidUtf8InPathParam(_))) => Err(KeyError::Rejected(
             "a path parameter is not UTF-8 once percent-decoded".into(),
         )),
-        _ => Ok(Vec::new()),
+        _ => Ok(PathParams::None),
     }
 }
 
 #[cfg(not(feature = "axum"))]
-fn checked_path_params(_parts: &mut Parts) -> Result<Vec<(String, String)>, KeyError> {
-    Ok(Vec::new())
+fn checked_path_params(_parts: &mut Parts) -> Result<PathParams, KeyError> {
+    Ok(PathParams::None)
 }
 
 /// The method as it appears in keys: HEAD shares GET's entry.

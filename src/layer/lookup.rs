@@ -13,8 +13,9 @@ pub(crate) struct Resolved {
     /// The entry for this request (the variant's, when `base` holds a marker), with the clock of
     /// the first read: the earlier clock guards the fill that follows more strictly.
     pub(crate) lookup: Lookup,
-    /// Where the entry lives: `base`, or the variant key.
-    pub(crate) key: String,
+    /// Where the entry lives when it is not at `base`: the variant key (None: at `base`, which
+    /// a hit then never copies).
+    pub(crate) variant: Option<String>,
     /// The marker found at `base`, if any.
     pub(crate) marker: Option<Marker>,
 }
@@ -33,7 +34,7 @@ pub(crate) async fn resolve(
     let Some(marker) = first.value.as_ref().and_then(Marker::decode) else {
         return Ok(Resolved {
             lookup: first,
-            key: base.to_owned(),
+            variant: None,
             marker: None,
         });
     };
@@ -44,9 +45,16 @@ pub(crate) async fn resolve(
             value: second.value,
             clock: first.clock,
         },
-        key,
+        variant: Some(key),
         marker: Some(marker),
     })
+}
+
+impl Resolved {
+    /// Where the entry lives, given the `base` it was resolved from.
+    pub(crate) fn key<'a>(&'a self, base: &'a str) -> &'a str {
+        self.variant.as_deref().unwrap_or(base)
+    }
 }
 
 /// The entry `headers` select at `base` if the store has it and it is fresh, and where it lives.
@@ -56,8 +64,9 @@ pub(crate) async fn fresh_entry(
     headers: &HeaderMap,
 ) -> Option<(Entry, String)> {
     let r = resolve(cfg, base, headers, false).await.ok()?;
-    let entry = decode_for(cfg, &r.lookup.value?).ok()?;
-    matches!(entry.freshness(now_ms()), Freshness::Fresh(_)).then_some((entry, r.key))
+    let entry = decode_for(cfg, r.lookup.value.as_ref()?).ok()?;
+    let key = r.variant.unwrap_or_else(|| base.to_owned());
+    matches!(entry.freshness(now_ms()), Freshness::Fresh(_)).then_some((entry, key))
 }
 
 /// Decodes a stored value for this route: undecodable values and entries this route's own

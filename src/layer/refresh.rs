@@ -82,10 +82,10 @@ pub(crate) fn spawn<S, ReqB, ResB>(
         // Double-check: a refresh that landed between the read that triggered this one and
         // taking the lead has already replaced the entry this request saw.
         let found = resolve(&cfg, &fill.variant.base, &fill.variant.headers, false).await;
-        if let Some((raw, true)) = found
-            .ok()
-            .and_then(|r| Some((r.lookup.value?, r.key == fill.key)))
-        {
+        if let Some((raw, true)) = found.ok().and_then(|r| {
+            let same = r.key(&fill.variant.base) == fill.key;
+            Some((r.lookup.value?, same))
+        }) {
             if let Ok(e) = decode_for(&cfg, &raw) {
                 if e.stored_at_ms != trigger.seen_stored_at {
                     let landing = match e.freshness(now_ms()) {

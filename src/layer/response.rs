@@ -60,9 +60,53 @@ pub(crate) fn from_entry<B: Body>(
     for (name, value) in &entry.headers {
         headers.append(name.clone(), value.clone());
     }
-    headers.insert(header::AGE, HeaderValue::from(age));
+    headers.insert(header::AGE, age_value(age));
     if is_head {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     (res, outcome)
+}
+
+/// Ages below this (seconds) are answered from a table built once (a hit allocates no `Age`).
+const TABLED_AGES: usize = 600;
+
+/// The `Age` value for `secs`: from [`TABLED_AGES`]'s table (static bytes: cloning one is a
+/// copy, with no reference count shared between threads), formatted above it.
+fn age_value(secs: u64) -> HeaderValue {
+    static AGES: std::sync::OnceLock<Box<[HeaderValue]>> = std::sync::OnceLock::new();
+    let table = AGES.get_or_init(|| {
+        // One string holding every tabled age, kept for the life of the process (a few KiB).
+        let mut digits = String::new();
+        let mut ends = Vec::with_capacity(TABLED_AGES);
+        for n in 0..TABLED_AGES {
+            digits.push_str(&n.to_string());
+            ends.push(digits.len());
+        }
+        let digits: &'static str = Box::leak(digits.into_boxed_str());
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let v = HeaderValue::from_static(&digits[start..end]);
+                start = end;
+                v
+            })
+            .collect()
+    });
+    usize::try_from(secs)
+        .ok()
+        .and_then(|i| table.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn age_values_are_decimal_seconds_on_both_sides_of_the_table() {
+        for secs in (0..TABLED_AGES as u64 + 5).chain([86_400, u64::MAX]) {
+            assert_eq!(age_value(secs), secs.to_string().as_str(), "{secs}");
+        }
+    }
 }

@@ -206,8 +206,8 @@ where
 
     let epoch = cfg.cache.epoch();
     let base = key;
-    let (lookup, key, marker) = match resolve(&cfg, &base, req.headers(), true).await {
-        Ok(r) => (r.lookup, r.key, r.marker),
+    let (lookup, variant, marker) = match resolve(&cfg, &base, req.headers(), true).await {
+        Ok(r) => (r.lookup, r.variant, r.marker),
         Err(_) => {
             let res = Box::pin(inner.call(req)).await?;
             return Ok((res.map(CacheBody::stream), Outcome::StoreUnavailable));
@@ -253,8 +253,8 @@ where
                     let answer = from_entry(&entry, is_head, outcome, now);
                     if refresh {
                         let trigger = Trigger {
+                            key: variant.unwrap_or_else(|| base.clone()),
                             base,
-                            key,
                             marker,
                             tags,
                             stamp: (lookup.clock, epoch),
@@ -280,8 +280,8 @@ where
     let missed = Missed {
         is_head,
         revalidate,
+        key: variant.unwrap_or_else(|| base.clone()),
         base,
-        key,
         tags,
         marker,
         stamp: (lookup.clock, epoch),

@@ -9,9 +9,12 @@ pub(crate) fn header(outcome: &Outcome, name: &str) -> HeaderValue {
     let v = match outcome {
         // The hot path (every fresh hit): one allocation, no formatting machinery.
         Outcome::Hit { ttl, detail: None } => {
-            let mut v = String::with_capacity(name.len() + 32);
+            // Exactly the length: a `String` with spare capacity becomes a `Bytes` through a
+            // second allocation.
+            const HIT: &str = "; hit; ttl=";
+            let mut v = String::with_capacity(name.len() + HIT.len() + decimal_len(*ttl));
             v.push_str(name);
-            v.push_str("; hit; ttl=");
+            v.push_str(HIT);
             push_int(&mut v, *ttl);
             v
         }
@@ -42,6 +45,17 @@ pub(crate) fn header(outcome: &Outcome, name: &str) -> HeaderValue {
     HeaderValue::try_from(v).unwrap_or_else(|_| HeaderValue::from_static("cache"))
 }
 
+/// How many bytes `n` takes in decimal (its sign included).
+fn decimal_len(n: i64) -> usize {
+    let mut m = n.unsigned_abs();
+    let mut len = usize::from(n < 0) + 1;
+    while m >= 10 {
+        m /= 10;
+        len += 1;
+    }
+    len
+}
+
 /// Appends `n` in decimal (what `write!(v, "{n}")` does, without `fmt`).
 fn push_int(v: &mut String, n: i64) {
     if n < 0 {
@@ -66,6 +80,20 @@ fn push_int(v: &mut String, n: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_len_is_what_push_int_writes() {
+        let edges = [0, 9, 10, 99, 100, 999_999, 1_000_000, i64::MAX, i64::MIN];
+        for n in edges
+            .iter()
+            .flat_map(|&n| [n, n.saturating_neg(), n.saturating_add(1)])
+        {
+            let mut v = String::new();
+            push_int(&mut v, n);
+            assert_eq!(v, n.to_string());
+            assert_eq!(decimal_len(n), v.len(), "{n}");
+        }
+    }
 
     #[test]
     fn formats_rfc9211_values() {

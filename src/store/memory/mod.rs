@@ -151,6 +151,18 @@ impl State {
         self.entries.get(key)
     }
 
+    /// [`live`](Self::live)'s value, in one map lookup when it is live (a hit's read).
+    fn live_value(&mut self, key: &str, now: Instant) -> Option<Bytes> {
+        match self.entries.get(key) {
+            Some(slot) if slot.expires > now => Some(slot.value.clone()),
+            Some(_) => {
+                self.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
     fn insert(
         &mut self,
         key: String,
@@ -257,6 +269,21 @@ impl State {
     }
 }
 
+/// Runs `f` on `space`'s store key for `key`, rendered into a per-thread buffer (a hit's read
+/// allocates no key; a nested call finds the buffer taken and renders into a new one).
+fn with_entry_key<T>(space: &KeySpace, key: &str, f: impl FnOnce(&str) -> T) -> T {
+    thread_local! {
+        static BUF: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+    }
+    let mut buf = BUF.try_with(std::cell::Cell::take).unwrap_or_default();
+    buf.clear();
+    buf.push_str(space.entry_prefix());
+    buf.push_str(key);
+    let v = f(&buf);
+    let _ = BUF.try_with(|b| b.set(buf));
+    v
+}
+
 impl MemoryStore {
     fn write_locked(&self, st: &mut State, space: &KeySpace, w: Write<'_>) -> Written {
         let full = space.entry(w.key);
@@ -339,12 +366,16 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn read<'a>(&'a self, space: &'a KeySpace, key: &'a str) -> StoreFuture<'a, Lookup> {
-        let full = space.entry(key);
-        let mut s = self.lock();
-        let value = s.live(&full, Instant::now()).map(|slot| slot.value.clone());
-        let clock = s.clock(space);
-        drop(s);
-        Box::pin(std::future::ready(Ok(Lookup { value, clock })))
+        let now = Instant::now();
+        let lookup = with_entry_key(space, key, |full| {
+            let mut s = self.lock();
+            let value = s.live_value(full, now);
+            Lookup {
+                value,
+                clock: s.clock(space),
+            }
+        });
+        Box::pin(std::future::ready(Ok(lookup)))
     }
 
     fn read_many<'a>(
