@@ -1122,6 +1122,8 @@ struct Sample {
     /// The fault that began in the 10 s before this sample, if any (with a note when the
     /// store's key count failed).
     fault: String,
+    /// Whether a fault began in the 10 s before this sample.
+    fault_began: bool,
     /// Whether the store's figures (key counts, used_memory, connections) were taken: not
     /// while a fault holds the environment, nor when the count failed.
     store_counted: bool,
@@ -1274,22 +1276,14 @@ struct Clients {
 
 impl Clients {
     async fn count(env: &Env) -> Self {
-        let standalone = async {
-            let mut c = env.valkey.connection().await?;
-            let info: String = redis::cmd("INFO")
-                .arg("clients")
-                .query_async(&mut c)
-                .await?;
-            redis::RedisResult::Ok(
-                info_field(&info, "connected_clients")
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0),
-            )
-        };
+        let mut info = redis::cmd("INFO");
+        info.arg("clients");
+        let standalone = valkey_cmd::<String>(env, &info);
         let standalone = tokio::time::timeout(Duration::from_secs(5), standalone)
             .await
             .ok()
             .and_then(Result::ok)
+            .and_then(|info| info_field(&info, "connected_clients")?.parse::<u64>().ok())
             .unwrap_or(1)
             .saturating_sub(1);
         let cluster = env.cluster.clone();
@@ -1514,7 +1508,7 @@ fn goals(
     let store_steady: Vec<Sample> = samples
         .iter()
         .filter(|s| {
-            if !s.fault.is_empty() && !s.fault.starts_with(' ') {
+            if s.fault_began {
                 last_fault = s.t_s;
             }
             s.t_s >= warm && s.store_counted && s.t_s - last_fault >= STORE_SETTLED.as_secs_f64()
@@ -1952,6 +1946,7 @@ fn process_sample(t0: Instant, app: &App, figures: &Figures, db: &Db, fault: &st
         p99_ms: taken.p99_us / 1000.0,
         failures: figures.failures(),
         fault: fault.to_owned(),
+        fault_began: !fault.is_empty(),
         ..Sample::default()
     }
 }
