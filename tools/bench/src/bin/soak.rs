@@ -9,9 +9,10 @@
 //!
 //! - a standalone `valkey-server` behind a delaying TCP proxy (`tvc_harness::DelayProxy`), and a
 //!   local Valkey Cluster of 3 primaries + 3 replicas;
-//! - an axum application configured as a production user would (it runs in this process, so
-//!   RSS, descriptors and tasks below are the application's plus the load generator's, whose own
-//!   state is a fixed set of counters):
+//! - an axum application configured as a production user would, in a process of its own (this
+//!   program run as `soak --app`, [`app_main`]), so the RSS, descriptors, heap and tasks sampled
+//!   are the application's alone: not the load generator's, the fault injectors' or the
+//!   sampler's, whose allocations would otherwise share its allocator's arenas:
 //!   - `GET /items/{id}`: `CacheLayer` on a `Cache` with the L1 tier (1,000 entries) in front of
 //!     the standalone Valkey, stale-while-revalidate and stale-if-error, tags `items` and
 //!     `group:G` (from the handler's `Surrogate-Key`);
@@ -33,17 +34,20 @@
 //! writer's own read-after-write that finds an older version is a **read-after-write violation**.
 //! Bad requests must answer 4xx; every other request must answer 2xx within 5 s.
 //!
-//! Faults, one every `--fault-every` seconds (120; `--quick` 25), round-robin, 10 s each: the
+//! Faults, one every `--fault-every` seconds (90; `--quick` 25), round-robin, 10 s each: the
 //! standalone Valkey killed and restarted empty, paused (SIGSTOP), `maxmemory` at its usage with
 //! `noeviction` while another tenant writes, `CLIENT KILL` every 250-750 ms, every reply delayed
 //! 250 ms by the proxy; on the cluster, the primary of the cluster namespace's slot killed (its
 //! replica takes over; the old primary comes back as a replica) and that slot migrated to
 //! another primary (`CLUSTER SETSLOT` + `MIGRATE`, under load).
 //!
-//! Every 10 s it samples (CSV in `--out`, `samples.csv`): RSS, open descriptors, alive tokio
-//! tasks, single-flight entries, owed invalidations, L1 entries, Valkey `used_memory`,
-//! connections and key counts by kind, and the request figures of the last 10 s. At the end it
-//! checks the goals (see `goals`) and prints a Markdown report, and exits 1 when one is missed.
+//! Every 10 s it samples (CSV in `--out`, `samples.csv`) the app process's RSS, live heap,
+//! glibc malloc's held and free bytes, open descriptors, threads and alive tokio tasks, the
+//! caches' single-flight entries, owed invalidations and L1 entries (all from the app's
+//! `GET /__soak/stats`), Valkey `used_memory`, connections and key counts by kind, and the
+//! request figures of the last 10 s. At the end it checks the goals (see `goals`): growth is the
+//! trend of per-fault-cycle means after the warm-up cycle (`cycle_means`), bounds hold at every
+//! sample. It prints a Markdown report and exits 1 when a goal is missed.
 //! `--out DIR` also gets `report.md` and the SVG plots (`scripts/soak --write` copies them into
 //! the repository).
 
@@ -102,8 +106,9 @@ const POOL_SIZE: u64 = 8;
 /// subscription. Pooled connections open on demand (a fault's reconnect storm opens more than
 /// the warm-up needed), so the idle check allows tasks for the connections open at the end.
 const STANDALONE_CONNECTIONS: u64 = POOL_SIZE + 1;
-/// Tasks per standalone connection: the redis driver and the in-process delay proxy's copier.
-const TASKS_PER_PROXIED_CONNECTION: u64 = 2;
+/// Tasks per standalone connection in the app's process: the redis driver (the delay proxy's
+/// copier runs in the soak's own process).
+const TASKS_PER_STANDALONE_CONNECTION: u64 = 1;
 /// One retry worker per `Cache` (the standalone and the cluster one), spawned the first time it
 /// owes an invalidation and then idle until the cache is dropped (ARCHITECTURE.md, *Bounds*).
 const RETRY_WORKERS: u64 = 2;
@@ -119,9 +124,9 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
-        // 30 minutes judged after a warm-up of one fault cycle (7 x 120 s).
+        // A warm-up of one fault cycle (7 x 90 s), then three full cycles judged (31.5 min).
         duration: Duration::from_secs(45 * 60),
-        fault_every: Duration::from_secs(120),
+        fault_every: Duration::from_secs(90),
         concurrency: 32,
         out: PathBuf::from("bench-results/soak"),
     };
@@ -344,10 +349,84 @@ async fn post_prefix(
     Ok(vs.iter().map(u64::to_string).collect::<Vec<_>>().join(","))
 }
 
+/// The application, as its own process runs it ([`app_main`]).
 struct App {
     port: u16,
-    cache: Cache,
-    cluster: Cache,
+}
+
+/// The figures the application process reports about itself (`GET /__soak/stats`): the
+/// process's resources and the caches' internal structures.
+#[derive(Clone, Copy, Debug, Default)]
+struct AppFigures {
+    rss_kib: u64,
+    heap_kib: u64,
+    fds: u64,
+    threads: u64,
+    malloc_held_kib: u64,
+    malloc_free_kib: u64,
+    tasks: u64,
+    flights: u64,
+    owed: u64,
+    l1_entries: u64,
+    tombstone_bound: u64,
+}
+
+impl AppFigures {
+    /// This process's figures (in the application's process).
+    fn own(cache: &Cache, cluster: &Cache, db: &Db) -> Self {
+        let (malloc_held_kib, malloc_free_kib) = malloc_kib();
+        AppFigures {
+            rss_kib: proc_status_number("VmRSS"),
+            heap_kib: HEAP_LIVE.load(Ordering::Relaxed) / 1024,
+            fds: open_fds(),
+            threads: proc_status_number("Threads"),
+            malloc_held_kib,
+            malloc_free_kib,
+            tasks: tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks() as u64,
+            flights: (cache.flights_in_progress() + cluster.flights_in_progress()) as u64,
+            owed: cache
+                .pending_invalidations()
+                .max(cluster.pending_invalidations()) as u64,
+            l1_entries: cache.l1_stats().map(|l| l.entries).unwrap_or(0),
+            tombstone_bound: db.targets_within(TOMBSTONE_TTL + SAMPLE) + 1,
+        }
+    }
+
+    fn fields(&mut self) -> [&mut u64; 11] {
+        [
+            &mut self.rss_kib,
+            &mut self.heap_kib,
+            &mut self.fds,
+            &mut self.threads,
+            &mut self.malloc_held_kib,
+            &mut self.malloc_free_kib,
+            &mut self.tasks,
+            &mut self.flights,
+            &mut self.owed,
+            &mut self.l1_entries,
+            &mut self.tombstone_bound,
+        ]
+    }
+
+    /// Space-separated, in [`AppFigures::fields`] order.
+    fn encode(mut self) -> String {
+        self.fields()
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let mut f = AppFigures::default();
+        let mut values = text.split_whitespace();
+        for field in f.fields() {
+            *field = values.next()?.parse().ok()?;
+        }
+        values.next().is_none().then_some(f)
+    }
 }
 
 async fn start_app(
@@ -412,15 +491,75 @@ async fn start_app(
         .route("/groups/{g}", post(post_group))
         .route("/prefix/{d}", post(post_prefix))
         .with_state((state, cluster.clone()));
-    let router = reads.merge(writes);
+    let stats = Router::new().route(
+        "/__soak/stats",
+        get(move || {
+            let figures = AppFigures::own(&cache, &cluster, &db);
+            async move { figures.encode() }
+        }),
+    );
+    let router = reads.merge(writes).merge(stats);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     tokio::spawn(async move { axum::serve(listener, router).await });
-    Ok(App {
-        port,
-        cache,
-        cluster,
+    Ok(App { port })
+}
+
+/// The application's own process (`soak --app VALKEY_PORT CLUSTER_URL...`): the app alone, so
+/// the RSS, descriptors, heap and tasks sampled are its own and not the load generator's, the
+/// fault injectors' or the sampler's (their allocations would share its allocator's arenas).
+/// It prints its port on stdout and exits when its stdin closes (the soak ended, or died).
+async fn app_main(mut argv: impl Iterator<Item = String>) -> Result<(), BoxError> {
+    let valkey_port: u16 = argv.next().ok_or("--app needs a Valkey port")?.parse()?;
+    let cluster_urls: Vec<String> = argv.collect();
+    let app = start_app(valkey_port, cluster_urls, Db::new()).await?;
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", app.port)?;
+        out.flush()?;
+    }
+    tokio::task::spawn_blocking(|| {
+        use std::io::Read as _;
+        let mut sink = [0u8; 64];
+        while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
     })
+    .await?;
+    Ok(())
+}
+
+/// Starts [`app_main`] as a child process of this program; its stdin stays open until the
+/// returned child is dropped (or this process ends).
+fn spawn_app(
+    valkey_port: u16,
+    cluster_urls: &[String],
+) -> Result<(App, std::process::Child), BoxError> {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--app")
+        .arg(valkey_port.to_string())
+        .args(cluster_urls)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
+    let port = line
+        .trim()
+        .parse()
+        .map_err(|_| format!("the app process printed `{}`, not its port", line.trim()))?;
+    Ok((App { port }, child))
+}
+
+/// The application process's figures, asked over HTTP.
+async fn app_figures(client: &HttpClient, app: &App) -> Result<AppFigures, BoxError> {
+    let req = Request::builder()
+        .uri(format!("http://127.0.0.1:{}/__soak/stats", app.port))
+        .body(Empty::new())?;
+    let res = tokio::time::timeout(REQUEST_TIMEOUT, client.request(req)).await??;
+    let body = res.into_body().collect().await?.to_bytes();
+    let text = std::str::from_utf8(&body)?;
+    AppFigures::decode(text).ok_or_else(|| format!("unreadable app figures: `{text}`").into())
 }
 
 // ---------------------------------------------------------------------------------- load
@@ -1035,10 +1174,10 @@ fn migrate_slot(c: &ValkeyCluster, slot: u16) -> Result<String, BoxError> {
 // ---------------------------------------------------------------------------------- samples
 
 /// The allocator under [`Counting`]: the system's (glibc malloc), as a service has by default,
-/// or mimalloc (feature `mimalloc`, `scripts/soak --mimalloc`) for comparison. Measured: on glibc
-/// RSS steps up at some fault bursts (arenas keep their high-water marks); on mimalloc RSS was
-/// higher (26 MiB against 16) and rose by 19 MiB within 30 s between faults, both with the live
-/// heap flat at about 4 MiB.
+/// or mimalloc (feature `mimalloc`, `scripts/soak --mimalloc`) for comparison. Measured while
+/// the load and the faults still ran in the app's process: on glibc RSS stepped up at some fault
+/// bursts (arenas keep their high-water marks); on mimalloc RSS was higher (26 MiB against 16)
+/// and rose by 19 MiB within 30 s between faults, both with the live heap flat at about 4 MiB.
 #[cfg(feature = "mimalloc")]
 const INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[cfg(not(feature = "mimalloc"))]
@@ -1096,6 +1235,12 @@ struct Sample {
     /// Bytes live on the heap ([`Counting`]), in KiB.
     heap_kib: u64,
     fds: u64,
+    /// OS threads of the process (tokio workers and blocking threads).
+    threads: u64,
+    /// glibc malloc: bytes its arenas hold from the system (sbrk and mmap), in KiB (0 elsewhere).
+    malloc_held_kib: u64,
+    /// glibc malloc: free bytes its arenas keep (fragmentation and retention), in KiB.
+    malloc_free_kib: u64,
     tasks: u64,
     flights: u64,
     owed: u64,
@@ -1122,23 +1267,24 @@ struct Sample {
     /// The fault that began in the 10 s before this sample, if any (with a note when the
     /// store's key count failed).
     fault: String,
-    /// Whether a fault began in the 10 s before this sample.
-    fault_began: bool,
     /// Whether the store's figures (key counts, used_memory, connections) were taken: not
     /// while a fault holds the environment, nor when the count failed.
     store_counted: bool,
 }
 
-const COLUMNS: &str = "t_s,rss_kib,heap_kib,fds,tasks,flights,owed,l1_entries,used_memory,connections,entries,markers,variants,key_tombstones,tag_tombstones,tag_sets,tag_members,eviction_index,other_meta,cluster_keys,tombstone_bound,requests,hit_ratio,p99_ms,failures,fault";
+const COLUMNS: &str = "t_s,rss_kib,heap_kib,fds,threads,malloc_held_kib,malloc_free_kib,tasks,flights,owed,l1_entries,used_memory,connections,entries,markers,variants,key_tombstones,tag_tombstones,tag_sets,tag_members,eviction_index,other_meta,cluster_keys,tombstone_bound,requests,hit_ratio,p99_ms,failures,fault";
 
 impl Sample {
     fn csv(&self) -> String {
         format!(
-            "{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.2},{},{}",
+            "{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.2},{},{}",
             self.t_s,
             self.rss_kib,
             self.heap_kib,
             self.fds,
+            self.threads,
+            self.malloc_held_kib,
+            self.malloc_free_kib,
             self.tasks,
             self.flights,
             self.owed,
@@ -1165,11 +1311,28 @@ impl Sample {
     }
 }
 
-fn proc_status_kib(field: &str) -> u64 {
+fn proc_status_number(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| info_field(&s, field).and_then(|v| v.split_whitespace().next()?.parse().ok()))
         .unwrap_or(0)
+}
+
+/// glibc malloc's own figures ([`Sample::malloc_held_kib`], [`Sample::malloc_free_kib`]): what
+/// separates the allocator's retention from memory the program holds.
+#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
+fn malloc_kib() -> (u64, u64) {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let m = unsafe { libc::mallinfo2() };
+    (
+        ((m.arena + m.hblkhd) / 1024) as u64,
+        (m.fordblks / 1024) as u64,
+    )
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc"))))]
+fn malloc_kib() -> (u64, u64) {
+    (0, 0)
 }
 
 fn open_fds() -> u64 {
@@ -1233,16 +1396,9 @@ async fn count_keys(env: &Env, s: &mut Sample) -> redis::RedisResult<()> {
     Ok(())
 }
 
-async fn sample(
-    t0: Instant,
-    app: &App,
-    env: &Env,
-    figures: &Figures,
-    db: &Db,
-    fault: &str,
-) -> Sample {
-    // The process's figures, then the store's.
-    let mut s = process_sample(t0, app, figures, db, fault);
+async fn sample(t0: Instant, app: AppFigures, env: &Env, figures: &Figures, fault: &str) -> Sample {
+    // The application's figures, then the store's.
+    let mut s = process_sample(t0, app, figures, fault);
     match tokio::time::timeout(Duration::from_secs(5), count_keys(env, &mut s))
         .await
         .map_err(|_| "timed out".to_owned())
@@ -1325,30 +1481,31 @@ struct Idle {
 }
 
 impl Idle {
-    /// Tasks allowed at the end: the warm-up's, plus a retry worker per cache, a driver and a
-    /// proxy copier per standalone connection and a driver per cluster connection opened since
+    /// Tasks allowed at the end: the warm-up's, plus a retry worker per cache, a driver per
+    /// standalone or cluster connection opened since
     /// (pooled connections open on demand and stay open while idle).
     fn allowed(&self) -> u64 {
         self.start_tasks
             + RETRY_WORKERS
-            + TASKS_PER_PROXIED_CONNECTION
+            + TASKS_PER_STANDALONE_CONNECTION
                 * self.end.standalone.saturating_sub(self.start.standalone)
             + self.end.cluster.saturating_sub(self.start.cluster)
     }
 }
 
-/// Growth per half hour of `f` over `samples`, relative to its mean (least-squares slope).
-fn growth_per_half_hour(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
-    let n = samples.len() as f64;
-    if n < 3.0 {
+/// Growth per half hour of a series of `(time s, value)` points, relative to their mean
+/// (least-squares slope).
+fn growth_per_half_hour(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
         return 0.0;
     }
-    let mx = samples.iter().map(|s| s.t_s).sum::<f64>() / n;
-    let my = samples.iter().map(&f).sum::<f64>() / n;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
     let (mut sxy, mut sxx) = (0.0, 0.0);
-    for s in samples {
-        sxy += (s.t_s - mx) * (f(s) - my);
-        sxx += (s.t_s - mx) * (s.t_s - mx);
+    for &(x, y) in points {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx) * (x - mx);
     }
     if sxx == 0.0 || my == 0.0 {
         return 0.0;
@@ -1356,24 +1513,46 @@ fn growth_per_half_hour(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
     sxy / sxx * 1800.0 / my
 }
 
+/// One fault cycle: every fault once.
+fn cycle(args: &Args) -> Duration {
+    args.fault_every * FAULTS.len() as u32
+}
+
+/// The mean of `f` over each full fault cycle after the first (the warm-up, where every
+/// high-water mark a fault sets, such as a reconnect's buffers, is reached), over the samples
+/// `keep` accepts: `(cycle's middle in s, mean)`. Fault `i` begins at `(i + 1) x fault_every`, so
+/// every cycle `[k C, (k + 1) C)` with `k >= 1` holds each fault once at the same offsets and their
+/// means compare like with like. A trend over the raw samples instead measures where the window's
+/// ends fall in the fault pattern (a restart empties the store, a burst raises RSS).
+fn cycle_means(
+    samples: &[Sample],
+    args: &Args,
+    keep: impl Fn(&Sample) -> bool,
+    f: impl Fn(&Sample) -> f64,
+) -> Vec<(f64, f64)> {
+    let c = cycle(args).as_secs_f64();
+    let end = samples.last().map(|s| s.t_s).unwrap_or(0.0);
+    (1..)
+        .map(|k| k as f64 * c)
+        .take_while(|start| start + c <= end + SAMPLE.as_secs_f64() / 2.0)
+        .filter_map(|start| {
+            let vs: Vec<f64> = samples
+                .iter()
+                .filter(|s| s.t_s >= start && s.t_s < start + c && keep(s))
+                .map(&f)
+                .collect();
+            (!vs.is_empty()).then(|| (start + c / 2.0, vs.iter().sum::<f64>() / vs.len() as f64))
+        })
+        .collect()
+}
+
+/// Full fault cycles after the warm-up that a growth rate needs to be judged (fewer: reported).
+const JUDGED_CYCLES: usize = 3;
+
 struct Goal {
     name: String,
     value: String,
     met: bool,
-}
-
-/// How long after a fault began the store's figures count towards its growth rates: the fault's
-/// 10 s and 20 s of refill (measured: entries are back within 20 s of a restart).
-const STORE_SETTLED: Duration = Duration::from_secs(30);
-
-/// The shortest time after warm-up over which growth rates are judged (shorter runs report them).
-const JUDGED: Duration = Duration::from_secs(20 * 60);
-
-/// The warm-up, excluded from growth rates: one full fault cycle (every fault once, so every
-/// high-water mark a fault sets, such as a reconnect's buffers or a refill after a restart, is
-/// reached before the trend starts), at most half the run.
-fn warm_up(args: &Args) -> Duration {
-    (args.fault_every * FAULTS.len() as u32).min(args.duration / 2)
 }
 
 fn goals(
@@ -1426,33 +1605,47 @@ fn goals(
         ),
         count(&figures.bad_not_4xx) == 0 && count(&figures.bad_requests) > 0,
     );
-    let warm = warm_up(args).as_secs_f64();
-    let steady: Vec<Sample> = samples.iter().filter(|s| s.t_s >= warm).cloned().collect();
-    let long_enough = args.duration.as_secs_f64() - warm >= JUDGED.as_secs_f64();
-    for (name, f) in [
-        (
-            "RSS growth per half hour",
-            (|s: &Sample| s.rss_kib as f64) as fn(&Sample) -> f64,
-        ),
-        ("live heap growth per half hour", |s: &Sample| {
-            s.heap_kib as f64
-        }),
-        ("open descriptors growth per half hour", |s: &Sample| {
-            s.fds as f64
-        }),
-    ] {
-        let gr = growth_per_half_hour(&steady, f);
+    // Growth: the trend of per-cycle means ([`cycle_means`]); the store's figures from the
+    // samples that have them (not while a fault holds the environment).
+    let mut trend = |name: &str, store: bool, f: fn(&Sample) -> f64| {
+        let means = cycle_means(samples, args, |s| !store || s.store_counted, f);
+        let gr = growth_per_half_hour(&means);
+        let judged = means.len() >= JUDGED_CYCLES;
         let value = format!(
-            "{:+.1}%{}",
+            "{:+.1}% (means of {} cycles: {}){}",
             gr * 100.0,
-            if long_enough {
+            means.len(),
+            means
+                .iter()
+                .map(|m| format!("{:.0}", m.1))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if judged {
                 ""
             } else {
-                " (< 20 min after warm-up: reported, not judged)"
+                " (fewer than 3 full cycles after warm-up: reported, not judged)"
             }
         );
-        push(name, value, !long_enough || gr < 0.05);
-    }
+        push(name, value, !judged || gr < 0.05);
+    };
+    trend("RSS growth per half hour", false, |s| s.rss_kib as f64);
+    trend("live heap growth per half hour", false, |s| {
+        s.heap_kib as f64
+    });
+    trend("open descriptors growth per half hour", false, |s| {
+        s.fds as f64
+    });
+    trend(
+        "Valkey entries + variants growth per half hour",
+        true,
+        |s| (s.entries + s.markers + s.variants) as f64,
+    );
+    trend("Valkey tag set members growth per half hour", true, |s| {
+        s.tag_members as f64
+    });
+    trend("Valkey used_memory growth per half hour", true, |s| {
+        s.used_memory as f64
+    });
     let max = |f: fn(&Sample) -> u64| samples.iter().map(f).max().unwrap_or(0);
     push(
         "owed invalidations <= retry capacity + 1 + 64 late (every sample)",
@@ -1501,45 +1694,6 @@ fn goals(
         format!("max {} of {key_universe}", max(|s| s.tag_members)),
         max(|s| s.tag_members) <= key_universe,
     );
-    // The store's trend: samples with its figures, at least STORE_SETTLED after a fault began
-    // (a restart empties it, and the refill is not growth); the per-sample bounds above cover
-    // every sample.
-    let mut last_fault = f64::NEG_INFINITY;
-    let store_steady: Vec<Sample> = samples
-        .iter()
-        .filter(|s| {
-            if s.fault_began {
-                last_fault = s.t_s;
-            }
-            s.t_s >= warm && s.store_counted && s.t_s - last_fault >= STORE_SETTLED.as_secs_f64()
-        })
-        .cloned()
-        .collect();
-    for (name, f) in [
-        (
-            "Valkey entries + variants growth per half hour",
-            (|s: &Sample| (s.entries + s.markers + s.variants) as f64) as fn(&Sample) -> f64,
-        ),
-        (
-            "Valkey tag set members growth per half hour",
-            |s: &Sample| s.tag_members as f64,
-        ),
-        ("Valkey used_memory growth per half hour", |s: &Sample| {
-            s.used_memory as f64
-        }),
-    ] {
-        let gr = growth_per_half_hour(&store_steady, f);
-        let value = format!(
-            "{:+.1}%{}",
-            gr * 100.0,
-            if long_enough {
-                ""
-            } else {
-                " (< 20 min after warm-up: reported, not judged)"
-            }
-        );
-        push(name, value, !long_enough || gr < 0.05);
-    }
     push(
         "idle at the end: fills in flight",
         end.flights.to_string(),
@@ -1656,12 +1810,15 @@ fn plots(samples: &[Sample]) -> Vec<(&'static str, String)> {
         (
             "soak-memory.svg",
             svg_plot(
-                "Memory: application RSS, live heap and Valkey used_memory",
+                "Memory: application RSS, live heap, malloc's free bytes and Valkey used_memory",
                 "MiB",
                 samples,
                 &[
                     ("app RSS", |s| s.rss_kib as f64 / 1024.0),
                     ("app live heap", |s| s.heap_kib as f64 / 1024.0),
+                    ("app malloc free (kept)", |s| {
+                        s.malloc_free_kib as f64 / 1024.0
+                    }),
                     ("Valkey used_memory", |s| s.used_memory as f64 / 1048576.0),
                 ],
             ),
@@ -1674,6 +1831,7 @@ fn plots(samples: &[Sample]) -> Vec<(&'static str, String)> {
                 samples,
                 &[
                     ("fds", |s| s.fds as f64),
+                    ("threads", |s| s.threads as f64),
                     ("tokio tasks", |s| s.tasks as f64),
                     ("Valkey clients", |s| s.connections as f64),
                 ],
@@ -1726,6 +1884,20 @@ fn plots(samples: &[Sample]) -> Vec<(&'static str, String)> {
 // ---------------------------------------------------------------------------------- main
 
 fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some("--app") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        return match rt.block_on(app_main(argv)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("soak app: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -1761,8 +1933,11 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         proxy,
         cluster: Arc::new(Mutex::new(cluster)),
     };
+    // The load's half of the "database" (acknowledged versions); the app's process has its own
+    // (current versions, targets invalidated).
     let db = Db::new();
-    let app = start_app(env.proxy.port(), urls, db.clone()).await?;
+    let (app, app_process) = spawn_app(env.proxy.port(), &urls)?;
+    let stats_client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     // The baseline for the idle check: the app's background tasks (L1 subscription, cluster
     // connections) exist once every route and write kind has been used, by a client then dropped.
     {
@@ -1787,9 +1962,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut idle = Idle {
-        start_tasks: tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks() as u64,
+        start_tasks: app_figures(&stats_client, &app).await?.tasks,
         start: Clients::count(&env).await,
         end: Clients::default(),
     };
@@ -1866,10 +2039,11 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         if now >= next_sample {
             next_sample += SAMPLE;
             let mark = std::mem::take(&mut *pending_fault.lock().unwrap());
+            let own = app_figures(&stats_client, &app).await?;
             let s = match &env_slot {
-                Some(e) => sample(t0, &app, e, &figures, &db, &mark).await,
-                // During a fault the environment is with the fault task: sample the process only.
-                None => process_sample(t0, &app, &figures, &db, &mark),
+                Some(e) => sample(t0, own, e, &figures, &mark).await,
+                // During a fault the environment is with the fault task: sample the app only.
+                None => process_sample(t0, own, &figures, &mark),
             };
             eprintln!(
                 "soak: t={:>5.0}s rss={}KiB heap={}KiB fds={} tasks={} flights={} owed={} l1={} keys={}/{}v/{}t/{}m req={} hit={:.2} p99={:.1}ms fail={} {}",
@@ -1900,7 +2074,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let mut end_sample;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        end_sample = process_sample(t0, &app, &figures, &db, "end");
+        end_sample = process_sample(t0, app_figures(&stats_client, &app).await?, &figures, "end");
         idle.end = Clients::count(&env).await;
         if (end_sample.flights == 0 && end_sample.owed == 0 && end_sample.tasks <= idle.allowed())
             || Instant::now() >= quiet_by
@@ -1917,26 +2091,28 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         std::fs::write(args.out.join(name), svg)?;
     }
     eprintln!("soak: samples, report and plots in {}", args.out.display());
+    // Closing its stdin ends the app's process.
+    let mut app_process = app_process;
+    drop(app_process.stdin.take());
+    let _ = blocking(move || app_process.wait()).await;
     Ok(ok)
 }
 
-fn process_sample(t0: Instant, app: &App, figures: &Figures, db: &Db, fault: &str) -> Sample {
+fn process_sample(t0: Instant, app: AppFigures, figures: &Figures, fault: &str) -> Sample {
     let taken = figures.take();
     Sample {
         t_s: t0.elapsed().as_secs_f64(),
-        rss_kib: proc_status_kib("VmRSS"),
-        heap_kib: HEAP_LIVE.load(Ordering::Relaxed) / 1024,
-        fds: open_fds(),
-        tasks: tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks() as u64,
-        flights: (app.cache.flights_in_progress() + app.cluster.flights_in_progress()) as u64,
-        owed: app
-            .cache
-            .pending_invalidations()
-            .max(app.cluster.pending_invalidations()) as u64,
-        l1_entries: app.cache.l1_stats().map(|l| l.entries).unwrap_or(0),
-        tombstone_bound: db.targets_within(TOMBSTONE_TTL + SAMPLE) + 1,
+        rss_kib: app.rss_kib,
+        heap_kib: app.heap_kib,
+        fds: app.fds,
+        threads: app.threads,
+        malloc_held_kib: app.malloc_held_kib,
+        malloc_free_kib: app.malloc_free_kib,
+        tasks: app.tasks,
+        flights: app.flights,
+        owed: app.owed,
+        l1_entries: app.l1_entries,
+        tombstone_bound: app.tombstone_bound,
         requests: taken.requests,
         hit_ratio: if taken.requests > 0 {
             taken.hits as f64 / taken.requests as f64
@@ -1946,7 +2122,6 @@ fn process_sample(t0: Instant, app: &App, figures: &Figures, db: &Db, fault: &st
         p99_ms: taken.p99_us / 1000.0,
         failures: figures.failures(),
         fault: fault.to_owned(),
-        fault_began: !fault.is_empty(),
         ..Sample::default()
     }
 }
@@ -1969,7 +2144,7 @@ async fn report(
     let req = totals.requests.load(Ordering::Relaxed);
     let _ = writeln!(
         r,
-        "- Run: {} min, {} readers, a fault every {} s ({} faults), Valkey {version}, {ALLOCATOR_NAME}",
+        "- Run: {} min, {} readers, a fault every {} s ({} faults), Valkey {version}, the app in a process of its own on {ALLOCATOR_NAME}",
         args.duration.as_secs() / 60,
         args.concurrency,
         args.fault_every.as_secs(),
