@@ -102,10 +102,11 @@ const FAULT_LEN: Duration = Duration::from_secs(10);
 const KEYS_PER_PUT: u64 = 4;
 /// `ValkeyConfig::pool_size`'s default (the hot-path and bulk lanes are checked out of it).
 const POOL_SIZE: u64 = 8;
-/// The app's connections to the standalone Valkey may number at most this: the pool and the L1
+/// The app's connections to the standalone Valkey may number at most this: the pool (the
+/// hot-path lanes are checked out of it), the bulk lane (a connection of its own) and the L1
 /// subscription. Pooled connections open on demand (a fault's reconnect storm opens more than
-/// the warm-up needed), so the idle check allows tasks for the connections open at the end.
-const STANDALONE_CONNECTIONS: u64 = POOL_SIZE + 1;
+/// the start needed), so the idle check allows tasks for the connections open at the end.
+const STANDALONE_CONNECTIONS: u64 = POOL_SIZE + 2;
 /// Tasks per standalone connection in the app's process: the redis driver (the delay proxy's
 /// copier runs in the soak's own process).
 const TASKS_PER_STANDALONE_CONNECTION: u64 = 1;
@@ -124,7 +125,8 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
-        // A warm-up of one fault cycle (7 x 90 s), then three full cycles judged (31.5 min).
+        // A warm-up of one fault cycle and one fault (8 x 90 s), then three full cycles judged
+        // (31.5 min).
         duration: Duration::from_secs(45 * 60),
         fault_every: Duration::from_secs(90),
         concurrency: 32,
@@ -1473,7 +1475,8 @@ impl std::fmt::Display for Clients {
     }
 }
 
-/// The idle check's baseline (after warm-up) and the connections open at the end.
+/// The idle check's baseline (at start, once every route and write kind has been used) and the
+/// connections open at the end.
 struct Idle {
     start_tasks: u64,
     start: Clients,
@@ -1481,7 +1484,7 @@ struct Idle {
 }
 
 impl Idle {
-    /// Tasks allowed at the end: the warm-up's, plus a retry worker per cache, a driver per
+    /// Tasks allowed at the end: the baseline's, plus a retry worker per cache, a driver per
     /// standalone or cluster connection opened since
     /// (pooled connections open on demand and stay open while idle).
     fn allowed(&self) -> u64 {
@@ -1518,23 +1521,29 @@ fn cycle(args: &Args) -> Duration {
     args.fault_every * FAULTS.len() as u32
 }
 
-/// The mean of `f` over each full fault cycle after the first (the warm-up, where every
-/// high-water mark a fault sets, such as a reconnect's buffers, is reached), over the samples
-/// `keep` accepts: `(cycle's middle in s, mean)`. Fault `i` begins at `(i + 1) x fault_every`, so
-/// every cycle `[k C, (k + 1) C)` with `k >= 1` holds each fault once at the same offsets and their
-/// means compare like with like. A trend over the raw samples instead measures where the window's
-/// ends fall in the fault pattern (a restart empties the store, a burst raises RSS).
+/// The mean of `f` over each full fault cycle after the warm-up, over the samples `keep` accepts:
+/// `(cycle's middle in s, mean)`. Fault `i` begins at `(i + 1) x F` (`F` = `fault_every`), so
+/// the warm-up `[0, F + C)` holds every fault once (every high-water mark a fault sets, such as
+/// a reconnect's buffers, is reached in it), and every cycle `[F + k C, F + (k + 1) C)`, `k >= 1`,
+/// holds each fault once at the same offsets, beginning with the restart: their means compare
+/// like with like. A trend over the raw samples instead measures where the window's ends fall
+/// in the fault pattern (a restart empties the store, a burst raises RSS). A cycle counts when
+/// its last sample (at its end minus [`SAMPLE`]) was taken.
 fn cycle_means(
     samples: &[Sample],
     args: &Args,
     keep: impl Fn(&Sample) -> bool,
     f: impl Fn(&Sample) -> f64,
 ) -> Vec<(f64, f64)> {
-    let c = cycle(args).as_secs_f64();
+    let (c, f0, step) = (
+        cycle(args).as_secs_f64(),
+        args.fault_every.as_secs_f64(),
+        SAMPLE.as_secs_f64(),
+    );
     let end = samples.last().map(|s| s.t_s).unwrap_or(0.0);
     (1..)
-        .map(|k| k as f64 * c)
-        .take_while(|start| start + c <= end + SAMPLE.as_secs_f64() / 2.0)
+        .map(|k| f0 + k as f64 * c)
+        .take_while(|start| start + c - step <= end + step / 2.0)
         .filter_map(|start| {
             let vs: Vec<f64> = samples
                 .iter()
@@ -1557,6 +1566,7 @@ struct Goal {
 
 fn goals(
     samples: &[Sample],
+    stats_missed: u64,
     figures: &Figures,
     end: &Sample,
     idle: &Idle,
@@ -1571,6 +1581,11 @@ fn goals(
         })
     };
     let count = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    push(
+        "samples the app's figures missed (its stats route not answering in 5 s)",
+        stats_missed.to_string(),
+        stats_missed == 0,
+    );
     push(
         "non-2xx answers (bad requests excluded)",
         count(&figures.non2xx).to_string(),
@@ -1621,9 +1636,11 @@ fn goals(
                 .collect::<Vec<_>>()
                 .join(", "),
             if judged {
-                ""
+                String::new()
             } else {
-                " (fewer than 3 full cycles after warm-up: reported, not judged)"
+                format!(
+                    " (fewer than {JUDGED_CYCLES} full cycles after warm-up: reported, not judged)"
+                )
             }
         );
         push(name, value, !judged || gr < 0.05);
@@ -1705,14 +1722,14 @@ fn goals(
         end.owed == 0,
     );
     push(
-        "idle at the end: app connections to Valkey <= pool + L1 subscription",
+        "idle at the end: app connections to Valkey <= pool + bulk lane + L1 subscription",
         format!("{} (bound {STANDALONE_CONNECTIONS})", idle.end.standalone),
         idle.end.standalone <= STANDALONE_CONNECTIONS,
     );
     push(
-        "idle at the end: tokio tasks <= after warm-up + retry workers + those of connections opened since",
+        "idle at the end: tokio tasks <= at start + retry workers + those of connections opened since",
         format!(
-            "{} (after warm-up: {} with {}; allowed {})",
+            "{} (at start: {} with {}; allowed {})",
             end.tasks,
             idle.start_tasks,
             idle.start,
@@ -1936,7 +1953,8 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     // The load's half of the "database" (acknowledged versions); the app's process has its own
     // (current versions, targets invalidated).
     let db = Db::new();
-    let (app, app_process) = spawn_app(env.proxy.port(), &urls)?;
+    // (It blocks until the child prints its port: not on a runtime worker the proxy needs.)
+    let (app, app_process) = tokio::task::block_in_place(|| spawn_app(env.proxy.port(), &urls))?;
     let stats_client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     // The baseline for the idle check: the app's background tasks (L1 subscription, cluster
     // connections) exist once every route and write kind has been used, by a client then dropped.
@@ -1999,6 +2017,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let pending_fault: Arc<Mutex<String>> = Arc::new(Mutex::new(String::new()));
     let mut fault_task: Option<tokio::task::JoinHandle<(Env, Result<String, BoxError>)>> = None;
     let mut env_slot: Option<Env> = Some(env);
+    let mut stats_missed = 0u64;
     eprintln!(
         "soak: running for {} s, a fault every {} s, {} readers",
         args.duration.as_secs(),
@@ -2038,8 +2057,20 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         }
         if now >= next_sample {
             next_sample += SAMPLE;
+            let own = match app_figures(&stats_client, &app).await {
+                Ok(own) => own,
+                Err(e) => {
+                    // The sample is missed (and the run fails its goal): keep the fault mark
+                    // for the next one.
+                    stats_missed += 1;
+                    eprintln!(
+                        "soak: t={:.0}s the app's figures: {e}",
+                        t0.elapsed().as_secs_f64()
+                    );
+                    continue;
+                }
+            };
             let mark = std::mem::take(&mut *pending_fault.lock().unwrap());
-            let own = app_figures(&stats_client, &app).await?;
             let s = match &env_slot {
                 Some(e) => sample(t0, own, e, &figures, &mark).await,
                 // During a fault the environment is with the fault task: sample the app only.
@@ -2074,7 +2105,15 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let mut end_sample;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        end_sample = process_sample(t0, app_figures(&stats_client, &app).await?, &figures, "end");
+        let own = match app_figures(&stats_client, &app).await {
+            Ok(own) => own,
+            Err(e) if Instant::now() < quiet_by => {
+                eprintln!("soak: the app's figures at the end: {e}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        end_sample = process_sample(t0, own, &figures, "end");
         idle.end = Clients::count(&env).await;
         if (end_sample.flights == 0 && end_sample.owed == 0 && end_sample.tasks <= idle.allowed())
             || Instant::now() >= quiet_by
@@ -2082,7 +2121,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             break;
         }
     }
-    let gs = goals(&samples, &figures, &end_sample, &idle, &args);
+    let gs = goals(&samples, stats_missed, &figures, &end_sample, &idle, &args);
     let ok = gs.iter().all(|g| g.met);
     let report = report(&args, &samples, &gs, &faults_run, &figures, &totals, &env).await;
     println!("{report}");
@@ -2091,10 +2130,17 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         std::fs::write(args.out.join(name), svg)?;
     }
     eprintln!("soak: samples, report and plots in {}", args.out.display());
-    // Closing its stdin ends the app's process.
+    // Closing its stdin ends the app's process (killed if it has not ended within 10 s).
     let mut app_process = app_process;
     drop(app_process.stdin.take());
-    let _ = blocking(move || app_process.wait()).await;
+    let gone_by = Instant::now() + Duration::from_secs(10);
+    while matches!(app_process.try_wait(), Ok(None)) && Instant::now() < gone_by {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if matches!(app_process.try_wait(), Ok(None)) {
+        let _ = app_process.kill();
+        let _ = app_process.wait();
+    }
     Ok(ok)
 }
 
