@@ -361,15 +361,21 @@ struct App {
 #[derive(Clone, Copy, Debug, Default)]
 struct AppFigures {
     rss_kib: u64,
+    /// Bytes live on the heap ([`Counting`]), in KiB.
     heap_kib: u64,
     fds: u64,
+    /// OS threads of the process (tokio workers and blocking threads).
     threads: u64,
+    /// glibc malloc: bytes its arenas hold from the system (sbrk and mmap), in KiB (0 elsewhere).
     malloc_held_kib: u64,
+    /// glibc malloc: free bytes its arenas keep (fragmentation and retention), in KiB.
     malloc_free_kib: u64,
     tasks: u64,
     flights: u64,
     owed: u64,
     l1_entries: u64,
+    /// The bound on tombstones at this time: targets invalidated within the tombstone TTL (plus
+    /// the 10 s between samples).
     tombstone_bound: u64,
 }
 
@@ -1233,20 +1239,8 @@ static ALLOCATOR: Counting = Counting;
 #[derive(Clone, Debug, Default)]
 struct Sample {
     t_s: f64,
-    rss_kib: u64,
-    /// Bytes live on the heap ([`Counting`]), in KiB.
-    heap_kib: u64,
-    fds: u64,
-    /// OS threads of the process (tokio workers and blocking threads).
-    threads: u64,
-    /// glibc malloc: bytes its arenas hold from the system (sbrk and mmap), in KiB (0 elsewhere).
-    malloc_held_kib: u64,
-    /// glibc malloc: free bytes its arenas keep (fragmentation and retention), in KiB.
-    malloc_free_kib: u64,
-    tasks: u64,
-    flights: u64,
-    owed: u64,
-    l1_entries: u64,
+    /// What the app's process reported about itself.
+    app: AppFigures,
     used_memory: u64,
     connections: u64,
     entries: u64,
@@ -1259,9 +1253,6 @@ struct Sample {
     eviction_index: u64,
     other_meta: u64,
     cluster_keys: u64,
-    /// The bound on tombstones at this time (the default tombstone TTL is 60 s): targets invalidated within the tombstone TTL
-    /// (plus the 10 s between samples).
-    tombstone_bound: u64,
     requests: u64,
     hit_ratio: f64,
     p99_ms: f64,
@@ -1281,16 +1272,16 @@ impl Sample {
         format!(
             "{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.2},{},{}",
             self.t_s,
-            self.rss_kib,
-            self.heap_kib,
-            self.fds,
-            self.threads,
-            self.malloc_held_kib,
-            self.malloc_free_kib,
-            self.tasks,
-            self.flights,
-            self.owed,
-            self.l1_entries,
+            self.app.rss_kib,
+            self.app.heap_kib,
+            self.app.fds,
+            self.app.threads,
+            self.app.malloc_held_kib,
+            self.app.malloc_free_kib,
+            self.app.tasks,
+            self.app.flights,
+            self.app.owed,
+            self.app.l1_entries,
             self.used_memory,
             self.connections,
             self.entries,
@@ -1303,7 +1294,7 @@ impl Sample {
             self.eviction_index,
             self.other_meta,
             self.cluster_keys,
-            self.tombstone_bound,
+            self.app.tombstone_bound,
             self.requests,
             self.hit_ratio,
             self.p99_ms,
@@ -1645,12 +1636,12 @@ fn goals(
         );
         push(name, value, !judged || gr < 0.05);
     };
-    trend("RSS growth per half hour", false, |s| s.rss_kib as f64);
+    trend("RSS growth per half hour", false, |s| s.app.rss_kib as f64);
     trend("live heap growth per half hour", false, |s| {
-        s.heap_kib as f64
+        s.app.heap_kib as f64
     });
     trend("open descriptors growth per half hour", false, |s| {
-        s.fds as f64
+        s.app.fds as f64
     });
     trend(
         "Valkey entries + variants growth per half hour",
@@ -1666,14 +1657,14 @@ fn goals(
     let max = |f: fn(&Sample) -> u64| samples.iter().map(f).max().unwrap_or(0);
     push(
         "owed invalidations <= retry capacity + 1 + 64 late (every sample)",
-        format!("max {}", max(|s| s.owed)),
-        max(|s| s.owed) <= RETRY_CAPACITY as u64 + 1 + LATE_MAX,
+        format!("max {}", max(|s| s.app.owed)),
+        max(|s| s.app.owed) <= RETRY_CAPACITY as u64 + 1 + LATE_MAX,
     );
     // moka counts lazily: allow 5% over capacity at a sample.
     push(
         "L1 entries <= capacity (every sample)",
-        format!("max {} of {L1_CAPACITY}", max(|s| s.l1_entries)),
-        max(|s| s.l1_entries) <= L1_CAPACITY + L1_CAPACITY / 20,
+        format!("max {} of {L1_CAPACITY}", max(|s| s.app.l1_entries)),
+        max(|s| s.app.l1_entries) <= L1_CAPACITY + L1_CAPACITY / 20,
     );
     push(
         "eviction index <= capacity (every sample)",
@@ -1682,7 +1673,7 @@ fn goals(
     );
     let over = samples
         .iter()
-        .filter(|s| s.key_tombstones + s.tag_tombstones > s.tombstone_bound)
+        .filter(|s| s.key_tombstones + s.tag_tombstones > s.app.tombstone_bound)
         .count();
     push(
         "tombstones <= targets invalidated within the tombstone TTL (every sample)",
@@ -1692,7 +1683,7 @@ fn goals(
             samples
                 .iter()
                 .max_by_key(|s| s.key_tombstones + s.tag_tombstones)
-                .map(|s| s.tombstone_bound)
+                .map(|s| s.app.tombstone_bound)
                 .unwrap_or(0)
         ),
         over == 0,
@@ -1713,13 +1704,13 @@ fn goals(
     );
     push(
         "idle at the end: fills in flight",
-        end.flights.to_string(),
-        end.flights == 0,
+        end.app.flights.to_string(),
+        end.app.flights == 0,
     );
     push(
         "idle at the end: owed invalidations",
-        end.owed.to_string(),
-        end.owed == 0,
+        end.app.owed.to_string(),
+        end.app.owed == 0,
     );
     push(
         "idle at the end: app connections to Valkey <= pool + bulk lane + L1 subscription",
@@ -1730,12 +1721,12 @@ fn goals(
         "idle at the end: tokio tasks <= at start + retry workers + those of connections opened since",
         format!(
             "{} (at start: {} with {}; allowed {})",
-            end.tasks,
+            end.app.tasks,
             idle.start_tasks,
             idle.start,
             idle.allowed()
         ),
-        end.tasks <= idle.allowed(),
+        end.app.tasks <= idle.allowed(),
     );
     g
 }
@@ -1831,10 +1822,10 @@ fn plots(samples: &[Sample]) -> Vec<(&'static str, String)> {
                 "MiB",
                 samples,
                 &[
-                    ("app RSS", |s| s.rss_kib as f64 / 1024.0),
-                    ("app live heap", |s| s.heap_kib as f64 / 1024.0),
+                    ("app RSS", |s| s.app.rss_kib as f64 / 1024.0),
+                    ("app live heap", |s| s.app.heap_kib as f64 / 1024.0),
                     ("app malloc free (kept)", |s| {
-                        s.malloc_free_kib as f64 / 1024.0
+                        s.app.malloc_free_kib as f64 / 1024.0
                     }),
                     ("Valkey used_memory", |s| s.used_memory as f64 / 1048576.0),
                 ],
@@ -1847,9 +1838,9 @@ fn plots(samples: &[Sample]) -> Vec<(&'static str, String)> {
                 "count",
                 samples,
                 &[
-                    ("fds", |s| s.fds as f64),
-                    ("threads", |s| s.threads as f64),
-                    ("tokio tasks", |s| s.tasks as f64),
+                    ("fds", |s| s.app.fds as f64),
+                    ("threads", |s| s.app.threads as f64),
+                    ("tokio tasks", |s| s.app.tasks as f64),
                     ("Valkey clients", |s| s.connections as f64),
                 ],
             ),
@@ -1861,8 +1852,8 @@ fn plots(samples: &[Sample]) -> Vec<(&'static str, String)> {
                 "count",
                 samples,
                 &[
-                    ("owed invalidations", |s| s.owed as f64),
-                    ("fills in flight", |s| s.flights as f64),
+                    ("owed invalidations", |s| s.app.owed as f64),
+                    ("fills in flight", |s| s.app.flights as f64),
                 ],
             ),
         ),
@@ -1879,7 +1870,7 @@ fn plots(samples: &[Sample]) -> Vec<(&'static str, String)> {
                         (s.key_tombstones + s.tag_tombstones) as f64
                     }),
                     ("tag set members", |s| s.tag_members as f64),
-                    ("L1 entries", |s| s.l1_entries as f64),
+                    ("L1 entries", |s| s.app.l1_entries as f64),
                 ],
             ),
         ),
@@ -2078,7 +2069,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             };
             eprintln!(
                 "soak: t={:>5.0}s rss={}KiB heap={}KiB fds={} tasks={} flights={} owed={} l1={} keys={}/{}v/{}t/{}m req={} hit={:.2} p99={:.1}ms fail={} {}",
-                s.t_s, s.rss_kib, s.heap_kib, s.fds, s.tasks, s.flights, s.owed, s.l1_entries, s.entries, s.variants, s.key_tombstones + s.tag_tombstones, s.tag_members, s.requests, s.hit_ratio, s.p99_ms, s.failures, s.fault
+                s.t_s, s.app.rss_kib, s.app.heap_kib, s.app.fds, s.app.tasks, s.app.flights, s.app.owed, s.app.l1_entries, s.entries, s.variants, s.key_tombstones + s.tag_tombstones, s.tag_members, s.requests, s.hit_ratio, s.p99_ms, s.failures, s.fault
             );
             csv.push_str(&s.csv());
             csv.push('\n');
@@ -2115,7 +2106,9 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         };
         end_sample = process_sample(t0, own, &figures, "end");
         idle.end = Clients::count(&env).await;
-        if (end_sample.flights == 0 && end_sample.owed == 0 && end_sample.tasks <= idle.allowed())
+        if (end_sample.app.flights == 0
+            && end_sample.app.owed == 0
+            && end_sample.app.tasks <= idle.allowed())
             || Instant::now() >= quiet_by
         {
             break;
@@ -2148,17 +2141,7 @@ fn process_sample(t0: Instant, app: AppFigures, figures: &Figures, fault: &str) 
     let taken = figures.take();
     Sample {
         t_s: t0.elapsed().as_secs_f64(),
-        rss_kib: app.rss_kib,
-        heap_kib: app.heap_kib,
-        fds: app.fds,
-        threads: app.threads,
-        malloc_held_kib: app.malloc_held_kib,
-        malloc_free_kib: app.malloc_free_kib,
-        tasks: app.tasks,
-        flights: app.flights,
-        owed: app.owed,
-        l1_entries: app.l1_entries,
-        tombstone_bound: app.tombstone_bound,
+        app,
         requests: taken.requests,
         hit_ratio: if taken.requests > 0 {
             taken.hits as f64 / taken.requests as f64
@@ -2208,13 +2191,13 @@ async fn report(
         let _ = writeln!(
             r,
             "- RSS {} MiB at {:.0} min -> {} MiB at the end; descriptors {} -> {}; tasks {} -> {}",
-            a.rss_kib / 1024,
+            a.app.rss_kib / 1024,
             a.t_s / 60.0,
-            b.rss_kib / 1024,
-            a.fds,
-            b.fds,
-            a.tasks,
-            b.tasks
+            b.app.rss_kib / 1024,
+            a.app.fds,
+            b.app.fds,
+            a.app.tasks,
+            b.app.tasks
         );
     }
     let _ = writeln!(r, "\n| goal | measured | met |\n|---|---|---|");
