@@ -1311,8 +1311,9 @@ fn proc_status_number(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// glibc malloc's own figures ([`Sample::malloc_held_kib`], [`Sample::malloc_free_kib`]): what
-/// separates the allocator's retention from memory the program holds.
+/// glibc malloc's own figures ([`AppFigures::malloc_held_kib`],
+/// [`AppFigures::malloc_free_kib`]): what separates the allocator's retention from memory the
+/// program holds.
 #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
 fn malloc_kib() -> (u64, u64) {
     // SAFETY: mallinfo2 only reads the allocator's statistics.
