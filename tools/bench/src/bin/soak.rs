@@ -100,7 +100,8 @@ const SAMPLE: Duration = Duration::from_secs(10);
 const FAULT_LEN: Duration = Duration::from_secs(10);
 /// Keys a `PUT` invalidates on the standalone cache: `item:`, `v:`, `recent:`, `fn:`.
 const KEYS_PER_PUT: u64 = 4;
-/// `ValkeyConfig::pool_size`'s default (the hot-path and bulk lanes are checked out of it).
+/// `ValkeyConfig::pool_size`'s default (the hot-path lanes are checked out of it; the bulk lane
+/// is a connection of its own).
 const POOL_SIZE: u64 = 8;
 /// The app's connections to the standalone Valkey may number at most this: the pool (the
 /// hot-path lanes are checked out of it), the bulk lane (a connection of its own) and the L1
@@ -1892,14 +1893,18 @@ fn plots(samples: &[Sample]) -> Vec<(&'static str, String)> {
 
 // ---------------------------------------------------------------------------------- main
 
+/// The runtime both processes run on (the soak's and the app's, `--app`).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn main() -> ExitCode {
     let mut argv = std::env::args().skip(1);
     if argv.next().as_deref() == Some("--app") {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        return match rt.block_on(app_main(argv)) {
+        return match runtime().block_on(app_main(argv)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("soak app: {e}");
@@ -1914,11 +1919,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    match rt.block_on(run(args)) {
+    match runtime().block_on(run(args)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
