@@ -275,6 +275,11 @@ impl State {
         self.strict_wait
     }
 
+    /// Whether the tier is on.
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.tier.is_some()
+    }
+
     /// Statistics of the tier, if on.
     pub(crate) fn stats(&self) -> Option<L1Stats> {
         self.tier.as_ref().map(|t| t.stats())

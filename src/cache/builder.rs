@@ -321,13 +321,19 @@ impl CacheBuilder {
         };
         #[cfg(not(feature = "opentelemetry"))]
         let counters = Counters::default();
+        let space = if self.store.needs_hash_tags() {
+            KeySpace::hash_tagged(&self.namespace, self.tombstone_ttl)
+        } else {
+            KeySpace::new(&self.namespace, self.tombstone_ttl)
+        };
+        // Whether a read may be answered without waiting (crate::layer::service::start): with an
+        // L1 tier, or on a store that answers `read_now` (asked once; a store answers it always
+        // or never, and a `None` later is still handled).
+        let answers_now = l1.is_enabled() || self.store.read_now(&space, "").is_some();
         Cache {
             inner: Arc::new(Inner {
-                space: if self.store.needs_hash_tags() {
-                    KeySpace::hash_tagged(&self.namespace, self.tombstone_ttl)
-                } else {
-                    KeySpace::new(&self.namespace, self.tombstone_ttl)
-                },
+                space,
+                answers_now,
                 store: self.store,
                 namespace: self.namespace,
                 ttl: self.ttl,

@@ -18,7 +18,7 @@ pub(crate) mod retry;
 
 pub use builder::CacheBuilder;
 pub use invalidation::Invalidation;
-pub(crate) use ops::BatchWrite;
+pub(crate) use ops::{BatchWrite, Later, ReadNow};
 
 use crate::stats::{Counters, Stats};
 use crate::store::{KeySpace, Store};
@@ -51,6 +51,8 @@ pub struct Cache {
 struct Inner {
     store: Arc<dyn Store>,
     space: KeySpace,
+    /// Whether reads may be answered without waiting ([`Cache::answers_now`]).
+    answers_now: bool,
     namespace: String,
     ttl: Duration,
     op_timeout: Duration,

@@ -98,23 +98,7 @@ impl Cache {
         timeout: Duration,
         fut: StoreFuture<'a, T>,
     ) -> Result<T, StoreError> {
-        let inner = &self.inner;
-        if inner.breaker.permit() == Permit::Rejected {
-            return Err(StoreError::new(
-                StoreErrorKind::CircuitOpen,
-                "circuit breaker open",
-            ));
-        }
-        let span = tracing::trace_span!(
-            "cache.store",
-            otel.kind = "client",
-            db.system.name = inner.store.name(),
-            db.operation.name = op,
-            cache.namespace = %inner.namespace,
-            outcome = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-            duration_us = tracing::field::Empty,
-        );
+        let span = self.admit(op)?;
         let started = std::time::Instant::now();
         let mut fut = tracing::Instrument::instrument(fut, span.clone());
         let result = within(timeout, &mut fut).await.unwrap_or_else(|| {
@@ -123,6 +107,60 @@ impl Cache {
                 format!("{op} took longer than {timeout:?}"),
             ))
         });
+        self.settle(op, &span, started, result)
+    }
+
+    /// [`Self::guarded`] for an operation that completes without waiting (a store's
+    /// [`read_now`](crate::store::Store::read_now)): the same breaker verdict, span fields,
+    /// timing and outcome; no timeout, since nothing waits. `None` when the store has no such
+    /// form: then nothing was admitted (a breaker's one probe is not spent on it).
+    ///
+    /// The breaker is asked after the operation: attempting an in-process read costs the store
+    /// nothing, and a result the breaker rejects is not returned.
+    fn guarded_now<T>(
+        &self,
+        op: &'static str,
+        run: impl FnOnce() -> Option<Result<T, StoreError>>,
+    ) -> Option<Result<T, StoreError>> {
+        let started = std::time::Instant::now();
+        let result = run()?;
+        Some(match self.admit(op) {
+            Ok(span) => self.settle(op, &span, started, result),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// The breaker's permit for one store operation, and its span.
+    fn admit(&self, op: &'static str) -> Result<tracing::Span, StoreError> {
+        let inner = &self.inner;
+        if inner.breaker.permit() == Permit::Rejected {
+            return Err(StoreError::new(
+                StoreErrorKind::CircuitOpen,
+                "circuit breaker open",
+            ));
+        }
+        Ok(tracing::trace_span!(
+            "cache.store",
+            otel.kind = "client",
+            db.system.name = inner.store.name(),
+            db.operation.name = op,
+            cache.namespace = %inner.namespace,
+            outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        ))
+    }
+
+    /// What one admitted store operation's result does: its span fields, its timing, and the
+    /// breaker (a success may close it and wake the retry queue; a failure may open it).
+    fn settle<T>(
+        &self,
+        op: &'static str,
+        span: &tracing::Span,
+        started: std::time::Instant,
+        result: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let inner = &self.inner;
         let elapsed = started.elapsed();
         let error_type = result.as_ref().err().map(|e| error_type(e.kind()));
         if !span.is_disabled() {
@@ -176,28 +214,83 @@ impl Cache {
         key: &str,
         eviction: Option<&RouteEviction>,
     ) -> Result<Lookup, StoreError> {
-        if let Some(e) = self.owed() {
-            return Err(e);
-        }
-        let i = &self.inner;
         if let Some(ev) = eviction {
+            if let Some(e) = self.owed() {
+                return Err(e);
+            }
+            let i = &self.inner;
             let fut = ev.store.route_read(&i.space, &ev.space, key, ev.spec());
             return self
                 .guarded("read", i.op_timeout, fut)
                 .await
                 .map(|lookup| self.opened(key, lookup));
         }
-        // L1 (crate::l1): a hit makes no network call; a miss fills it from the store read.
-        let ticket = match i.l1.lookup(key) {
-            Ok(hit) => return Ok(hit),
-            Err(ticket) => ticket,
+        let i = &self.inner;
+        let ticket = if i.answers_now {
+            match self.read_now(key) {
+                ReadNow::Done(r) => return r,
+                ReadNow::Later(later) => later.0,
+            }
+        } else if let Some(e) = self.owed() {
+            return Err(e);
+        } else {
+            None
         };
+        // Self::read_later, written out: one future less to build and move on the hot path of a
+        // store that must be waited for.
         let r = self
             .guarded("read", i.op_timeout, i.store.read(&i.space, key))
-            .await
-            .map(|lookup| self.opened(key, lookup));
+            .await;
+        self.read_done(key, ticket, r)
+    }
+
+    /// Whether [`Self::read_now`] can find anything without waiting: an L1 tier, or a store that
+    /// answers [`Store::read_now`](crate::store::Store::read_now). Otherwise it always returns
+    /// `Later`, and the caller had better not stop to ask.
+    pub(crate) fn answers_now(&self) -> bool {
+        self.inner.answers_now
+    }
+
+    /// The part of [`Self::read`] (without eviction) that needs no waiting: an owed
+    /// invalidation, an L1 hit, or a store whose reads complete at once
+    /// ([`Store::read_now`](crate::store::Store::read_now)). Otherwise what
+    /// [`Self::read_later`] continues from. The hit path of an in-process tier runs this
+    /// without a future.
+    pub(crate) fn read_now(&self, key: &str) -> ReadNow {
+        if let Some(e) = self.owed() {
+            return ReadNow::Done(Err(e));
+        }
+        let i = &self.inner;
+        // L1 (crate::l1): a hit makes no network call; a miss fills it from the store read.
+        let ticket = match i.l1.lookup(key) {
+            Ok(hit) => return ReadNow::Done(Ok(hit)),
+            Err(ticket) => ticket,
+        };
+        match self.guarded_now("read", || i.store.read_now(&i.space, key)) {
+            Some(r) => ReadNow::Done(self.read_done(key, ticket, r)),
+            None => ReadNow::Later(Later(ticket)),
+        }
+    }
+
+    /// Finishes a read [`Self::read_now`] could not: the store's own (asynchronous) read.
+    pub(crate) async fn read_later(&self, key: &str, later: Later) -> Result<Lookup, StoreError> {
+        let i = &self.inner;
+        let r = self
+            .guarded("read", i.op_timeout, i.store.read(&i.space, key))
+            .await;
+        self.read_done(key, later.0, r)
+    }
+
+    /// A store read's result, opened, filling L1 (with the ticket taken before the read).
+    fn read_done(
+        &self,
+        key: &str,
+        ticket: Option<crate::l1::Ticket>,
+        r: Result<Lookup, StoreError>,
+    ) -> Result<Lookup, StoreError> {
+        let r = r.map(|lookup| self.opened(key, lookup));
         if let (Some(t), Ok(lookup)) = (ticket, &r) {
-            i.l1.fill(t, key, lookup);
+            self.inner.l1.fill(t, key, lookup);
         }
         r
     }
@@ -415,3 +508,15 @@ fn error_type(kind: StoreErrorKind) -> &'static str {
         StoreErrorKind::Server => "server",
     }
 }
+
+/// What [`Cache::read_now`] found.
+pub(crate) enum ReadNow {
+    /// The read is complete.
+    Done(Result<Lookup, StoreError>),
+    /// The store must be asked and waited for: [`Cache::read_later`].
+    Later(Later),
+}
+
+/// A read [`Cache::read_now`] started and [`Cache::read_later`] finishes (the L1 ticket taken
+/// before it, so a value that changed meanwhile does not fill L1).
+pub(crate) struct Later(Option<crate::l1::Ticket>);

@@ -381,31 +381,77 @@ impl Keyer {
         tags: &[KeyTemplate],
         parts: &mut Parts,
     ) -> Result<(String, Vec<String>), KeyError> {
-        let needs_params = match self {
-            Keyer::Strategy(s) => s.needs_path_params(),
+        match self {
+            Keyer::Strategy(s) => Self::rendered(s.as_ref(), tags, parts),
             #[cfg(feature = "axum")]
-            Keyer::Extract(_) => false,
-        } || tags.iter().any(|t| t.needs_path_params());
-        let params = if needs_params {
-            checked_path_params(parts)?
-        } else {
-            PathParams::None
-        };
-        let extracted = match self {
+            Keyer::Extract(e) => {
+                let params = Self::params_for(false, tags, parts)?;
+                let key = e.extract(parts).await?;
+                Self::with_tags(key, params, tags, parts)
+            }
+        }
+    }
+
+    /// [`Self::derive`] when it needs no waiting (a [`KeyStrategy`]); `None` for an
+    /// extractor, whose future may wait.
+    pub(crate) fn derive_now(
+        &self,
+        tags: &[KeyTemplate],
+        parts: &mut Parts,
+    ) -> Option<Result<(String, Vec<String>), KeyError>> {
+        match self {
+            Keyer::Strategy(s) => Some(Self::rendered(s.as_ref(), tags, parts)),
             #[cfg(feature = "axum")]
-            Keyer::Extract(e) => Some(e.extract(parts).await?),
-            Keyer::Strategy(_) => None,
-        };
+            Keyer::Extract(_) => None,
+        }
+    }
+
+    /// A strategy's key and the tags.
+    fn rendered(
+        s: &dyn KeyStrategy,
+        tags: &[KeyTemplate],
+        parts: &mut Parts,
+    ) -> Result<(String, Vec<String>), KeyError> {
+        let params = Self::params_for(s.needs_path_params(), tags, parts)?;
         let ctx = KeyContext::new(parts).with_params(params);
-        let key = match (extracted, self) {
-            (Some(k), _) => k,
-            (None, Keyer::Strategy(s)) => s.key(&ctx)?,
-            #[cfg(feature = "axum")]
-            (None, Keyer::Extract(_)) => return Err(KeyError::Declined),
-        };
+        let key = s.key(&ctx)?;
+        Self::tags_in(key, &ctx, tags)
+    }
+
+    /// The path parameters, when the key (`key_needs`) or a tag template names one.
+    fn params_for(
+        key_needs: bool,
+        tags: &[KeyTemplate],
+        parts: &mut Parts,
+    ) -> Result<PathParams, KeyError> {
+        if key_needs || tags.iter().any(|t| t.needs_path_params()) {
+            checked_path_params(parts)
+        } else {
+            Ok(PathParams::None)
+        }
+    }
+
+    /// An extracted key with its rendered tags.
+    #[cfg(feature = "axum")]
+    fn with_tags(
+        key: String,
+        params: PathParams,
+        tags: &[KeyTemplate],
+        parts: &Parts,
+    ) -> Result<(String, Vec<String>), KeyError> {
+        let ctx = KeyContext::new(parts).with_params(params);
+        Self::tags_in(key, &ctx, tags)
+    }
+
+    /// `key` with the tags rendered in `ctx`.
+    fn tags_in(
+        key: String,
+        ctx: &KeyContext<'_>,
+        tags: &[KeyTemplate],
+    ) -> Result<(String, Vec<String>), KeyError> {
         let tags = tags
             .iter()
-            .map(|t| t.key(&ctx))
+            .map(|t| t.key(ctx))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((key, tags))
     }

@@ -1,5 +1,6 @@
 //! [`ResponseFuture`]: a request that passes through is the inner service's own future (not
-//! boxed); a request the cache looks up runs the flow in one boxed future.
+//! boxed); a request the cache answers without waiting is ready; any other it looks up runs
+//! the flow in one boxed future.
 
 use super::body::CacheBody;
 use super::config::RouteConfig;
@@ -36,6 +37,8 @@ pin_project! {
         },
         /// Looked up: the cache's flow (lookup, hit or miss).
         Flow { fut: Flow<Result<Response<CacheBody<B>>, E>> },
+        /// Answered without waiting (an in-process hit).
+        Ready { res: Option<Response<CacheBody<B>>> },
     }
 }
 
@@ -54,6 +57,12 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
                 fut,
                 pass: Some(pass),
             },
+        }
+    }
+
+    pub(crate) fn ready(res: Response<CacheBody<B>>) -> Self {
+        Self {
+            kind: Kind::Ready { res: Some(res) },
         }
     }
 
@@ -89,6 +98,9 @@ where
                 }))
             }
             KindProj::Flow { fut } => fut.as_mut().poll(cx),
+            KindProj::Ready { res } => Poll::Ready(Ok(res
+                .take()
+                .expect("a ready response future is polled once"))),
         }
     }
 }

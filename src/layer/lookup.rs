@@ -31,13 +31,22 @@ pub(crate) async fn resolve(
 ) -> Result<Resolved, StoreError> {
     let eviction = cfg.eviction.as_deref().filter(|_| touch);
     let first = cfg.cache.read(base, eviction).await?;
-    let Some(marker) = first.value.as_ref().and_then(Marker::decode) else {
-        return Ok(Resolved {
-            lookup: first,
-            variant: None,
-            marker: None,
-        });
-    };
+    match Resolved::plain(first) {
+        Ok(r) => Ok(r),
+        Err((first, marker)) => variant(cfg, base, headers, touch, first, marker).await,
+    }
+}
+
+/// [`resolve`] after the read of `base` found `marker`: the variant's read.
+pub(crate) async fn variant(
+    cfg: &RouteConfig,
+    base: &str,
+    headers: &HeaderMap,
+    touch: bool,
+    first: Lookup,
+    marker: Marker,
+) -> Result<Resolved, StoreError> {
+    let eviction = cfg.eviction.as_deref().filter(|_| touch);
     let key = marker.variant_key(base, headers, &cfg.encodings);
     let second = cfg.cache.read(&key, eviction).await?;
     Ok(Resolved {
@@ -51,6 +60,19 @@ pub(crate) async fn resolve(
 }
 
 impl Resolved {
+    /// The read of `base` resolved, unless it found a variant marker (then returned with it,
+    /// for [`variant`]).
+    pub(crate) fn plain(first: Lookup) -> Result<Self, (Lookup, Marker)> {
+        match first.value.as_ref().and_then(Marker::decode) {
+            None => Ok(Resolved {
+                lookup: first,
+                variant: None,
+                marker: None,
+            }),
+            Some(marker) => Err((first, marker)),
+        }
+    }
+
     /// Where the entry lives, given the `base` it was resolved from.
     pub(crate) fn key<'a>(&'a self, base: &'a str) -> &'a str {
         self.variant.as_deref().unwrap_or(base)

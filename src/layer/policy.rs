@@ -6,45 +6,35 @@ use crate::headers::{self, CacheControl, Delta, VaryField};
 use http::{header, Request, Response, StatusCode};
 use std::time::Duration;
 
-/// Why a request must skip the cache, if it must. `covered(h)`: the route's key includes
-/// request header `h` (a credential, or `Range`), so requests carrying it have entries of their
-/// own.
-pub(crate) fn request_bypass<B>(
+/// What the request's own headers ask of the cache, parsing `Cache-Control` and `Pragma` once:
+/// `Err(reason)` when the request must bypass it (`no-store`, a field that does not parse,
+/// credentials or a `Range` the key does not cover: `covered`), else whether it asks for a
+/// fresh response (`Cache-Control: no-cache` or `max-age=0`, or `Pragma: no-cache`): then the
+/// lookup is skipped and the response still stored. A `max-age` that is not delta-seconds
+/// counts as `0`.
+pub(crate) fn request_policy<B>(
     req: &Request<B>,
     covered: impl Fn(&header::HeaderName) -> bool,
-) -> Option<&'static str> {
+) -> Result<bool, &'static str> {
     let h = req.headers();
-    match CacheControl::of(h, header::CACHE_CONTROL) {
-        Err(_) => return Some("unparsable-cache-control"),
-        Ok(cc) if cc.has("no-store") => return Some("no-store"),
-        Ok(_) => {}
+    let cc = CacheControl::of(h, header::CACHE_CONTROL).map_err(|_| "unparsable-cache-control")?;
+    if cc.has("no-store") {
+        return Err("no-store");
     }
-    if CacheControl::of(h, header::PRAGMA).is_err() {
-        return Some("unparsable-pragma");
-    }
+    let pragma = CacheControl::of(h, header::PRAGMA).map_err(|_| "unparsable-pragma")?;
     for (name, reason) in &headers::CREDENTIALS {
         if h.contains_key(name) && !covered(name) {
-            return Some(reason);
+            return Err(reason);
         }
     }
     // A stored response answers a range request only under a key that includes the range
     // (serving ranges from a stored 200 is not implemented).
     if h.contains_key(header::RANGE) && !covered(&header::RANGE) {
-        return Some("range");
+        return Err("range");
     }
-    None
-}
-
-/// Whether the request asks for a fresh response (`Cache-Control: no-cache` or `max-age=0`, or
-/// `Pragma: no-cache`): the lookup is skipped, the response is still stored. A `max-age` that
-/// is not delta-seconds counts as `0`, and a field that does not parse as asking (such a request
-/// already bypasses the cache in [`request_bypass`]).
-pub(crate) fn request_revalidate<B>(req: &Request<B>) -> bool {
-    let h = req.headers();
-    let cc = CacheControl::of(h, header::CACHE_CONTROL).map_or(true, |cc| {
-        cc.has("no-cache") || matches!(cc.delta("max-age"), Some(Delta::Secs(0) | Delta::Invalid))
-    });
-    cc || CacheControl::of(h, header::PRAGMA).map_or(true, |p| p.has("no-cache"))
+    Ok(cc.has("no-cache")
+        || matches!(cc.delta("max-age"), Some(Delta::Secs(0) | Delta::Invalid))
+        || pragma.has("no-cache"))
 }
 
 /// Why a response must not be stored, if it must not. `covers_range`: the route's key includes
@@ -118,6 +108,13 @@ pub(crate) fn storable_200(headers: &http::HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bypass<B>(
+        req: &Request<B>,
+        covered: impl Fn(&header::HeaderName) -> bool,
+    ) -> Option<&'static str> {
+        request_policy(req, covered).err()
+    }
 
     fn res_bytes(status: u16, headers: &[(&str, &[u8])]) -> Response<()> {
         let mut b = Response::builder().status(status);
@@ -223,31 +220,25 @@ mod tests {
     #[test]
     fn credentials_bypass_unless_keyed_by_caller() {
         let r = req(&[("authorization", b"Bearer x")]);
-        assert_eq!(request_bypass(&r, |_| false), Some("authorization"));
-        assert_eq!(request_bypass(&r, |_| true), None);
+        assert_eq!(bypass(&r, |_| false), Some("authorization"));
+        assert_eq!(bypass(&r, |_| true), None);
         let r = req(&[("cookie", b"s=1")]);
-        assert_eq!(request_bypass(&r, |_| false), Some("cookie"));
+        assert_eq!(bypass(&r, |_| false), Some("cookie"));
         // A key over Authorization does not make cookie-authenticated requests shareable.
-        assert_eq!(
-            request_bypass(&r, |h| h == header::AUTHORIZATION),
-            Some("cookie")
-        );
+        assert_eq!(bypass(&r, |h| h == header::AUTHORIZATION), Some("cookie"));
         let r = req(&[("proxy-authorization", b"Basic x")]);
-        assert_eq!(request_bypass(&r, |_| false), Some("proxy-authorization"));
+        assert_eq!(bypass(&r, |_| false), Some("proxy-authorization"));
         let r = req(&[("cache-control", b"no-store")]);
-        assert_eq!(request_bypass(&r, |_| true), Some("no-store"));
+        assert_eq!(bypass(&r, |_| true), Some("no-store"));
     }
 
     #[test]
     fn range_requests_bypass_unless_keyed_by_range() {
         let r = req(&[("range", b"bytes=0-1")]);
-        assert_eq!(request_bypass(&r, |_| false), Some("range"));
-        assert_eq!(request_bypass(&r, |h| h == header::RANGE), None);
+        assert_eq!(bypass(&r, |_| false), Some("range"));
+        assert_eq!(bypass(&r, |h| h == header::RANGE), None);
         // Covering a credential does not cover Range.
-        assert_eq!(
-            request_bypass(&r, |h| h == header::AUTHORIZATION),
-            Some("range")
-        );
+        assert_eq!(bypass(&r, |h| h == header::AUTHORIZATION), Some("range"));
     }
 
     #[test]
@@ -262,10 +253,10 @@ mod tests {
             ("cache-control", b"a b", "unparsable-cache-control"),
             ("pragma", b"no-cache; x", "unparsable-pragma"),
         ] {
-            assert_eq!(request_bypass(&req(&[(name, v)]), |_| true), Some(reason));
+            assert_eq!(bypass(&req(&[(name, v)]), |_| true), Some(reason));
         }
         assert_eq!(
-            request_bypass(
+            bypass(
                 &req(&[("cache-control", b"max-age=5, ext=\"\xe9\"")]),
                 |_| true
             ),
@@ -283,14 +274,22 @@ mod tests {
             ("cache-control", b"x=\"a,b\", No-Cache"),
             ("pragma", b"no-cache"),
         ] {
-            assert!(request_revalidate(&req(&[(name, v)])), "{name}: {v:?}");
+            assert_eq!(
+                request_policy(&req(&[(name, v)]), |_| true),
+                Ok(true),
+                "{name}: {v:?}"
+            );
         }
         for (name, v) in [
             ("cache-control", &b"max-age=10"[..]),
             ("cache-control", b"x=\"no-cache\""),
             ("pragma", b"x-other"),
         ] {
-            assert!(!request_revalidate(&req(&[(name, v)])), "{name}: {v:?}");
+            assert_eq!(
+                request_policy(&req(&[(name, v)]), |_| true),
+                Ok(false),
+                "{name}: {v:?}"
+            );
         }
     }
 }

@@ -57,10 +57,16 @@ pub(crate) fn spawn<S, ReqB, ResB>(
     ReqB: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
 {
+    // A hit can be answered inside `call` (crate::layer::service::start), which a caller may
+    // invoke outside a runtime: then no refresh starts (the entry was served; a later request
+    // triggers it), rather than a panic.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
     let Some(lead) = cfg.cache.flights().try_lead(&trigger.key) else {
         return;
     };
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         let mut lock = LockGuard::none(&cfg.cache, &trigger.key);
         if let Some(lease) = cfg.lock_lease {
             let token = random_token();

@@ -275,6 +275,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Reads an entry together with the namespace's invalidation clock.
     fn read<'a>(&'a self, space: &'a KeySpace, key: &'a str) -> StoreFuture<'a, Lookup>;
 
+    /// [`Self::read`] for a store whose reads complete without waiting (it lives in this
+    /// process): the same answer, returned at once. `None` (the default) means "ask
+    /// [`Self::read`]"; a store that returns `Some` here must return exactly what `read` would.
+    /// The cache tries it first, so an in-process hit is served without a future.
+    fn read_now(&self, space: &KeySpace, key: &str) -> Option<Result<Lookup, StoreError>> {
+        let _ = (space, key);
+        None
+    }
+
     /// Writes an entry, guarded by [`Write::since`], recording its tags.
     fn write<'a>(&'a self, space: &'a KeySpace, write: Write<'a>) -> StoreFuture<'a, Written>;
 
@@ -348,6 +357,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 impl<S: Store + ?Sized> Store for Arc<S> {
     fn read<'a>(&'a self, space: &'a KeySpace, key: &'a str) -> StoreFuture<'a, Lookup> {
         (**self).read(space, key)
+    }
+
+    fn read_now(&self, space: &KeySpace, key: &str) -> Option<Result<Lookup, StoreError>> {
+        (**self).read_now(space, key)
     }
 
     fn write<'a>(&'a self, space: &'a KeySpace, write: Write<'a>) -> StoreFuture<'a, Written> {

@@ -52,7 +52,7 @@
 
 use crate::store::bus::{BusSink, InvalidationBus};
 use crate::store::ranked::{RankedSpace, RankedStore, Scoring, Spec, STAMP_BITS};
-use crate::store::{KeySpace, Store, StoreFuture, Target, Write, Written};
+use crate::store::{KeySpace, Lookup, Store, StoreFuture, Target, Write, Written};
 use bytes::Bytes;
 use std::fmt;
 use std::future::Future;
@@ -284,16 +284,26 @@ impl Cx<'_> {
     }
 
     async fn get(&self, space: &KeySpace, key: &str) -> Result<Option<Bytes>, String> {
-        Ok(op(&format!("read {key:?}"), self.store.read(space, key))
-            .await?
-            .value)
+        Ok(self.lookup(space, key).await?.value)
     }
 
     /// The namespace's clock, as a read reports it.
     async fn clock(&self, space: &KeySpace) -> Result<u64, String> {
-        Ok(op("read", self.store.read(space, "clock-probe"))
-            .await?
-            .clock)
+        Ok(self.lookup(space, "clock-probe").await?.clock)
+    }
+
+    /// A read; for a store that answers [`Store::read_now`], also that one, which must say
+    /// exactly what the read says (every check's reads hold it to that).
+    async fn lookup(&self, space: &KeySpace, key: &str) -> Result<Lookup, String> {
+        let read = op(&format!("read {key:?}"), self.store.read(space, key)).await?;
+        if let Some(now) = self.store.read_now(space, key) {
+            let now = now.map_err(|e| format!("read_now {key:?} failed: {e}"))?;
+            ensure!(
+                now.value == read.value && now.clock == read.clock,
+                "read_now {key:?} answered {now:?}, read answered {read:?}"
+            );
+        }
+        Ok(read)
     }
 
     /// A write of `value` at `key` with `tags`, guarded by `since` when it is `Some`.

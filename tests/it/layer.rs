@@ -1429,3 +1429,87 @@ async fn valkey_keyed_by_authorization_still_bypasses_cookies() {
 async fn memory_keyed_by_authorization_still_bypasses_cookies() {
     keyed_by_authorization_still_bypasses_cookies(Backend::memory(MemoryStore::new())).await
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hits answered without waiting
+
+/// Polls `fut` once with a waker that does nothing, on whatever thread calls this (no runtime).
+fn poll_once<F: std::future::Future>(fut: F) -> std::task::Poll<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    fut.as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+/// A hit on an in-process store is answered inside the service's `call` (`start`): its future
+/// is ready on the first poll, also on a thread with no runtime. One whose
+/// stale-while-revalidate refresh is due is served the same way, without starting the refresh
+/// (which needs a runtime) rather than panicking; a request on the runtime then refreshes it.
+#[test]
+fn in_process_hits_are_ready_at_once_even_without_a_runtime() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = calls.clone();
+        get(move |Path(id): Path<String>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { format!("item {id} v{n}") }
+        })
+    };
+    let cache = Cache::builder(MemoryStore::new())
+        .namespace("ready")
+        .build();
+    let app = Router::new().route(
+        "/item/{id}",
+        handler.route_layer(
+            CacheLayer::new(cache)
+                .key("item:{id}")
+                .ttl(Duration::from_millis(300))
+                .stale_while_revalidate(Duration::from_secs(60)),
+        ),
+    );
+    let first = rt.block_on(get_req(&app, "/item/1"));
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.body, "item 1 v1");
+
+    let off_runtime = |app: Router| {
+        std::thread::spawn(move || {
+            use tower::Service;
+            let mut app = app;
+            let fut = app.call(request("GET", "/item/1", &[]));
+            match poll_once(fut) {
+                std::task::Poll::Ready(Ok(res)) => res,
+                std::task::Poll::Ready(Err(e)) => match e {},
+                std::task::Poll::Pending => panic!("an in-process hit was not ready at once"),
+            }
+        })
+        .join()
+        .expect("no panic off the runtime")
+    };
+    let fresh = off_runtime(app.clone());
+    assert_eq!(fresh.status(), StatusCode::OK);
+    let status = fresh.headers()["cache-status"].to_str().unwrap().to_owned();
+    assert!(status.contains("; hit"), "{status}");
+    let body = rt.block_on(fresh.into_body().collect()).unwrap().to_bytes();
+    assert_eq!(body, "item 1 v1");
+
+    std::thread::sleep(Duration::from_millis(400));
+    let stale = off_runtime(app.clone());
+    let status = stale.headers()["cache-status"].to_str().unwrap().to_owned();
+    assert!(
+        status.contains("; hit") && status.contains("ttl=-"),
+        "a stale hit: {status}"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "no refresh started off the runtime"
+    );
+
+    // On the runtime the stale hit starts its refresh.
+    let again = rt.block_on(get_req(&app, "/item/1"));
+    assert_eq!(again.body, "item 1 v1");
+    rt.block_on(eventually(POLL, "the refresh", || {
+        let calls = calls.clone();
+        async move { (calls.load(Ordering::SeqCst) == 2).then_some(()) }
+    }));
+}

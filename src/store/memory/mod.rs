@@ -4,7 +4,10 @@ mod ranked;
 
 use super::bus::{InvalidationBus, LocalBus};
 use super::ranked::{RankedSpace, RankedStore};
-use super::{glob_match, KeySpace, Lookup, LookupMany, Store, StoreFuture, Target, Write, Written};
+use super::{
+    glob_match, KeySpace, Lookup, LookupMany, Store, StoreError, StoreFuture, Target, Write,
+    Written,
+};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -285,6 +288,19 @@ fn with_entry_key<T>(space: &KeySpace, key: &str, f: impl FnOnce(&str) -> T) -> 
 }
 
 impl MemoryStore {
+    /// A read: what both [`Store::read`] and [`Store::read_now`] answer.
+    fn lookup(&self, space: &KeySpace, key: &str) -> Lookup {
+        let now = Instant::now();
+        with_entry_key(space, key, |full| {
+            let mut s = self.lock();
+            let value = s.live_value(full, now);
+            Lookup {
+                value,
+                clock: s.clock(space),
+            }
+        })
+    }
+
     fn write_locked(&self, st: &mut State, space: &KeySpace, w: Write<'_>) -> Written {
         let full = space.entry(w.key);
         let now = Instant::now();
@@ -366,16 +382,11 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn read<'a>(&'a self, space: &'a KeySpace, key: &'a str) -> StoreFuture<'a, Lookup> {
-        let now = Instant::now();
-        let lookup = with_entry_key(space, key, |full| {
-            let mut s = self.lock();
-            let value = s.live_value(full, now);
-            Lookup {
-                value,
-                clock: s.clock(space),
-            }
-        });
-        Box::pin(std::future::ready(Ok(lookup)))
+        Box::pin(std::future::ready(Ok(self.lookup(space, key))))
+    }
+
+    fn read_now(&self, space: &KeySpace, key: &str) -> Option<Result<Lookup, StoreError>> {
+        Some(Ok(self.lookup(space, key)))
     }
 
     fn read_many<'a>(
