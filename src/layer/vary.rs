@@ -430,4 +430,37 @@ mod tests {
         let plain = Entry::new(200, vec![], Bytes::new(), 0, Duration::ZERO, Duration::ZERO);
         assert_eq!(Marker::decode(&plain.encode().unwrap()), None);
     }
+
+    /// Sharded namespaces (issue 17) put a key in the shard of the part before its first `#`
+    /// (`store::shard::shard_key`): every variant key, with or without a body suffix, must stay
+    /// in its base key's shard, or the marker's clock would not guard the variant's fill. Bases
+    /// as the layer stores them (bounded), of every length around the shortening limit.
+    #[test]
+    fn variant_keys_stay_in_the_shard_of_their_base() {
+        use crate::key::{bound_length, MAX_KEY_LEN};
+        use crate::layer::request_body::body_suffix;
+        use crate::store::shard::shard_key;
+        let m = Marker::new(vec!["accept-language".into()], u64::MAX);
+        let enc = served_encodings(DEFAULT_ENCODINGS);
+        let req = headers(&[("accept-language", "en")]);
+        // Up to past `MAX_KEY_LEN`: shortened bases, and suffixed keys crossing `KEEP_LEN`.
+        for n in 0..(MAX_KEY_LEN + 60) {
+            for raw in [
+                "k".repeat(n),
+                format!("{}é", "k".repeat(n.saturating_sub(2))),
+                format!("{}#k", "k".repeat(n.saturating_sub(2))),
+                format!("k#{}", "k".repeat(n.saturating_sub(2))),
+            ] {
+                let base = bound_length(raw);
+                let want = shard_key(&base);
+                let bodied = crate::key::with_suffix(base.clone(), &body_suffix(None, b"x"));
+                assert_eq!(shard_key(&bodied), want, "{n}");
+                for b in [&base, &bodied] {
+                    let v = m.variant_key(b, &req, &enc);
+                    assert!(v.len() <= MAX_KEY_LEN);
+                    assert_eq!(shard_key(&v), want, "{n}: {v}");
+                }
+            }
+        }
+    }
 }

@@ -43,6 +43,7 @@ pub mod bus;
 mod glob;
 mod memory;
 pub mod ranked;
+pub(crate) mod shard;
 mod valkey;
 
 pub use bus::{InvalidationBus, LocalBus};

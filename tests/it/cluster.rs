@@ -5,7 +5,7 @@
 //! The rest of the suite runs on a cluster too: `layer`, `invalidate`, `stampede`, `function` and
 //! `eviction` each run a named subset of their scenarios against the shared local cluster
 //! (`support::ValkeyCluster::shared`). These tests start clusters of their own, since they kill
-//! or reconfigure nodes.
+//! or reconfigure nodes; only the check of the shard tags' slots reads the shared cluster.
 
 use crate::support;
 
@@ -456,4 +456,66 @@ async fn slot_migrated_under_load_every_request_is_200_and_patterns_reach_both_s
         cache.get::<String>("page:1").await.expect("get"),
         Some("page 1 again".to_owned())
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shard tags (issue 17)
+// ---------------------------------------------------------------------------------------------
+
+/// The suffixes of the 128 shard tags of namespace `app` (`app|0TI`, ...), the list the unit
+/// test `store::shard::tests::golden_tags_of_app_over_128_shards` pins (by this digest) against
+/// the crate's `shard_tags("app", 128)`: a wire format, changed only deliberately, in both places.
+const APP_128_TAG_SUFFIXES: [&str; 128] = [
+    "0TI", "4AO", "03U", "56r", "0Vi", "4Co", "01u", "54R", "24C", "6eM", "2S_", "522", "26c",
+    "6gm", "055", "6Dy", "4XD", "0MB", "5kq", "0nV", "4Zd", "0Ob", "4yp", "0lv", "68N", "2-H",
+    "5o1", "1z7", "7nG", "D19", "498", "0h6", "0EK", "4PM", "0f_", "47Q", "0Gk", "4Rm", "10V",
+    "45q", "2aI", "60G", "166", "5g8", "2ci", "4V-", "GnO", "411", "4IF", "1La", "4jR", "1ou",
+    "4Kf", "1NA", "4hr", "1mU", "6mD", "2xB", "6NP", "1k5", "6od", "2zb", "4l2", "0y4", "02E",
+    "4cK", "0UY", "744", "00e", "4ak", "0Wy", "AlM", "2RO", "6GI", "1A8", "70t", "0p-", "6Ei",
+    "0S9", "72T", "5ja", "0oF", "4YT", "0LR", "5hA", "0mf", "5KU", "0Nr", "7Nc", "2KD", "5M5",
+    "1X3", "7LC", "2Id", "4_4", "0J2", "0gO", "46A", "1Tz", "C_-", "0eo", "44a", "1VZ", "677",
+    "2CM", "6VK", "34p", "61W", "2Am", "6Tk", "2by", "63w", "4kB", "1ne", "4HV", "1Mq", "4ib",
+    "08l", "4Jv", "0_p", "7_a", "2ZF", "6lT", "1I1", "Bss", "2Xf", "4N6", "3kS",
+];
+
+/// The server agrees with the crate's slot maths on the shard tags: `CLUSTER KEYSLOT` of every
+/// key name built on tag `i` of `app` over 128 shards is `128·i + 21` (the start of shard `i`'s
+/// range, 128 slots wide, plus `crc16("app") mod 128` = 21), the slot `key_slot` gives it in the
+/// unit tests. Only reads the shared cluster.
+#[test]
+fn cluster_keyslot_of_the_shard_tags_is_their_target_slot() {
+    let cluster = ValkeyCluster::shared();
+    let mut joined = String::new();
+    for (i, suffix) in APP_128_TAG_SUFFIXES.iter().enumerate() {
+        let tag = format!("app|{suffix}");
+        joined.push_str(&tag);
+        joined.push('\n');
+        let want = 128 * i as u16 + 21;
+        // The bare content hashes whole; the key names hash their `{tag}`.
+        for key in [
+            tag.clone(),
+            format!("{{{tag}}}:GET:/users/1"),
+            format!("{{{tag}}}|clock"),
+            format!("{{{tag}}}|inv:k:x{{y}}"),
+        ] {
+            assert_eq!(cluster.slot(&key), want, "{key}");
+        }
+    }
+    // 64-bit FNV-1a of the tags, each followed by `\n` (the unit test's digest).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in joined.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    assert_eq!(h, 0x0129_afc0_d956_f3b0);
+    // Valkey Cluster's own examples and brace rules, as `key_slot` implements them.
+    assert_eq!(cluster.slot("foo"), 12182);
+    assert_eq!(cluster.slot("123456789"), 0x31C3);
+    assert_eq!(
+        cluster.slot("{user1000}.following"),
+        cluster.slot("{user1000}.followers")
+    );
+    assert_eq!(cluster.slot("foo{bar}{zap}"), cluster.slot("bar"));
+    assert_eq!(cluster.slot("foo{{bar}}zap"), cluster.slot("{bar"));
+    assert_ne!(cluster.slot("foo{}{bar}"), cluster.slot("bar"));
 }
