@@ -571,4 +571,34 @@ mod tests {
         assert_eq!(KeyError::Declined.detail(), "key-declined");
         assert_eq!(KeyError::Rejected("x".into()).detail(), "key-rejected");
     }
+
+    /// A hand-written [`KeyStrategy`] (not a closure, template or extractor) is used unbounded:
+    /// [`Keyer::derive`] returns its key as it is. `MAX_KEY_LEN` promises the bound for "the
+    /// output of custom strategies" too, and `Cache::invalidate_key` bounds the key it is given,
+    /// so an entry stored under such a key longer than `KEEP_LEN` is not the one an invalidation
+    /// of that key names (checked through `CacheLayer::key_with` on a `MemoryStore` with a
+    /// 300-byte key: stored unbounded, `invalidate_key` of it removed 0 and the next request was
+    /// still a hit on the old body); with sharded namespaces (issue 17) its `#vary:` variants, which
+    /// `with_suffix` does bound, would also leave its shard (`store::shard`'s
+    /// `an_unbounded_base_loses_its_shard`). Found while building issue 17's C2 and left as it is
+    /// there (no behaviour change in that commit): run with `--ignored` to see it fail.
+    #[test]
+    #[ignore = "known gap: Keyer::derive does not bound a hand-written KeyStrategy's key"]
+    fn hand_written_strategy_keys_are_bounded() {
+        use futures_util::FutureExt;
+        struct Long;
+        impl KeyStrategy for Long {
+            fn key(&self, _: &KeyContext<'_>) -> Result<String, KeyError> {
+                Ok("k".repeat(KEEP_LEN + 100))
+            }
+        }
+        let mut p = parts("/");
+        let (key, _) = Keyer::strategy(Long)
+            .derive(&[], &mut p)
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert!(key.len() <= MAX_KEY_LEN, "{} bytes", key.len());
+        assert_eq!(key, bound_length("k".repeat(KEEP_LEN + 100)));
+    }
 }
