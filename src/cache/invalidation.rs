@@ -92,9 +92,9 @@ impl Invalidation {
         self.keys.is_empty() && self.tags.is_empty() && self.patterns.is_empty()
     }
 
-    /// The store operations: one for all keys, one for all tags, one per pattern. Keys are
-    /// bounded as they were when stored ([`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN)), so a long
-    /// key names its entry.
+    /// The store operations: one for all keys, one for all tags, one per pattern. Keys and tags
+    /// are bounded as they were when stored ([`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN)), so a
+    /// long key names its entry and a long tag its tag set.
     pub(crate) fn into_jobs(self) -> Vec<Job> {
         let mut jobs = Vec::with_capacity(2 + self.patterns.len());
         if !self.keys.is_empty() {
@@ -106,7 +106,12 @@ impl Invalidation {
             jobs.push(Job::Keys(keys));
         }
         if !self.tags.is_empty() {
-            jobs.push(Job::Tags(self.tags));
+            let tags = self
+                .tags
+                .into_iter()
+                .map(crate::key::bound_length)
+                .collect();
+            jobs.push(Job::Tags(tags));
         }
         jobs.extend(self.patterns.into_iter().map(Job::Pattern));
         jobs

@@ -325,8 +325,11 @@ impl Cache {
         let i = &self.inner;
         // L1 keeps the plain encoding (crate::seal): an L1 hit neither decrypts nor inflates.
         let (key, ttl, value, since) = (write.key, write.ttl, write.value.clone(), write.since);
+        // Tags reach the store bounded, as invalidations name them (Invalidation::into_jobs).
+        let tags = crate::key::bound_all(write.tags);
         let write = Write {
             value: self.seal(key, write.value)?,
+            tags: &tags,
             ..write
         };
         let bytes = write.value.len();
@@ -372,14 +375,20 @@ impl Cache {
         batch: &[BatchWrite],
         since: Option<u64>,
     ) -> Result<Vec<Written>, StoreError> {
+        // Tags reach the store bounded, as invalidations name them (Invalidation::into_jobs).
+        let tags: Vec<_> = batch
+            .iter()
+            .map(|w| crate::key::bound_all(&w.tags))
+            .collect();
         let writes: Vec<Write<'_>> = batch
             .iter()
-            .map(|w| {
+            .zip(&tags)
+            .map(|(w, tags)| {
                 Ok(Write {
                     key: &w.key,
                     value: self.seal(&w.key, w.value.clone())?,
                     ttl: w.ttl,
-                    tags: &w.tags,
+                    tags,
                     since,
                 })
             })

@@ -107,6 +107,18 @@ pub(crate) fn bound_length(key: String) -> String {
     out
 }
 
+/// [`bound_length`] of each of `tags`, borrowed as they are when none is long (the hot path
+/// allocates nothing). Tags are bounded like keys wherever they reach the store, so a tag
+/// rendered by a template, read from a response header or given to a function cache names the
+/// same tag set as the same string given to [`Cache::invalidate_tag`](crate::Cache::invalidate_tag).
+pub(crate) fn bound_all(tags: &[String]) -> std::borrow::Cow<'_, [String]> {
+    if tags.iter().all(|t| t.len() <= KEEP_LEN) {
+        std::borrow::Cow::Borrowed(tags)
+    } else {
+        std::borrow::Cow::Owned(tags.iter().cloned().map(bound_length).collect())
+    }
+}
+
 /// Whether `key` has the form [`bound_length`] gives a long key: 253 to 256 bytes ending in `#`
 /// and 32 lower-case hex digits.
 fn is_shortened(key: &str) -> bool {

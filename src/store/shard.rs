@@ -780,8 +780,7 @@ mod tests {
 
     /// The rule needs the base to be bounded: an unbounded base longer than `KEEP_LEN` without
     /// `#` has its whole text as shard key, but its variants are cut to `base[..223]#HASH`. The
-    /// layer bounds every key it renders, except the output of a hand-written `KeyStrategy`
-    /// implementation (see `key::tests` for that gap).
+    /// layer bounds every key it derives (`Keyer::derive`, hand-written strategies included).
     #[test]
     fn an_unbounded_base_loses_its_shard() {
         let base = "k".repeat(KEEP_LEN + 1);

@@ -1301,3 +1301,204 @@ mod memory {
         large_pattern,
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Long names: every way a key or a tag reaches the store names what an invalidation of the same
+// string names
+// ---------------------------------------------------------------------------------------------
+
+/// A hand-written key strategy: the request's `x-key` header as the key, as it is.
+struct HeaderKey;
+
+impl tower_valkey_cache::key::KeyStrategy for HeaderKey {
+    fn key(
+        &self,
+        ctx: &tower_valkey_cache::key::KeyContext<'_>,
+    ) -> Result<String, tower_valkey_cache::key::KeyError> {
+        ctx.parts()
+            .headers
+            .get("x-key")
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .map(str::to_owned)
+            .ok_or(tower_valkey_cache::key::KeyError::Declined)
+    }
+}
+
+/// Names straddling the bound where keys and tags are shortened (`KEEP_LEN`, 223 bytes, and the
+/// shortened form's 253 to 256), in ASCII and with a multi-byte character at the cut.
+fn long_names(prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for len in [200, 222, 223, 224, 225, 253, 256, 300, 600] {
+        out.push(format!("{prefix}{}", "a".repeat(len - prefix.len())));
+    }
+    for len in [221, 222, 223, 224] {
+        let mut s = format!("{prefix}{}", "b".repeat(len - prefix.len()));
+        s.push('é'); // 2 bytes across the cut
+        s.push_str("tail");
+        out.push(s);
+    }
+    out
+}
+
+/// Each entry point of a key (a hand-written strategy, a template, the function cache) and of a
+/// tag (a tag template, response headers, the function cache's options) stores under a name that
+/// `invalidate_key` / `invalidate_tag` of the same string reaches, for names around the bound:
+/// after the invalidation the next request is a miss (the handler runs again) and the function
+/// cache loads again.
+async fn long_names_are_invalidated_by_the_same_string(backend: Backend) {
+    use tower_valkey_cache::function::Options;
+    let cache = backend.builder("longnames", OP).build();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let runs = runs.clone();
+        move |headers: http::HeaderMap| {
+            let runs = runs.clone();
+            async move {
+                let n = runs.fetch_add(1, Ordering::SeqCst);
+                let tag = headers
+                    .get("x-tag")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_owned();
+                ([("cache-tag", tag)], format!("v{n}"))
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route(
+            "/strategy",
+            get(handler.clone()).route_layer(
+                CacheLayer::new(cache.clone())
+                    .key_with(HeaderKey)
+                    .ttl(Duration::from_secs(60)),
+            ),
+        )
+        .route(
+            "/template/{id}",
+            get(handler.clone()).route_layer(
+                CacheLayer::new(cache.clone())
+                    .key("t:{id}")
+                    .tags(["tt:{id}"])
+                    .ttl(Duration::from_secs(60)),
+            ),
+        )
+        .route(
+            "/headers/{id}",
+            get(handler).route_layer(
+                CacheLayer::new(cache.clone())
+                    .key("h:{id}")
+                    .tags_from_headers(true)
+                    .ttl(Duration::from_secs(60)),
+            ),
+        );
+    // Served twice: the second is a hit (the handler ran once).
+    let twice = |req: fn(&str) -> http::Request<axum::body::Body>, name: String| {
+        let (app, runs) = (app.clone(), runs.clone());
+        async move {
+            let before = runs.load(Ordering::SeqCst);
+            for _ in 0..2 {
+                let r = send(&app, req(&name)).await;
+                assert_eq!(r.status, http::StatusCode::OK, "{name:?}");
+            }
+            assert_eq!(
+                runs.load(Ordering::SeqCst),
+                before + 1,
+                "{} bytes: a hit",
+                name.len()
+            );
+        }
+    };
+    let again = |req: fn(&str) -> http::Request<axum::body::Body>, name: String, what: String| {
+        let (app, runs) = (app.clone(), runs.clone());
+        async move {
+            let before = runs.load(Ordering::SeqCst);
+            send(&app, req(&name)).await;
+            assert_eq!(
+                runs.load(Ordering::SeqCst),
+                before + 1,
+                "{what} of {} bytes: the next request misses",
+                name.len()
+            );
+        }
+    };
+    fn strategy(name: &str) -> http::Request<axum::body::Body> {
+        request("GET", "/strategy", &[("x-key", name)])
+    }
+    fn template(name: &str) -> http::Request<axum::body::Body> {
+        request("GET", &format!("/template/{name}"), &[])
+    }
+    fn headers(name: &str) -> http::Request<axum::body::Body> {
+        request(
+            "GET",
+            &format!("/headers/{}", name.len()),
+            &[("x-tag", name)],
+        )
+    }
+    for name in long_names("s") {
+        twice(strategy, name.clone()).await;
+        cache.invalidate_key(&name).await.unwrap();
+        again(
+            strategy,
+            name,
+            "invalidate_key (hand-written strategy)".into(),
+        )
+        .await;
+    }
+    // Path segments are ASCII here: the template renders them as they are.
+    for name in long_names("p").into_iter().filter(|n| n.is_ascii()) {
+        twice(template, name.clone()).await;
+        cache.invalidate_key(&format!("t:{name}")).await.unwrap();
+        again(template, name.clone(), "invalidate_key (template)".into()).await;
+        cache.invalidate_tag(&format!("tt:{name}")).await.unwrap();
+        again(template, name, "invalidate_tag (tag template)".into()).await;
+    }
+    for name in long_names("h").into_iter().filter(|n| n.is_ascii()) {
+        twice(headers, name.clone()).await;
+        cache.invalidate_tag(&name).await.unwrap();
+        again(headers, name, "invalidate_tag (Cache-Tag header)".into()).await;
+    }
+    for name in long_names("f") {
+        let loads = AtomicUsize::new(0);
+        let load = || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, String>(1u32)
+        };
+        let opts = Options::new().tags([name.clone()]);
+        cache.get_or_set_with(&name, &opts, load).await.unwrap();
+        cache.get_or_set_with(&name, &opts, load).await.unwrap();
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            1,
+            "{} bytes: a hit",
+            name.len()
+        );
+        cache.invalidate_key(&name).await.unwrap();
+        cache.get_or_set_with(&name, &opts, load).await.unwrap();
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            2,
+            "invalidate_key of {} bytes",
+            name.len()
+        );
+        cache.invalidate_tag(&name).await.unwrap();
+        cache.get_or_set_with(&name, &opts, load).await.unwrap();
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            3,
+            "invalidate_tag of {} bytes",
+            name.len()
+        );
+    }
+}
+
+mod long_names_valkey {
+    crate::support::on!(super::Backend::valkey(super::VALKEY) =>
+        long_names_are_invalidated_by_the_same_string,
+    );
+}
+
+mod long_names_memory {
+    crate::support::on!(super::Backend::memory(super::memory()) =>
+        long_names_are_invalidated_by_the_same_string,
+    );
+}
