@@ -2,6 +2,7 @@
 //! [`Fill`], the guard that owns a fill's flight and lock.
 
 use super::body::{CacheBody, Tee};
+use super::bounds::{Inner, SendBody};
 use super::conditional;
 use super::config::RouteConfig;
 use super::freshness;
@@ -23,7 +24,6 @@ use http_body_util::BodyExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower_service::Service;
 
 /// What a request's lookup leaves for [`miss`].
 pub(crate) struct Missed {
@@ -92,12 +92,9 @@ pub(crate) async fn miss<S, ReqB, ResB>(
     missed: Missed,
 ) -> Result<Answer<ResB>, S::Error>
 where
-    S: Service<Request<CacheRequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
-    S::Future: Send + 'static,
-    ReqB: Body<Data = Bytes> + Send + 'static,
-    ReqB::Error: Send + 'static,
-    ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Send + 'static,
+    S: Inner<ReqB, ResB>,
+    ReqB: SendBody,
+    ResB: SendBody,
 {
     let Missed {
         is_head,

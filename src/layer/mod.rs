@@ -101,6 +101,7 @@
 //!
 
 mod body;
+mod bounds;
 mod conditional;
 mod config;
 mod freshness;

@@ -2,6 +2,7 @@
 //! flow of one that does (key, lookup, hit or miss).
 
 use super::body::CacheBody;
+use super::bounds::{Inner, SendBody};
 use super::conditional;
 use super::config::RouteConfig;
 use super::freshness;
@@ -287,12 +288,9 @@ fn start<S, ReqB, ResB>(
     revalidate: bool,
 ) -> Result<Answer<ResB>, Begin<S, ReqB>>
 where
-    S: Service<Request<CacheRequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
-    S::Future: Send + 'static,
-    ReqB: Body<Data = Bytes> + Send + 'static,
-    ReqB::Error: Send + 'static,
-    ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Send + 'static,
+    S: Inner<ReqB, ResB>,
+    ReqB: SendBody,
+    ResB: SendBody,
 {
     // A ranked read (eviction) always goes to the store, as does every read of a store without
     // L1 that must be waited for; a keyed body must be buffered first.
@@ -345,13 +343,9 @@ async fn flow<S, ReqB, ResB>(
     revalidate: bool,
 ) -> Result<Answer<ResB>, S::Error>
 where
-    S: Service<Request<CacheRequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqB: Body<Data = Bytes> + Send + 'static,
-    ReqB::Error: Send + 'static,
-    ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Send + 'static,
+    S: Inner<ReqB, ResB>,
+    ReqB: SendBody,
+    ResB: SendBody,
 {
     let (mut parts, body) = req.into_parts();
 
@@ -409,13 +403,9 @@ async fn resume<S, ReqB, ResB>(
     from: Resume<S, ReqB>,
 ) -> Result<Answer<ResB>, S::Error>
 where
-    S: Service<Request<CacheRequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqB: Body<Data = Bytes> + Send + 'static,
-    ReqB::Error: Send + 'static,
-    ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Send + 'static,
+    S: Inner<ReqB, ResB>,
+    ReqB: SendBody,
+    ResB: SendBody,
 {
     let (k, resolved) = match from {
         Resume::Rest(rest) => return rest.run(cfg).await,
@@ -449,13 +439,9 @@ impl<S, ReqB: Body> Rest<S, ReqB> {
     /// less to allocate and move per request.
     fn run<ResB>(self, cfg: Arc<RouteConfig>) -> super::future::Flow<Result<Answer<ResB>, S::Error>>
     where
-        S: Service<Request<CacheRequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-        ReqB: Body<Data = Bytes> + Send + 'static,
-        ReqB::Error: Send + 'static,
-        ResB: Body<Data = Bytes> + Send + 'static,
-        ResB::Error: Send + 'static,
+        S: Inner<ReqB, ResB>,
+        ReqB: SendBody,
+        ResB: SendBody,
     {
         match self {
             Rest::Unavailable { mut inner, req } => Box::pin(async move {
@@ -508,11 +494,9 @@ impl<S, ReqB: Body> Keyed<S, ReqB> {
         resolved: Result<Resolved, crate::store::StoreError>,
     ) -> Result<Answer<ResB>, Rest<S, ReqB>>
     where
-        S: Service<Request<CacheRequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
-        S::Future: Send + 'static,
-        ReqB: Body<Data = Bytes> + Send + 'static,
-        ReqB::Error: Send + 'static,
-        ResB: Body<Data = Bytes> + Send + 'static,
+        S: Inner<ReqB, ResB>,
+        ReqB: SendBody,
+        ResB: SendBody,
     {
         let Keyed {
             inner,
