@@ -423,7 +423,7 @@ const NONCE_LEN: usize = ring::aead::NONCE_LEN;
 /// The associated data: the envelope header (magic, flags, key id) and the store key.
 #[cfg(feature = "encryption")]
 fn associated_data(header: &[u8], space: &KeySpace, key: &str) -> Vec<u8> {
-    let prefix = space.entry_prefix().as_bytes();
+    let prefix = space.shard_for(key).entry_prefix().as_bytes();
     let mut aad = Vec::with_capacity(header.len() + prefix.len() + key.len());
     aad.extend_from_slice(header);
     aad.extend_from_slice(prefix);

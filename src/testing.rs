@@ -404,6 +404,9 @@ impl<S: Store> Store for FaultyStore<S> {
     fn needs_hash_tags(&self) -> bool {
         self.inner.needs_hash_tags()
     }
+    fn supports_shards(&self) -> bool {
+        self.inner.supports_shards()
+    }
 
     /// The wrapped store's bus: an [L1 tier](crate::l1) over a `FaultyStore` announces and hears
     /// invalidations as it would over the wrapped store (faults do not apply to announcements).

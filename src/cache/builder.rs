@@ -14,6 +14,7 @@ use std::time::Duration;
 pub struct CacheBuilder {
     store: Arc<dyn Store>,
     namespace: String,
+    shards: u16,
     ttl: Duration,
     op_timeout: Duration,
     bulk_timeout: Duration,
@@ -36,6 +37,7 @@ impl CacheBuilder {
         Self {
             store,
             namespace: "cache".into(),
+            shards: 1,
             ttl: Duration::from_secs(60),
             op_timeout: Duration::from_millis(100),
             bulk_timeout: Duration::from_secs(30),
@@ -68,6 +70,42 @@ impl CacheBuilder {
             "cache namespace `{ns}` must be non-empty, without `:`, `|`, braces, white space or glob characters"
         );
         self.namespace = ns;
+        self
+    }
+
+    /// Splits the namespace into `n` shards (1..=1024; default 1): each shard has its own hash
+    /// tag, invalidation clock, tombstones and tag sets, and an entry's shard follows from its
+    /// key. On a Valkey Cluster the shards' tags are chosen so that they land in evenly spaced
+    /// slots, so one namespace spreads over every primary instead of living in one slot (use at
+    /// least 8 shards per primary for an even spread: 128 suits 3 to 16 primaries).
+    ///
+    /// A read, a fill, a key invalidation and a fill lock stay one operation on one shard; a
+    /// tag or pattern invalidation is applied to every shard (concurrently) and acknowledged when
+    /// all of them applied it, so the no-stale guarantee holds per shard and so for the
+    /// namespace. The cost: a tag or pattern invalidation writes a tombstone and advances a
+    /// clock in each shard. Batches (`get_many`, `set_many`, warming) are split by shard.
+    ///
+    /// Every process sharing a namespace must use the same number of shards (the layout is
+    /// part of the key names): processes that disagree miss each other's invalidations. To
+    /// change it, move to a new namespace name. A bounded route
+    /// ([`CacheLayer::eviction`](crate::CacheLayer::eviction)) needs one shard.
+    ///
+    /// ```
+    /// use tower_valkey_cache::{Cache, MemoryStore};
+    /// let cache = Cache::builder(MemoryStore::new()).namespace("products").shards(8).build();
+    /// assert_eq!(cache.shard_count(), 8);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0 or above 1024. [`build`](Self::build) panics if `n` is above 1 and the store
+    /// does not implement sharded namespaces ([`Store::supports_shards`]).
+    pub fn shards(mut self, n: u16) -> Self {
+        assert!(
+            (1..=1024).contains(&n),
+            "CacheBuilder::shards({n}): a namespace has 1..=1024 shards"
+        );
+        self.shards = n;
         self
     }
 
@@ -321,7 +359,16 @@ impl CacheBuilder {
         };
         #[cfg(not(feature = "opentelemetry"))]
         let counters = Counters::default();
-        let space = if self.store.needs_hash_tags() {
+        assert!(
+            self.shards == 1 || self.store.supports_shards(),
+            "CacheBuilder::shards({}): the store `{}` does not implement sharded namespaces \
+             (Store::supports_shards)",
+            self.shards,
+            self.store.name()
+        );
+        let space = if self.shards > 1 {
+            KeySpace::sharded(&self.namespace, self.shards, self.tombstone_ttl)
+        } else if self.store.needs_hash_tags() {
             KeySpace::hash_tagged(&self.namespace, self.tombstone_ttl)
         } else {
             KeySpace::new(&self.namespace, self.tombstone_ttl)

@@ -121,6 +121,11 @@ impl Cache {
         &self.inner.space
     }
 
+    /// How many shards the namespace is split into ([`CacheBuilder::shards`]; 1 by default).
+    pub fn shard_count(&self) -> usize {
+        self.inner.space.shard_count()
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         self.inner.counters.snapshot()

@@ -57,6 +57,10 @@ pub(crate) struct BatchWrite {
     pub(crate) value: Bytes,
     pub(crate) ttl: Duration,
     pub(crate) tags: Vec<String>,
+    /// `Some(clock)`: store only if nothing covering the entry was invalidated after `clock`
+    /// (the clock of the entry's shard its read returned, [`LookupMany::clocks`]); None:
+    /// unconditionally.
+    pub(crate) since: Option<u64>,
 }
 
 impl Cache {
@@ -368,12 +372,11 @@ impl Cache {
         }
     }
 
-    /// Writes many entries in one operation, each guarded by `since` (None: unconditionally);
-    /// returns one [`Written`] per write, in order.
+    /// Writes many entries in one operation, each guarded by its own `since`; returns one
+    /// [`Written`] per write, in order.
     pub(crate) async fn write_many(
         &self,
         batch: &[BatchWrite],
-        since: Option<u64>,
     ) -> Result<Vec<Written>, StoreError> {
         // Tags reach the store bounded, as invalidations name them (Invalidation::into_jobs).
         let tags: Vec<_> = batch
@@ -389,7 +392,7 @@ impl Cache {
                     value: self.seal(&w.key, w.value.clone())?,
                     ttl: w.ttl,
                     tags,
-                    since,
+                    since: w.since,
                 })
             })
             .collect::<Result<_, StoreError>>()?;

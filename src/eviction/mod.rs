@@ -305,9 +305,15 @@ impl RouteEviction {
         keys: &KeySpace,
         policy: Arc<dyn EvictionPolicy>,
     ) -> Option<Self> {
+        assert!(
+            keys.shard_count() == 1,
+            "a bounded route needs a namespace of one shard (CacheBuilder::shards(1)), not {}: \
+             its capacity is one index, which cannot span shards",
+            keys.shard_count()
+        );
         Some(Self {
             store: store.ranked()?,
-            space: RankedSpace::route(keys),
+            space: RankedSpace::route(keys.shard(0)),
             policy,
         })
     }

@@ -512,9 +512,10 @@ impl Cache {
                 value: encoded,
                 ttl,
                 tags: opts.tags.clone(),
+                since: None,
             });
         }
-        self.write_many(&owned, None).await.map(|w| w.len())
+        self.write_many(&owned).await.map(|w| w.len())
     }
 
     /// Returns values for `ids` in the caller's order: cached ones from one batch read, the
@@ -578,16 +579,16 @@ impl Cache {
                         value: encoded,
                         ttl,
                         tags: opts.tags.clone(),
+                        // Guarded by the clock of the key's own shard, as read.
+                        since: found.as_ref().map(|f| f.clocks[n]),
                     });
                 }
             }
         }
-        if let Some(f) = &found {
-            if started.elapsed() < self.invalidation_window() {
-                to_store.sort_by(|a, b| a.key.cmp(&b.key));
-                to_store.dedup_by(|a, b| a.key == b.key);
-                let _ = self.write_many(&to_store, Some(f.clock)).await;
-            }
+        if found.is_some() && started.elapsed() < self.invalidation_window() {
+            to_store.sort_by(|a, b| a.key.cmp(&b.key));
+            to_store.dedup_by(|a, b| a.key == b.key);
+            let _ = self.write_many(&to_store).await;
         }
         Ok(out)
     }
@@ -619,10 +620,11 @@ impl Cache {
                     value: encoded,
                     ttl,
                     tags: opts.tags.clone(),
+                    since: None,
                 });
             }
             stored += self
-                .write_many(&batch, None)
+                .write_many(&batch)
                 .await?
                 .iter()
                 .filter(|w| **w == Written::Stored)

@@ -534,7 +534,9 @@ impl CacheLayer {
     /// # Panics
     ///
     /// If the cache's store cannot hold bounded namespaces (its [`Store::ranked`] is `None`:
-    /// not a `ValkeyStore`, a `MemoryStore`, or a store wrapping one).
+    /// not a `ValkeyStore`, a `MemoryStore`, or a store wrapping one), or if the cache's
+    /// namespace is sharded ([`CacheBuilder::shards`](crate::CacheBuilder::shards) above 1: a
+    /// bound is one index, which cannot span shards).
     ///
     /// [`Store::ranked`]: crate::store::Store::ranked
     pub fn eviction(mut self, policy: impl crate::eviction::EvictionPolicy) -> Self {

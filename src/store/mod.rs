@@ -15,8 +15,8 @@
 //!
 //! # The invalidation clock
 //!
-//! Each namespace has one clock (`app|clock`). Every invalidation advances it to one more than its
-//! last value **and at least the store's time in microseconds**, and stamps its tombstones with
+//! Each namespace (each shard of a sharded one) has one clock (`app|clock`). Every invalidation
+//! advances it to one more than its last value **and at least the store's time in microseconds**, and stamps its tombstones with
 //! the new value; every read returns it, and the fill that follows a miss passes it back as
 //! [`Write::since`]. Because the clock follows the server's time, a store that restarted empty, or
 //! failed over to a replica that had not received the latest invalidations, counts on from past
@@ -38,6 +38,12 @@
 //!
 //! On Valkey Cluster ([`ValkeyStore::cluster`]) the namespace becomes a hash tag: `{app}:user:1`,
 //! `{app}|clock`, ... ([`KeySpace::hash_tagged`]), so every key of a namespace is in one slot.
+//!
+//! A **sharded** namespace ([`KeySpace::sharded`], `CacheBuilder::shards`) has S [`Shard`]s,
+//! each with everything above under its own hash tag: `{app|K7q}:user:1`, `{app|K7q}|clock`, ...
+//! The clock is then per shard: a key's read returns its shard's clock and its fill is guarded
+//! there; a tag or pattern invalidation advances every shard's clock and leaves its tombstones
+//! in every shard.
 
 pub mod bus;
 mod glob;
@@ -121,37 +127,31 @@ impl std::error::Error for StoreError {
     }
 }
 
-/// The names of a namespace's keys in a store.
+/// The names of one shard's keys: its entries and the bookkeeping that guards them (the
+/// invalidation clock and its origin, tombstones, tag sets, fill locks, recent patterns).
+///
+/// A namespace has one shard unless it is sharded ([`KeySpace::sharded`]); each shard's keys
+/// share one hash tag on a Valkey Cluster, so every script of the cache runs on one shard's keys.
 #[derive(Clone, Debug)]
-pub struct KeySpace {
+pub struct Shard {
     entry_prefix: String,
     meta_prefix: String,
     clock_key: String,
     origin_key: String,
-    tombstone_ttl: Duration,
 }
 
-impl KeySpace {
-    /// A key space for `namespace`; tombstones live for `tombstone_ttl`.
-    pub fn new(namespace: &str, tombstone_ttl: Duration) -> Self {
+impl Shard {
+    /// A shard whose entries are named `{base}:KEY` and bookkeeping `{base}|...`.
+    fn new(base: &str) -> Self {
         Self {
-            entry_prefix: format!("{namespace}:"),
-            meta_prefix: format!("{namespace}|"),
-            clock_key: format!("{namespace}|clock"),
-            origin_key: format!("{namespace}|clock:origin"),
-            tombstone_ttl,
+            entry_prefix: format!("{base}:"),
+            meta_prefix: format!("{base}|"),
+            clock_key: format!("{base}|clock"),
+            origin_key: format!("{base}|clock:origin"),
         }
     }
 
-    /// A key space whose keys all share the hash tag `{namespace}`, so they map to one
-    /// Valkey Cluster slot and the cache's multi-key scripts (the fill guard reads the entry, the
-    /// clock, tombstones and tag sets together) run on one node. Caches on a store whose
-    /// [`Store::needs_hash_tags`] is true use it: `{app}:user:1`, `{app}|clock`, ...
-    pub fn hash_tagged(namespace: &str, tombstone_ttl: Duration) -> Self {
-        Self::new(&format!("{{{namespace}}}"), tombstone_ttl)
-    }
-
-    /// The store key of an entry.
+    /// The store key of an entry of this shard.
     pub fn entry(&self, key: &str) -> String {
         let mut s = String::with_capacity(self.entry_prefix.len() + key.len());
         s.push_str(&self.entry_prefix);
@@ -159,17 +159,18 @@ impl KeySpace {
         s
     }
 
-    /// The prefix of every entry key (`namespace:`).
+    /// The prefix of every entry key of this shard (`namespace:`, or `{namespace|TAG}:` in a
+    /// sharded namespace).
     pub fn entry_prefix(&self) -> &str {
         &self.entry_prefix
     }
 
-    /// The invalidation clock (read with every lookup, so computed once).
+    /// The shard's invalidation clock (read with every lookup, so computed once).
     pub fn clock(&self) -> &str {
         &self.clock_key
     }
 
-    /// The clock's origin: the clock value this store began counting at, so a fill that read a
+    /// The clock's origin: the clock value this shard began counting at, so a fill that read a
     /// clock from before it (the store lost its data meanwhile) is refused. See the
     /// [module docs](self#the-invalidation-clock).
     pub fn clock_origin(&self) -> &str {
@@ -181,17 +182,18 @@ impl KeySpace {
         format!("{}inv:k:{key}", self.meta_prefix)
     }
 
-    /// The tombstone left by invalidating `tag`.
+    /// The tombstone left in this shard by invalidating `tag`.
     pub fn tag_tombstone(&self, tag: &str) -> String {
         format!("{}inv:t:{tag}", self.meta_prefix)
     }
 
-    /// The set of entry keys carrying `tag`.
+    /// The set of this shard's entry keys carrying `tag`.
     pub fn tag_set(&self, tag: &str) -> String {
         format!("{}tag:{tag}", self.meta_prefix)
     }
 
-    /// Where an invalidation of `tag` moves its set while it removes the members in steps.
+    /// Where an invalidation of `tag` moves this shard's set while it removes the members in
+    /// steps.
     pub fn tag_drain(&self, tag: &str) -> String {
         format!("{}tag-drain:{tag}", self.meta_prefix)
     }
@@ -201,14 +203,169 @@ impl KeySpace {
         format!("{}lock:{key}", self.meta_prefix)
     }
 
-    /// The recently invalidated patterns (a sorted set scored by clock).
+    /// This shard's recently invalidated patterns (a sorted set scored by clock).
     pub fn patterns(&self) -> String {
         format!("{}inv:patterns", self.meta_prefix)
+    }
+}
+
+/// The names of a namespace's keys in a store: one [`Shard`], or S of them in a sharded
+/// namespace ([`KeySpace::sharded`]), each with its own clock, tombstones and tag sets.
+///
+/// An entry's shard follows from its key ([`shard_for`](Self::shard_for)); everything a keyed
+/// operation touches (the entry, its tombstone, its lock, the clock that guards its fill) is in
+/// that shard. A tag or pattern invalidation applies to every shard
+/// ([`shards`](Self::shards)).
+#[derive(Clone, Debug)]
+pub struct KeySpace {
+    shards: Arc<[Shard]>,
+    /// `{namespace|` + `?` × the tag suffix length + `}:` (sharded only): a glob prefix that
+    /// matches the entries of every shard of this namespace and of no other namespace.
+    every_shard: Option<Arc<str>>,
+    tombstone_ttl: Duration,
+}
+
+impl KeySpace {
+    /// A key space for `namespace` with one shard (`namespace:KEY`, `namespace|...`);
+    /// tombstones live for `tombstone_ttl`.
+    pub fn new(namespace: &str, tombstone_ttl: Duration) -> Self {
+        Self {
+            shards: Arc::new([Shard::new(namespace)]),
+            every_shard: None,
+            tombstone_ttl,
+        }
+    }
+
+    /// A key space whose keys all share the hash tag `{namespace}`, so they map to one
+    /// Valkey Cluster slot and the cache's multi-key scripts (the fill guard reads the entry, the
+    /// clock, tombstones and tag sets together) run on one node. Caches on a store whose
+    /// [`Store::needs_hash_tags`] is true use it when they have one shard: `{app}:user:1`,
+    /// `{app}|clock`, ...
+    pub fn hash_tagged(namespace: &str, tombstone_ttl: Duration) -> Self {
+        Self::new(&format!("{{{namespace}}}"), tombstone_ttl)
+    }
+
+    /// A key space of `shards` shards: shard `i`'s keys live under the hash tag
+    /// `{namespace|TAG_i}` (`{app|K7q}:user:1`, `{app|K7q}|clock`, ...), whose Valkey Cluster
+    /// slot lies in the `i`-th of `shards` equal slot ranges, so the shards spread evenly over
+    /// the primaries. One shard is [`hash_tagged`](Self::hash_tagged)'s layout.
+    ///
+    /// The tags and the key → shard mapping are a wire format: every process sharing a
+    /// namespace must use the same number of shards, or they miss each other's invalidations.
+    ///
+    /// # Panics
+    ///
+    /// If `shards` is 0 or more than 1024, or `namespace` holds a brace or `|`.
+    pub fn sharded(namespace: &str, shards: u16, tombstone_ttl: Duration) -> Self {
+        assert!(
+            (1..=shard::MAX_SHARDS).contains(&shards),
+            "a namespace has 1..={} shards, not {shards}",
+            shard::MAX_SHARDS
+        );
+        assert!(
+            !namespace.contains(['{', '}', '|']),
+            "namespace `{namespace}` holds a brace or `|`"
+        );
+        if shards == 1 {
+            return Self::hash_tagged(namespace, tombstone_ttl);
+        }
+        let tags = shard::shard_tags(namespace, shards);
+        let suffix_len = tags[0].len() - namespace.len() - 1;
+        let every_shard = format!("{{{namespace}|{}}}:", "?".repeat(suffix_len));
+        Self {
+            shards: tags
+                .iter()
+                .map(|t| Shard::new(&format!("{{{t}}}")))
+                .collect(),
+            every_shard: Some(every_shard.into()),
+            tombstone_ttl,
+        }
+    }
+
+    /// How many shards the namespace has (1 unless [`sharded`](Self::sharded)).
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The index (in [`shards`](Self::shards)) of `key`'s shard: decided by the part of the key
+    /// before its first `#`, so the variant and body keys derived from a key share its shard.
+    #[inline]
+    pub fn shard_of(&self, key: &str) -> usize {
+        usize::from(shard::shard_index(key, self.shards.len() as u16))
+    }
+
+    /// `key`'s shard.
+    #[inline]
+    pub fn shard_for(&self, key: &str) -> &Shard {
+        &self.shards[self.shard_of(key)]
+    }
+
+    /// Shard `i`.
+    ///
+    /// # Panics
+    ///
+    /// If `i` is not below [`shard_count`](Self::shard_count).
+    pub fn shard(&self, i: usize) -> &Shard {
+        &self.shards[i]
+    }
+
+    /// Every shard, in order.
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// The store key of an entry (in its shard).
+    pub fn entry(&self, key: &str) -> String {
+        self.shard_for(key).entry(key)
+    }
+
+    /// A glob over full store keys matching the entries that `pattern` (relative to the
+    /// namespace) names in every shard at once: `{app|???}:PAT` when sharded, else the one
+    /// shard's `app:PAT`. Exact: the tags have one length, from an alphabet without glob
+    /// characters, and `|` never occurs in a namespace.
+    pub fn entry_glob(&self, pattern: &str) -> String {
+        match &self.every_shard {
+            Some(prefix) => format!("{prefix}{pattern}"),
+            None => self.shards[0].entry(pattern),
+        }
     }
 
     /// How long tombstones live: a fill that takes longer is never stored.
     pub fn tombstone_ttl(&self) -> Duration {
         self.tombstone_ttl
+    }
+
+    /// The key (relative to the namespace) of a full entry key of this namespace, or None if
+    /// `full` is not one (another namespace's, a bookkeeping key, or in the wrong shard).
+    pub fn relative<'f>(&self, full: &'f str) -> Option<&'f str> {
+        let prefix_len = match &self.every_shard {
+            Some(glob) => glob.len(),
+            None => self.shards[0].entry_prefix.len(),
+        };
+        let key = full.get(prefix_len..)?;
+        (full.as_bytes()[..prefix_len] == *self.shard_for(key).entry_prefix.as_bytes())
+            .then_some(key)
+    }
+
+    /// Groups `keys` by shard: `(shard index, the keys in it)` for each shard holding any, in
+    /// shard order, each group in the keys' order.
+    pub fn by_shard<'k>(&self, keys: &'k [String]) -> Vec<(usize, Vec<&'k String>)> {
+        if self.shards.len() == 1 {
+            return if keys.is_empty() {
+                Vec::new()
+            } else {
+                vec![(0, keys.iter().collect())]
+            };
+        }
+        let mut groups: Vec<Vec<&String>> = vec![Vec::new(); self.shards.len()];
+        for k in keys {
+            groups[self.shard_of(k)].push(k);
+        }
+        groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, g)| !g.is_empty())
+            .collect()
     }
 }
 
@@ -227,8 +384,10 @@ pub struct Lookup {
 pub struct LookupMany {
     /// One value per key, in order.
     pub values: Vec<Option<Bytes>>,
-    /// The namespace's invalidation clock when the read happened.
-    pub clock: u64,
+    /// One invalidation clock per key, in order: the clock of the key's shard when the read
+    /// happened (every key's is the same in a namespace of one shard); the fill of key `n`
+    /// passes `clocks[n]` as its [`Write::since`].
+    pub clocks: Vec<u64>,
 }
 
 /// A write to a store.
@@ -335,6 +494,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         false
     }
 
+    /// Whether this store implements sharded namespaces ([`KeySpace::sharded`]): every keyed
+    /// operation in the key's [`Shard`], tag and pattern invalidations applied to every shard,
+    /// batches split by shard. False by default (a cache with more than one shard then refuses
+    /// to build); a store wrapping another returns the inner store's.
+    fn supports_shards(&self) -> bool {
+        false
+    }
+
     /// A short name for logs and metrics (`valkey`, `memory`).
     fn name(&self) -> &'static str;
 
@@ -415,6 +582,10 @@ impl<S: Store + ?Sized> Store for Arc<S> {
         (**self).needs_hash_tags()
     }
 
+    fn supports_shards(&self) -> bool {
+        (**self).supports_shards()
+    }
+
     fn name(&self) -> &'static str {
         (**self).name()
     }
@@ -425,5 +596,140 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     fn bus(&self) -> Option<Arc<dyn InvalidationBus>> {
         (**self).bus()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard::{key_slot, shard_range};
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    /// Every name a shard gives out for `key` and tag `t` (the strings stores use).
+    fn names(s: &Shard, key: &str) -> Vec<String> {
+        vec![
+            s.entry(key),
+            s.clock().to_owned(),
+            s.clock_origin().to_owned(),
+            s.key_tombstone(key),
+            s.tag_tombstone("t"),
+            s.tag_set("t"),
+            s.tag_drain("t"),
+            s.lock(key),
+            s.patterns(),
+        ]
+    }
+
+    /// A namespace of one shard keeps the layout of every release before sharding, byte for
+    /// byte (stored data and other processes depend on it).
+    #[test]
+    fn one_shard_keeps_the_layout() {
+        let want = |ns: &str| {
+            vec![
+                format!("{ns}:user:1"),
+                format!("{ns}|clock"),
+                format!("{ns}|clock:origin"),
+                format!("{ns}|inv:k:user:1"),
+                format!("{ns}|inv:t:t"),
+                format!("{ns}|tag:t"),
+                format!("{ns}|tag-drain:t"),
+                format!("{ns}|lock:user:1"),
+                format!("{ns}|inv:patterns"),
+            ]
+        };
+        for (space, ns) in [
+            (KeySpace::new("app", TTL), "app"),
+            (KeySpace::hash_tagged("app", TTL), "{app}"),
+            (KeySpace::sharded("app", 1, TTL), "{app}"),
+        ] {
+            assert_eq!(space.shard_count(), 1);
+            assert_eq!(space.shard_of("user:1"), 0);
+            assert_eq!(names(space.shard_for("user:1"), "user:1"), want(ns));
+            assert_eq!(space.entry("user:1"), format!("{ns}:user:1"));
+            assert_eq!(space.entry_glob("user:*"), format!("{ns}:user:*"));
+            assert_eq!(space.relative(&format!("{ns}:user:1")), Some("user:1"));
+            assert_eq!(space.relative(&format!("{ns}|clock")), None);
+        }
+    }
+
+    fn keys(n: usize) -> Vec<String> {
+        // Plain, derived (`#`), long, multibyte and empty keys.
+        let mut out: Vec<String> = (0..n).map(|i| format!("user:{i}")).collect();
+        out.extend([
+            "user:1#vary:3:abc".to_owned(),
+            "user:1#body:ff".to_owned(),
+            "é:ü:ß".to_owned(),
+            String::new(),
+            "x".repeat(300),
+        ]);
+        out
+    }
+
+    /// Every name of shard i of a sharded namespace is in the i-th slot range (so a shard's
+    /// scripts run on one node and the shards spread over the primaries); a key's names are in
+    /// its shard; derived keys share their key's shard; `relative` inverts `entry`; the glob of
+    /// every shard matches each shard's entries and nothing else.
+    #[test]
+    fn sharded_names_stay_in_their_shard_and_slot_range() {
+        for shards in [2u16, 3, 8, 128, 1000] {
+            let space = KeySpace::sharded("app", shards, TTL);
+            assert_eq!(space.shard_count(), usize::from(shards));
+            for (i, shard) in space.shards().iter().enumerate() {
+                let range = shard_range(i as u16, shards);
+                for name in names(shard, "k") {
+                    assert!(
+                        range.contains(&key_slot(name.as_bytes())),
+                        "{name} of shard {i}/{shards}: slot {} outside {range:?}",
+                        key_slot(name.as_bytes())
+                    );
+                }
+            }
+            let other = KeySpace::sharded("app2", shards, TTL);
+            let glob = space.entry_glob("user:*");
+            for k in keys(500) {
+                let i = space.shard_of(&k);
+                let shard = space.shard_for(&k);
+                assert_eq!(space.entry(&k), shard.entry(&k));
+                assert_eq!(space.relative(&space.entry(&k)), Some(k.as_str()), "{k}");
+                // The same key named in another shard is not this namespace's entry of it.
+                let wrong = space.shard((i + 1) % space.shard_count()).entry(&k);
+                assert_eq!(space.relative(&wrong), None, "{wrong}");
+                assert_eq!(space.relative(&other.entry(&k)), None);
+                assert_eq!(space.relative(shard.clock()), None);
+                let derived = format!("{k}#vary:1:ab");
+                if !k.contains('#') {
+                    assert_eq!(space.shard_of(&derived), i, "{derived}");
+                }
+                let matches = glob_match(glob.as_bytes(), space.entry(&k).as_bytes());
+                assert_eq!(matches, k.starts_with("user:"), "{glob} vs {k}");
+                assert!(!glob_match(glob.as_bytes(), other.entry(&k).as_bytes()));
+                for name in &names(shard, &k)[1..] {
+                    assert!(!glob_match(glob.as_bytes(), name.as_bytes()), "{name}");
+                }
+            }
+        }
+    }
+
+    /// `by_shard` partitions the keys: each key once, in its shard's group, in order.
+    #[test]
+    fn by_shard_partitions_keys_in_order() {
+        for shards in [1u16, 2, 16] {
+            let space = KeySpace::sharded("app", shards, TTL);
+            let ks = keys(200);
+            let groups = space.by_shard(&ks);
+            let mut seen = 0;
+            let mut last_shard = None;
+            for (s, group) in &groups {
+                assert!(last_shard < Some(*s), "shard order");
+                last_shard = Some(*s);
+                assert!(!group.is_empty());
+                let want: Vec<&String> = ks.iter().filter(|k| space.shard_of(k) == *s).collect();
+                assert_eq!(group, &want);
+                seen += group.len();
+            }
+            assert_eq!(seen, ks.len());
+            assert!(space.by_shard(&[]).is_empty());
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! operation, [`MemoryStore`](super::MemoryStore) under one lock. Both implement exactly the
 //! same rules, step by step; the crate's eviction tests run every scenario on both.
 
-use super::{KeySpace, Lookup, StoreFuture};
+use super::{KeySpace, Lookup, Shard, StoreFuture};
 use bytes::Bytes;
 use std::fmt;
 use std::time::Duration;
@@ -136,11 +136,12 @@ impl RankedSpace {
         }
     }
 
-    /// The bounded entries of a route cache's namespace (they are the namespace's entries). Its
-    /// names derive from `space` alone, so a store's invalidation finds the index of the entries
-    /// it removes (and removes their members: a no-op when the namespace is not bounded).
-    pub fn route(space: &KeySpace) -> Self {
-        let prefix = space.entry_prefix();
+    /// The bounded entries of a route cache's namespace (they are the namespace's entries; a
+    /// bounded namespace has one shard, so `shard` is [`KeySpace::shard`]`(0)`). Its names
+    /// derive from the shard alone, so a store's invalidation finds the index of the entries it
+    /// removes (and removes their members: a no-op when the namespace is not bounded).
+    pub fn route(shard: &Shard) -> Self {
+        let prefix = shard.entry_prefix();
         let ns = prefix.strip_suffix(':').unwrap_or(prefix);
         Self {
             value_prefix: prefix.to_owned(),

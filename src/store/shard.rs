@@ -16,10 +16,6 @@
 //! S = 1 is not handled here: a namespace with one shard keeps today's layout (`ns:` / `{ns}:`),
 //! and [`shard_index`] answers 0 for it without hashing.
 
-// Nothing outside this module's tests uses these items yet: `KeySpace::sharded` and the sharded
-// stores (plan commits C1 and C4) are their callers. Remove this allowance when they land.
-#![cfg_attr(not(test), allow(dead_code))]
-
 /// Valkey Cluster's number of hash slots.
 pub(crate) const SLOTS: u16 = 16384;
 
@@ -102,7 +98,10 @@ pub(crate) fn crc16(bytes: &[u8]) -> u16 {
 }
 
 /// The part of `key` Valkey Cluster hashes: the bytes between the first `{` and the first `}`
-/// after it, if there is at least one byte between them; otherwise the whole key.
+/// after it, if there is at least one byte between them; otherwise the whole key. (The crate
+/// never needs a key's slot at run time, the cluster client computes it; the tests check with it
+/// that every name of a shard lands in the shard's slot range.)
+#[cfg(test)]
 fn hashed_part(key: &[u8]) -> &[u8] {
     if let Some(open) = key.iter().position(|&b| b == b'{') {
         if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
@@ -116,6 +115,7 @@ fn hashed_part(key: &[u8]) -> &[u8] {
 
 /// The Valkey Cluster hash slot of `key` (0..16384): CRC16 of its hash tag (see [`hashed_part`])
 /// masked to 14 bits, as the server's `CLUSTER KEYSLOT` computes it.
+#[cfg(test)]
 pub(crate) fn key_slot(key: &[u8]) -> u16 {
     crc16(hashed_part(key)) & (SLOTS - 1)
 }

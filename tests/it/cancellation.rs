@@ -160,6 +160,9 @@ impl Store for Stepper {
     fn needs_hash_tags(&self) -> bool {
         self.inner.needs_hash_tags()
     }
+    fn supports_shards(&self) -> bool {
+        self.inner.supports_shards()
+    }
     fn ranked(&self) -> Option<Arc<dyn RankedStore>> {
         self.inner.ranked()
     }

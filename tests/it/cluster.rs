@@ -519,3 +519,57 @@ fn cluster_keyslot_of_the_shard_tags_is_their_target_slot() {
     assert_eq!(cluster.slot("foo{{bar}}zap"), cluster.slot("{bar"));
     assert_ne!(cluster.slot("foo{}{bar}"), cluster.slot("bar"));
 }
+
+/// Issue 17: one namespace of 128 shards spreads over every primary of the shared cluster
+/// (3 primaries): 100,000 entries written by `warm_values` (each batch split by shard), then
+/// every primary holds the mean ±10%; a pattern invalidation of `*` (fanned out to every shard,
+/// each shard's scan visiting its slot) removes every one of them and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_namespace_spreads_over_every_primary() {
+    const ENTRIES: usize = 100_000;
+    let b = support::Backend::cluster(Duration::from_secs(5)).sharded(128);
+    let cache = b
+        .builder("t_spread", Duration::from_secs(5))
+        .bulk_timeout(Duration::from_secs(60))
+        .build();
+    let other = b.cache("t_spread_other", Duration::from_secs(5));
+    other.set("kept", &1u32, &Options::default()).await.unwrap();
+    let values = (0..ENTRIES).map(|i| (format!("item:{i}"), i as u64));
+    let stored = cache
+        .warm_values(values, 1000, &Options::default())
+        .await
+        .unwrap();
+    assert_eq!(stored, ENTRIES);
+    let cluster = ValkeyCluster::shared();
+    let glob = cache.key_space().entry_glob("*");
+    let per_primary: Vec<usize> = cluster
+        .primaries()
+        .into_iter()
+        .map(|i| {
+            cluster
+                .node_cli(i, &["KEYS", &glob])
+                .lines()
+                .filter(|l| !l.is_empty())
+                .count()
+        })
+        .collect();
+    assert_eq!(per_primary.len(), 3, "{per_primary:?}");
+    assert_eq!(
+        per_primary.iter().sum::<usize>(),
+        ENTRIES,
+        "{per_primary:?}"
+    );
+    let mean = ENTRIES as f64 / per_primary.len() as f64;
+    for n in &per_primary {
+        let off = (*n as f64 - mean).abs() / mean;
+        assert!(
+            off <= 0.10,
+            "keys per primary {per_primary:?}: {n} is {off:.3} off the mean"
+        );
+    }
+    println!("keys per primary: {per_primary:?} (mean {mean:.0})");
+    let removed = cache.invalidate_pattern("*").await.unwrap();
+    assert_eq!(removed, ENTRIES as u64);
+    assert!(cluster.keys(&glob).is_empty());
+    assert_eq!(other.get::<u32>("kept").await.unwrap(), Some(1));
+}

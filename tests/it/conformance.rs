@@ -225,7 +225,7 @@ impl Store for Broken {
             let taken = self.inner.try_lock(space, key, token, lease).await?;
             if taken {
                 let mut holders = self.holders.lock().unwrap();
-                holders.insert(space.lock(key), token.to_owned());
+                holders.insert(space.shard_for(key).lock(key), token.to_owned());
             }
             Ok(taken)
         })
@@ -240,7 +240,12 @@ impl Store for Broken {
         let space = self.space(space);
         if self.fault == Fault::UnlockAnyToken {
             // Releases as whoever took the lock last.
-            let holder = self.holders.lock().unwrap().get(&space.lock(key)).cloned();
+            let holder = self
+                .holders
+                .lock()
+                .unwrap()
+                .get(&space.shard_for(key).lock(key))
+                .cloned();
             if let Some(holder) = holder {
                 return Box::pin(async move { self.inner.unlock(space, key, &holder).await });
             }

@@ -301,7 +301,7 @@ async fn route_lfu_whose_popular_keys_expired_keeps_its_capacity(store: impl Sto
     let cache = route_cache(store, &unique("reg-route-lfu"));
     let app = model::bounded_router(&cache, || Lfu::with_capacity(4), SHORT);
     let ranked = cache.store().ranked().unwrap();
-    let index = RankedSpace::route(cache.key_space());
+    let index = RankedSpace::route(cache.key_space().shard(0));
     for id in 0..3 {
         assert!(!support::get(&app, &format!("/short/{id}")).await.is_hit());
         for _ in 0..5 {
@@ -327,7 +327,7 @@ async fn route_lifo_with_ttls_keeps_its_capacity(store: impl Store) {
     let cache = route_cache(store, &unique("reg-route-lifo"));
     let app = model::bounded_router(&cache, || Lifo::with_capacity(5), SHORT);
     let ranked = cache.store().ranked().unwrap();
-    let index = RankedSpace::route(cache.key_space());
+    let index = RankedSpace::route(cache.key_space().shard(0));
     assert!(!support::get(&app, "/long/100").await.is_hit());
     for id in 0..4 {
         assert!(!support::get(&app, &format!("/short/{id}")).await.is_hit());
@@ -356,7 +356,7 @@ async fn invalidation_removes_index_members(store: impl Store) {
             .layer(InvalidateLayer::new(cache.clone()).keys(["item:{id}"])),
     );
     let ranked = cache.store().ranked().unwrap();
-    let index = RankedSpace::route(cache.key_space());
+    let index = RankedSpace::route(cache.key_space().shard(0));
     let spec = Spec::new(Scoring::FIFO, 6, STAMP_BITS);
     let fill = async |ids: std::ops::Range<u32>| {
         for id in ids {

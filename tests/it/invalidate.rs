@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{
-    eventually, get as get_req, has_entry, request, send, Backend, Resp, StoreTimeouts,
+    eventually, get as get_req, has_entry, request, send, Backend, Kind, Resp, StoreTimeouts,
     ValkeyServer,
 };
 use tower_valkey_cache::key::glob_escape;
@@ -85,11 +85,17 @@ async fn assert_present(cache: &Cache, present: &[&str], absent: &[&str]) {
 
 /// On Valkey, the entry keys of the cache's namespace (`KEYS ns:*`, without the prefix).
 async fn valkey_entries(b: &Backend, cache: &Cache) -> Option<BTreeSet<String>> {
-    let prefix = cache.key_space().entry_prefix();
-    let keys = b.keys(&format!("{}*", glob_escape(prefix))).await?;
+    // Every shard's entries (one glob covers them all), named relative to the namespace.
+    let space = cache.key_space();
+    let keys = b.keys(&space.entry_glob("*")).await?;
     Some(
         keys.into_iter()
-            .map(|k| k[prefix.len()..].to_owned())
+            .map(|k| {
+                space
+                    .relative(&k)
+                    .expect("an entry of this namespace")
+                    .to_owned()
+            })
             .collect(),
     )
 }
@@ -128,6 +134,9 @@ impl TestStore {
 impl Store for TestStore {
     fn needs_hash_tags(&self) -> bool {
         self.inner.needs_hash_tags()
+    }
+    fn supports_shards(&self) -> bool {
+        self.inner.supports_shards()
     }
 
     fn read<'a>(&'a self, space: &'a KeySpace, key: &'a str) -> StoreFuture<'a, Lookup> {
@@ -597,7 +606,7 @@ async fn programmatic_counts(b: Backend) {
     // Tag sets expire with their entries (Valkey keeps them for the longest entry's TTL).
     if let Some(server) = b.server() {
         put(&cache, "ts:1", &["short"], Duration::from_millis(100)).await;
-        let set = cache.key_space().tag_set("short");
+        let set = cache.key_space().shard_for("ts:1").tag_set("short");
         assert_eq!(server.cli::<i64>(&["EXISTS", &set]).await, 1);
         eventually(POLL, "the tag set to expire", || async {
             (server.cli::<i64>(&["EXISTS", &set]).await == 0).then_some(())
@@ -656,7 +665,9 @@ async fn glob_injection(b: Backend) {
     if let Some(server) = b.server() {
         // The neighbours are real targets: the unescaped pattern would take them.
         for raw in ["*", "?", "[a-z]"] {
-            let hit = server.keys(&format!("t_glob:user_{raw}_*")).await;
+            let hit = server
+                .keys(&cache.key_space().entry_glob(&format!("user_{raw}_*")))
+                .await;
             assert!(hit.len() > 2, "raw `{raw}` matches {hit:?}");
         }
     }
@@ -743,9 +754,13 @@ async fn separator_injection(b: Backend) {
     }
     if let Some(server) = b.server() {
         // Every id has entries of its own: 2 per id.
-        assert_eq!(server.keys("t_sep:user_*").await.len(), 2 * ids.len());
+        let space = cache.key_space();
         assert_eq!(
-            server.keys("t_sep:user_1_*").await.len(),
+            server.keys(&space.entry_glob("user_*")).await.len(),
+            2 * ids.len()
+        );
+        assert_eq!(
+            server.keys(&space.entry_glob("user_1_*")).await.len(),
             2,
             "the pattern of id 1 names only its own entries"
         );
@@ -1000,8 +1015,8 @@ async fn large_pattern(b: Backend) {
         .build();
     let other = b.cache("bigother", OP);
     let setup = Instant::now();
-    match &b {
-        Backend::Valkey { server, .. } => {
+    match &b.kind {
+        Kind::Valkey { server, .. } => {
             // Written server-side by a script: 120k SETs in well under a second.
             let script = "for i = tonumber(ARGV[2]), tonumber(ARGV[3]) - 1 do \
                             redis.call('SET', ARGV[1] .. i, 'x', 'EX', 600) end";
@@ -1027,7 +1042,7 @@ async fn large_pattern(b: Backend) {
                 }
             }
         }
-        Backend::Memory(_) | Backend::Cluster { .. } => {
+        Kind::Memory(_) | Kind::Cluster { .. } => {
             let ttl = Duration::from_secs(600);
             for i in 0..BULK_UNRELATED {
                 put(&cache, &format!("other:{i}"), &[], ttl).await;
@@ -1142,8 +1157,8 @@ pub(crate) struct Report {
     pub(crate) violations: usize,
 }
 
-/// 16 readers and 4 writers on ids 0..8 through one router until `OPS` operations are done.
-/// A violation is a read that started after the acknowledgement of version v of its id and
+/// 16 readers and 4 writers on ids 0..8 through one router until `OPS` operations are done;
+/// each write invalidates by key, tag or pattern (chosen at random). A violation is a read that started after the acknowledgement of version v of its id and
 /// answered a version older than v.
 pub(crate) async fn consistency_workload(cache: Cache) -> Report {
     let db: Arc<Vec<AtomicU64>> = Arc::new((0..IDS).map(|_| AtomicU64::new(1)).collect());
@@ -1163,11 +1178,23 @@ pub(crate) async fn consistency_workload(cache: Cache) -> Report {
             (db[id].fetch_add(1, Ordering::SeqCst) + 1).to_string()
         })
     };
-    let app = Router::new().route(
-        "/items/{id}",
-        read.route_layer(layer(&cache).key("item:{id}"))
-            .merge(write.route_layer(inv(&cache).keys(["item:{id}"]))),
-    );
+    // A write invalidates the id's entry by key, by a tag every entry of the id carries, or by
+    // a pattern naming it: in a sharded namespace the key goes to one shard, the tag and the
+    // pattern to every shard.
+    let app = Router::new()
+        .route(
+            "/items/{id}",
+            read.route_layer(layer(&cache).key("item:{id}").tags(["id:{id}"]))
+                .merge(write.clone().route_layer(inv(&cache).keys(["item:{id}"]))),
+        )
+        .route(
+            "/by-tag/{id}",
+            write.clone().route_layer(inv(&cache).tags(["id:{id}"])),
+        )
+        .route(
+            "/by-pattern/{id}",
+            write.route_layer(inv(&cache).patterns(["item:{id}"])),
+        );
 
     let ops = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -1179,7 +1206,8 @@ pub(crate) async fn consistency_workload(cache: Cache) -> Report {
             while ops.fetch_add(1, Ordering::SeqCst) < OPS {
                 let id = fastrand::usize(0..IDS);
                 if writer {
-                    let res = put_req(&app, &format!("/items/{id}")).await;
+                    let by = ["items", "by-tag", "by-pattern"][fastrand::usize(0..3)];
+                    let res = put_req(&app, &format!("/{by}/{id}")).await;
                     assert_eq!(res.status, StatusCode::OK);
                     let v: u64 = res.text().parse().unwrap();
                     acked[id].fetch_max(v, Ordering::SeqCst);
@@ -1219,6 +1247,7 @@ async fn consistency(b: Backend, guarded: bool) -> Report {
     };
     let cache = builder
         .namespace(b.namespace("t_consistency"))
+        .shards(b.shards)
         .timeout(OP)
         .build();
     let started = Instant::now();
@@ -1252,6 +1281,36 @@ async fn consistency_guarded_no_violations() {
 async fn consistency_unguarded_detects_stale_fills() {
     let r = consistency(Backend::valkey(VALKEY), false).await;
     assert!(r.violations > 0, "{r:?}");
+}
+
+/// The consistency workload in a namespace of 8 shards on one server: keys guarded in their
+/// shard, tags and patterns in every shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_consistency_guarded_no_violations() {
+    let r = consistency(Backend::valkey(VALKEY).sharded(8), true).await;
+    assert_eq!(r.violations, 0, "{r:?}");
+}
+
+/// The same, unguarded: it must record violations (the sharded runs can fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_consistency_unguarded_detects_stale_fills() {
+    let r = consistency(Backend::valkey(VALKEY).sharded(8), false).await;
+    assert!(r.violations > 0, "{r:?}");
+}
+
+/// The sharded workload on MemoryStore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_memory_consistency_guarded_no_violations() {
+    let r = consistency(Backend::memory(memory()).sharded(8), true).await;
+    assert_eq!(r.violations, 0, "{r:?}");
+}
+
+/// A namespace of 128 shards on the shared cluster: its shards sit on every primary, and a tag
+/// or pattern invalidation is applied on all of them before it is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_sharded_consistency_guarded_no_violations() {
+    let r = consistency(Backend::cluster(CLUSTER).sharded(128), true).await;
+    assert_eq!(r.violations, 0, "{r:?}");
 }
 
 /// The consistency workload on a Valkey Cluster: the guard's script runs on the namespace's
@@ -1299,6 +1358,44 @@ mod memory {
         no_stale_refill,
         queued_while_failing,
         large_pattern,
+    );
+}
+
+/// The same scenarios in a namespace of 8 shards (keys in their shard, tags and patterns in
+/// every shard), on one server and on MemoryStore, and of 128 shards on the cluster.
+// (large_pattern writes its 120,000 keys server-side in the one-shard layout; on a sharded
+// namespace it runs on MemoryStore.)
+mod valkey_sharded {
+    crate::support::on!(super::Backend::valkey(super::VALKEY).sharded(8) =>
+        invalidation_kinds,
+        programmatic_counts,
+        glob_injection,
+        separator_injection,
+        no_stale_refill,
+        queued_while_failing,
+    );
+}
+
+mod memory_sharded {
+    crate::support::on!(super::Backend::memory(super::memory()).sharded(8) =>
+        invalidation_kinds,
+        programmatic_counts,
+        glob_injection,
+        separator_injection,
+        no_stale_refill,
+        queued_while_failing,
+        large_pattern,
+    );
+}
+
+mod cluster_sharded {
+    crate::support::on!(super::Backend::cluster(super::CLUSTER).sharded(128) =>
+        invalidation_kinds,
+        programmatic_counts,
+        glob_injection,
+        separator_injection,
+        no_stale_refill,
+        queued_while_failing,
     );
 }
 

@@ -49,15 +49,11 @@ const CLUSTER: Duration = Duration::from_secs(1);
 /// Every cache's operation timeout.
 const OP: Duration = Duration::from_secs(1);
 
-/// The entry keys of namespace `ns` as Valkey lists them (`KEYS ns:*`; on the cluster
-/// hash-tagged, `{ns}:*`, all on the primary serving the namespace's slot); None on memory.
-async fn entry_keys(b: &Backend, ns: &str) -> Option<Vec<String>> {
-    let pattern = if b.is_cluster() {
-        format!("{{{}}}:*", b.namespace(ns))
-    } else {
-        format!("{ns}:*")
-    };
-    b.keys(&pattern).await
+/// The entry keys of `cache`'s namespace as Valkey lists them (`KEYS` with the glob that
+/// covers every shard: `ns:*`, `{ns}:*` on the cluster, `{ns|???}:*` when sharded); None on
+/// memory.
+async fn entry_keys(b: &Backend, cache: &Cache) -> Option<Vec<String>> {
+    b.keys(&cache.key_space().entry_glob("*")).await
 }
 
 /// Asserts that exactly these entries exist: through the store on both backends, and by name in
@@ -66,7 +62,7 @@ async fn assert_entries(b: &Backend, cache: &Cache, keys: &[&str]) {
     for k in keys {
         assert!(has_entry(cache, k).await, "no entry at `{k}`");
     }
-    if let Some(mut listed) = entry_keys(b, cache.namespace()).await {
+    if let Some(mut listed) = entry_keys(b, cache).await {
         listed.sort();
         let mut want: Vec<String> = keys.iter().map(|k| cache.key_space().entry(k)).collect();
         want.sort();
@@ -873,7 +869,7 @@ async fn keyed_by_caller(b: Backend) {
     assert_eq!((r.cache_status(), r.text()), (STORED, "me: anonymous"));
     assert_eq!(calls.get(), 3);
 
-    if let Some(keys) = entry_keys(&b, "t_me").await {
+    if let Some(keys) = entry_keys(&b, &cache).await {
         assert_eq!(keys.len(), 3, "{keys:?}");
         assert!(
             keys.iter()
@@ -1393,6 +1389,48 @@ mod cluster {
     );
 }
 
+/// The layer's scenarios in a namespace of 8 shards (one server, MemoryStore) and of 128 on
+/// the cluster.
+mod valkey_sharded {
+    crate::support::on!(super::Backend::valkey(super::VALKEY).sharded(8) =>
+        miss_then_hit,
+        key_templates,
+        key_escaping,
+        query_normalisation,
+        separator_values_keep_entries_apart,
+        never_cached_responses,
+        credentials_bypass,
+        keyed_by_caller,
+        head,
+        corrupt_entry,
+    );
+}
+
+mod cluster_sharded {
+    crate::support::on!(super::Backend::cluster(super::CLUSTER).sharded(128) =>
+        miss_then_hit,
+        key_templates,
+        key_escaping,
+        keyed_by_caller,
+        corrupt_entry,
+    );
+}
+
+mod memory_sharded {
+    crate::support::on!(super::Backend::memory(super::MemoryStore::new()).sharded(8) =>
+        miss_then_hit,
+        key_templates,
+        key_escaping,
+        query_normalisation,
+        separator_values_keep_entries_apart,
+        never_cached_responses,
+        credentials_bypass,
+        keyed_by_caller,
+        head,
+        corrupt_entry,
+    );
+}
+
 mod memory {
     crate::support::on!(super::Backend::memory(super::MemoryStore::new()) =>
         miss_then_hit,
@@ -1512,4 +1550,16 @@ fn in_process_hits_are_ready_at_once_even_without_a_runtime() {
         let calls = calls.clone();
         async move { (calls.load(Ordering::SeqCst) == 2).then_some(()) }
     }));
+}
+
+/// A bounded route is one index, which cannot span shards: asking for one on a sharded
+/// namespace is refused when the layer is built, not discovered as a wrong bound later.
+#[test]
+#[should_panic(expected = "a bounded route needs a namespace of one shard")]
+fn a_bounded_route_on_a_sharded_namespace_is_refused() {
+    let cache = Cache::builder(MemoryStore::new())
+        .namespace("t_bounded_sharded")
+        .shards(4)
+        .build();
+    let _ = CacheLayer::new(cache).eviction(tower_valkey_cache::eviction::Lru::with_capacity(10));
 }

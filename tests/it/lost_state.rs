@@ -459,10 +459,11 @@ async fn clock_rules(b: Backend) {
     assert_eq!(first, 0);
     assert_eq!(both(0).await, Written::Stored);
 
-    // The first invalidation starts the clock at the server's time.
+    // The first invalidation starts the clock at the server's time. (`k#other` is in `k`'s
+    // shard, whose clock `k`'s fill reads, in a sharded namespace too.)
     let before = now_us();
     store
-        .invalidate(&space, Target::Keys(&["other".into()]))
+        .invalidate(&space, Target::Keys(&["k#other".into()]))
         .await
         .unwrap();
     let c1 = store.read(&space, "k").await.unwrap().clock;
@@ -482,7 +483,7 @@ async fn clock_rules(b: Backend) {
     let mut last = c1;
     for _ in 0..20 {
         store
-            .invalidate(&space, Target::Keys(&["other".into()]))
+            .invalidate(&space, Target::Keys(&["k#other".into()]))
             .await
             .unwrap();
         let c = store.read(&space, "k").await.unwrap().clock;
@@ -511,4 +512,13 @@ mod cluster {
 
 mod memory {
     crate::support::on!(super::Backend::memory(super::MemoryStore::new()) => clock_rules);
+}
+
+/// The clock rules in a sharded namespace: each shard's clock (here `k`'s) obeys them.
+mod sharded {
+    crate::support::on!(super::Backend::valkey(super::VALKEY).sharded(8) => clock_rules);
+}
+
+mod memory_sharded {
+    crate::support::on!(super::Backend::memory(super::MemoryStore::new()).sharded(8) => clock_rules);
 }

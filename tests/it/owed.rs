@@ -35,6 +35,7 @@ fn faulty(b: &Backend, ns: &str, f: impl FnOnce(CacheBuilder) -> CacheBuilder) -
     let faults = store.faults();
     let builder = Cache::builder(store)
         .namespace(b.namespace(ns))
+        .shards(b.shards)
         .timeout(OP)
         // Failures in these scenarios are the point; the breaker would only hide the store.
         .circuit_breaker(1_000_000, Duration::from_millis(10));
@@ -548,6 +549,31 @@ mod cluster {
         a_slow_invalidation_is_owed_past_the_callers_wait,
         outage_of_invalidations_longer_than_the_queue,
         a_retry_past_give_up_after_becomes_a_floor,
+    );
+}
+
+/// The same scenarios in a namespace of 8 shards (one server, MemoryStore).
+mod valkey_sharded {
+    crate::support::on!(super::Backend::valkey(super::VALKEY).sharded(8) =>
+        a_late_invalidation_that_fails_is_queued_without_a_gap,
+        by_default_a_caller_waits_for_the_whole_invalidation,
+        a_slow_invalidation_is_owed_past_the_callers_wait,
+        outage_down_longer_than_the_queue,
+        outage_of_invalidations_longer_than_the_queue,
+        a_retry_past_give_up_after_becomes_a_floor,
+        duplicates_are_owed_once,
+    );
+}
+
+mod memory_sharded {
+    crate::support::on!(super::Backend::memory(super::MemoryStore::new()).sharded(8) =>
+        a_late_invalidation_that_fails_is_queued_without_a_gap,
+        by_default_a_caller_waits_for_the_whole_invalidation,
+        a_slow_invalidation_is_owed_past_the_callers_wait,
+        outage_down_longer_than_the_queue,
+        outage_of_invalidations_longer_than_the_queue,
+        a_retry_past_give_up_after_becomes_a_floor,
+        duplicates_are_owed_once,
     );
 }
 

@@ -9,7 +9,7 @@
 //! cargo test --all-features --test it tag_scale::ping_latency -- --ignored --nocapture
 //! ```
 
-use crate::support::{Backend, StoreTimeouts, ValkeyServer};
+use crate::support::{Backend, Kind, StoreTimeouts, ValkeyServer};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +29,7 @@ async fn fill_valkey(server: &ValkeyServer, space: &tower_valkey_cache::store::K
                     redis.call('SET', k, 'value', 'EX', 600) \
                     if ARGV[2] ~= '' then redis.call('SADD', ARGV[2], k) end \
                   end";
+    let space = space.shard(0);
     let set = space.tag_set("big");
     for (prefix, tag, n) in [
         (space.entry("t:"), set.as_str(), MEMBERS),
@@ -137,6 +138,7 @@ async fn one_script(server: &ValkeyServer, cache: &Cache) -> Result<u64, String>
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .unwrap();
+    let space = space.shard(0);
     let route = tower_valkey_cache::store::ranked::RankedSpace::route(space);
     redis::Script::new(ONE_SCRIPT)
         .key("ts|old-clock")
@@ -280,8 +282,8 @@ async fn ping_latency_while_a_large_tag_is_invalidated() {
 /// batch of members (before, it was one script for all of them).
 async fn large_tag_removed_in_bounded_steps(b: Backend) {
     const BATCH: usize = 500;
-    let cache = match &b {
-        Backend::Valkey { server, .. } => {
+    let cache = match &b.kind {
+        Kind::Valkey { server, .. } => {
             let store = ValkeyStore::with_config(
                 ValkeyConfig::from_url(server.url())
                     .response_timeout(Duration::from_secs(2))

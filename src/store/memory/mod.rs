@@ -5,7 +5,7 @@ mod ranked;
 use super::bus::{InvalidationBus, LocalBus};
 use super::ranked::{RankedSpace, RankedStore};
 use super::{
-    glob_match, KeySpace, Lookup, LookupMany, Store, StoreError, StoreFuture, Target, Write,
+    glob_match, KeySpace, Lookup, LookupMany, Shard, Store, StoreError, StoreFuture, Target, Write,
     Written,
 };
 use bytes::Bytes;
@@ -44,7 +44,7 @@ struct State {
     bytes: usize,
     generation: u64,
     clocks: HashMap<String, u64>,
-    /// Each clock's origin, by the clock's key ([`KeySpace::clock`]).
+    /// Each clock's origin, by the clock's key ([`Shard::clock`]).
     origins: HashMap<String, u64>,
     tombstones: HashMap<String, (u64, Instant)>,
     /// The size past which expired tombstones are purged ([`State::purge_tombstones`]).
@@ -243,10 +243,10 @@ impl State {
             .is_some_and(|(c, exp)| *c > since && *exp > now)
     }
 
-    /// Advances the namespace's clock past its last value and to at least the time in
+    /// Advances a shard's clock past its last value and to at least the time in
     /// microseconds (see the [store docs](super#the-invalidation-clock)); a clock created here
     /// starts its origin there. As `advance` in `valkey/lua/clock.lua`.
-    fn advance(&mut self, space: &KeySpace) -> u64 {
+    fn advance(&mut self, space: &Shard) -> u64 {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
@@ -259,22 +259,22 @@ impl State {
         c
     }
 
-    /// The namespace's clock (0 before its first invalidation).
-    fn clock(&self, space: &KeySpace) -> u64 {
+    /// A shard's clock (0 before its first invalidation).
+    fn clock(&self, space: &Shard) -> u64 {
         self.clocks.get(space.clock()).copied().unwrap_or(0)
     }
 
     /// Whether the store lost state since a fill read clock value `since`: the clock is behind
     /// it, or began again after it. As `lost` in `valkey/lua/clock.lua`. (A `MemoryStore` never
     /// loses its state while it lives; the rule is kept identical to Valkey's.)
-    fn lost(&self, space: &KeySpace, since: u64) -> bool {
+    fn lost(&self, space: &Shard, since: u64) -> bool {
         since > self.clock(space) || self.origins.get(space.clock()).is_some_and(|o| since < *o)
     }
 }
 
 /// Runs `f` on `space`'s store key for `key`, rendered into a per-thread buffer (a hit's read
 /// allocates no key; a nested call finds the buffer taken and renders into a new one).
-fn with_entry_key<T>(space: &KeySpace, key: &str, f: impl FnOnce(&str) -> T) -> T {
+fn with_entry_key<T>(space: &Shard, key: &str, f: impl FnOnce(&str) -> T) -> T {
     thread_local! {
         static BUF: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
     }
@@ -291,17 +291,19 @@ impl MemoryStore {
     /// A read: what both [`Store::read`] and [`Store::read_now`] answer.
     fn lookup(&self, space: &KeySpace, key: &str) -> Lookup {
         let now = Instant::now();
-        with_entry_key(space, key, |full| {
+        let shard = space.shard_for(key);
+        with_entry_key(shard, key, |full| {
             let mut s = self.lock();
             let value = s.live_value(full, now);
             Lookup {
                 value,
-                clock: s.clock(space),
+                clock: s.clock(shard),
             }
         })
     }
 
     fn write_locked(&self, st: &mut State, space: &KeySpace, w: Write<'_>) -> Written {
+        let space = space.shard_for(w.key);
         let full = space.entry(w.key);
         let now = Instant::now();
         if let Some(since) = w.since {
@@ -325,49 +327,59 @@ impl MemoryStore {
     }
 
     /// [`Store::invalidate`] on the entries: returns how many live entries it removed and the
-    /// keys (relative to the namespace) of every entry it removed.
+    /// keys (relative to the namespace) of every entry it removed. Keys advance the clocks of
+    /// the shards they are in; tags and patterns every shard's, as on Valkey.
     fn invalidate_locked(&self, space: &KeySpace, target: Target<'_>) -> (u64, Vec<String>) {
         let now = Instant::now();
         let ttl = space.tombstone_ttl();
         let mut s = self.lock();
-        let clock = s.advance(space);
         let mut removed = 0u64;
         let mut gone = Vec::new();
-        let prefix = space.entry_prefix();
         let mut relative = |full: &str| {
-            if let Some(k) = full.strip_prefix(prefix) {
+            if let Some(k) = space.relative(full) {
                 gone.push(k.to_owned());
             }
         };
         match target {
             Target::Keys(keys) => {
-                for k in keys {
-                    s.tombstone(space.key_tombstone(k), clock, ttl);
-                    removed += s.remove_live(&space.entry(k), now) as u64;
+                for (i, group) in space.by_shard(keys) {
+                    let shard = space.shard(i);
+                    let clock = s.advance(shard);
+                    for k in group {
+                        s.tombstone(shard.key_tombstone(k), clock, ttl);
+                        removed += s.remove_live(&shard.entry(k), now) as u64;
+                    }
                 }
                 gone.extend(keys.iter().cloned());
             }
+            Target::Tags([]) => {}
             Target::Tags(tags) => {
-                for t in tags {
-                    s.tombstone(space.tag_tombstone(t), clock, ttl);
-                    let members = s.tags.remove(&space.tag_set(t)).unwrap_or_default();
-                    for m in members {
-                        removed += s.remove_live(&m, now) as u64;
-                        relative(&m);
+                for shard in space.shards() {
+                    let clock = s.advance(shard);
+                    for t in tags {
+                        s.tombstone(shard.tag_tombstone(t), clock, ttl);
+                        let members = s.tags.remove(&shard.tag_set(t)).unwrap_or_default();
+                        for m in members {
+                            removed += s.remove_live(&m, now) as u64;
+                            relative(&m);
+                        }
                     }
                 }
             }
             Target::Pattern(p) => {
-                let full = space.entry(p);
-                let list = s.patterns.entry(space.patterns()).or_default();
-                while list.front().is_some_and(|(_, exp, _)| *exp <= now) {
-                    list.pop_front();
+                for shard in space.shards() {
+                    let clock = s.advance(shard);
+                    let list = s.patterns.entry(shard.patterns()).or_default();
+                    while list.front().is_some_and(|(_, exp, _)| *exp <= now) {
+                        list.pop_front();
+                    }
+                    list.push_back((clock, now + ttl, shard.entry(p)));
                 }
-                list.push_back((clock, now + ttl, full.clone()));
+                let glob = space.entry_glob(p);
                 let doomed: Vec<String> = s
                     .entries
                     .keys()
-                    .filter(|k| glob_match(full.as_bytes(), k.as_bytes()))
+                    .filter(|k| glob_match(glob.as_bytes(), k.as_bytes()))
                     .cloned()
                     .collect();
                 for k in doomed {
@@ -400,9 +412,9 @@ impl Store for MemoryStore {
             .iter()
             .map(|k| s.live(&space.entry(k), now).map(|slot| slot.value.clone()))
             .collect();
-        let clock = s.clock(space);
+        let clocks = keys.iter().map(|k| s.clock(space.shard_for(k))).collect();
         drop(s);
-        Box::pin(std::future::ready(Ok(LookupMany { values, clock })))
+        Box::pin(std::future::ready(Ok(LookupMany { values, clocks })))
     }
 
     fn write_many<'a>(
@@ -429,9 +441,11 @@ impl Store for MemoryStore {
     fn invalidate<'a>(&'a self, space: &'a KeySpace, target: Target<'a>) -> StoreFuture<'a, u64> {
         // The members of the removed entries leave the namespace's route index in the same step
         // (a no-op when the namespace is not bounded), as on Valkey.
-        let removed = self.bounded.invalidate(&RankedSpace::route(space), || {
-            self.invalidate_locked(space, target)
-        });
+        let removed = self
+            .bounded
+            .invalidate(&RankedSpace::route(space.shard(0)), || {
+                self.invalidate_locked(space, target)
+            });
         Box::pin(std::future::ready(Ok(removed)))
     }
 
@@ -444,7 +458,7 @@ impl Store for MemoryStore {
     ) -> StoreFuture<'a, bool> {
         let now = Instant::now();
         let mut s = self.lock();
-        let lock = space.lock(key);
+        let lock = space.shard_for(key).lock(key);
         let taken = match s.locks.get(&lock) {
             Some((_, until)) if *until > now => false,
             _ => {
@@ -468,7 +482,7 @@ impl Store for MemoryStore {
         token: &'a str,
     ) -> StoreFuture<'a, ()> {
         let mut s = self.lock();
-        let lock = space.lock(key);
+        let lock = space.shard_for(key).lock(key);
         if s.locks.get(&lock).is_some_and(|(t, _)| t == token) {
             s.locks.remove(&lock);
         }
@@ -481,6 +495,10 @@ impl Store for MemoryStore {
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn supports_shards(&self) -> bool {
+        true
     }
 
     fn ranked(&self) -> Option<Arc<dyn RankedStore>> {

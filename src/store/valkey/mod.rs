@@ -42,8 +42,8 @@ mod unstable;
 pub use config::ValkeyConfig;
 
 use super::{
-    InvalidationBus, KeySpace, Lookup, LookupMany, RankedStore, Store, StoreError, StoreErrorKind,
-    StoreFuture, Target, Write, Written,
+    InvalidationBus, KeySpace, Lookup, LookupMany, RankedStore, Shard, Store, StoreError,
+    StoreErrorKind, StoreFuture, Target, Write, Written,
 };
 use bytes::Bytes;
 use config::{CLUSTER_RETRIES, CLUSTER_RETRY_WAIT_MAX_MS, CLUSTER_RETRY_WAIT_MIN_MS};
@@ -228,31 +228,51 @@ impl ValkeyStore {
         self.inner.connect_timeout
     }
 
-    /// Invalidates `tags` on the bulk lane: the first script advances the clock, leaves every
-    /// tombstone and removes up to a batch of members; each further script removes one more
-    /// batch of a tag with members left (see `lua/tag_step.lua`). Returns the entries removed.
+    /// Invalidates `tags` in every shard of `space`, the shards concurrently on the bulk lane
+    /// (pipelined on its connection); the sum of what they removed once every shard applied
+    /// them (see [`Self::invalidate_tags_in`]).
     async fn invalidate_tags(
         &self,
         space: &KeySpace,
         tags: &[String],
         ttl: u64,
     ) -> Result<u64, StoreError> {
+        let (lane, id, conn) = self.bulk().await?;
+        let counts = futures_util::future::try_join_all(space.shards().iter().map(|shard| {
+            let mut conn = conn.clone();
+            async move {
+                self.invalidate_tags_in(&mut conn, shard, tags, ttl)
+                    .await
+                    .map_err(|e| self.failed(lane, id, e))
+            }
+        }))
+        .await?;
+        Ok(counts.into_iter().sum())
+    }
+
+    /// Invalidates `tags` in one shard: the first script advances the shard's clock, leaves
+    /// every tombstone and removes up to a batch of members; each further script removes one
+    /// more batch of a tag with members left (see `lua/tag_step.lua`). Returns the entries
+    /// removed.
+    async fn invalidate_tags_in(
+        &self,
+        conn: &mut conn::Conn,
+        shard: &Shard,
+        tags: &[String],
+        ttl: u64,
+    ) -> Result<u64, redis::RedisError> {
         let batch = self.inner.invalidation_batch;
-        let route = super::ranked::RankedSpace::route(space);
-        let (lane, id, mut conn) = self.bulk().await?;
+        let route = super::ranked::RankedSpace::route(shard);
         let mut inv = scripts().tags.prepare_invoke();
-        inv.key(space.clock()).key(space.clock_origin());
-        ranked::route_index_keys(&mut inv, space);
+        inv.key(shard.clock()).key(shard.clock_origin());
+        ranked::route_index_keys(&mut inv, shard);
         for t in tags {
-            inv.key(space.tag_set(t))
-                .key(space.tag_tombstone(t))
-                .key(space.tag_drain(t));
+            inv.key(shard.tag_set(t))
+                .key(shard.tag_tombstone(t))
+                .key(shard.tag_drain(t));
         }
-        inv.arg(ttl).arg(space.entry_prefix()).arg(batch);
-        let first: Vec<u64> = inv
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(lane, id, e))?;
+        inv.arg(ttl).arg(shard.entry_prefix()).arg(batch);
+        let first: Vec<u64> = inv.invoke_async(conn).await?;
         let mut removed = first.first().copied().unwrap_or(0);
         for left in first.get(1..).unwrap_or_default().chunks_exact(2) {
             let Some(tag) = (left[0] as usize).checked_sub(1).and_then(|i| tags.get(i)) else {
@@ -264,15 +284,12 @@ impl ValkeyStore {
                 inv.key(&route.index)
                     .key(&route.seq)
                     .key(&route.expiry)
-                    .key(space.tag_set(tag))
-                    .key(space.tag_drain(tag))
-                    .arg(space.entry_prefix())
+                    .key(shard.tag_set(tag))
+                    .key(shard.tag_drain(tag))
+                    .arg(shard.entry_prefix())
                     .arg(batch)
                     .arg(u8::from(rename));
-                let (n, more, still): (u64, u8, u8) = inv
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| self.failed(lane, id, e))?;
+                let (n, more, still): (u64, u8, u8) = inv.invoke_async(conn).await?;
                 removed += n;
                 rename = still == 1;
                 if more == 0 {
@@ -281,6 +298,51 @@ impl ValkeyStore {
             }
         }
         Ok(removed)
+    }
+
+    /// Invalidates the entries matching `pattern` (relative to the namespace): records the
+    /// pattern in every shard (advancing its clock, so fills in flight that it covers are
+    /// refused), the shards concurrently, then unlinks what matches.
+    async fn invalidate_pattern(
+        &self,
+        space: &KeySpace,
+        pattern: &str,
+        ttl: u64,
+    ) -> Result<u64, StoreError> {
+        let (lane, id, conn) = self.bulk().await?;
+        futures_util::future::try_join_all(space.shards().iter().map(|shard| {
+            let mut conn = conn.clone();
+            let mut inv = scripts().pattern.prepare_invoke();
+            inv.key(shard.clock())
+                .key(shard.clock_origin())
+                .key(shard.patterns())
+                .arg(ttl)
+                .arg(shard.entry(pattern));
+            async move {
+                let _clock: u64 = inv
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.failed(lane, id, e))?;
+                Ok::<_, StoreError>(())
+            }
+        }))
+        .await?;
+        if space.shard_count() == 1 {
+            let shard = space.shard(0);
+            let route = super::ranked::RankedSpace::route(shard);
+            return self
+                .scan_unlink(&[shard.entry(pattern)], Some(&route))
+                .await;
+        }
+        // A sharded namespace has no bounded routes (eviction refuses it): nothing to forget.
+        // On a cluster each shard's glob names one slot (Valkey 8 scans only that slot); on one
+        // server one glob covers every shard in one pass.
+        let globs: Vec<String> = if self.is_cluster() {
+            space.shards().iter().map(|s| s.entry(pattern)).collect()
+        } else {
+            vec![space.entry_glob(pattern)]
+        };
+        self.scan_unlink(&globs, None).await
     }
 }
 
@@ -329,8 +391,9 @@ fn ms(d: Duration) -> u64 {
 impl Store for ValkeyStore {
     fn read<'a>(&'a self, space: &'a KeySpace, key: &'a str) -> StoreFuture<'a, Lookup> {
         Box::pin(async move {
-            let entry = space.entry(key);
-            let clock_key = space.clock();
+            let shard = space.shard_for(key);
+            let entry = shard.entry(key);
+            let clock_key = shard.clock();
             let (value, clock): (Option<Bytes>, Option<u64>) = self
                 .run(async |c| {
                     redis::cmd("MGET")
@@ -349,7 +412,8 @@ impl Store for ValkeyStore {
 
     fn write<'a>(&'a self, space: &'a KeySpace, w: Write<'a>) -> StoreFuture<'a, Written> {
         Box::pin(async move {
-            let entry = space.entry(w.key);
+            let shard = space.shard_for(w.key);
+            let entry = shard.entry(w.key);
             if w.since.is_none() && w.tags.is_empty() {
                 let () = self
                     .run(async |c| {
@@ -366,17 +430,13 @@ impl Store for ValkeyStore {
             }
             let mut inv = scripts().fill.prepare_invoke();
             inv.key(&entry)
-                .key(space.key_tombstone(w.key))
-                .key(space.patterns())
-                .key(space.clock())
-                .key(space.clock_origin());
-            push_write(&mut inv, space, &w);
+                .key(shard.key_tombstone(w.key))
+                .key(shard.patterns())
+                .key(shard.clock())
+                .key(shard.clock_origin());
+            push_write(&mut inv, shard, &w);
             let stored: i64 = self.run(async |c| inv.invoke_async(c).await).await?;
-            Ok(if stored == 1 {
-                Written::Stored
-            } else {
-                Written::Superseded
-            })
+            Ok(written(stored))
         })
     }
 
@@ -389,19 +449,46 @@ impl Store for ValkeyStore {
             if keys.is_empty() {
                 return Ok(LookupMany::default());
             }
+            // One MGET: the entries, then the clock of each shard they are in (on a cluster the
+            // client splits it by slot, and each entry shares its slot with its shard's clock).
+            let shard_of: Vec<usize> = keys.iter().map(|k| space.shard_of(k)).collect();
+            let mut clock_at = vec![usize::MAX; space.shard_count()];
+            let mut clock_keys = Vec::new();
+            for &s in &shard_of {
+                if clock_at[s] == usize::MAX {
+                    clock_at[s] = clock_keys.len();
+                    clock_keys.push(space.shard(s).clock());
+                }
+            }
             let mut cmd = redis::cmd("MGET");
             for k in keys {
                 cmd.arg(space.entry(k));
             }
-            cmd.arg(space.clock());
+            for c in &clock_keys {
+                cmd.arg(*c);
+            }
             let mut values: Vec<Option<Bytes>> =
                 self.run(async |c| cmd.query_async(c).await).await?;
-            let clock = values
-                .pop()
-                .flatten()
-                .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
-                .unwrap_or(0);
-            Ok(LookupMany { values, clock })
+            if values.len() != keys.len() + clock_keys.len() {
+                return Err(StoreError::new(
+                    StoreErrorKind::Server,
+                    format!(
+                        "MGET of {} keys answered {} values",
+                        keys.len() + clock_keys.len(),
+                        values.len()
+                    ),
+                ));
+            }
+            let clocks_read: Vec<u64> = values
+                .split_off(keys.len())
+                .into_iter()
+                .map(|v| {
+                    v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+                        .unwrap_or(0)
+                })
+                .collect();
+            let clocks = shard_of.iter().map(|&s| clocks_read[clock_at[s]]).collect();
+            Ok(LookupMany { values, clocks })
         })
     }
 
@@ -414,25 +501,45 @@ impl Store for ValkeyStore {
             if writes.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut inv = scripts().fill_many.prepare_invoke();
-            inv.key(space.patterns())
-                .key(space.clock())
-                .key(space.clock_origin());
-            for w in &writes {
-                inv.key(space.entry(w.key)).key(space.key_tombstone(w.key));
-                push_write(&mut inv, space, w);
+            // One `fill_many.lua` per shard the writes are in (its keys share the shard's hash
+            // tag), the shards concurrently; the answers back in the writes' order.
+            let mut groups: Vec<Vec<usize>> = vec![Vec::new(); space.shard_count()];
+            for (n, w) in writes.iter().enumerate() {
+                groups[space.shard_of(w.key)].push(n);
             }
-            let out: Vec<i64> = self.run(async |c| inv.invoke_async(c).await).await?;
-            Ok(out
-                .into_iter()
-                .map(|r| {
-                    if r == 1 {
-                        Written::Stored
-                    } else {
-                        Written::Superseded
-                    }
-                })
-                .collect())
+            let writes = &writes;
+            let answers = futures_util::future::try_join_all(
+                groups
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, g)| !g.is_empty())
+                    .map(|(s, group)| async move {
+                        let shard = space.shard(s);
+                        let mut inv = scripts().fill_many.prepare_invoke();
+                        inv.key(shard.patterns())
+                            .key(shard.clock())
+                            .key(shard.clock_origin());
+                        for &n in group {
+                            let w = &writes[n];
+                            inv.key(shard.entry(w.key)).key(shard.key_tombstone(w.key));
+                            push_write(&mut inv, shard, w);
+                        }
+                        let out: Vec<i64> = self.run(async |c| inv.invoke_async(c).await).await?;
+                        if out.len() != group.len() {
+                            return Err(StoreError::new(
+                                StoreErrorKind::Server,
+                                format!("fill_many of {} answered {}", group.len(), out.len()),
+                            ));
+                        }
+                        Ok(group.iter().copied().zip(out).collect::<Vec<_>>())
+                    }),
+            )
+            .await?;
+            let mut out = vec![Written::Superseded; writes.len()];
+            for (n, r) in answers.into_iter().flatten() {
+                out[n] = written(r);
+            }
+            Ok(out)
         })
     }
 
@@ -442,32 +549,28 @@ impl Store for ValkeyStore {
             match target {
                 Target::Keys(keys) | Target::Tags(keys) if keys.is_empty() => Ok(0),
                 Target::Keys(keys) => {
-                    let mut inv = scripts().keys.prepare_invoke();
-                    inv.key(space.clock()).key(space.clock_origin());
-                    ranked::route_index_keys(&mut inv, space);
-                    for k in keys {
-                        inv.key(space.entry(k)).key(space.key_tombstone(k));
-                    }
-                    inv.arg(ttl).arg(keys);
-                    self.run(async |c| inv.invoke_async(c).await).await
+                    // One `invalidate_keys.lua` per shard the keys are in, concurrently.
+                    let counts = futures_util::future::try_join_all(
+                        space.by_shard(keys).into_iter().map(|(s, group)| {
+                            let shard = space.shard(s);
+                            let mut inv = scripts().keys.prepare_invoke();
+                            inv.key(shard.clock()).key(shard.clock_origin());
+                            ranked::route_index_keys(&mut inv, shard);
+                            for k in &group {
+                                inv.key(shard.entry(k)).key(shard.key_tombstone(k));
+                            }
+                            inv.arg(ttl).arg(group);
+                            async move {
+                                let n: u64 = self.run(async |c| inv.invoke_async(c).await).await?;
+                                Ok::<_, StoreError>(n)
+                            }
+                        }),
+                    )
+                    .await?;
+                    Ok(counts.into_iter().sum())
                 }
                 Target::Tags(tags) => self.invalidate_tags(space, tags, ttl).await,
-                Target::Pattern(p) => {
-                    let full = space.entry(p);
-                    let mut inv = scripts().pattern.prepare_invoke();
-                    inv.key(space.clock())
-                        .key(space.clock_origin())
-                        .key(space.patterns())
-                        .arg(ttl)
-                        .arg(&full);
-                    let (lane, id, mut conn) = self.bulk().await?;
-                    let _clock: u64 = inv
-                        .invoke_async(&mut conn)
-                        .await
-                        .map_err(|e| self.failed(lane, id, e))?;
-                    self.scan_unlink(&full, &super::ranked::RankedSpace::route(space))
-                        .await
-                }
+                Target::Pattern(p) => self.invalidate_pattern(space, p, ttl).await,
             }
         })
     }
@@ -480,7 +583,7 @@ impl Store for ValkeyStore {
         lease: Duration,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let lock = space.lock(key);
+            let lock = space.shard_for(key).lock(key);
             let r: Option<String> = self
                 .run(async |c| {
                     redis::cmd("SET")
@@ -505,7 +608,7 @@ impl Store for ValkeyStore {
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let mut inv = scripts().unlock.prepare_invoke();
-            inv.key(space.lock(key)).arg(token);
+            inv.key(space.shard_for(key).lock(key)).arg(token);
             let _: i64 = self.run(async |c| inv.invoke_async(c).await).await?;
             Ok(())
         })
@@ -524,6 +627,10 @@ impl Store for ValkeyStore {
         self.is_cluster()
     }
 
+    fn supports_shards(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "valkey"
     }
@@ -539,15 +646,24 @@ impl Store for ValkeyStore {
 
 /// The part of a guarded write that `fill.lua` and `fill_many.lua` read alike, after the entry's
 /// own keys: its tags' tombstones and sets, then value, TTL, the clock it read and the tag count.
-fn push_write(inv: &mut redis::ScriptInvocation<'_>, space: &KeySpace, w: &Write<'_>) {
+fn push_write(inv: &mut redis::ScriptInvocation<'_>, shard: &Shard, w: &Write<'_>) {
     for t in w.tags {
-        inv.key(space.tag_tombstone(t));
+        inv.key(shard.tag_tombstone(t));
     }
     for t in w.tags {
-        inv.key(space.tag_set(t));
+        inv.key(shard.tag_set(t));
     }
     inv.arg(w.value.as_ref())
         .arg(ms(w.ttl))
         .arg(w.since.map_or(-1i64, |s| s as i64))
         .arg(w.tags.len());
+}
+
+/// A fill script's answer: 1 stored, anything else superseded.
+fn written(answer: i64) -> Written {
+    if answer == 1 {
+        Written::Stored
+    } else {
+        Written::Superseded
+    }
 }

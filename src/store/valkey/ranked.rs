@@ -11,7 +11,7 @@
 
 use super::ValkeyStore;
 use crate::store::ranked::{Evict, RankedSpace as Space, RankedStore, Spec, Touch, TRIM_BATCH};
-use crate::store::{KeySpace, Lookup, StoreError, StoreFuture};
+use crate::store::{KeySpace, Lookup, Shard, StoreError, StoreFuture};
 use bytes::Bytes;
 use deadpool_redis::redis;
 use std::sync::OnceLock;
@@ -101,10 +101,10 @@ fn policy_args(inv: &mut redis::ScriptInvocation<'_>, space: &Space, spec: &Spec
         .arg(TRIM_BATCH);
 }
 
-/// Adds the keys of `space`'s route index (index, counter, expiry index) to an invalidation
+/// Adds the keys of `shard`'s route index (index, counter, expiry index) to an invalidation
 /// script that includes [`FORGET`]: it removes the members of the entries it deletes.
-pub(super) fn route_index_keys(inv: &mut redis::ScriptInvocation<'_>, space: &KeySpace) {
-    let route = Space::route(space);
+pub(super) fn route_index_keys(inv: &mut redis::ScriptInvocation<'_>, shard: &Shard) {
+    let route = Space::route(shard);
     inv.key(route.index).key(route.seq).key(route.expiry);
 }
 
@@ -226,7 +226,8 @@ async fn route_read(
 ) -> Result<Lookup, StoreError> {
     let mut inv = scripts().route_read.prepare_invoke();
     policy_args(&mut inv, space, &spec);
-    inv.key(keys.entry(key)).key(keys.clock()).arg(key);
+    let shard = keys.shard_for(key);
+    inv.key(shard.entry(key)).key(shard.clock()).arg(key);
     let (value, clock): (Option<Bytes>, Option<u64>) =
         store.run(async |c| inv.invoke_async(c).await).await?;
     Ok(Lookup {

@@ -12,43 +12,53 @@ use crate::store::{StoreError, StoreErrorKind};
 use deadpool_redis::cluster::ClusterConnection;
 use deadpool_redis::redis;
 use deadpool_redis::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use futures_util::{StreamExt, TryStreamExt};
+
+/// How many `SCAN` loops of a cluster pattern invalidation run at once.
+const SCANS_IN_FLIGHT: usize = 32;
 
 impl ValkeyStore {
-    /// Unlinks every key matching `pattern` and removes their members from `index`.
+    /// Unlinks every key matching one of `globs` and removes their members from `index` (the
+    /// namespace's route index, if it may have one).
     pub(super) async fn scan_unlink(
         &self,
-        pattern: &str,
-        index: &RankedSpace,
+        globs: &[String],
+        index: Option<&RankedSpace>,
     ) -> Result<u64, StoreError> {
         if let Conns::Cluster { .. } = &self.inner.conns {
-            return self.scan_unlink_cluster(pattern, index).await;
+            return self.scan_unlink_cluster(globs, index).await;
         }
         let (lane, id, mut conn) = self.bulk().await?;
         let failed = |e| self.failed(lane, id, e);
-        let mut cursor: u64 = 0;
         let mut removed = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .scan_cmd(cursor, pattern)
-                .query_async(&mut conn)
-                .await
-                .map_err(failed)?;
-            if !keys.is_empty() {
-                let n: u64 = redis::cmd("UNLINK")
-                    .arg(&keys)
+        for glob in globs {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = self
+                    .scan_cmd(cursor, glob)
                     .query_async(&mut conn)
                     .await
                     .map_err(failed)?;
-                removed += n;
-                forget_unlinked(&mut conn, index, &keys)
-                    .await
-                    .map_err(failed)?;
+                if !keys.is_empty() {
+                    let n: u64 = redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(failed)?;
+                    removed += n;
+                    if let Some(index) = index {
+                        forget_unlinked(&mut conn, index, &keys)
+                            .await
+                            .map_err(failed)?;
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
         }
+        Ok(removed)
     }
 
     fn scan_cmd(&self, cursor: u64, pattern: &str) -> redis::Cmd {
@@ -61,13 +71,14 @@ impl ValkeyStore {
         cmd
     }
 
-    /// `SCAN` on every primary (from `CLUSTER NODES`), so keys of a slot that is migrating
-    /// between two primaries are found on both; the keys found are unlinked through the cluster
-    /// connection, routed by slot (`ASK`/`MOVED` followed).
+    /// `SCAN` on every primary (from `CLUSTER NODES`, read once), so keys of a slot that is
+    /// migrating between two primaries are found on both; the keys found are unlinked through
+    /// the cluster connection, routed by slot (`ASK`/`MOVED` followed). A glob that begins with
+    /// a hash tag (every glob the crate builds on a cluster) makes Valkey 8 scan that slot only.
     async fn scan_unlink_cluster(
         &self,
-        pattern: &str,
-        index: &RankedSpace,
+        globs: &[String],
+        index: Option<&RankedSpace>,
     ) -> Result<u64, StoreError> {
         let (lane, id, conn) = self.bulk().await?;
         let Conn::Cluster(mut conn) = conn else {
@@ -92,34 +103,58 @@ impl ValkeyStore {
                 "CLUSTER NODES lists no reachable primary",
             ));
         }
-        let mut removed = 0u64;
-        for (host, port) in primaries {
-            let mut cursor: u64 = 0;
-            loop {
-                let reply = conn
-                    .route_command(
-                        self.scan_cmd(cursor, pattern),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                            host: host.clone(),
-                            port,
-                        }),
-                    )
-                    .await
-                    .map_err(failed)?;
-                let (next, keys): (u64, Vec<String>) = redis::from_redis_value(reply)
-                    .map_err(|e| StoreError::new(StoreErrorKind::Server, format!("SCAN: {e}")))?;
-                if !keys.is_empty() {
-                    removed += unlink_cluster(&mut conn, &keys).await?;
-                    forget_unlinked(&mut conn, index, &keys)
-                        .await
-                        .map_err(failed)?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
+        // Every (primary, glob) scan concurrently, at most SCANS_IN_FLIGHT at once (the
+        // cluster connection pipelines them per node): a sharded namespace has a glob per
+        // shard, each visiting one slot.
+        let mut scans = Vec::with_capacity(primaries.len() * globs.len());
+        for (host, port) in &primaries {
+            for glob in globs {
+                scans.push((host.clone(), *port, glob.clone()));
             }
         }
+        let scans: Vec<_> = scans
+            .into_iter()
+            .map(|(host, port, glob)| {
+                let mut conn = conn.clone();
+                async move {
+                    let mut removed = 0u64;
+                    let mut cursor: u64 = 0;
+                    loop {
+                        let reply = conn
+                            .route_command(
+                                self.scan_cmd(cursor, &glob),
+                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                                    host: host.clone(),
+                                    port,
+                                }),
+                            )
+                            .await
+                            .map_err(failed)?;
+                        let (next, keys): (u64, Vec<String>) = redis::from_redis_value(reply)
+                            .map_err(|e| {
+                                StoreError::new(StoreErrorKind::Server, format!("SCAN: {e}"))
+                            })?;
+                        if !keys.is_empty() {
+                            removed += unlink_cluster(&mut conn, &keys).await?;
+                            if let Some(index) = index {
+                                forget_unlinked(&mut conn, index, &keys)
+                                    .await
+                                    .map_err(failed)?;
+                            }
+                        }
+                        if next == 0 {
+                            return Ok::<_, StoreError>(removed);
+                        }
+                        cursor = next;
+                    }
+                }
+            })
+            .collect();
+        let counts: Vec<u64> = futures_util::stream::iter(scans)
+            .buffer_unordered(SCANS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let removed = counts.into_iter().sum();
         Ok(removed)
     }
 }

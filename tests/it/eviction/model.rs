@@ -592,7 +592,7 @@ async fn route_attempt<S: Store, P: EvictionPolicy>(
         .build();
     let app = bounded_router(&cache, make, short);
     let ranked = cache.store().ranked().unwrap();
-    let index = RankedSpace::route(cache.key_space());
+    let index = RankedSpace::route(cache.key_space().shard(0));
     let mut clock = Clock::new(short);
     for (n, op) in ops.iter().enumerate() {
         match *op {

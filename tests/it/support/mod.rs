@@ -278,7 +278,16 @@ pub(crate) use on;
 /// What a scenario written once runs on: its own single Valkey server, the binary's
 /// [shared](ValkeyCluster::shared) cluster (each test in its own namespaces, see
 /// [`namespace`](Self::namespace)), or a `MemoryStore`.
-pub enum Backend {
+pub struct Backend {
+    /// Where the store is.
+    pub kind: Kind,
+    /// The shards of every cache [`builder`](Backend::builder) builds (1 unless
+    /// [`sharded`](Backend::sharded)).
+    pub shards: u16,
+}
+
+/// The store a [`Backend`] runs on.
+pub enum Kind {
     /// A `valkey-server` of this test alone.
     Valkey {
         server: ValkeyServer,
@@ -294,44 +303,56 @@ pub enum Backend {
     Memory(MemoryStore),
 }
 
+impl From<Kind> for Backend {
+    fn from(kind: Kind) -> Self {
+        Backend { kind, shards: 1 }
+    }
+}
+
 impl Backend {
+    /// This backend, with every cache [`builder`](Self::builder) builds split into `shards`
+    /// shards (`CacheBuilder::shards`).
+    pub fn sharded(mut self, shards: u16) -> Self {
+        self.shards = shards;
+        self
+    }
+
     /// A new single server, with a store on it with the timeouts `t`.
     pub fn valkey(t: StoreTimeouts) -> Self {
         let server = ValkeyServer::start();
         let store = valkey_store(&server, t);
-        Backend::Valkey { server, store }
+        Kind::Valkey { server, store }.into()
     }
 
     /// The shared cluster, through a store with `timeout` for connecting and for responses.
     pub fn cluster(timeout: Duration) -> Self {
         let (cluster, store, suffix) = shared_cluster_store(timeout);
-        Backend::Cluster {
+        Kind::Cluster {
             cluster,
             store,
             suffix,
         }
+        .into()
     }
 
     /// `store` (e.g. `MemoryStore::new()`).
     pub fn memory(store: MemoryStore) -> Self {
-        Backend::Memory(store)
+        Kind::Memory(store).into()
     }
 
     /// The store, to share between caches.
     pub fn store(&self) -> Arc<dyn Store> {
-        match self {
-            Backend::Valkey { store, .. } | Backend::Cluster { store, .. } => {
-                Arc::new(store.clone())
-            }
-            Backend::Memory(store) => Arc::new(store.clone()),
+        match &self.kind {
+            Kind::Valkey { store, .. } | Kind::Cluster { store, .. } => Arc::new(store.clone()),
+            Kind::Memory(store) => Arc::new(store.clone()),
         }
     }
 
     /// The namespace this test uses for `ns`: `ns` itself, with this test's suffix on the
     /// shared cluster.
     pub fn namespace(&self, ns: &str) -> String {
-        match self {
-            Backend::Cluster { suffix, .. } => suffixed(ns, suffix),
+        match &self.kind {
+            Kind::Cluster { suffix, .. } => suffixed(ns, suffix),
             _ => ns.to_owned(),
         }
     }
@@ -340,6 +361,7 @@ impl Backend {
     pub fn builder(&self, ns: &str, op: Duration) -> CacheBuilder {
         Cache::builder_shared(self.store())
             .namespace(self.namespace(ns))
+            .shards(self.shards)
             .timeout(op)
     }
 
@@ -350,8 +372,8 @@ impl Backend {
 
     /// The single server, if this is one.
     pub fn server(&self) -> Option<&ValkeyServer> {
-        match self {
-            Backend::Valkey { server, .. } => Some(server),
+        match &self.kind {
+            Kind::Valkey { server, .. } => Some(server),
             _ => None,
         }
     }
@@ -362,24 +384,24 @@ impl Backend {
     ///
     /// If this is not a single server: the scenario only makes sense on one.
     pub fn server_mut(&mut self) -> &mut ValkeyServer {
-        match self {
-            Backend::Valkey { server, .. } => server,
+        match &mut self.kind {
+            Kind::Valkey { server, .. } => server,
             _ => panic!("this scenario needs a single Valkey server"),
         }
     }
 
     /// Whether this is the shared cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Backend::Cluster { .. })
+        matches!(self.kind, Kind::Cluster { .. })
     }
 
     /// Every key matching `pattern` as Valkey lists them (`KEYS`, on every primary of the
     /// cluster), sorted; None on memory.
     pub async fn keys(&self, pattern: &str) -> Option<Vec<String>> {
-        match self {
-            Backend::Valkey { server, .. } => Some(server.keys(pattern).await),
-            Backend::Cluster { cluster, .. } => Some(cluster.keys(pattern)),
-            Backend::Memory(_) => None,
+        match &self.kind {
+            Kind::Valkey { server, .. } => Some(server.keys(pattern).await),
+            Kind::Cluster { cluster, .. } => Some(cluster.keys(pattern)),
+            Kind::Memory(_) => None,
         }
     }
 
@@ -388,18 +410,18 @@ impl Backend {
     pub async fn put_raw(&self, store_key: &str, value: &[u8]) {
         let mut cmd = redis::cmd("SET");
         cmd.arg(store_key).arg(value).arg("EX").arg(60);
-        match self {
-            Backend::Valkey { server, .. } => {
+        match &self.kind {
+            Kind::Valkey { server, .. } => {
                 let () = server.query(&cmd).await;
             }
-            Backend::Cluster { store, .. } => {
+            Kind::Cluster { store, .. } => {
                 let mut conn = store
                     .cluster_connection()
                     .await
                     .expect("cluster connection");
                 let () = cmd.query_async(&mut conn).await.expect("SET");
             }
-            Backend::Memory(store) => store.put_raw(
+            Kind::Memory(store) => store.put_raw(
                 store_key,
                 Bytes::copy_from_slice(value),
                 Duration::from_secs(60),
