@@ -892,7 +892,10 @@ fn item_app(cache: &Cache, db: &Db) -> Router {
 async fn queued_while_failing(b: Backend) {
     let fail = Arc::new(AtomicBool::new(false));
     let cache = Cache::builder(TestStore::flaky(b.store(), fail.clone()))
-        .namespace("t_queue")
+        // This test's own namespace on the shared cluster (the plain and the sharded runs of it
+        // run at once there), in the backend's shards.
+        .namespace(b.namespace("t_queue"))
+        .shards(b.shards)
         .timeout(Duration::from_secs(2))
         .circuit_breaker(1000, Duration::from_millis(10))
         .build();
