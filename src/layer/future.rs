@@ -98,6 +98,9 @@ where
                 }))
             }
             KindProj::Flow { fut } => fut.as_mut().poll(cx),
+            // Cannot fail for any request: `res` is taken only by the poll that returns
+            // Ready, and a future is not polled after it completed (the `Future` contract,
+            // which hyper, tower and tokio keep; `std::future::Ready` panics the same way).
             KindProj::Ready { res } => Poll::Ready(Ok(res
                 .take()
                 .expect("a ready response future is polled once"))),

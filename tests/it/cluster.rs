@@ -568,6 +568,10 @@ async fn a_sharded_namespace_spreads_over_every_primary() {
         );
     }
     println!("keys per primary: {per_primary:?} (mean {mean:.0})");
+    // A batch read spans every shard (so every primary): one value per key, in order.
+    let keys: Vec<String> = (0..2000).map(|i| format!("item:{i}")).collect();
+    let found = cache.get_many::<u64>(&keys).await.unwrap();
+    assert_eq!(found, (0..2000).map(Some).collect::<Vec<_>>());
     let removed = cache.invalidate_pattern("*").await.unwrap();
     assert_eq!(removed, ENTRIES as u64);
     assert!(cluster.keys(&glob).is_empty());
