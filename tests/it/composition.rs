@@ -30,7 +30,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use std::io::Read as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use support::{eventually, has_entry, request, send, stored, Backend, Resp, StoreTimeouts};
 use tower::ServiceExt as _;
@@ -729,34 +729,12 @@ async fn concurrency_limit_under_the_cache_in_a_tower_stack_holds_back_hits() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// TraceLayer (tracing output: one subscriber per test thread)
+// TraceLayer (tracing output: a capture per test thread, `support::LogCapture`)
 // ---------------------------------------------------------------------------------------------
-
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// What a miss and a hit on `/items/42` log, with `TraceLayer` outside the cache or under it.
 async fn trace_log(trace_outside: bool) -> String {
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = support::LogCapture::start();
     let cache = Cache::builder(MemoryStore::new())
         .namespace("trace")
         .build();
@@ -780,8 +758,7 @@ async fn trace_log(trace_outside: bool) -> String {
             StatusCode::OK
         );
     }
-    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    log
+    capture.text()
 }
 
 #[tokio::test(flavor = "current_thread")]

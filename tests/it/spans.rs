@@ -1,42 +1,18 @@
 //! The `tracing` spans: one per cached request and one per store operation, with keys hashed
 //! unless the cache opts in to raw keys.
 //!
-//! Alone in its test binary: `tracing` caches per-callsite interest process-wide, and tests in
-//! other threads without a subscriber could race this test's thread-local subscriber.
+//! The capture is `support::LogCapture`, which is safe beside the other tests of the binary.
 
 use crate::support;
 
 use axum::routing::get;
 use axum::Router;
-use std::sync::{Arc, Mutex};
 use support::get as get_req;
 use tower_valkey_cache::{Cache, CacheLayer, MemoryStore};
 
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// What the request and store spans of one miss and one hit on `/items/42` log.
 async fn span_log(raw_keys: bool) -> String {
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = support::LogCapture::start();
     let cache = Cache::builder(MemoryStore::new())
         .namespace("spans")
         .log_raw_keys(raw_keys)
@@ -47,8 +23,7 @@ async fn span_log(raw_keys: bool) -> String {
     );
     get_req(&app, "/items/42").await;
     get_req(&app, "/items/42").await;
-    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    log
+    capture.text()
 }
 
 #[tokio::test(flavor = "current_thread")]

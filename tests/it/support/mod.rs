@@ -23,6 +23,9 @@ use tower_valkey_cache::{Cache, CacheBuilder, MemoryStore, ValkeyConfig, ValkeyS
 
 pub use tvc_harness::{ValkeyCluster, ValkeyServer};
 
+pub mod trace;
+pub use trace::LogCapture;
+
 /// A response with its body collected.
 #[derive(Debug)]
 pub struct Resp {
