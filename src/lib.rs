@@ -68,7 +68,7 @@ pub mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
-pub use cache::{Cache, CacheBuilder, Invalidation};
+pub use cache::{Cache, CacheBuilder, Invalidation, DEFAULT_CLUSTER_SHARDS};
 pub use invalidate::InvalidateLayer;
 pub use layer::CacheLayer;
 pub use outcome::{Outcome, PendingStore};

@@ -100,6 +100,9 @@ pub enum Op {
     Unlock,
     /// [`Store::ping`].
     Ping,
+    /// [`Store::claim_layout`]: a cache's check of its namespace's key layout (before its first
+    /// operation, then periodically).
+    Layout,
 }
 
 impl Op {
@@ -113,6 +116,7 @@ impl Op {
         Op::Lock,
         Op::Unlock,
         Op::Ping,
+        Op::Layout,
     ];
 
     fn index(self) -> usize {
@@ -394,6 +398,17 @@ impl<S: Store> Store for FaultyStore<S> {
         Box::pin(async move {
             self.faults.before(Op::Ping).await?;
             self.inner.ping().await
+        })
+    }
+
+    fn claim_layout<'a>(
+        &'a self,
+        key: &'a str,
+        layout: &'a str,
+    ) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move {
+            self.faults.before(Op::Layout).await?;
+            self.inner.claim_layout(key, layout).await
         })
     }
 

@@ -9,12 +9,19 @@ use crate::store::{KeySpace, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The default [`CacheBuilder::shards`] on a store that needs hash tags (a Valkey Cluster): 8
+/// or more shards per primary from 3 to 16 primaries, each shard's slot in its own 1/128 of the
+/// slot range.
+pub const DEFAULT_CLUSTER_SHARDS: u16 = 128;
+
 /// Builds a [`Cache`]. See [`Cache::builder`].
 #[derive(Debug)]
 pub struct CacheBuilder {
     store: Arc<dyn Store>,
     namespace: String,
-    shards: u16,
+    /// None: the store's default ([`DEFAULT_CLUSTER_SHARDS`] on a cluster, else 1).
+    shards: Option<u16>,
+    layout_check: Duration,
     ttl: Duration,
     op_timeout: Duration,
     bulk_timeout: Duration,
@@ -37,7 +44,8 @@ impl CacheBuilder {
         Self {
             store,
             namespace: "cache".into(),
-            shards: 1,
+            shards: None,
+            layout_check: Duration::from_secs(60),
             ttl: Duration::from_secs(60),
             op_timeout: Duration::from_millis(100),
             bulk_timeout: Duration::from_secs(30),
@@ -73,22 +81,31 @@ impl CacheBuilder {
         self
     }
 
-    /// Splits the namespace into `n` shards (1..=1024; default 1): each shard has its own hash
+    /// Splits the namespace into `n` shards (1..=1024; default 128 on a store that needs hash
+    /// tags (a Valkey Cluster: [`Store::needs_hash_tags`]) and implements shards, else 1): each
+    /// shard has its own hash
     /// tag, invalidation clock, tombstones and tag sets, and an entry's shard follows from its
     /// key. On a Valkey Cluster the shards' tags are chosen so that they land in evenly spaced
     /// slots, so one namespace spreads over every primary instead of living in one slot (use at
     /// least 8 shards per primary for an even spread: 128 suits 3 to 16 primaries).
     ///
-    /// A read, a fill, a key invalidation and a fill lock stay one operation on one shard; a
+    /// A read, a fill and a fill lock stay one operation on one shard (a key invalidation also
+    /// reaches shard 0, below); a
     /// tag or pattern invalidation is applied to every shard (concurrently) and acknowledged when
     /// all of them applied it, so the no-stale guarantee holds per shard and so for the
     /// namespace. The cost: a tag or pattern invalidation writes a tombstone and advances a
     /// clock in each shard. Batches (`get_many`, `set_many`, warming) are split by shard.
     ///
     /// Every process sharing a namespace must use the same number of shards (the layout is
-    /// part of the key names): processes that disagree miss each other's invalidations. To
-    /// change it, move to a new namespace name. A bounded route
-    /// ([`CacheLayer::eviction`](crate::CacheLayer::eviction)) needs one shard.
+    /// part of the key names). The layout is recorded in the store: a cache that finds another
+    /// one recorded serves without the store and invalidates in the recorded layout
+    /// ([`layout_check`](Self::layout_check)). To change it, move to a new namespace name.
+    ///
+    /// A bounded route ([`CacheLayer::eviction`](crate::CacheLayer::eviction)) keeps all its
+    /// entries and their index on shard 0 ([`KeySpace::bounded`](crate::store::KeySpace::bounded)),
+    /// so its capacity and eviction order stay exact; a key invalidation in a sharded namespace
+    /// therefore also writes its tombstone in shard 0 (one more script, concurrent with the
+    /// key's own shard).
     ///
     /// ```
     /// use tower_valkey_cache::{Cache, MemoryStore};
@@ -105,7 +122,32 @@ impl CacheBuilder {
             (1..=1024).contains(&n),
             "CacheBuilder::shards({n}): a namespace has 1..=1024 shards"
         );
-        self.shards = n;
+        self.shards = Some(n);
+        self
+    }
+
+    /// How often the cache checks that the namespace's key layout recorded in the store is its
+    /// own (default 60 s; the first check is made before the first store operation).
+    ///
+    /// Every process sharing a namespace must name its keys the same way: the same
+    /// [`shards`](Self::shards), on the same kind of store. Each cache records its layout under
+    /// `NAMESPACE|layout` if none is recorded (`SET NX`, no TTL). A cache that finds another
+    /// layout recorded fails closed: its reads, fills and locks fail (requests are served by
+    /// the handler, uncached), it reports [`is_degraded`](Cache::is_degraded), an error is
+    /// logged, and its invalidations are applied in the recorded layout so the processes using
+    /// it still see them. The periodic check notices a record that changed, and re-creates one
+    /// lost to a flush; until then, processes built with different layouts after a flush can
+    /// disagree for up to one interval.
+    ///
+    /// # Panics
+    ///
+    /// If `every` is zero.
+    pub fn layout_check(mut self, every: Duration) -> Self {
+        assert!(
+            !every.is_zero(),
+            "CacheBuilder::layout_check: zero interval"
+        );
+        self.layout_check = every;
         self
     }
 
@@ -359,15 +401,21 @@ impl CacheBuilder {
         };
         #[cfg(not(feature = "opentelemetry"))]
         let counters = Counters::default();
+        let shards = self.shards.unwrap_or(
+            if self.store.needs_hash_tags() && self.store.supports_shards() {
+                DEFAULT_CLUSTER_SHARDS
+            } else {
+                1
+            },
+        );
         assert!(
-            self.shards == 1 || self.store.supports_shards(),
-            "CacheBuilder::shards({}): the store `{}` does not implement sharded namespaces \
+            shards == 1 || self.store.supports_shards(),
+            "CacheBuilder::shards({shards}): the store `{}` does not implement sharded namespaces \
              (Store::supports_shards)",
-            self.shards,
             self.store.name()
         );
-        let space = if self.shards > 1 {
-            KeySpace::sharded(&self.namespace, self.shards, self.tombstone_ttl)
+        let space = if shards > 1 {
+            KeySpace::sharded(&self.namespace, shards, self.tombstone_ttl)
         } else if self.store.needs_hash_tags() {
             KeySpace::hash_tagged(&self.namespace, self.tombstone_ttl)
         } else {
@@ -379,6 +427,7 @@ impl CacheBuilder {
         let answers_now = l1.is_enabled() || self.store.read_now(&space, "").is_some();
         Cache {
             inner: Arc::new(Inner {
+                layout: super::layout::LayoutGuard::new(&self.namespace, &space, self.layout_check),
                 space,
                 answers_now,
                 store: self.store,

@@ -13,10 +13,11 @@ mod breaker;
 mod builder;
 pub(crate) mod flight;
 mod invalidation;
+mod layout;
 mod ops;
 pub(crate) mod retry;
 
-pub use builder::CacheBuilder;
+pub use builder::{CacheBuilder, DEFAULT_CLUSTER_SHARDS};
 pub use invalidation::Invalidation;
 pub(crate) use ops::{BatchWrite, Later, ReadNow};
 
@@ -73,6 +74,8 @@ struct Inner {
     l1: crate::l1::State,
     /// Compression and encryption of stored entries ([`crate::seal`]).
     sealer: crate::seal::Sealer,
+    /// Whether the namespace's recorded key layout is this cache's ([`layout`]).
+    layout: layout::LayoutGuard,
 }
 
 impl Cache {
@@ -131,9 +134,11 @@ impl Cache {
         self.inner.counters.snapshot()
     }
 
-    /// Whether the circuit breaker currently skips the store.
+    /// Whether the cache currently serves without the store: its circuit breaker is open, or
+    /// the namespace is recorded in the store with another key layout (another number of
+    /// [`shards`](CacheBuilder::shards); see [`CacheBuilder::layout_check`]).
     pub fn is_degraded(&self) -> bool {
-        self.inner.breaker.is_open()
+        self.inner.breaker.is_open() || self.inner.layout.is_mismatched()
     }
 
     /// Invalidations this process owes the store: keys, tags and patterns whose invalidation

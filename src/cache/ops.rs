@@ -3,6 +3,8 @@
 //! Every rule about a store operation lives here once, so no caller can skip it:
 //!
 //! - the circuit breaker and the per-operation timeout ([`Cache::guarded`]);
+//! - the layout guard: no operation in a key layout other than the namespace's recorded one
+//!   ([`super::layout`]);
 //! - reads around an owed invalidation: while this process owes the store an invalidation (it
 //!   failed and waits in the retry queue, or a namespace-wide invalidation replaced what the
 //!   queue could not hold), every read fails as if the store were down, so no caller serves an
@@ -20,6 +22,7 @@
 
 use super::breaker::{Permit, Transition};
 use super::flight::Flights;
+use super::layout::Verdict;
 use super::retry::Job;
 use super::Cache;
 use crate::eviction::{EvictionPolicy, RouteEviction};
@@ -93,10 +96,49 @@ impl Cache {
         RouteEviction::new(self.inner.store.as_ref(), &self.inner.space, policy)
     }
 
+    /// Runs one store operation in this cache's own key layout: once the layout guard says it
+    /// matches the namespace's recorded layout ([`super::layout`]: a claim is made first when
+    /// one is due; a mismatch refuses the operation), [`Self::run_guarded`].
+    pub(crate) async fn guarded<'a, T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        fut: StoreFuture<'a, T>,
+    ) -> Result<T, StoreError> {
+        match self.inner.layout.verdict() {
+            Verdict::Matched => {}
+            _ => match self.layout().await? {
+                Verdict::Matched => {}
+                _ => return Err(self.inner.layout.mismatch()),
+            },
+        }
+        self.run_guarded(op, timeout, fut).await
+    }
+
+    /// The layout guard's verdict, claiming the layout first if a claim is due (a claim that
+    /// fails before any succeeded is this operation's error). A mismatch found drops this
+    /// process's L1 copies, which were filled under the layout that no longer holds.
+    async fn layout(&self) -> Result<Verdict, StoreError> {
+        let i = &self.inner;
+        let (key, layout) = i.layout.claim();
+        let v = i
+            .layout
+            .checked(async || {
+                self.run_guarded("layout", i.op_timeout, i.store.claim_layout(key, layout))
+                    .await
+            })
+            .await?;
+        if v == Verdict::Mismatched {
+            i.l1.flush();
+        }
+        Ok(v)
+    }
+
     /// Runs one store operation under the circuit breaker and a timeout, in a `cache.store`
     /// span (TRACE level), timed into `db.client.operation.duration` (operations the breaker
-    /// rejects are not sent, so not timed).
-    pub(crate) async fn guarded<'a, T>(
+    /// rejects are not sent, so not timed). Not gated by the layout guard: for the guard's own
+    /// claim, and for invalidations (which choose their layout, [`Self::invalidate_target`]).
+    async fn run_guarded<'a, T>(
         &self,
         op: &'static str,
         timeout: Duration,
@@ -126,6 +168,12 @@ impl Cache {
         op: &'static str,
         run: impl FnOnce() -> Option<Result<T, StoreError>>,
     ) -> Option<Result<T, StoreError>> {
+        match self.inner.layout.verdict() {
+            Verdict::Matched => {}
+            // A claim must be made first: by the asynchronous form.
+            Verdict::Due => return None,
+            Verdict::Mismatched => return Some(Err(self.inner.layout.mismatch())),
+        }
         let started = std::time::Instant::now();
         let result = run()?;
         Some(match self.admit(op) {
@@ -201,8 +249,16 @@ impl Cache {
 
     /// The error every read returns while this process owes the store an invalidation: the store
     /// may hold entries that invalidation is about to remove, so nothing is served from it.
+    ///
+    /// The same holds while the namespace is recorded with another key layout
+    /// ([`super::layout`]): then this process's L1 copies may miss the other processes'
+    /// invalidations too.
     fn owed(&self) -> Option<StoreError> {
-        (self.inner.retry.pending() > 0).then(|| {
+        let i = &self.inner;
+        if i.layout.is_mismatched() {
+            return Some(i.layout.mismatch());
+        }
+        (i.retry.pending() > 0).then(|| {
             StoreError::new(
                 StoreErrorKind::Unavailable,
                 "invalidation pending; cache reads suspended",
@@ -211,19 +267,25 @@ impl Cache {
     }
 
     /// Reads `key` (the value, opened, and the namespace's clock): from L1 when it has it, else
-    /// from the store (then filling L1). With `eviction`, the read goes to the store and touches
-    /// the entry's rank in the same operation (L1 would hide uses from the policy).
+    /// from the store (then filling L1). With `eviction`, the read goes to the store, in the
+    /// route's shard, and with `touch` touches the entry's rank in the same operation (L1 would
+    /// hide uses from the policy).
     pub(crate) async fn read(
         &self,
         key: &str,
         eviction: Option<&RouteEviction>,
+        touch: bool,
     ) -> Result<Lookup, StoreError> {
         if let Some(ev) = eviction {
             if let Some(e) = self.owed() {
                 return Err(e);
             }
             let i = &self.inner;
-            let fut = ev.store.route_read(&i.space, &ev.space, key, ev.spec());
+            let fut = if touch {
+                ev.store.route_read(&ev.keys, &ev.space, key, ev.spec())
+            } else {
+                i.store.read(&ev.keys, key)
+            };
             return self
                 .guarded("read", i.op_timeout, fut)
                 .await
@@ -338,8 +400,9 @@ impl Cache {
         };
         let bytes = write.value.len();
         let ticket = i.l1.ticket(key);
+        let space = eviction.map_or(&i.space, |ev| &ev.keys);
         let r = self
-            .guarded("write", i.op_timeout, i.store.write(&i.space, write))
+            .guarded("write", i.op_timeout, i.store.write(space, write))
             .await;
         i.l1.after_write(ticket, key, &value, since, &r);
         match r {
@@ -496,15 +559,28 @@ impl Cache {
             Target::Tags(_) => (i.bulk_timeout, "tag"),
             _ => (i.op_timeout, "key"),
         };
-        let r = self
-            .guarded("invalidate", timeout, i.store.invalidate(&i.space, target))
-            .await;
+        // In this cache's layout, or in the namespace's recorded one when they differ
+        // (super::layout): the processes that use it must see this invalidation.
+        let r = match self.layout().await {
+            Ok(Verdict::Mismatched) => match i.layout.recorded() {
+                Some(recorded) => {
+                    self.run_guarded("invalidate", timeout, i.store.invalidate(&recorded, target))
+                        .await
+                }
+                None => Err(i.layout.mismatch()),
+            },
+            Ok(_) => {
+                self.run_guarded("invalidate", timeout, i.store.invalidate(&i.space, target))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         // L1: drop this process's copies (whatever the store said), then tell the others.
         i.l1.forget(target);
         let n = r?;
         i.counters.invalidated(kind, n);
         if let Some((bus, channel, payload)) = i.l1.announcement(target) {
-            self.guarded("publish", i.op_timeout, bus.publish(channel, &payload))
+            self.run_guarded("publish", i.op_timeout, bus.publish(channel, &payload))
                 .await?;
         }
         Ok(n)

@@ -294,6 +294,10 @@ impl From<&MemoryStore> for BoundedStore {
 pub(crate) struct RouteEviction {
     pub(crate) store: Arc<dyn RankedStore>,
     pub(crate) policy: Arc<dyn EvictionPolicy>,
+    /// Where the route's entries live: the namespace's bounded shard ([`KeySpace::bounded`]),
+    /// for its reads and writes alike.
+    pub(crate) keys: KeySpace,
+    /// The route's index, in that shard.
     pub(crate) space: RankedSpace,
 }
 
@@ -305,15 +309,11 @@ impl RouteEviction {
         keys: &KeySpace,
         policy: Arc<dyn EvictionPolicy>,
     ) -> Option<Self> {
-        assert!(
-            keys.shard_count() == 1,
-            "a bounded route needs a namespace of one shard (CacheBuilder::shards(1)), not {}: \
-             its capacity is one index, which cannot span shards",
-            keys.shard_count()
-        );
+        let keys = keys.bounded();
         Some(Self {
             store: store.ranked()?,
             space: RankedSpace::route(keys.shard(0)),
+            keys,
             policy,
         })
     }

@@ -308,7 +308,7 @@ impl Cache {
         let mut stale: Option<(T, Duration)> = None;
         let mut clock = None;
         let epoch = self.epoch();
-        match self.read(&key, None).await {
+        match self.read(&key, None, false).await {
             Ok(lookup) => {
                 clock = Some(lookup.clock);
                 if let Some(raw) = lookup.value {
@@ -380,7 +380,7 @@ impl Cache {
         // Now leading: a flight that landed between our read and our lead has stored the value
         // already. Check once more (one round trip on misses only) rather than load it twice.
         if lead.is_some() && clock.is_some() {
-            if let Ok(lookup) = self.read(&key, None).await {
+            if let Ok(lookup) = self.read(&key, None, false).await {
                 if lookup.clock == clock.unwrap_or(0) {
                     if let Some(v) = lookup
                         .value
@@ -451,7 +451,7 @@ impl Cache {
     /// decoded with the codec it was written with.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         let key = bound_length(key.to_owned());
-        let lookup = self.read(&key, None).await?;
+        let lookup = self.read(&key, None, false).await?;
         Ok(lookup.value.and_then(|raw| fresh_value(&raw, now_ms())))
     }
 

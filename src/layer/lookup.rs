@@ -29,8 +29,7 @@ pub(crate) async fn resolve(
     headers: &HeaderMap,
     touch: bool,
 ) -> Result<Resolved, StoreError> {
-    let eviction = cfg.eviction.as_deref().filter(|_| touch);
-    let first = cfg.cache.read(base, eviction).await?;
+    let first = cfg.cache.read(base, cfg.eviction.as_deref(), touch).await?;
     match Resolved::plain(first) {
         Ok(r) => Ok(r),
         Err((first, marker)) => variant(cfg, base, headers, touch, first, marker).await,
@@ -46,9 +45,8 @@ pub(crate) async fn variant(
     first: Lookup,
     marker: Marker,
 ) -> Result<Resolved, StoreError> {
-    let eviction = cfg.eviction.as_deref().filter(|_| touch);
     let key = marker.variant_key(base, headers, &cfg.encodings);
-    let second = cfg.cache.read(&key, eviction).await?;
+    let second = cfg.cache.read(&key, cfg.eviction.as_deref(), touch).await?;
     Ok(Resolved {
         lookup: Lookup {
             value: second.value,

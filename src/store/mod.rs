@@ -209,6 +209,9 @@ impl Shard {
     }
 }
 
+/// The first word of every [`KeySpace::layout`] this version writes.
+const LAYOUT_VERSION: &str = "tvc-layout/1";
+
 /// The names of a namespace's keys in a store: one [`Shard`], or S of them in a sharded
 /// namespace ([`KeySpace::sharded`]), each with its own clock, tombstones and tag sets.
 ///
@@ -282,6 +285,43 @@ impl KeySpace {
         }
     }
 
+    /// This key space's layout, as caches record it for their namespace
+    /// ([`Store::claim_layout`]): the number of shards and the entry prefix of the first one,
+    /// so every difference in key names (shards, hash tags) makes a different layout.
+    pub fn layout(&self) -> String {
+        format!(
+            "{LAYOUT_VERSION} shards={} entries={}",
+            self.shard_count(),
+            self.shards[0].entry_prefix()
+        )
+    }
+
+    /// The key space a recorded [`layout`](Self::layout) of `namespace` describes; None when
+    /// `layout` is not one this version writes (then a cache cannot act in it and fails closed).
+    pub fn from_layout(namespace: &str, layout: &str, tombstone_ttl: Duration) -> Option<Self> {
+        let rest = layout
+            .strip_prefix(LAYOUT_VERSION)?
+            .strip_prefix(" shards=")?;
+        let (n, entries) = rest.split_once(" entries=")?;
+        let n: u16 = n.parse().ok()?;
+        let space = if n > 1 && n <= shard::MAX_SHARDS && !namespace.contains(['{', '}', '|']) {
+            Self::sharded(namespace, n, tombstone_ttl)
+        } else if n == 1 && entries.starts_with('{') {
+            Self::hash_tagged(namespace, tombstone_ttl)
+        } else if n == 1 {
+            Self::new(namespace, tombstone_ttl)
+        } else {
+            return None;
+        };
+        (space.layout() == layout).then_some(space)
+    }
+
+    /// The key under which `namespace`'s layout is recorded. It carries no hash tag: processes
+    /// whose layouts differ (hash-tagged or not, sharded or not) all find the same key.
+    pub fn layout_key(namespace: &str) -> String {
+        format!("{namespace}|layout")
+    }
+
     /// How many shards the namespace has (1 unless [`sharded`](Self::sharded)).
     pub fn shard_count(&self) -> usize {
         self.shards.len()
@@ -345,6 +385,36 @@ impl KeySpace {
         let key = full.get(prefix_len..)?;
         (full.as_bytes()[..prefix_len] == *self.shard_for(key).entry_prefix.as_bytes())
             .then_some(key)
+    }
+
+    /// The key space of this namespace's bounded routes ([`ranked::RankedSpace::route`]): its first
+    /// shard alone. A bounded route keeps every entry and its index on one shard, so its
+    /// capacity and eviction order are exact and each of its operations stays one atomic script
+    /// in one slot; a key invalidation reaches that shard as well as the key's own
+    /// ([`invalidation_groups`](Self::invalidation_groups)). The same space when unsharded.
+    pub fn bounded(&self) -> KeySpace {
+        Self {
+            shards: Arc::new([self.shards[0].clone()]),
+            every_shard: None,
+            tombstone_ttl: self.tombstone_ttl,
+        }
+    }
+
+    /// Groups `keys` as a key invalidation applies them: [`by_shard`](Self::by_shard), and in a
+    /// sharded namespace every key also in shard 0, where a [bounded](Self::bounded) route
+    /// would hold it (its tombstone there refuses such a route's fills in flight).
+    pub fn invalidation_groups<'k>(&self, keys: &'k [String]) -> Vec<(usize, Vec<&'k String>)> {
+        let mut groups = self.by_shard(keys);
+        if self.shards.len() == 1 || keys.is_empty() {
+            return groups;
+        }
+        if groups.first().is_none_or(|(s, _)| *s != 0) {
+            groups.insert(0, (0, Vec::new()));
+        }
+        let home = &mut groups[0].1;
+        home.clear();
+        home.extend(keys.iter());
+        groups
     }
 
     /// Groups `keys` by shard: `(shard index, the keys in it)` for each shard holding any, in
@@ -487,6 +557,24 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Checks that the store answers.
     fn ping(&self) -> StoreFuture<'_, ()>;
 
+    /// Records `layout` (a namespace's key layout: [`KeySpace::layout`]) under `key` unless a
+    /// layout is recorded there already, and returns the one recorded before (`None` when this
+    /// call recorded it). The record has no TTL. Caches claim their layout before their first
+    /// operation and then periodically, so processes whose layouts disagree (different numbers
+    /// of shards) never miss each other's invalidations silently: the one that finds another layout reads around the cache and applies its
+    /// invalidations in the recorded layout.
+    ///
+    /// The default keeps no record and returns `Ok(None)` (every layout is accepted); a store
+    /// shared between processes should implement it, and a store wrapping another forwards it.
+    fn claim_layout<'a>(
+        &'a self,
+        key: &'a str,
+        layout: &'a str,
+    ) -> StoreFuture<'a, Option<String>> {
+        let _ = (key, layout);
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
     /// Whether every key of a namespace must be in one hash slot (Valkey Cluster): caches on
     /// this store then use [`KeySpace::hash_tagged`]. False by default; a store wrapping
     /// another returns the inner store's.
@@ -576,6 +664,14 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     fn ping(&self) -> StoreFuture<'_, ()> {
         (**self).ping()
+    }
+
+    fn claim_layout<'a>(
+        &'a self,
+        key: &'a str,
+        layout: &'a str,
+    ) -> StoreFuture<'a, Option<String>> {
+        (**self).claim_layout(key, layout)
     }
 
     fn needs_hash_tags(&self) -> bool {
@@ -711,6 +807,58 @@ mod tests {
         }
     }
 
+    /// Every layout this version builds reads back as the same key space (the same names), and
+    /// layouts differ whenever names differ; anything else is not understood.
+    #[test]
+    fn layouts_round_trip_and_tell_layouts_apart() {
+        let ttl = Duration::from_secs(60);
+        let spaces = [
+            KeySpace::new("app", ttl),
+            KeySpace::hash_tagged("app", ttl),
+            KeySpace::sharded("app", 2, ttl),
+            KeySpace::sharded("app", 8, ttl),
+            KeySpace::sharded("app", 128, ttl),
+            KeySpace::sharded("app", 1024, ttl),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for space in &spaces {
+            let layout = space.layout();
+            assert!(seen.insert(layout.clone()), "distinct: {layout}");
+            let back = KeySpace::from_layout("app", &layout, ttl).expect(&layout);
+            assert_eq!(back.layout(), layout);
+            assert_eq!(back.shard_count(), space.shard_count());
+            for key in ["", "user:1", "a#vary:x", "ü"] {
+                assert_eq!(back.entry(key), space.entry(key), "{layout} {key}");
+                assert_eq!(
+                    names(back.shard_for(key), key),
+                    names(space.shard_for(key), key)
+                );
+            }
+            // Another namespace's layout is not this one's.
+            assert!(
+                KeySpace::from_layout("other", &layout, ttl).is_none(),
+                "{layout}"
+            );
+        }
+        assert_eq!(
+            KeySpace::new("app", ttl).layout(),
+            "tvc-layout/1 shards=1 entries=app:"
+        );
+        for bad in [
+            "",
+            "garbage",
+            "tvc-layout/1 shards=0 entries=app:",
+            "tvc-layout/1 shards=1025 entries={app|x}:",
+            "tvc-layout/1 shards=x entries=app:",
+            "tvc-layout/2 shards=1 entries=app:",
+            "tvc-layout/1 shards=8 entries={app|zz}:",
+            "tvc-layout/1 shards=1 entries=app",
+        ] {
+            assert!(KeySpace::from_layout("app", bad, ttl).is_none(), "{bad:?}");
+        }
+        assert_eq!(KeySpace::layout_key("app"), "app|layout");
+    }
+
     /// `by_shard` partitions the keys: each key once, in its shard's group, in order.
     #[test]
     fn by_shard_partitions_keys_in_order() {
@@ -730,6 +878,38 @@ mod tests {
             }
             assert_eq!(seen, ks.len());
             assert!(space.by_shard(&[]).is_empty());
+        }
+    }
+
+    /// A key invalidation's groups: `by_shard`'s, and (sharded) every key in shard 0 too, where
+    /// the bounded routes live; the bounded space is shard 0 alone.
+    #[test]
+    fn key_invalidations_also_reach_the_bounded_shard() {
+        for shards in [1u16, 2, 16] {
+            let space = KeySpace::sharded("app", shards, TTL);
+            let bounded = space.bounded();
+            assert_eq!(bounded.shard_count(), 1);
+            assert_eq!(
+                bounded.shard(0).entry_prefix(),
+                space.shard(0).entry_prefix()
+            );
+            assert!(space.invalidation_groups(&[]).is_empty());
+            for n in [0, 1, 5, 200] {
+                let ks = keys(n);
+                let groups = space.invalidation_groups(&ks);
+                let own = space.by_shard(&ks);
+                if shards == 1 {
+                    assert_eq!(groups, own);
+                    continue;
+                }
+                let all: Vec<&String> = ks.iter().collect();
+                assert_eq!(groups[0], (0, all), "every key in shard 0");
+                let rest: Vec<_> = own.iter().filter(|(s, _)| *s != 0).cloned().collect();
+                assert_eq!(groups[1..], rest[..], "and each in its own shard");
+                for k in &ks {
+                    assert_eq!(bounded.entry(k), space.shard(0).entry(k));
+                }
+            }
         }
     }
 }

@@ -125,11 +125,14 @@ pub struct RankedSpace {
 }
 
 impl RankedSpace {
-    /// A standalone namespace (`BoundedCache`), all under the
-    /// hash tag `{namespace}`.
+    /// A standalone namespace (`BoundedCache`), all under the hash tag `{namespace}`. Its
+    /// values are `{namespace}|val:KEY`, a name no route cache uses: a route cache of the same
+    /// namespace in the one-slot layout names its entries `{namespace}:KEY` (and its
+    /// bookkeeping `{namespace}|clock`, `|inv:...`, `|tag:...`, `|lock:...`, `|evict:...`), so
+    /// the two never read or overwrite each other's values.
     pub fn standalone(namespace: &str) -> Self {
         Self {
-            value_prefix: format!("{{{namespace}}}:"),
+            value_prefix: format!("{{{namespace}}}|val:"),
             index: format!("{{{namespace}}}|idx"),
             seq: format!("{{{namespace}}}|seq"),
             expiry: format!("{{{namespace}}}|exp"),

@@ -74,6 +74,8 @@ async fn primary_killed_under_load_every_request_is_200_and_hits_resume_after_fa
     let store = ValkeyStore::cluster(urls).expect("cluster store");
     let cache = Cache::builder(store)
         .namespace("failover")
+        // One shard: the scenario kills the primary of the namespace's one slot.
+        .shards(1)
         .ttl(Duration::from_secs(300))
         .build();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -285,12 +287,16 @@ async fn slot_migrated_under_load_every_request_is_200_and_patterns_reach_both_s
     let store = ValkeyStore::cluster(cluster.urls()).expect("cluster store");
     let cache = Cache::builder(store.clone())
         .namespace("moving")
+        // One shard: the scenario migrates the namespace's one slot.
+        .shards(1)
         .ttl(Duration::from_secs(300))
         .build();
     // An administrative handle on the same namespace: its own circuit breaker (the service's
     // opens while the migration splits its commands) and generous timeouts.
     let admin = Cache::builder(store)
         .namespace("moving")
+        // One shard: the scenario migrates the namespace's one slot.
+        .shards(1)
         .timeout(Duration::from_secs(5))
         .bulk_timeout(Duration::from_secs(5))
         .build();
@@ -559,15 +565,7 @@ async fn a_sharded_namespace_spreads_over_every_primary() {
         ENTRIES,
         "{per_primary:?}"
     );
-    let mean = ENTRIES as f64 / per_primary.len() as f64;
-    for n in &per_primary {
-        let off = (*n as f64 - mean).abs() / mean;
-        assert!(
-            off <= 0.10,
-            "keys per primary {per_primary:?}: {n} is {off:.3} off the mean"
-        );
-    }
-    println!("keys per primary: {per_primary:?} (mean {mean:.0})");
+    assert_even("keys per primary", &per_primary, 0.10);
     // A batch read spans every shard (so every primary): one value per key, in order.
     let keys: Vec<String> = (0..2000).map(|i| format!("item:{i}")).collect();
     let found = cache.get_many::<u64>(&keys).await.unwrap();
@@ -576,4 +574,115 @@ async fn a_sharded_namespace_spreads_over_every_primary() {
     assert_eq!(removed, ENTRIES as u64);
     assert!(cluster.keys(&glob).is_empty());
     assert_eq!(other.get::<u32>("kept").await.unwrap(), Some(1));
+}
+
+/// Asserts that every count is within `tolerance` (a fraction) of their mean.
+fn assert_even(what: &str, counts: &[usize], tolerance: f64) {
+    let mean = counts.iter().sum::<usize>() as f64 / counts.len() as f64;
+    for n in counts {
+        let off = (*n as f64 - mean).abs() / mean;
+        assert!(
+            off <= tolerance,
+            "{what} {counts:?}: {n} is {off:.3} off the mean"
+        );
+    }
+    println!("{what}: {counts:?} (mean {mean:.0})");
+}
+
+/// Every command a node has run (`INFO commandstats`, summed over commands).
+fn commands_run(cluster: &ValkeyCluster, node: usize) -> usize {
+    cluster
+        .node_cli(node, &["INFO", "commandstats"])
+        .lines()
+        .filter_map(|l| {
+            l.split_once(":calls=")?
+                .1
+                .split(',')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Issue 17 on 6 primaries, with the builder's default (128 shards on a cluster): 100,000
+/// entries of one namespace sit within ±10% of the mean on every primary, and a uniform hit load
+/// gives every primary its share of the commands within ±15% (`INFO commandstats`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_layout_spreads_keys_and_hits_over_six_primaries() {
+    const ENTRIES: usize = 100_000;
+    const HITS: usize = 24_000;
+    const TASKS: usize = 8;
+    let cluster = tokio::task::spawn_blocking(|| ValkeyCluster::start(6, 0))
+        .await
+        .unwrap();
+    let store = ValkeyStore::with_config(
+        ValkeyConfig::cluster(cluster.urls())
+            .connect_timeout(Duration::from_secs(5))
+            .response_timeout(Duration::from_secs(5)),
+    )
+    .unwrap();
+    let cache = Cache::builder(store)
+        .namespace("t_spread6")
+        .timeout(Duration::from_secs(5))
+        .bulk_timeout(Duration::from_secs(60))
+        .build();
+    assert_eq!(
+        cache.shard_count(),
+        usize::from(tower_valkey_cache::DEFAULT_CLUSTER_SHARDS)
+    );
+    let values = (0..ENTRIES).map(|i| (format!("item:{i}"), i as u64));
+    let stored = cache
+        .warm_values(values, 1000, &Options::default())
+        .await
+        .unwrap();
+    assert_eq!(stored, ENTRIES);
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 6);
+    let glob = cache.key_space().entry_glob("*");
+    let keys: Vec<usize> = primaries
+        .iter()
+        .map(|&i| {
+            cluster
+                .node_cli(i, &["KEYS", &glob])
+                .lines()
+                .filter(|l| !l.is_empty())
+                .count()
+        })
+        .collect();
+    assert_eq!(keys.iter().sum::<usize>(), ENTRIES, "{keys:?}");
+    assert_even("keys per primary (6)", &keys, 0.10);
+
+    let before: Vec<usize> = primaries
+        .iter()
+        .map(|&i| commands_run(&cluster, i))
+        .collect();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (cache, hits) = (cache.clone(), hits.clone());
+            tokio::spawn(async move {
+                for _ in 0..HITS / TASKS {
+                    let i = fastrand::usize(0..ENTRIES);
+                    let v = cache.get::<u64>(&format!("item:{i}")).await.unwrap();
+                    assert_eq!(v, Some(i as u64));
+                    hits.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(hits.load(Ordering::Relaxed), HITS);
+    let commands: Vec<usize> = primaries
+        .iter()
+        .zip(&before)
+        .map(|(&i, b)| commands_run(&cluster, i) - b)
+        .collect();
+    assert!(
+        commands.iter().sum::<usize>() >= HITS,
+        "every hit is a command: {commands:?}"
+    );
+    assert_even("commands per primary under hits (6)", &commands, 0.15);
 }

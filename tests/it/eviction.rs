@@ -137,7 +137,7 @@ macro_rules! model_tests {
                 fn $name() {
                     let server = ValkeyServer::start();
                     let store = valkey_store(&server, VALKEY);
-                    model::check_route(store, "route", $make, ROUTE_CASES);
+                    model::check_route(store, "route", None, $make, ROUTE_CASES);
                 }
             )*
         }
@@ -146,7 +146,7 @@ macro_rules! model_tests {
             $(
                 #[test]
                 fn $name() {
-                    model::check_route(MemoryStore::new(), "route", $make, ROUTE_CASES);
+                    model::check_route(MemoryStore::new(), "route", None, $make, ROUTE_CASES);
                 }
             )*
         }
@@ -164,15 +164,54 @@ model_tests! {
     custom_read_lfu: ReadLfu;
 }
 
-/// The route model on Valkey Cluster: the invalidation scripts and the pattern scan remove
-/// index members in the namespace's slot.
+/// The route model on Valkey Cluster, in a namespace of the cluster's default 128 shards: the
+/// route lives in shard 0 (`KeySpace::bounded`), and the invalidation scripts (a key's reaches
+/// shard 0 too) and the pattern scan remove index members there.
 #[test]
 fn route_model_cluster() {
     // A store per run: each run has its own runtime, which the store's connections live on.
     let (_, store, sfx) = support::shared_cluster_store(Duration::from_secs(5));
-    model::check_route(store, &format!("rc-lfu{sfx}"), Lfu::with_capacity, 8);
+    model::check_route(store, &format!("rc-lfu{sfx}"), None, Lfu::with_capacity, 8);
     let (_, store, sfx) = support::shared_cluster_store(Duration::from_secs(5));
-    model::check_route(store, &format!("rc-lifo{sfx}"), Lifo::with_capacity, 8);
+    model::check_route(
+        store,
+        &format!("rc-lifo{sfx}"),
+        None,
+        Lifo::with_capacity,
+        8,
+    );
+}
+
+/// The route model in sharded namespaces on one server and in memory: capacity and order are
+/// exact (the route keeps to shard 0), and key, tag and pattern invalidations, each reaching
+/// shard 0, remove the route's entries and their members.
+#[test]
+fn route_model_sharded() {
+    model::check_route(
+        MemoryStore::new(),
+        "rs-lru",
+        Some(8),
+        Lru::with_capacity,
+        ROUTE_CASES,
+    );
+    model::check_route(
+        MemoryStore::new(),
+        "rs-lfu",
+        Some(8),
+        Lfu::with_capacity,
+        ROUTE_CASES,
+    );
+    // A store per run: each run has its own runtime, which the store's connections live on.
+    let server = ValkeyServer::start();
+    let store = || valkey_store(&server, VALKEY);
+    model::check_route(
+        store(),
+        "rs-lifo",
+        Some(8),
+        Lifo::with_capacity,
+        ROUTE_CASES,
+    );
+    model::check_route(store(), "rs-lfu", Some(8), Lfu::with_capacity, ROUTE_CASES);
 }
 
 /// With 5 stamp bits the counting policies renumber their stamps every ~28 operations: the order
@@ -297,11 +336,14 @@ async fn more_dead_members_than_a_trim_batch(store: BoundedStore) {
 
 /// The same two shapes through a bounded route (`CacheLayer::eviction`), where entries also
 /// leave by invalidation.
-async fn route_lfu_whose_popular_keys_expired_keeps_its_capacity(store: impl Store) {
-    let cache = route_cache(store, &unique("reg-route-lfu"));
+async fn route_lfu_whose_popular_keys_expired_keeps_its_capacity(
+    store: impl Store,
+    shards: Shards,
+) {
+    let cache = sharded_route_cache(store, &unique("reg-route-lfu"), shards);
     let app = model::bounded_router(&cache, || Lfu::with_capacity(4), SHORT);
     let ranked = cache.store().ranked().unwrap();
-    let index = RankedSpace::route(cache.key_space().shard(0));
+    let index = RankedSpace::route(cache.key_space().bounded().shard(0));
     for id in 0..3 {
         assert!(!support::get(&app, &format!("/short/{id}")).await.is_hit());
         for _ in 0..5 {
@@ -318,16 +360,19 @@ async fn route_lfu_whose_popular_keys_expired_keeps_its_capacity(store: impl Sto
     assert_eq!(cache.stats().evictions, 0, "no live entry went");
     for id in [3, 10, 11, 12] {
         let key = format!("item:{id}");
-        assert!(support::has_entry(&cache, &key).await, "{key} was evicted");
+        assert!(
+            support::has_bounded_entry(&cache, &key).await,
+            "{key} was evicted"
+        );
     }
     assert_eq!(ranked.len(&index).await.unwrap(), 4);
 }
 
-async fn route_lifo_with_ttls_keeps_its_capacity(store: impl Store) {
-    let cache = route_cache(store, &unique("reg-route-lifo"));
+async fn route_lifo_with_ttls_keeps_its_capacity(store: impl Store, shards: Shards) {
+    let cache = sharded_route_cache(store, &unique("reg-route-lifo"), shards);
     let app = model::bounded_router(&cache, || Lifo::with_capacity(5), SHORT);
     let ranked = cache.store().ranked().unwrap();
-    let index = RankedSpace::route(cache.key_space().shard(0));
+    let index = RankedSpace::route(cache.key_space().bounded().shard(0));
     assert!(!support::get(&app, "/long/100").await.is_hit());
     for id in 0..4 {
         assert!(!support::get(&app, &format!("/short/{id}")).await.is_hit());
@@ -340,23 +385,26 @@ async fn route_lifo_with_ttls_keeps_its_capacity(store: impl Store) {
     assert_eq!(cache.stats().evictions, 6);
     for id in [100, 10, 11, 12, 19] {
         let key = format!("item:{id}");
-        assert!(support::has_entry(&cache, &key).await, "{key} was evicted");
+        assert!(
+            support::has_bounded_entry(&cache, &key).await,
+            "{key} was evicted"
+        );
     }
     assert_eq!(ranked.len(&index).await.unwrap(), 5);
 }
 
 /// Every invalidation (key, tag, pattern; `Cache::invalidate_*` and `InvalidateLayer`) removes
 /// the members of the entries it deletes, so they never pin capacity.
-async fn invalidation_removes_index_members(store: impl Store) {
+async fn invalidation_removes_index_members(store: impl Store, shards: Shards) {
     use tower_valkey_cache::InvalidateLayer;
-    let cache = route_cache(store, &unique("inv-members"));
+    let cache = sharded_route_cache(store, &unique("inv-members"), shards);
     let app = model::bounded_router(&cache, || Fifo::with_capacity(6), SHORT).route(
         "/write/{id}",
         axum::routing::put(|| async { "ok" })
             .layer(InvalidateLayer::new(cache.clone()).keys(["item:{id}"])),
     );
     let ranked = cache.store().ranked().unwrap();
-    let index = RankedSpace::route(cache.key_space().shard(0));
+    let index = RankedSpace::route(cache.key_space().bounded().shard(0));
     let spec = Spec::new(Scoring::FIFO, 6, STAMP_BITS);
     let fill = async |ids: std::ops::Range<u32>| {
         for id in ids {
@@ -382,7 +430,7 @@ async fn invalidation_removes_index_members(store: impl Store) {
     assert_eq!(cache.stats().evictions, 0);
     fill(16..17).await;
     assert_eq!(cache.stats().evictions, 1);
-    assert!(!support::has_entry(&cache, "item:10").await);
+    assert!(!support::has_bounded_entry(&cache, "item:10").await);
 }
 
 /// A value removed behind the index's back (Valkey's `maxmemory` eviction, a stray `DEL`) is a
@@ -396,13 +444,13 @@ async fn ghosts_of_values_removed_behind_the_index_are_bounded_by_their_ttl() {
     lifo.set_with_ttl("a", &1, Some(SHORT)).await.unwrap();
     lifo.set("b", &2).await.unwrap();
     lifo.set("c", &3).await.unwrap();
-    let _: u64 = server.cli(&["DEL", "{ghosts}:a"]).await;
+    let _: u64 = server.cli(&["DEL", "{ghosts}|val:a"]).await;
     assert_eq!(lifo.len().await.unwrap(), 3, "a ghost counts until its TTL");
     tokio::time::sleep(PAST_SHORT).await;
     assert_eq!(lifo.len().await.unwrap(), 2);
     assert_eq!(lifo.set("d", &4).await.unwrap(), Vec::<String>::new());
     // Without a TTL: a ghost at the victim end is dropped without counting as an eviction.
-    let _: u64 = server.cli(&["DEL", "{ghosts}:d"]).await;
+    let _: u64 = server.cli(&["DEL", "{ghosts}|val:d"]).await;
     assert_eq!(lifo.set("e", &5).await.unwrap(), Vec::<String>::new());
     assert_eq!(lifo.keys().await.unwrap(), ["e", "c", "b"]);
 }
@@ -466,18 +514,30 @@ macro_rules! on_every_route_store {
                 #[tokio::test]
                 async fn valkey() {
                     let server = ValkeyServer::start();
-                    $body(valkey_store(&server, VALKEY)).await;
+                    $body(valkey_store(&server, VALKEY), None).await;
+                }
+
+                #[tokio::test]
+                async fn valkey_sharded() {
+                    let server = ValkeyServer::start();
+                    $body(valkey_store(&server, VALKEY), Some(8)).await;
                 }
 
                 #[tokio::test]
                 async fn memory() {
-                    $body(MemoryStore::new()).await;
+                    $body(MemoryStore::new(), None).await;
                 }
 
                 #[tokio::test]
+                async fn memory_sharded() {
+                    $body(MemoryStore::new(), Some(8)).await;
+                }
+
+                /// The cluster's default: 128 shards.
+                #[tokio::test]
                 async fn cluster() {
                     let (_, store, _) = support::shared_cluster_store(Duration::from_secs(5));
-                    $body(store).await;
+                    $body(store, None).await;
                 }
             }
         )*
@@ -593,7 +653,7 @@ async fn index_keys_live_as_long_as_the_longest_entry_and_no_longer() {
         big.set(&i.to_string(), &i).await.unwrap();
     }
     assert_eq!(big.len().await.unwrap(), 2_500);
-    assert_eq!(server.keys("{big}:*").await.len(), 2_500);
+    assert_eq!(server.keys("{big}|val:*").await.len(), 2_500);
     assert_eq!(big.clear().await.unwrap(), 2_500);
     assert_eq!(server.keys("*").await, Vec::<String>::new());
 }
@@ -638,7 +698,8 @@ async fn hammer<P: EvictionPolicy + Clone>(server: &ValkeyServer, policy: P) {
     let store = valkey_store(server, VALKEY);
     let cache = BoundedCache::<u64, P>::new(store, &ns, policy);
     let index = format!("{{{ns}}}|idx");
-    let values = format!("{{{ns}}}:*");
+    let prefix = RankedSpace::standalone(&ns).value_prefix;
+    let values = format!("{prefix}*");
     let done = Arc::new(AtomicBool::new(false));
 
     let client = redis::Client::open(server.url()).unwrap();
@@ -713,7 +774,6 @@ async fn hammer<P: EvictionPolicy + Clone>(server: &ValkeyServer, policy: P) {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let prefix = format!("{{{ns}}}:");
     let stored: BTreeSet<String> = keys
         .iter()
         .map(|k| k.strip_prefix(&prefix).unwrap().to_owned())
@@ -857,10 +917,25 @@ fn route_cache(
     store: impl tower_valkey_cache::store::Store,
     ns: &str,
 ) -> tower_valkey_cache::Cache {
-    tower_valkey_cache::Cache::builder(store)
+    sharded_route_cache(store, ns, None)
+}
+
+/// How many shards a test namespace has (None: the store's default).
+type Shards = Option<u16>;
+
+fn sharded_route_cache(
+    store: impl tower_valkey_cache::store::Store,
+    ns: &str,
+    shards: Shards,
+) -> tower_valkey_cache::Cache {
+    let builder = tower_valkey_cache::Cache::builder(store)
         .namespace(ns)
-        .timeout(Duration::from_secs(5))
-        .build()
+        .timeout(Duration::from_secs(5));
+    match shards {
+        Some(n) => builder.shards(n),
+        None => builder,
+    }
+    .build()
 }
 
 #[tokio::test]
@@ -868,19 +943,26 @@ async fn router_lru_memory() {
     lru_route_evicts_the_least_recently_read(route_cache(MemoryStore::new(), "route")).await;
 }
 
-/// A bounded route on a Valkey Cluster: the index lives in the namespace's slot beside the
-/// entries (`{ns}|evict:idx`), so the read and record scripts run there.
+/// A bounded route on a Valkey Cluster (whose namespace has 128 shards by default): the route's
+/// entries and index live in shard 0's slot (`KeySpace::bounded`, `{ns|TAG}|evict:idx`), so the
+/// read and record scripts run there, and no entry of the route is in any other shard.
 #[tokio::test]
 async fn router_lru_cluster() {
     let (cluster, store, sfx) = support::shared_cluster_store(Duration::from_secs(2));
     let ns = format!("route{sfx}");
-    lru_route_evicts_the_least_recently_read(route_cache(store, &ns)).await;
-    let members: Vec<String> = cluster
-        .cli(&["ZRANGE", &format!("{{{ns}}}|evict:idx"), "0", "-1"])
-        .await;
+    let cache = route_cache(store, &ns);
+    assert_eq!(
+        cache.shard_count(),
+        tower_valkey_cache::DEFAULT_CLUSTER_SHARDS as usize
+    );
+    let home = cache.key_space().bounded();
+    let route = RankedSpace::route(home.shard(0));
+    lru_route_evicts_the_least_recently_read(cache.clone()).await;
+    let members: Vec<String> = cluster.cli(&["ZRANGE", &route.index, "0", "-1"]).await;
     assert_eq!(members, ["item:3", "item:2", "item:1"]);
-    let entries = cluster.keys(&format!("{{{ns}}}:*"));
-    let want: Vec<String> = (1..=3).map(|i| format!("{{{ns}}}:item:{i}")).collect();
+    let mut entries = cluster.keys(&cache.key_space().entry_glob("*"));
+    entries.sort();
+    let want: Vec<String> = (1..=3).map(|i| home.entry(&format!("item:{i}"))).collect();
     assert_eq!(entries, want);
 }
 
@@ -1237,10 +1319,17 @@ async fn bounded_reads_index_unindexed_entries_memory() {
 async fn bounded_reads_index_unindexed_entries_cluster() {
     let (cluster, store, sfx) = support::shared_cluster_store(Duration::from_secs(2));
     let ns = format!("heal{sfx}");
-    bounded_reads_index_entries_they_find(route_cache(store, &ns)).await;
-    let members: Vec<String> = cluster
-        .cli(&["ZRANGE", &format!("{{{ns}}}|evict:idx"), "0", "-1"])
-        .await;
+    // The plain route stands for writes that were never indexed: it shares the bounded route's
+    // entries only in a one-shard namespace (in a sharded one a bounded route lives in shard 0,
+    // a plain route's entry in its key's shard).
+    let cache = tower_valkey_cache::Cache::builder(store)
+        .namespace(&ns)
+        .timeout(Duration::from_secs(5))
+        .shards(1)
+        .build();
+    let route = RankedSpace::route(cache.key_space().bounded().shard(0));
+    bounded_reads_index_entries_they_find(cache).await;
+    let members: Vec<String> = cluster.cli(&["ZRANGE", &route.index, "0", "-1"]).await;
     assert_eq!(members, ["item:2", "item:3"]);
 }
 
@@ -1250,4 +1339,59 @@ async fn bounded_reads_index_unindexed_entries_valkey() {
     bounded_reads_index_entries_they_find(route_cache(valkey_store(&server, VALKEY), "heal")).await;
     let members: Vec<String> = server.cli(&["ZRANGE", "heal|evict:idx", "0", "-1"]).await;
     assert_eq!(members, ["item:2", "item:3"]);
+}
+
+/// A standalone bounded cache and a route cache of one namespace, on a cluster in the one-slot
+/// layout (`shards(1)`: both under the hash tag `{ns}`) and in the default sharded one: neither
+/// reads, overwrites, invalidates nor clears the other's values.
+#[tokio::test]
+async fn a_bounded_cache_and_a_route_cache_of_one_namespace_share_no_value() {
+    use axum::{extract::Path, routing::get, Router};
+    use tower_valkey_cache::CacheLayer;
+
+    for shards in [Some(1), None] {
+        let (_, store, sfx) = support::shared_cluster_store(Duration::from_secs(5));
+        let ns = format!("twins{}{sfx}", shards.unwrap_or(0));
+        let cache = sharded_route_cache(store.clone(), &ns, shards);
+        let bounded = BoundedCache::<String, Lru>::new(store, &ns, Lru::with_capacity(10));
+        let app = Router::new().route(
+            "/item/{id}",
+            get(|Path(id): Path<u32>| async move { format!("route {id}") })
+                .route_layer(CacheLayer::new(cache.clone()).key("item:{id}")),
+        );
+        bounded
+            .set("item:1", &"bounded 1".to_owned())
+            .await
+            .unwrap();
+        let r = support::get(&app, "/item/1").await;
+        assert!(!r.is_hit(), "{shards:?}: the route found the bounded value");
+        assert_eq!(r.text(), "route 1");
+        let r = support::get(&app, "/item/1").await;
+        assert!(r.is_hit());
+        assert_eq!(r.text(), "route 1");
+        assert_eq!(
+            bounded.get("item:1").await.unwrap().as_deref(),
+            Some("bounded 1")
+        );
+        // The other way round: a bounded set after the route's fill.
+        assert!(!support::get(&app, "/item/2").await.is_hit());
+        bounded
+            .set("item:2", &"bounded 2".to_owned())
+            .await
+            .unwrap();
+        let r = support::get(&app, "/item/2").await;
+        assert!(
+            r.is_hit(),
+            "{shards:?}: the bounded set overwrote the route's entry"
+        );
+        assert_eq!(r.text(), "route 2");
+        // The route cache's invalidation leaves the bounded value; the bounded clear the entry.
+        assert_eq!(cache.invalidate_key("item:1").await.unwrap(), 1);
+        assert_eq!(
+            bounded.get("item:1").await.unwrap().as_deref(),
+            Some("bounded 1")
+        );
+        assert_eq!(bounded.clear().await.unwrap(), 2);
+        assert!(support::get(&app, "/item/2").await.is_hit());
+    }
 }

@@ -175,6 +175,13 @@ impl<S: Store> Store for CountingStore<S> {
     fn ping(&self) -> StoreFuture<'_, ()> {
         self.inner.ping()
     }
+    fn claim_layout<'a>(
+        &'a self,
+        key: &'a str,
+        layout: &'a str,
+    ) -> StoreFuture<'a, Option<String>> {
+        self.inner.claim_layout(key, layout)
+    }
     fn name(&self) -> &'static str {
         self.inner.name()
     }
@@ -675,11 +682,14 @@ mod cluster {
     #[tokio::test]
     async fn get_or_set_hit_and_miss() {
         let (cluster, store, sfx) = store();
-        let ns = format!("fn_hit{sfx}");
-        hit_and_miss(builder(store, &ns).build()).await;
+        let cache = builder(store, &format!("fn_hit{sfx}")).build();
+        let space = cache.key_space().clone();
+        hit_and_miss(cache).await;
+        // In its shard of the namespace's 128 (the cluster's default).
+        assert_eq!(space.shard_count(), 128);
         assert_eq!(
-            cluster.keys(&format!("{{{ns}}}:*")),
-            [format!("{{{ns}}}:rate:eur-usd")]
+            cluster.keys(&space.entry_glob("*")),
+            [space.entry("rate:eur-usd")]
         );
     }
 
@@ -689,13 +699,15 @@ mod cluster {
         single_flight(builder(store, &format!("fn_flight{sfx}")).build()).await;
     }
 
-    /// The batch read (`MGET`) and write (one script) of 1,000 keys: one slot, no `CROSSSLOT`.
+    /// The batch read and write of 1,000 keys, split by shard (one `MGET` and one script per
+    /// shard of 128): no `CROSSSLOT`.
     #[tokio::test]
     async fn get_or_set_many_loads_only_missing() {
         let (cluster, store, sfx) = store();
-        let ns = format!("fn_many{sfx}");
-        super::get_or_set_many_loads_only_missing(builder(store, &ns).build()).await;
-        assert_eq!(cluster.keys(&format!("{{{ns}}}:product:*")).len(), 1000);
+        let cache = builder(store, &format!("fn_many{sfx}")).build();
+        let space = cache.key_space().clone();
+        super::get_or_set_many_loads_only_missing(cache).await;
+        assert_eq!(cluster.keys(&space.entry_glob("product:*")).len(), 1000);
     }
 }
 

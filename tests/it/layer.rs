@@ -1552,14 +1552,62 @@ fn in_process_hits_are_ready_at_once_even_without_a_runtime() {
     }));
 }
 
-/// A bounded route is one index, which cannot span shards: asking for one on a sharded
-/// namespace is refused when the layer is built, not discovered as a wrong bound later.
-#[test]
-#[should_panic(expected = "a bounded route needs a namespace of one shard")]
-fn a_bounded_route_on_a_sharded_namespace_is_refused() {
-    let cache = Cache::builder(MemoryStore::new())
+/// A bounded route on a sharded namespace keeps its entries and index on shard 0
+/// (`KeySpace::bounded`): it holds exactly its capacity, and a key invalidation from another
+/// cache of the namespace that has no bounded route (another process) still removes its entries.
+#[tokio::test]
+async fn a_bounded_route_on_a_sharded_namespace_keeps_its_bound_and_sees_invalidations() {
+    let store = MemoryStore::new();
+    let cache = Cache::builder(store.clone())
         .namespace("t_bounded_sharded")
         .shards(4)
         .build();
-    let _ = CacheLayer::new(cache).eviction(tower_valkey_cache::eviction::Lru::with_capacity(10));
+    let other = Cache::builder(store)
+        .namespace("t_bounded_sharded")
+        .shards(4)
+        .build();
+    let app = axum::Router::new().route(
+        "/item/{id}",
+        axum::routing::get(
+            |axum::extract::Path(id): axum::extract::Path<u32>| async move { format!("item {id}") },
+        )
+        .route_layer(
+            CacheLayer::new(cache.clone())
+                .key("item:{id}")
+                .eviction(tower_valkey_cache::eviction::Lru::with_capacity(3)),
+        ),
+    );
+    for id in 0..10 {
+        let uri = format!("/item/{id}");
+        assert!(!support::get(&app, &uri).await.is_hit(), "{uri}");
+        assert!(support::get(&app, &uri).await.is_hit(), "{uri}");
+    }
+    assert_eq!(cache.stats().evictions, 7);
+    let mut live = Vec::new();
+    for id in 0..10 {
+        if support::has_bounded_entry(&cache, &format!("item:{id}")).await {
+            live.push(id);
+        }
+    }
+    assert_eq!(
+        live,
+        [7, 8, 9],
+        "the three most recently used, all in shard 0"
+    );
+    // Keys of several shards: each invalidation reaches shard 0 as well as the key's own.
+    for id in [7, 8, 9] {
+        assert_eq!(
+            other.invalidate_key(&format!("item:{id}")).await.unwrap(),
+            1
+        );
+        assert!(!support::get(&app, &format!("/item/{id}")).await.is_hit());
+    }
+    let shards: std::collections::BTreeSet<usize> = [7, 8, 9]
+        .iter()
+        .map(|id| cache.key_space().shard_of(&format!("item:{id}")))
+        .collect();
+    assert!(
+        shards.iter().any(|&s| s != 0),
+        "{shards:?}: no key outside shard 0"
+    );
 }

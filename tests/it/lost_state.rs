@@ -231,8 +231,10 @@ async fn a_fill_that_read_the_clock_before_a_failover_to_a_lagging_replica_is_re
             .response_timeout(OP),
     )
     .unwrap();
+    // One shard: the test fails over the primary of the namespace's one slot.
     let cache = Cache::builder(store)
         .namespace("t_failover")
+        .shards(1)
         .timeout(OP)
         .circuit_breaker(1_000_000, Duration::from_millis(10))
         .build();
@@ -367,8 +369,10 @@ async fn consistency_through_failovers() {
             .response_timeout(Duration::from_secs(1)),
     )
     .unwrap();
+    // One shard: the test fails over the primary of the namespace's one slot, again and again.
     let cache = Cache::builder(store)
         .namespace("t_consistency_failovers")
+        .shards(1)
         .timeout(Duration::from_secs(1))
         .circuit_breaker(3, Duration::from_millis(50))
         .build();

@@ -28,6 +28,7 @@ mod invalidate;
 mod l1;
 mod l1_lag;
 mod layer;
+mod layout;
 mod lost_state;
 #[cfg(feature = "macros")]
 mod macros;

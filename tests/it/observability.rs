@@ -261,6 +261,14 @@ impl<S: Store> Store for Counting<S> {
     fn ping(&self) -> StoreFuture<'_, ()> {
         self.inner.ping()
     }
+    fn claim_layout<'a>(
+        &'a self,
+        key: &'a str,
+        layout: &'a str,
+    ) -> StoreFuture<'a, Option<String>> {
+        self.sent
+            .counted("layout", self.inner.claim_layout(key, layout))
+    }
     fn name(&self) -> &'static str {
         self.inner.name()
     }
@@ -797,14 +805,18 @@ async fn example_metrics_endpoint_serves_the_instruments() {
             &[ns, ("db_system_name", "memory"), ("db_operation_name", op)],
         )
     };
-    // Exactly the operations the store was sent: three writes, one invalidation, and the reads
-    // (at least one per lookup: five).
+    // Exactly the operations the store was sent: three writes, one invalidation, the reads (at
+    // least one per lookup: five), and the one claim of the namespace's key layout before the
+    // first of them.
     let sent = sent.snapshot();
-    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent.len(), 4, "{sent:?}");
     for (op, n) in &sent {
         assert_eq!(ops(op), *n as f64, "{op}");
     }
-    assert_eq!((ops("write"), ops("invalidate")), (3.0, 1.0));
+    assert_eq!(
+        (ops("write"), ops("invalidate"), ops("layout")),
+        (3.0, 1.0, 1.0)
+    );
     assert!(ops("read") >= 5.0);
 
     // No series carries a raw path or a key.

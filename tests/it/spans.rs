@@ -49,7 +49,13 @@ async fn spans_hash_keys_unless_raw_keys_are_enabled() {
     );
     // One `cache.store` span per store operation, inside the request's span: the miss reads
     // (the lookup, and any double-check before running the handler) and writes; the hit reads.
-    let ops: Vec<&str> = closed("tower_valkey_cache::cache::ops")
+    // The cache claims its namespace's key layout once, before its first operation.
+    let store_spans = closed("tower_valkey_cache::cache::ops");
+    let (claims, store_spans): (Vec<String>, Vec<String>) = store_spans
+        .into_iter()
+        .partition(|l| l.contains("db.operation.name=\"layout\""));
+    assert_eq!(claims.len(), 1, "{log}");
+    let ops: Vec<&str> = store_spans
         .iter()
         .map(|l| {
             assert!(

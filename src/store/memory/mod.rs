@@ -54,6 +54,8 @@ struct State {
     locks: HashMap<String, (String, Instant)>,
     /// The size past which expired locks are purged (as for tombstones).
     lock_purge_at: usize,
+    /// Each namespace's recorded key layout ([`Store::claim_layout`]), by its record's key.
+    layouts: HashMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -327,22 +329,25 @@ impl MemoryStore {
     }
 
     /// [`Store::invalidate`] on the entries: returns how many live entries it removed and the
-    /// keys (relative to the namespace) of every entry it removed. Keys advance the clocks of
-    /// the shards they are in; tags and patterns every shard's, as on Valkey.
+    /// keys (relative to the namespace) of the entries it removed from the bounded routes'
+    /// shard ([`KeySpace::bounded`]), whose members leave the route index. Keys advance the
+    /// clocks of the shards they are in (and of the bounded shard:
+    /// [`KeySpace::invalidation_groups`]); tags and patterns every shard's, as on Valkey.
     fn invalidate_locked(&self, space: &KeySpace, target: Target<'_>) -> (u64, Vec<String>) {
         let now = Instant::now();
         let ttl = space.tombstone_ttl();
         let mut s = self.lock();
         let mut removed = 0u64;
         let mut gone = Vec::new();
+        let bounded = space.bounded();
         let mut relative = |full: &str| {
-            if let Some(k) = space.relative(full) {
+            if let Some(k) = bounded.relative(full) {
                 gone.push(k.to_owned());
             }
         };
         match target {
             Target::Keys(keys) => {
-                for (i, group) in space.by_shard(keys) {
+                for (i, group) in space.invalidation_groups(keys) {
                     let shard = space.shard(i);
                     let clock = s.advance(shard);
                     for k in group {
@@ -491,6 +496,22 @@ impl Store for MemoryStore {
 
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn claim_layout<'a>(
+        &'a self,
+        key: &'a str,
+        layout: &'a str,
+    ) -> StoreFuture<'a, Option<String>> {
+        let mut s = self.lock();
+        let before = match s.layouts.get(key) {
+            Some(recorded) => Some(recorded.clone()),
+            None => {
+                s.layouts.insert(key.to_owned(), layout.to_owned());
+                None
+            }
+        };
+        Box::pin(std::future::ready(Ok(before)))
     }
 
     fn name(&self) -> &'static str {

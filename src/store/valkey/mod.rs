@@ -327,22 +327,16 @@ impl ValkeyStore {
             }
         }))
         .await?;
-        if space.shard_count() == 1 {
-            let shard = space.shard(0);
-            let route = super::ranked::RankedSpace::route(shard);
-            return self
-                .scan_unlink(&[shard.entry(pattern)], Some(&route))
-                .await;
-        }
-        // A sharded namespace has no bounded routes (eviction refuses it): nothing to forget.
         // On a cluster each shard's glob names one slot (Valkey 8 scans only that slot); on one
-        // server one glob covers every shard in one pass.
-        let globs: Vec<String> = if self.is_cluster() {
+        // server one glob covers every shard in one pass. Bounded routes keep their entries in
+        // shard 0 (KeySpace::bounded): the unlinked entries under its prefix leave their index.
+        let globs: Vec<String> = if self.is_cluster() && space.shard_count() > 1 {
             space.shards().iter().map(|s| s.entry(pattern)).collect()
         } else {
             vec![space.entry_glob(pattern)]
         };
-        self.scan_unlink(&globs, None).await
+        let route = super::ranked::RankedSpace::route(space.shard(0));
+        self.scan_unlink(&globs, Some(&route)).await
     }
 }
 
@@ -549,22 +543,27 @@ impl Store for ValkeyStore {
             match target {
                 Target::Keys(keys) | Target::Tags(keys) if keys.is_empty() => Ok(0),
                 Target::Keys(keys) => {
-                    // One `invalidate_keys.lua` per shard the keys are in, concurrently.
+                    // One `invalidate_keys.lua` per shard the keys are in (and the bounded
+                    // routes' shard, KeySpace::invalidation_groups), concurrently.
                     let counts = futures_util::future::try_join_all(
-                        space.by_shard(keys).into_iter().map(|(s, group)| {
-                            let shard = space.shard(s);
-                            let mut inv = scripts().keys.prepare_invoke();
-                            inv.key(shard.clock()).key(shard.clock_origin());
-                            ranked::route_index_keys(&mut inv, shard);
-                            for k in &group {
-                                inv.key(shard.entry(k)).key(shard.key_tombstone(k));
-                            }
-                            inv.arg(ttl).arg(group);
-                            async move {
-                                let n: u64 = self.run(async |c| inv.invoke_async(c).await).await?;
-                                Ok::<_, StoreError>(n)
-                            }
-                        }),
+                        space
+                            .invalidation_groups(keys)
+                            .into_iter()
+                            .map(|(s, group)| {
+                                let shard = space.shard(s);
+                                let mut inv = scripts().keys.prepare_invoke();
+                                inv.key(shard.clock()).key(shard.clock_origin());
+                                ranked::route_index_keys(&mut inv, shard);
+                                for k in &group {
+                                    inv.key(shard.entry(k)).key(shard.key_tombstone(k));
+                                }
+                                inv.arg(ttl).arg(group);
+                                async move {
+                                    let n: u64 =
+                                        self.run(async |c| inv.invoke_async(c).await).await?;
+                                    Ok::<_, StoreError>(n)
+                                }
+                            }),
                     )
                     .await?;
                     Ok(counts.into_iter().sum())
@@ -620,6 +619,26 @@ impl Store for ValkeyStore {
                 .run(async |c| redis::cmd("PING").query_async(c).await)
                 .await?;
             Ok(())
+        })
+    }
+
+    /// `SET key layout NX GET`: one command (Valkey 7+), no TTL.
+    fn claim_layout<'a>(
+        &'a self,
+        key: &'a str,
+        layout: &'a str,
+    ) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move {
+            self.run(async |c| {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(layout)
+                    .arg("NX")
+                    .arg("GET")
+                    .query_async(c)
+                    .await
+            })
+            .await
         })
     }
 

@@ -324,7 +324,7 @@ fn standalone_ops() -> impl Strategy<Value = Vec<Op>> {
 }
 
 /// Where a harness reads a standalone namespace's live values around its index: the URL of the
-/// Valkey server (`KEYS {ns}:*`), or nothing (a `MemoryStore` keeps them inside).
+/// Valkey server (`KEYS {ns}|val:*`), or nothing (a `MemoryStore` keeps them inside).
 pub type Raw = Option<String>;
 
 async fn raw_live(
@@ -332,12 +332,12 @@ async fn raw_live(
     ns: &str,
 ) -> Option<BTreeSet<String>> {
     let mut conn = raw.clone()?;
+    let prefix = RankedSpace::standalone(ns).value_prefix;
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{{{ns}}}:*"))
+        .arg(format!("{prefix}*"))
         .query_async(&mut conn)
         .await
         .unwrap();
-    let prefix = format!("{{{ns}}}:");
     Some(
         keys.iter()
             .map(|k| k.strip_prefix(&prefix).unwrap().to_owned())
@@ -564,14 +564,15 @@ pub fn served(res: &support::Resp) -> u32 {
 
 /// Random route cases under `make(capacity)` on caches over `store`, in namespaces starting
 /// with `ns`.
-pub fn check_route<S, P>(store: S, ns: &str, make: fn(usize) -> P, cases: u32)
+/// The route model on `store`, in namespaces of `shards` shards (None: the store's default).
+pub fn check_route<S, P>(store: S, ns: &str, shards: Option<u16>, make: fn(usize) -> P, cases: u32)
 where
     S: Store + Clone,
     P: EvictionPolicy + Clone,
 {
     run_cases(cases, (1usize..=4, route_ops()), |rt, (capacity, ops)| {
         rt.block_on(with_short_ttls(async |short| {
-            route_attempt(store.clone(), ns, || make(capacity), &ops, short).await
+            route_attempt(store.clone(), ns, shards, || make(capacity), &ops, short).await
         }))
     });
 }
@@ -579,6 +580,7 @@ where
 async fn route_attempt<S: Store, P: EvictionPolicy>(
     store: S,
     ns: &str,
+    shards: Option<u16>,
     make: impl Fn() -> P,
     ops: &[RouteOp],
     short: Duration,
@@ -586,13 +588,16 @@ async fn route_attempt<S: Store, P: EvictionPolicy>(
     let policy = make();
     let spec = Spec::new(policy.scoring(), policy.capacity(), STAMP_BITS);
     let mut model = Model::new(policy.scoring(), policy.capacity());
-    let cache = Cache::builder(store)
+    let mut builder = Cache::builder(store)
         .namespace(unique(ns))
-        .timeout(Duration::from_secs(5))
-        .build();
+        .timeout(Duration::from_secs(5));
+    if let Some(n) = shards {
+        builder = builder.shards(n);
+    }
+    let cache = builder.build();
     let app = bounded_router(&cache, make, short);
     let ranked = cache.store().ranked().unwrap();
-    let index = RankedSpace::route(cache.key_space().shard(0));
+    let index = RankedSpace::route(cache.key_space().bounded().shard(0));
     let mut clock = Clock::new(short);
     for (n, op) in ops.iter().enumerate() {
         match *op {
@@ -672,7 +677,7 @@ async fn route_attempt<S: Store, P: EvictionPolicy>(
         let mut live = BTreeSet::new();
         for k in 0..KEYS {
             let key = format!("item:{k}");
-            if support::has_entry(&cache, &key).await {
+            if support::has_bounded_entry(&cache, &key).await {
                 live.insert(key);
             }
         }

@@ -256,6 +256,14 @@ pub async fn has_entry(cache: &Cache, key: &str) -> bool {
     stored(cache, key).await.is_some()
 }
 
+/// Whether the cache's store holds an entry of a bounded route (`CacheLayer::eviction`) at
+/// `key`: such routes keep their entries in the namespace's bounded shard
+/// (`KeySpace::bounded`).
+pub async fn has_bounded_entry(cache: &Cache, key: &str) -> bool {
+    let lookup = cache.store().read(&cache.key_space().bounded(), key).await;
+    lookup.expect("store read").value.is_some()
+}
+
 /// Runs scenarios written once over a [`Backend`] on one backend: for every `name`, a
 /// `#[tokio::test] async fn name()` calling `super::name(backend)`. Used in a module per backend:
 ///
@@ -405,6 +413,30 @@ impl Backend {
             Kind::Valkey { server, .. } => Some(server.keys(pattern).await),
             Kind::Cluster { cluster, .. } => Some(cluster.keys(pattern)),
             Kind::Memory(_) => None,
+        }
+    }
+
+    /// Deletes a full store key outside the crate (Valkey `DEL`), as a flush or an operator
+    /// would.
+    ///
+    /// # Panics
+    ///
+    /// On memory: a `MemoryStore` loses nothing but by being dropped.
+    pub async fn delete_raw(&self, store_key: &str) {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(store_key);
+        match &self.kind {
+            Kind::Valkey { server, .. } => {
+                let _: i64 = server.query(&cmd).await;
+            }
+            Kind::Cluster { store, .. } => {
+                let mut conn = store
+                    .cluster_connection()
+                    .await
+                    .expect("cluster connection");
+                let _: i64 = cmd.query_async(&mut conn).await.expect("DEL");
+            }
+            Kind::Memory(_) => panic!("a MemoryStore has no raw delete"),
         }
     }
 

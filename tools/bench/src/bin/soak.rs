@@ -453,6 +453,8 @@ async fn start_app(
         .build();
     let cluster = Cache::builder(ValkeyStore::cluster(cluster_urls)?)
         .namespace(CLUSTER_NS)
+        // One shard: the soak migrates the namespace's one slot (`{soakc}`).
+        .shards(1)
         .invalidation_wait(INVALIDATION_WAIT)
         .build();
     let state = AppState {
