@@ -126,11 +126,9 @@ pub(super) async fn forget_unlinked(
         return Ok(());
     }
     for key in [&space.index, &space.expiry] {
-        let _: u64 = redis::cmd("ZREM")
-            .arg(key)
-            .arg(&members)
-            .query_async(conn)
-            .await?;
+        let mut zrem = redis::cmd("ZREM");
+        zrem.arg(key).arg(&members);
+        let _: u64 = super::conn::query_redirected(conn, &zrem).await?;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! ([`RankedSpace::route`]; a no-op when the namespace is not bounded), so they never pin a
 //! bounded namespace's capacity.
 
-use super::conn::{redis_error, Conn, Conns};
+use super::conn::{is_redirect, query_redirected, redis_error, Conn, Conns};
 use super::ranked::forget_unlinked;
 use super::ValkeyStore;
 use crate::store::ranked::RankedSpace;
@@ -161,19 +161,18 @@ impl ValkeyStore {
 
 /// `UNLINK`s keys through a cluster connection. The client splits a multi-key command by slot,
 /// so keys of several slots never make a `CROSSSLOT` error; while a slot migrates, its keys may be
-/// split between two primaries and the source answers `TRYAGAIN` for the batch: then each key
-/// goes alone, following its own `ASK` redirect.
+/// split between two primaries and the source answers `TRYAGAIN` for the batch (or a redirect
+/// reaches the caller): then each key goes alone, following its own redirect
+/// ([`query_redirected`]).
 async fn unlink_cluster(conn: &mut ClusterConnection, keys: &[String]) -> Result<u64, StoreError> {
     match redis::cmd("UNLINK").arg(keys).query_async(conn).await {
         Ok(n) => Ok(n),
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain) => {
+        Err(e) if is_redirect(&e) => {
             let mut n = 0u64;
             for k in keys {
-                let one: u64 = redis::cmd("UNLINK")
-                    .arg(k)
-                    .query_async(conn)
-                    .await
-                    .map_err(redis_error)?;
+                let mut unlink = redis::cmd("UNLINK");
+                unlink.arg(k);
+                let one: u64 = query_redirected(conn, &unlink).await.map_err(redis_error)?;
                 n += one;
             }
             Ok(n)
