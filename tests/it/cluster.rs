@@ -548,17 +548,7 @@ async fn a_sharded_namespace_spreads_over_every_primary() {
     assert_eq!(stored, ENTRIES);
     let cluster = ValkeyCluster::shared();
     let glob = cache.key_space().entry_glob("*");
-    let per_primary: Vec<usize> = cluster
-        .primaries()
-        .into_iter()
-        .map(|i| {
-            cluster
-                .node_cli(i, &["KEYS", &glob])
-                .lines()
-                .filter(|l| !l.is_empty())
-                .count()
-        })
-        .collect();
+    let per_primary = keys_per_primary(cluster, &cluster.primaries(), &glob);
     assert_eq!(per_primary.len(), 3, "{per_primary:?}");
     assert_eq!(
         per_primary.iter().sum::<usize>(),
@@ -587,6 +577,20 @@ fn assert_even(what: &str, counts: &[usize], tolerance: f64) {
         );
     }
     println!("{what}: {counts:?} (mean {mean:.0})");
+}
+
+/// How many keys matching `glob` each of `primaries` holds (`KEYS` on each node).
+fn keys_per_primary(cluster: &ValkeyCluster, primaries: &[usize], glob: &str) -> Vec<usize> {
+    primaries
+        .iter()
+        .map(|&i| {
+            cluster
+                .node_cli(i, &["KEYS", glob])
+                .lines()
+                .filter(|l| !l.is_empty())
+                .count()
+        })
+        .collect()
 }
 
 /// Every command a node has run (`INFO commandstats`, summed over commands).
@@ -639,17 +643,7 @@ async fn the_default_layout_spreads_keys_and_hits_over_six_primaries() {
     assert_eq!(stored, ENTRIES);
     let primaries = cluster.primaries();
     assert_eq!(primaries.len(), 6);
-    let glob = cache.key_space().entry_glob("*");
-    let keys: Vec<usize> = primaries
-        .iter()
-        .map(|&i| {
-            cluster
-                .node_cli(i, &["KEYS", &glob])
-                .lines()
-                .filter(|l| !l.is_empty())
-                .count()
-        })
-        .collect();
+    let keys = keys_per_primary(&cluster, &primaries, &cache.key_space().entry_glob("*"));
     assert_eq!(keys.iter().sum::<usize>(), ENTRIES, "{keys:?}");
     assert_even("keys per primary (6)", &keys, 0.10);
 
