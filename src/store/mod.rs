@@ -824,6 +824,7 @@ mod tests {
         for space in &spaces {
             let layout = space.layout();
             assert!(seen.insert(layout.clone()), "distinct: {layout}");
+            // A test assertion (in #[cfg(test)]): a layout this version writes must parse back.
             let back = KeySpace::from_layout("app", &layout, ttl).expect(&layout);
             assert_eq!(back.layout(), layout);
             assert_eq!(back.shard_count(), space.shard_count());
